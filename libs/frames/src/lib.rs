@@ -1,0 +1,58 @@
+//! Protocol v1 of the guest WebSocket: JSON text frames with `type` first.
+//!
+//! The spec's frames (`connected`, `identify`/`identified`, `history`, `message`/
+//! `message_ack`, `typing`, `read`, `error`) keep their names and fields; everything else is
+//! additive. [`client`] holds what a widget sends, [`server`] what the edge answers, and
+//! [`ErrorCode`] and [`close`] the ways a frame or connection is refused.
+
+pub mod client;
+pub mod server;
+
+pub use client::{ClientFrame, FrameError};
+pub use server::ServerFrame;
+
+/// The protocol version announced in `connected`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The `code` of an `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The frame is not JSON (or not a JSON object).
+    InvalidJson,
+    /// The frame's `type` is not one of protocol v1.
+    UnknownType,
+    /// A field is missing or of the wrong type.
+    InvalidFrame,
+    /// The frame needs an identified session.
+    NotIdentified,
+    /// The message content is over `WIDGET_MAX_MESSAGE_SIZE`.
+    MessageTooLarge,
+    /// An attachment id is unknown, not this guest's, or not uploaded.
+    AttachmentNotFound,
+    /// Too many frames too fast; retry later.
+    RateLimited,
+    /// A backend is down or slow; retry later.
+    Unavailable,
+    /// The same clientMessageId was sent before with other content.
+    DuplicateMessageId,
+}
+
+impl ErrorCode {
+    /// Whether the client may send the same frame again later.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::RateLimited | Self::Unavailable)
+    }
+}
+
+/// WebSocket close codes the edge uses.
+pub mod close {
+    /// No `hotelId` in the URL (the spec's code).
+    pub const MISSING_HOTEL_ID: u16 = 4000;
+    /// The hotel is not registered (only where a hotel registry is configured).
+    pub const UNKNOWN_HOTEL: u16 = 4004;
+    /// A frame far beyond any limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The edge is shutting down; reconnect (to another edge).
+    pub const GOING_AWAY: u16 = 1001;
+}

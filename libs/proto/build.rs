@@ -1,0 +1,18 @@
+//! Compiles `proto/` (at the workspace root) with protox, so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "jack/guest/v1/guest.proto",
+        "jack/conversation/v1/conversation.proto",
+        "jack/delivery/v1/delivery.proto",
+        "jack/upload/v1/upload.proto",
+        "jack/edge/v1/edge.proto",
+    ];
+    for file in &files {
+        println!("cargo::rerun-if-changed={}", root.join(file).display());
+    }
+    let fds = protox::compile(files, [&root])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Opening a service's database: a SQLite file (the embedded default) or PostgreSQL, through
+//! sqlx's `Any` driver so that one store module serves both. Each service brings its own
+//! migrations for each engine; SQL in the stores sticks to what both understand.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+/// Which engine a [`Database`] runs on; a few statements differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A service's database: a pool for reads and one for writes. On SQLite the write pool has a
+/// single connection (SQLite has one writer anyway, and this way writers queue in-process
+/// instead of spinning on SQLITE_BUSY); on PostgreSQL both are the same pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub engine: Engine,
+    pub read: AnyPool,
+    pub write: AnyPool,
+}
+
+impl Database {
+    /// Connects and migrates. `url` is `sqlite:path/to/file.db` or `postgres://…`.
+    pub async fn open(url: &str, sqlite: &Migrator, postgres: &Migrator) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Engine::Postgres
+        } else {
+            anyhow::bail!("unsupported database URL {url:?}: expected sqlite:PATH or postgres://…");
+        };
+        let db = match engine {
+            Engine::Sqlite => {
+                let url = sqlite_url(url)?;
+                let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+                let write = sqlite_pool(1).connect_with(options.clone()).await.with_context(|| format!("failed to open {url}"))?;
+                sqlite.run(&write).await.context("failed to migrate the database")?;
+                let read = sqlite_pool(4).connect_with(options).await.with_context(|| format!("failed to open {url}"))?;
+                Self { engine, read, write }
+            }
+            Engine::Postgres => {
+                let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await
+                    .context("failed to connect to PostgreSQL")?;
+                postgres.run(&pool).await.context("failed to migrate the database")?;
+                Self { engine, read: pool.clone(), write: pool }
+            }
+        };
+        Ok(db)
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+fn sqlite_pool(size: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; FULL makes a commit survive power loss.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        })
+}
+
+/// Makes sure the file's folder exists and the file is created on first use.
+fn sqlite_url(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" {
+        anyhow::bail!("a SQLite database needs a file path, got {url:?}");
+    }
+    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() { "mode=rwc".to_owned() } else { format!("{query}&mode=rwc") };
+    Ok(format!("sqlite://{path}?{query}"))
+}

@@ -1,0 +1,18 @@
+//! What every Jack service shares, so that each starts, stops and is configured the same way.
+//!
+//! - [`settings`]: typed settings read from the environment, with one-line errors.
+//! - [`telemetry`]: `tracing` to stderr (`RUST_LOG`) and, when `OTEL_*` asks for it, OTLP.
+//! - [`shutdown`]: SIGTERM and SIGINT mean the same graceful drain.
+//! - [`grpc`]: server and client setup with the deadlines and keep-alives we want everywhere.
+//! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it.
+//! - [`ids`] and [`time`]: identifiers and timestamps in one format across services.
+
+pub mod db;
+pub mod grpc;
+pub mod ids;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,29 @@
+//! Settings of jack-conversation.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jack_runtime::settings::{Env, SettingsError};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `CONVERSATION_GRPC_ADDR`: where the gRPC API listens.
+    pub grpc_addr: SocketAddr,
+    /// `CONVERSATION_DATABASE_URL`: `sqlite:PATH` or `postgres://…`.
+    pub database_url: String,
+    /// `CONVERSATION_DELIVERY_URLS`: delivery replicas; events go to any one that answers.
+    pub delivery_urls: Vec<String>,
+    /// `CONVERSATION_PUBLISH_TIMEOUT_MS`: deadline of one publish to delivery.
+    pub publish_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Self {
+            grpc_addr: env.socket_addr("CONVERSATION_GRPC_ADDR", "127.0.0.1:50052")?,
+            database_url: env.string("CONVERSATION_DATABASE_URL", "sqlite:data/conversation.db"),
+            delivery_urls: env.urls("CONVERSATION_DELIVERY_URLS", "http://127.0.0.1:50053")?,
+            publish_timeout: env.millis("CONVERSATION_PUBLISH_TIMEOUT_MS", 2000, 10)?,
+        })
+    }
+}

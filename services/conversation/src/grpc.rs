@@ -1,0 +1,211 @@
+//! `ConversationService` over gRPC.
+
+use std::time::Duration;
+
+use jack_proto::conversation::v1 as pb;
+use jack_proto::conversation::v1::conversation_service_server::ConversationService;
+use jack_proto::delivery::v1 as events;
+use jack_proto::tonic::{self, Request, Response, Status};
+use jack_runtime::CancellationToken;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::domain;
+use crate::error::ConversationError;
+use crate::relay::RelayHandle;
+use crate::store::{Added, Store, event_for};
+
+const WATCH_BATCH: u32 = 256;
+/// How often a watcher looks for messages committed by another replica of this service.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct ConversationApi {
+    store: Store,
+    relay: RelayHandle,
+    /// Bumped after every commit, waking WatchMessages streams.
+    committed: watch::Sender<u64>,
+    shutdown: CancellationToken,
+}
+
+fn required(what: &str, value: &str) -> Result<(), ConversationError> {
+    if value.is_empty() || value.len() > 128 {
+        return Err(ConversationError::InvalidArgument(format!("{what} must be 1 to 128 characters")));
+    }
+    Ok(())
+}
+
+impl ConversationApi {
+    pub fn new(store: Store, relay: RelayHandle, shutdown: CancellationToken) -> Self {
+        Self { store, relay, committed: watch::Sender::new(0), shutdown }
+    }
+
+    fn committed(&self) {
+        self.relay.wake();
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    async fn conversation_of(&self, conversation_id: &str, guest_id: Option<&str>) -> Result<pb::Conversation, ConversationError> {
+        required("conversation_id", conversation_id)?;
+        let conversation = self.store.conversation(conversation_id).await?.ok_or(ConversationError::ConversationNotFound)?;
+        // Another guest's conversation looks exactly like one that does not exist.
+        if guest_id.is_some_and(|g| g != conversation.guest_id) {
+            return Err(ConversationError::ConversationNotFound);
+        }
+        Ok(conversation)
+    }
+
+    fn stored(&self, added: Added) -> pb::AddMessageResponse {
+        match added {
+            Added::New(message) => {
+                self.committed();
+                pb::AddMessageResponse { message: Some(message), duplicate: false }
+            }
+            Added::Duplicate(message) => pb::AddMessageResponse { message: Some(message), duplicate: true },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ConversationService for ConversationApi {
+    async fn get_active_conversation(&self, request: Request<pb::GetActiveConversationRequest>) -> Result<Response<pb::Conversation>, Status> {
+        let req = request.into_inner();
+        required("hotel_id", &req.hotel_id)?;
+        required("guest_id", &req.guest_id)?;
+        let channel = if req.channel.is_empty() { "webchat" } else { req.channel.as_str() };
+        let found = self.store.active_conversation(&req.hotel_id, &req.guest_id, channel, req.create).await?;
+        Ok(Response::new(found.ok_or(ConversationError::ConversationNotFound)?))
+    }
+
+    async fn get_conversation(&self, request: Request<pb::GetConversationRequest>) -> Result<Response<pb::Conversation>, Status> {
+        Ok(Response::new(self.conversation_of(&request.into_inner().conversation_id, None).await?))
+    }
+
+    async fn add_guest_message(&self, request: Request<pb::AddGuestMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
+        let req = request.into_inner();
+        required("conversation_id", &req.conversation_id)?;
+        required("guest_id", &req.guest_id)?;
+        domain::check_guest_message(&req)?;
+        let kind = match pb::MessageKind::try_from(req.kind).unwrap_or_default() {
+            pb::MessageKind::Postback => pb::MessageKind::Postback,
+            _ => pb::MessageKind::Text,
+        };
+        let message = pb::Message {
+            conversation_id: req.conversation_id,
+            role: pb::Role::Guest as i32,
+            kind: kind as i32,
+            content: req.content,
+            client_message_id: Some(req.client_message_id),
+            payload: req.payload,
+            attachments: req.attachments,
+            reply_to_message_id: req.reply_to_message_id,
+            ..Default::default()
+        };
+        let added = self.store.add_message(message, Some(&req.guest_id)).await?;
+        Ok(Response::new(self.stored(added)))
+    }
+
+    async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
+        let req = request.into_inner();
+        required("conversation_id", &req.conversation_id)?;
+        let role = domain::check_butler_message(&req)?;
+        let message = pb::Message {
+            conversation_id: req.conversation_id,
+            role: role as i32,
+            kind: pb::MessageKind::Text as i32,
+            content: req.content,
+            client_message_id: req.client_message_id,
+            quick_replies: req.quick_replies,
+            buttons: req.buttons,
+            cards: req.cards,
+            attachments: req.attachments,
+            ..Default::default()
+        };
+        let added = self.store.add_message(message, None).await?;
+        Ok(Response::new(self.stored(added)))
+    }
+
+    async fn list_messages(&self, request: Request<pb::ListMessagesRequest>) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let req = request.into_inner();
+        let conversation = self.conversation_of(&req.conversation_id, req.guest_id.as_deref()).await?;
+        if req.after_seq.is_some() && req.before_seq.is_some() {
+            return Err(Status::invalid_argument("give after_seq or before_seq, not both"));
+        }
+        if req.after_seq.is_some_and(|s| s < 0) || req.before_seq.is_some_and(|s| s < 0) {
+            return Err(Status::invalid_argument("seq must not be negative"));
+        }
+        let limit = domain::page_size(req.limit);
+        let (messages, has_more) = self.store.list_messages(&conversation.conversation_id, req.after_seq, req.before_seq, limit).await?;
+        Ok(Response::new(pb::ListMessagesResponse { messages, has_more, last_seq: conversation.last_seq }))
+    }
+
+    async fn set_typing(&self, request: Request<pb::SetTypingRequest>) -> Result<Response<pb::SetTypingResponse>, Status> {
+        let req = request.into_inner();
+        let role = pb::Role::try_from(req.role).ok().filter(|r| *r != pb::Role::Unspecified);
+        let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
+        let c = self.conversation_of(&req.conversation_id, None).await?;
+        let typing = events::Typing { role: role as i32, is_typing: req.is_typing };
+        self.relay.publish_ephemeral(event_for(&c.conversation_id, &c.hotel_id, &c.guest_id, events::event::Kind::Typing(typing)));
+        Ok(Response::new(pb::SetTypingResponse {}))
+    }
+
+    async fn mark_read(&self, request: Request<pb::MarkReadRequest>) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let req = request.into_inner();
+        let role = pb::Role::try_from(req.role).ok().filter(|r| *r != pb::Role::Unspecified);
+        let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
+        if req.up_to_seq < 0 {
+            return Err(Status::invalid_argument("up_to_seq must not be negative"));
+        }
+        let conversation = self.conversation_of(&req.conversation_id, req.guest_id.as_deref()).await?;
+        let up_to_seq = self.store.mark_read(&conversation, role, req.up_to_seq).await?;
+        self.committed();
+        Ok(Response::new(pb::MarkReadResponse { up_to_seq }))
+    }
+
+    type WatchMessagesStream = ReceiverStream<Result<pb::WatchMessagesResponse, Status>>;
+
+    async fn watch_messages(&self, request: Request<pb::WatchMessagesRequest>) -> Result<Response<Self::WatchMessagesStream>, Status> {
+        let req = request.into_inner();
+        if req.after_cursor < 0 {
+            return Err(Status::invalid_argument("after_cursor must not be negative"));
+        }
+        let roles = req.roles.clone();
+        if roles.iter().any(|r| pb::Role::try_from(*r).is_err()) {
+            return Err(Status::invalid_argument("unknown role in roles"));
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BATCH as usize);
+        let store = self.store.clone();
+        let mut changes = self.committed.subscribe();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut cursor = req.after_cursor;
+            loop {
+                changes.borrow_and_update();
+                let (batch, scanned) = match store.messages_after_position(cursor, &roles, req.hotel_id.as_deref(), WATCH_BATCH).await {
+                    Ok(found) => found,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                };
+                for (position, message) in batch {
+                    if tx.send(Ok(pb::WatchMessagesResponse { cursor: position, message: Some(message) })).await.is_err() {
+                        return; // the watcher is gone
+                    }
+                }
+                match scanned {
+                    Some(last) => cursor = last,
+                    None => {
+                        tokio::select! {
+                            _ = changes.changed() => {}
+                            _ = tokio::time::sleep(WATCH_POLL) => {}
+                            _ = tx.closed() => return,
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

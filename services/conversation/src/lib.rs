@@ -1,0 +1,19 @@
+//! `jack-conversation`: the source of truth for conversations and messages.
+//!
+//! - [`domain`]: the rules for messages — limits, roles, rich parts. No I/O.
+//! - [`store`]: conversations, messages (with their per-conversation `seq` and global
+//!   `position`) and the outbox, on SQLite or PostgreSQL.
+//! - [`relay`]: hands outbox rows (and ephemeral typing) to delivery until it accepts them.
+//! - [`grpc`]: `ConversationService`, including the `WatchMessages` feed.
+//! - [`config`] and [`startup`]: settings and the one way to start the service.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod relay;
+pub mod startup;
+pub mod store;
+
+pub use config::Settings;
+pub use startup::ConversationServer;

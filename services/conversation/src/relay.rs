@@ -1,0 +1,125 @@
+//! The outbox relay: hands committed events to delivery until delivery accepts them.
+//!
+//! It wakes when a transaction commits (and polls once a second, for rows another replica of
+//! this service wrote), publishes the oldest rows in order, and deletes them only once
+//! delivery answered. After a crash it resends what is left; edges drop seqs they already
+//! sent, so a resend is harmless. Typing is ephemeral: it rides along best effort.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jack_proto::delivery::v1 as events;
+use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
+use jack_proto::tonic::transport::Channel;
+use jack_runtime::CancellationToken;
+use tokio::sync::{Notify, mpsc};
+
+use crate::store::Store;
+
+const BATCH: u32 = 500;
+const EPHEMERAL_QUEUE: usize = 4096;
+
+/// What the API uses to reach the relay.
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    wake: Arc<Notify>,
+    ephemeral: mpsc::Sender<events::Event>,
+}
+
+impl RelayHandle {
+    /// Something was committed to the outbox.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Publishes an event that is not stored (typing); dropped when delivery is behind.
+    pub fn publish_ephemeral(&self, event: events::Event) {
+        if self.ephemeral.try_send(event).is_err() {
+            tracing::debug!("ephemeral event dropped: relay queue full");
+        }
+    }
+}
+
+pub struct Relay {
+    store: Store,
+    clients: Vec<DeliveryServiceClient<Channel>>,
+    wake: Arc<Notify>,
+    ephemeral: mpsc::Receiver<events::Event>,
+}
+
+impl Relay {
+    pub fn new(store: Store, clients: Vec<DeliveryServiceClient<Channel>>) -> (Self, RelayHandle) {
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel(EPHEMERAL_QUEUE);
+        let handle = RelayHandle { wake: wake.clone(), ephemeral: tx };
+        (Self { store, clients, wake, ephemeral: rx }, handle)
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut target = 0usize;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < 256 {
+                match self.ephemeral.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            let ephemeral = batch.len();
+            let rows = match self.store.outbox(BATCH).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox read failed");
+                    Vec::new()
+                }
+            };
+            let last_position = rows.last().map(|(p, _)| *p);
+            batch.extend(rows.into_iter().map(|(_, e)| e));
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    Some(event) = self.ephemeral.recv() => self.publish_best_effort(&mut target, event).await,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            match self.publish(&mut target, batch).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(50);
+                    if let Some(position) = last_position {
+                        if let Err(err) = self.store.outbox_done(position).await {
+                            tracing::warn!(error = %err, "outbox cleanup failed");
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), ephemeral, "publish to delivery failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Publishes to one delivery replica; on failure the next attempt goes to the next one.
+    async fn publish(&self, target: &mut usize, events: Vec<events::Event>) -> Result<(), jack_proto::tonic::Status> {
+        let mut client = self.clients[*target % self.clients.len()].clone();
+        let result = client.publish(events::PublishRequest { events }).await;
+        if result.is_err() {
+            *target = target.wrapping_add(1);
+        }
+        result.map(drop)
+    }
+
+    async fn publish_best_effort(&self, target: &mut usize, event: events::Event) {
+        if let Err(status) = self.publish(target, vec![event]).await {
+            tracing::debug!(code = ?status.code(), "ephemeral event not delivered");
+        }
+    }
+}

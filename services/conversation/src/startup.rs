@@ -1,0 +1,56 @@
+//! Building and running jack-conversation.
+
+use std::net::SocketAddr;
+
+use jack_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
+use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
+use jack_runtime::db::Database;
+use jack_runtime::{CancellationToken, grpc};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::grpc::ConversationApi;
+use crate::relay::Relay;
+use crate::store::Store;
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A bound, migrated conversation service, ready to serve.
+pub struct ConversationServer {
+    listener: TcpListener,
+    store: Store,
+    settings: Settings,
+}
+
+impl ConversationServer {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = grpc::bind("the conversation gRPC API", settings.grpc_addr).await?;
+        let db = Database::open(&settings.database_url, &SQLITE, &POSTGRES).await?;
+        Ok(Self { listener, store: Store::new(db), settings })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "conversation service listening");
+        let clients = self
+            .settings
+            .delivery_urls
+            .iter()
+            .map(|url| grpc::channel(url, self.settings.publish_timeout).map(DeliveryServiceClient::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (relay, handle) = Relay::new(self.store.clone(), clients);
+        let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone());
+        let router = grpc::server()
+            .add_service(grpc::health("jack.conversation.v1.ConversationService").await)
+            .add_service(ConversationServiceServer::new(api));
+        let result = grpc::serve(router, self.listener, shutdown).await;
+        let _ = relay_task.await;
+        self.store.close().await;
+        result
+    }
+}

@@ -1,0 +1,97 @@
+//! `DeliveryService` over gRPC.
+
+use std::sync::Arc;
+
+use jack_proto::delivery::v1 as pb;
+use jack_proto::delivery::v1::delivery_service_server::DeliveryService;
+use jack_proto::tonic::{self, Request, Response, Status, Streaming};
+use jack_runtime::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::router::Router;
+
+#[derive(Debug, Clone)]
+pub struct DeliveryApi {
+    router: Arc<Router>,
+    edge_queue: usize,
+    subscriber_queue: usize,
+    shutdown: CancellationToken,
+}
+
+impl DeliveryApi {
+    pub fn new(router: Arc<Router>, edge_queue: usize, subscriber_queue: usize, shutdown: CancellationToken) -> Self {
+        Self { router, edge_queue, subscriber_queue, shutdown }
+    }
+}
+
+#[tonic::async_trait]
+impl DeliveryService for DeliveryApi {
+    type EdgeStreamStream = ReceiverStream<Result<pb::DeliveryMessage, Status>>;
+
+    async fn edge_stream(&self, request: Request<Streaming<pb::EdgeMessage>>) -> Result<Response<Self::EdgeStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.edge_queue);
+        // The router holds the only sender: when it drops the link (too slow, or shutdown)
+        // the edge's stream ends and the edge reconnects.
+        let link = self.router.add_edge(tx);
+        let router = self.router.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.cancelled() => break,
+                };
+                let kind = match message {
+                    Ok(Some(pb::EdgeMessage { kind: Some(kind) })) => kind,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "edge stream broke");
+                        break;
+                    }
+                };
+                match kind {
+                    pb::edge_message::Kind::Hello(hello) => {
+                        tracing::info!(edge_id = %hello.edge_id, "edge connected");
+                        router.name_edge(link, hello.edge_id);
+                    }
+                    pb::edge_message::Kind::Attach(attach) => {
+                        if !router.attach(link, &attach.conversation_id, attach.token) {
+                            break; // dropped as too slow
+                        }
+                    }
+                    pb::edge_message::Kind::Detach(detach) => router.detach(link, &detach.conversation_id),
+                    pb::edge_message::Kind::Event(event) => router.publish_to_subscribers(&[event]),
+                }
+            }
+            router.remove_edge(link);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let events = request.into_inner().events;
+        if events.iter().any(|e| e.conversation_id.is_empty() || e.kind.is_none()) {
+            return Err(Status::invalid_argument("every event needs a conversation_id and a kind"));
+        }
+        let routed = self.router.publish(events);
+        Ok(Response::new(pb::PublishResponse { routed }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut filter = request.into_inner();
+        if !(filter.messages || filter.typing || filter.reads) {
+            // Asking for nothing in particular means everything.
+            filter.messages = true;
+            filter.typing = true;
+            filter.reads = true;
+        }
+        let (tx, rx) = mpsc::channel(self.subscriber_queue);
+        self.router.add_subscriber(filter, tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,108 @@
+//! Settings of jack-edge. The spec's variables keep their names and defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jack_runtime::settings::{Env, SettingsError};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `WEBSOCKET_HOST` and `WEBSOCKET_PORT` (3001): the public HTTP/WebSocket listener.
+    pub http_addr: SocketAddr,
+    /// `WEBSOCKET_PATH` (/ws/chat).
+    pub ws_path: String,
+    /// `WEBSOCKET_PING_INTERVAL` (30000 ms): server pings; a peer silent for a whole interval
+    /// after a ping is dropped.
+    pub ping_interval: Duration,
+    /// `WEBSOCKET_MAX_CONNECTIONS` (10000): more get HTTP 503 before the upgrade.
+    pub max_connections: usize,
+    /// `WIDGET_ALLOWED_ORIGINS`: origins allowed to connect; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// `WIDGET_MAX_MESSAGE_SIZE` (4096): the largest message content, in bytes.
+    pub max_message_size: usize,
+    /// `WIDGET_MAX_FILE_SIZE` (5 MiB): announced to the widget in `connected`.
+    pub max_file_size: u64,
+    /// `EDGE_MAX_FRAME_SIZE`: a frame beyond this closes the connection with 1009
+    /// (default: 16 × `WIDGET_MAX_MESSAGE_SIZE`, at least 64 KiB).
+    pub max_frame_size: usize,
+    /// `EDGE_RATE_LIMIT` (20 frames/s, bursts of twice that): over it, `RATE_LIMITED`.
+    pub rate_limit: u32,
+    /// `EDGE_GRPC_ADDR`: the edge's own status API.
+    pub grpc_addr: SocketAddr,
+    /// `EDGE_GUEST_URL`, `EDGE_CONVERSATION_URL`, `EDGE_UPLOAD_URL`: the backends.
+    pub guest_url: String,
+    pub conversation_url: String,
+    pub upload_url: String,
+    /// `EDGE_DELIVERY_URLS`: every delivery replica; the edge keeps a stream to each.
+    pub delivery_urls: Vec<String>,
+    /// `EDGE_BACKEND_TIMEOUT_MS` (3000): the deadline of every backend call.
+    pub backend_timeout: Duration,
+    /// `EDGE_ID`: names this edge in delivery's logs (default: random).
+    pub edge_id: String,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let host = env.string("WEBSOCKET_HOST", "0.0.0.0");
+        let port = env.number("WEBSOCKET_PORT", 3001, 0, 65535)? as u16;
+        let http_addr = format!("{host}:{port}")
+            .parse()
+            .map_err(|_| SettingsError::new("WEBSOCKET_HOST", &host, "expected an IP address, e.g. 0.0.0.0"))?;
+        let ws_path = env.string("WEBSOCKET_PATH", "/ws/chat");
+        if !ws_path.starts_with('/') || ws_path.contains(char::is_whitespace) || ws_path.starts_with("/health") || ws_path == "/metrics" {
+            return Err(SettingsError::new("WEBSOCKET_PATH", &ws_path, "expected a path such as /ws/chat"));
+        }
+        let max_message_size = env.number("WIDGET_MAX_MESSAGE_SIZE", 4096, 1, 64 * 1024)? as usize;
+        let default_frame = (max_message_size * 16).max(64 * 1024) as u64;
+        let max_frame_size = env.number("EDGE_MAX_FRAME_SIZE", default_frame, max_message_size as u64 + 1024, 16 << 20)? as usize;
+        let origins = env.list("WIDGET_ALLOWED_ORIGINS");
+        for origin in &origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                return Err(SettingsError::new("WIDGET_ALLOWED_ORIGINS", origin, "expected origins like https://hotel.com"));
+            }
+        }
+        Ok(Self {
+            http_addr,
+            ws_path,
+            ping_interval: env.millis("WEBSOCKET_PING_INTERVAL", 30_000, 100)?,
+            max_connections: env.number("WEBSOCKET_MAX_CONNECTIONS", 10_000, 1, 10_000_000)? as usize,
+            allowed_origins: origins,
+            max_message_size,
+            max_file_size: env.number("WIDGET_MAX_FILE_SIZE", 5_242_880, 1, 1 << 40)?,
+            max_frame_size,
+            rate_limit: env.number("EDGE_RATE_LIMIT", 20, 1, 1_000_000)? as u32,
+            grpc_addr: env.socket_addr("EDGE_GRPC_ADDR", "127.0.0.1:50055")?,
+            guest_url: env.url("EDGE_GUEST_URL", "http://127.0.0.1:50051")?,
+            conversation_url: env.url("EDGE_CONVERSATION_URL", "http://127.0.0.1:50052")?,
+            upload_url: env.url("EDGE_UPLOAD_URL", "http://127.0.0.1:50054")?,
+            delivery_urls: env.urls("EDGE_DELIVERY_URLS", "http://127.0.0.1:50053")?,
+            backend_timeout: env.millis("EDGE_BACKEND_TIMEOUT_MS", 3000, 10)?,
+            edge_id: env.string("EDGE_ID", &format!("edge-{}", &jack_runtime::ids::random_hex()[..8])),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_defaults() {
+        let s = Settings::from_env(&Env::default()).unwrap();
+        assert_eq!(s.http_addr.port(), 3001);
+        assert_eq!(s.ws_path, "/ws/chat");
+        assert_eq!(s.ping_interval, Duration::from_secs(30));
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.max_message_size, 4096);
+        assert_eq!(s.max_file_size, 5_242_880);
+        assert!(s.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        let err = Settings::from_env(&Env::from_pairs([("WEBSOCKET_PING_INTERVAL", "soon")])).unwrap_err();
+        assert!(err.to_string().starts_with("invalid WEBSOCKET_PING_INTERVAL=\"soon\""), "{err}");
+        let err = Settings::from_env(&Env::from_pairs([("WIDGET_ALLOWED_ORIGINS", "hotel.com")])).unwrap_err();
+        assert!(err.to_string().contains("WIDGET_ALLOWED_ORIGINS"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The edge's small HTTP API: health, metrics, the widget, the demo page, upload URLs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jack_proto::guest::v1 as guest;
+use jack_proto::tonic::Code;
+use jack_proto::upload::v1 as upload;
+use serde_json::json;
+
+use crate::context::Edge;
+use crate::ws;
+
+/// The widget bundle and the demo hotel page, built into the binary.
+const WIDGET_JS: &str = include_str!("../../../widget/dist/widget.js");
+const DEMO_PAGE: &str = include_str!("../../../widget/demo/index.html");
+
+pub fn router(edge: Arc<Edge>) -> Router {
+    Router::new()
+        .route(&edge.settings.ws_path.clone(), get(ws::upgrade))
+        .route("/health/websocket", get(health))
+        .route("/metrics", get(metrics))
+        .route("/widget.js", get(widget))
+        .route("/", get(demo_page))
+        .route("/chat/upload-url", post(upload_url))
+        .with_state(edge)
+}
+
+async fn health(State(edge): State<Arc<Edge>>) -> Response {
+    let (streams, up) = edge.hub.links();
+    let status = if up == streams { "healthy" } else { "degraded" };
+    axum::Json(json!({
+        "status": status,
+        "connections": edge.connections.load(Ordering::Relaxed),
+        "uptime": edge.started.elapsed().as_secs(),
+        "sessions": edge.hub.sessions(),
+        "deliveryStreams": streams,
+        "deliveryStreamsUp": up,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], edge.metrics.render()).into_response()
+}
+
+async fn widget() -> Response {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")], WIDGET_JS).into_response()
+}
+
+async fn demo_page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO_PAGE).into_response()
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": code, "message": message }))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadUrlRequest {
+    filename: String,
+    content_type: String,
+    size: i64,
+}
+
+/// `POST /chat/upload-url`, authenticated by the visitor token.
+async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "a visitor token is required (Authorization: Bearer <visitorToken>)");
+    };
+    let verified = edge.backends.guest.clone().verify_visitor_token(guest::VerifyVisitorTokenRequest { visitor_token: token.to_owned() }).await;
+    let guest = match verified {
+        Ok(r) => r.into_inner().guest.unwrap_or_default(),
+        Err(s) if s.code() == Code::Unauthenticated => return json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid visitor token"),
+        Err(_) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the chat service is temporarily unavailable"),
+    };
+    let request: UploadUrlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("expected {{filename, contentType, size}}: {e}")),
+    };
+    let create = upload::CreateUploadRequest {
+        hotel_id: guest.hotel_id,
+        guest_id: guest.guest_id,
+        filename: request.filename,
+        content_type: request.content_type,
+        size: request.size,
+    };
+    match edge.backends.upload.clone().create_upload(create).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let attachment = r.attachment.unwrap_or_default();
+            axum::Json(json!({
+                "uploadUrl": r.upload_url,
+                "attachmentId": attachment.attachment_id,
+                "expiresAt": jack_runtime::time::rfc3339_ms(r.expires_at_ms),
+            }))
+            .into_response()
+        }
+        Err(s) if s.code() == Code::InvalidArgument => json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", s.message()),
+        Err(s) if s.code() == Code::FailedPrecondition => json_error(StatusCode::NOT_IMPLEMENTED, "UPLOADS_DISABLED", s.message()),
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable"),
+    }
+}

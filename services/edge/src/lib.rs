@@ -1,0 +1,31 @@
+//! `jack-edge`: the only public face of Jack web chat.
+//!
+//! A guest's browser holds a WebSocket here (protocol v1, `jack-frames`); everything durable
+//! happens behind gRPC. The edge holds no durable state, so any edge may die at any time.
+//!
+//! - [`config`]: the spec's variables (`WEBSOCKET_*`, `WIDGET_*`) and where the backends are.
+//! - [`backends`]: gRPC clients of guest, conversation and upload, with deadlines, and how
+//!   their failures become protocol error codes.
+//! - [`hub`]: which local sessions serve which conversation, and the bidirectional streams
+//!   to every delivery replica that feed them (re-opened with backoff when they break).
+//! - [`session`]: one connection's protocol state machine — identify, resume by `lastSeq`,
+//!   messages and acks, exactly-once in-order delivery by `seq`.
+//! - [`ws`]: the upgrade (origin, limits, hotel id) and the per-connection loop (pings,
+//!   size limits, shutdown).
+//! - [`http`]: health, metrics, the widget bundle, the demo page and the upload-URL API.
+//! - [`metrics`]: the spec's four Prometheus metrics.
+//! - [`startup`]: binds and runs it all; the one way the binary, launcher and tests start it.
+
+pub mod backends;
+pub mod config;
+pub mod context;
+pub mod convert;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod session;
+pub mod startup;
+pub mod ws;
+
+pub use config::Settings;
+pub use startup::EdgeServer;

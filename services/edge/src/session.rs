@@ -1,0 +1,468 @@
+//! One connection's protocol state machine (protocol v1 of DESIGN.md).
+//!
+//! The session turns client frames into backend calls and pushes answers into an output
+//! list that the connection loop writes to the socket; it never touches the socket itself.
+//!
+//! Exactly once, in order: `high` is the highest `seq` this session has passed to its client
+//! with nothing missing below it. A live message at or below `high` is dropped; one beyond
+//! `high + 1` means something was missed, so the session fetches everything after `high`
+//! from conversation first. The session's own messages are acknowledged with `message_ack`
+//! and not echoed back to it (other tabs of the visitor get them as `role: guest` messages).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use jack_frames::client::{self, ClientFrame};
+use jack_frames::server::{self as frames, ServerFrame};
+use jack_frames::ErrorCode;
+use jack_proto::conversation::v1 as conv;
+use jack_proto::delivery::v1 as events;
+use jack_proto::guest::v1 as guest;
+use jack_proto::upload::v1 as upload;
+use jack_runtime::time::{now_ms, now_rfc3339, rfc3339_ms};
+use tokio::sync::mpsc;
+
+use crate::backends::error_frame;
+use crate::context::Edge;
+use crate::convert;
+use crate::hub::{Lag, SessionEvent, SessionHandle};
+
+/// Live events a session may have queued before it counts as lagging.
+pub const SESSION_QUEUE: usize = 64;
+/// Page size when replaying after `lastSeq` or catching up.
+const REPLAY_PAGE: u32 = 500;
+/// The latest page shown to a resuming guest who sends no `lastSeq`.
+const LATEST_PAGE: u32 = 50;
+const MAX_HISTORY_PAGE: u32 = 100;
+
+type Out = Vec<ServerFrame>;
+
+#[derive(Debug, Clone)]
+struct Identity {
+    guest_id: String,
+    conversation_id: String,
+}
+
+/// A token bucket: `rate` frames a second, bursts of twice that.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        Self { tokens: f64::from(rate) * 2.0, rate: f64::from(rate), last: Instant::now() }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub session_id: String,
+    pub hotel_id: String,
+    edge: Arc<Edge>,
+    handle: SessionHandle,
+    identity: Option<Identity>,
+    high: i64,
+    /// Seqs of this session's own messages above `high`: skipped when they come back live.
+    own: BTreeSet<i64>,
+    limit: RateLimit,
+    /// A catch-up failed (conversation unreachable) and must be retried.
+    pub catch_up_pending: bool,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, client_message_id: Option<String>) -> ServerFrame {
+    ServerFrame::Error(frames::Error::new(code, message, client_message_id))
+}
+
+impl Session {
+    /// A new session and the receiving end of its live events.
+    pub fn new(edge: Arc<Edge>, session_id: String, hotel_id: String, id: u64) -> (Self, mpsc::Receiver<SessionEvent>, Arc<Lag>) {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let lag = Arc::new(Lag::default());
+        let handle = SessionHandle { id, tx, lag: lag.clone() };
+        let limit = RateLimit::new(edge.settings.rate_limit);
+        let session = Self { session_id, hotel_id, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false };
+        (session, rx, lag)
+    }
+
+    pub fn connected_frame(&self) -> ServerFrame {
+        ServerFrame::Connected(frames::Connected {
+            session_id: self.session_id.clone(),
+            timestamp: now_rfc3339(),
+            protocol: jack_frames::PROTOCOL_VERSION,
+            limits: frames::Limits { max_message_size: self.edge.settings.max_message_size as u64, max_file_size: self.edge.settings.max_file_size },
+        })
+    }
+
+    pub fn is_identified(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Leaves the hub (the connection is closing).
+    pub fn close(&mut self) {
+        if let Some(identity) = self.identity.take() {
+            self.edge.hub.detach(&identity.conversation_id, self.handle.id);
+        }
+    }
+
+    /// Handles one text frame from the client.
+    pub async fn on_text(&mut self, text: &str, out: &mut Out) {
+        let received = Instant::now();
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // A malformed frame still spends from the rate limit.
+                if self.limit.allow() {
+                    out.push(error(e.code, e.message, e.client_message_id));
+                }
+                return;
+            }
+        };
+        if !self.limit.allow() {
+            let id = match &frame {
+                ClientFrame::Message(m) => Some(m.client_message_id.clone()),
+                ClientFrame::Postback(p) => Some(p.client_message_id.clone()),
+                _ => None,
+            };
+            out.push(error(ErrorCode::RateLimited, "too many frames; slow down and retry", id));
+            return;
+        }
+        match frame {
+            ClientFrame::Identify(identify) => self.identify(identify, out).await,
+            ClientFrame::Message(m) => {
+                let kind = if m.attachments.is_empty() { "text" } else { "attachment" };
+                let request = conv::AddGuestMessageRequest {
+                    client_message_id: m.client_message_id,
+                    kind: conv::MessageKind::Text as i32,
+                    content: m.content,
+                    attachments: m.attachments.into_iter().map(|a| conv::AttachmentRef { attachment_id: a.id, ..Default::default() }).collect(),
+                    ..Default::default()
+                };
+                self.add_message(request, kind, received, out).await;
+            }
+            ClientFrame::Postback(p) => {
+                let content = p.label.clone().filter(|l| !l.trim().is_empty()).unwrap_or_else(|| p.payload.clone());
+                let request = conv::AddGuestMessageRequest {
+                    client_message_id: p.client_message_id,
+                    kind: conv::MessageKind::Postback as i32,
+                    content,
+                    payload: Some(p.payload),
+                    reply_to_message_id: p.message_id,
+                    ..Default::default()
+                };
+                self.add_message(request, "quick_reply", received, out).await;
+            }
+            ClientFrame::Typing(t) => self.typing(t, out),
+            ClientFrame::Read(r) => self.read(r, out).await,
+            ClientFrame::LoadHistory(h) => self.load_history(h, out).await,
+        }
+    }
+
+    async fn identify(&mut self, req: client::Identify, out: &mut Out) {
+        let request = guest::IdentifyRequest {
+            hotel_id: self.hotel_id.clone(),
+            channel: "webchat".into(),
+            visitor_id: req.visitor_id.clone(),
+            visitor_token: req.visitor_token.clone(),
+            user_hash: req.user_hash.clone(),
+            name: req.name.clone(),
+            email: req.email.clone(),
+        };
+        let identified = match self.edge.backends.guest.clone().identify(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return out.push(ServerFrame::Error(error_frame(&status, None))),
+        };
+        let Some(g) = identified.guest else {
+            return out.push(error(ErrorCode::Unavailable, "identify failed; retry", None));
+        };
+        let active = conv::GetActiveConversationRequest { hotel_id: g.hotel_id.clone(), guest_id: g.guest_id.clone(), channel: "webchat".into(), create: true };
+        let conversation = match self.edge.backends.conversation.clone().get_active_conversation(active).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return out.push(ServerFrame::Error(error_frame(&status, None))),
+        };
+        // Re-identifying on the same connection: leave the old conversation first.
+        self.close();
+        self.own.clear();
+        let conversation_id = conversation.conversation_id.clone();
+        // Subscribe first, then replay: nothing committed in between can be missed.
+        self.edge.hub.attach(&conversation_id, self.handle.clone()).await;
+        self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone() });
+        // A visitor who could not prove the id it sent starts afresh and sees no history.
+        let resume = (req.resume_conversation || req.last_seq.is_some()) && !identified.replaced_visitor;
+        let replayed = if resume {
+            match req.last_seq.filter(|s| *s > 0) {
+                Some(last_seq) => self.replay_after(last_seq.min(conversation.last_seq), out).await,
+                None => self.replay_latest(out).await,
+            }
+        } else {
+            self.high = conversation.last_seq;
+            // Anything committed between reading last_seq and attaching goes out live.
+            self.catch_up(out).await
+        };
+        if let Err(status) = replayed {
+            self.close();
+            return out.push(ServerFrame::Error(error_frame(&status, None)));
+        }
+        out.push(ServerFrame::Identified(frames::Identified {
+            guest_id: g.guest_id,
+            visitor_id: g.visitor_id,
+            visitor_token: identified.visitor_token,
+            conversation_id: Some(conversation_id),
+        }));
+    }
+
+    async fn list(&self, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<conv::ListMessagesResponse, jack_proto::tonic::Status> {
+        let identity = self.identity.as_ref().expect("listing needs an identity");
+        let request = conv::ListMessagesRequest {
+            conversation_id: identity.conversation_id.clone(),
+            after_seq,
+            before_seq,
+            limit,
+            guest_id: Some(identity.guest_id.clone()),
+        };
+        Ok(self.edge.backends.conversation.clone().list_messages(request).await?.into_inner())
+    }
+
+    /// `history` frames with every message after `last_seq`.
+    async fn replay_after(&mut self, last_seq: i64, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
+        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.clone()).unwrap_or_default();
+        self.high = last_seq.max(0);
+        loop {
+            let page = self.list(Some(self.high), None, REPLAY_PAGE).await?;
+            if let Some(last) = page.messages.last() {
+                self.high = last.seq;
+            }
+            out.push(ServerFrame::History(frames::History {
+                conversation_id: conversation_id.clone(),
+                messages: page.messages.iter().map(convert::message).collect(),
+                has_more: false,
+            }));
+            if !page.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One `history` frame with the latest page; older pages come with `load_history`.
+    async fn replay_latest(&mut self, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
+        let page = self.list(None, None, LATEST_PAGE).await?;
+        self.high = page.messages.last().map_or(0, |m| m.seq);
+        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.clone()).unwrap_or_default();
+        out.push(ServerFrame::History(frames::History {
+            conversation_id,
+            messages: page.messages.iter().map(convert::message).collect(),
+            has_more: page.has_more,
+        }));
+        // The page may predate a message committed while it was read.
+        self.catch_up(out).await
+    }
+
+    /// Sends, as live `message` frames, everything after `high`.
+    pub async fn catch_up(&mut self, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
+        if self.identity.is_none() {
+            return Ok(());
+        }
+        loop {
+            let page = match self.list(Some(self.high), None, REPLAY_PAGE).await {
+                Ok(page) => page,
+                Err(status) => {
+                    self.catch_up_pending = true;
+                    return Err(status);
+                }
+            };
+            for message in &page.messages {
+                self.deliver_in_order(message, out);
+            }
+            if !page.has_more {
+                self.catch_up_pending = false;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Passes a message whose seq is `high + 1` (or older, dropped) to the client.
+    fn deliver_in_order(&mut self, message: &conv::Message, out: &mut Out) {
+        if message.seq <= self.high {
+            return;
+        }
+        self.high = message.seq;
+        if self.own.remove(&message.seq) {
+            return; // this tab sent it and got its ack
+        }
+        if message.role != conv::Role::Guest as i32 {
+            let kind = if !message.attachments.is_empty() {
+                "attachment"
+            } else if !message.quick_replies.is_empty() {
+                "quick_reply"
+            } else {
+                "text"
+            };
+            self.edge.metrics.messages_total.with_label_values(&["outbound", kind]).inc();
+            let latency = (now_ms() - message.created_at_ms).max(0) as f64;
+            self.edge.metrics.message_latency.with_label_values(&["outbound"]).observe(latency);
+        }
+        out.push(ServerFrame::Message(convert::message(message)));
+    }
+
+    /// Handles a live event from delivery.
+    pub async fn on_event(&mut self, event: SessionEvent, out: &mut Out) {
+        let event = match event {
+            SessionEvent::CatchUp => {
+                let _ = self.catch_up(out).await;
+                return;
+            }
+            SessionEvent::Event(event) => event,
+        };
+        let Some(identity) = &self.identity else { return };
+        if event.conversation_id != identity.conversation_id {
+            return;
+        }
+        match &event.kind {
+            Some(events::event::Kind::Message(message)) => {
+                if message.seq > self.high + 1 || self.catch_up_pending {
+                    // A gap: something was missed; fetch it all in order.
+                    let _ = self.catch_up(out).await;
+                } else {
+                    self.deliver_in_order(message, out);
+                }
+            }
+            Some(events::event::Kind::Typing(t)) if t.role != conv::Role::Guest as i32 => {
+                out.push(ServerFrame::Typing(frames::Typing { is_typing: t.is_typing, role: convert::role(t.role) }));
+            }
+            Some(events::event::Kind::Read(r)) if r.role != conv::Role::Guest as i32 => {
+                out.push(ServerFrame::Read(frames::Read { up_to_seq: r.up_to_seq, role: convert::role(r.role), timestamp: rfc3339_ms(event.at_ms) }));
+            }
+            _ => {}
+        }
+    }
+
+    /// The session's queue overflowed: drop what is queued and catch up from conversation.
+    pub async fn on_lag(&mut self, events: &mut mpsc::Receiver<SessionEvent>, out: &mut Out) {
+        if self.handle.lag.lagged.swap(false, Ordering::Relaxed) {
+            while events.try_recv().is_ok() {}
+            let _ = self.catch_up(out).await;
+        }
+    }
+
+    async fn add_message(&mut self, mut request: conv::AddGuestMessageRequest, kind: &str, received: Instant, out: &mut Out) {
+        let client_message_id = request.client_message_id.clone();
+        let Some(identity) = self.identity.clone() else {
+            return out.push(error(ErrorCode::NotIdentified, "Please identify first", Some(client_message_id)));
+        };
+        if client_message_id.is_empty() {
+            return out.push(error(ErrorCode::InvalidFrame, "clientMessageId must not be empty", None));
+        }
+        if request.content.len() > self.edge.settings.max_message_size {
+            let max = self.edge.settings.max_message_size;
+            return out.push(error(ErrorCode::MessageTooLarge, format!("content is over {max} bytes"), Some(client_message_id)));
+        }
+        if !request.attachments.is_empty() {
+            let ids = request.attachments.iter().map(|a| a.attachment_id.clone()).collect();
+            let resolve = upload::ResolveAttachmentsRequest { hotel_id: self.hotel_id.clone(), guest_id: identity.guest_id.clone(), attachment_ids: ids };
+            match self.edge.backends.upload.clone().resolve_attachments(resolve).await {
+                Ok(r) => {
+                    let resolved = r.into_inner();
+                    if !resolved.missing.is_empty() {
+                        return out.push(error(ErrorCode::AttachmentNotFound, format!("attachment {} not found", resolved.missing[0]), Some(client_message_id)));
+                    }
+                    request.attachments = resolved
+                        .attachments
+                        .into_iter()
+                        .map(|a| conv::AttachmentRef { attachment_id: a.attachment_id, filename: Some(a.filename), content_type: Some(a.content_type), size: Some(a.size) })
+                        .collect();
+                }
+                Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
+            }
+        }
+        request.conversation_id = identity.conversation_id.clone();
+        request.guest_id = identity.guest_id.clone();
+        let stored = match self.edge.backends.conversation.clone().add_guest_message(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
+        };
+        let Some(message) = stored.message else {
+            return out.push(error(ErrorCode::Unavailable, "message not stored; retry", Some(client_message_id)));
+        };
+        if message.seq > self.high {
+            self.own.insert(message.seq);
+        }
+        if !stored.duplicate {
+            self.edge.metrics.messages_total.with_label_values(&["inbound", kind]).inc();
+        }
+        out.push(ServerFrame::MessageAck(frames::MessageAck {
+            client_message_id,
+            message_id: message.message_id,
+            seq: message.seq,
+            conversation_id: message.conversation_id,
+            timestamp: rfc3339_ms(message.created_at_ms),
+        }));
+        self.edge.metrics.message_latency.with_label_values(&["inbound"]).observe(received.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    fn typing(&mut self, typing: client::Typing, out: &mut Out) {
+        let Some(identity) = &self.identity else {
+            return out.push(error(ErrorCode::NotIdentified, "Please identify first", None));
+        };
+        let event = events::Event {
+            conversation_id: identity.conversation_id.clone(),
+            hotel_id: self.hotel_id.clone(),
+            guest_id: identity.guest_id.clone(),
+            at_ms: now_ms(),
+            kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Guest as i32, is_typing: typing.is_typing })),
+        };
+        // Typing is ephemeral: with no delivery stream up it is simply not shown.
+        self.edge.hub.publish_guest_event(event);
+    }
+
+    async fn read(&mut self, read: client::Read, out: &mut Out) {
+        let Some(identity) = &self.identity else {
+            return out.push(error(ErrorCode::NotIdentified, "Please identify first", None));
+        };
+        if read.up_to_seq < 0 {
+            return out.push(error(ErrorCode::InvalidFrame, "upToSeq must not be negative", None));
+        }
+        let request = conv::MarkReadRequest {
+            conversation_id: identity.conversation_id.clone(),
+            role: conv::Role::Guest as i32,
+            up_to_seq: read.up_to_seq,
+            guest_id: Some(identity.guest_id.clone()),
+        };
+        if let Err(status) = self.edge.backends.conversation.clone().mark_read(request).await {
+            out.push(ServerFrame::Error(error_frame(&status, None)));
+        }
+    }
+
+    async fn load_history(&mut self, req: client::LoadHistory, out: &mut Out) {
+        let Some(identity) = self.identity.clone() else {
+            return out.push(error(ErrorCode::NotIdentified, "Please identify first", None));
+        };
+        if req.before_seq < 1 {
+            return out.push(error(ErrorCode::InvalidFrame, "beforeSeq must be at least 1", None));
+        }
+        let limit = req.limit.unwrap_or(LATEST_PAGE).clamp(1, MAX_HISTORY_PAGE);
+        match self.list(None, Some(req.before_seq), limit).await {
+            Ok(page) => out.push(ServerFrame::History(frames::History {
+                conversation_id: identity.conversation_id,
+                messages: page.messages.iter().map(convert::message).collect(),
+                has_more: page.has_more,
+            })),
+            Err(status) => out.push(ServerFrame::Error(error_frame(&status, None))),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Building and running jack-edge.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use jack_proto::edge::v1 as pb;
+use jack_proto::edge::v1::edge_service_server::{EdgeService, EdgeServiceServer};
+use jack_proto::tonic::{self, Request, Response, Status};
+use jack_runtime::{CancellationToken, grpc};
+use tokio::net::TcpListener;
+
+use crate::backends::{Backends, HotelPolicies};
+use crate::config::Settings;
+use crate::context::Edge;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long hotel policies are cached.
+const POLICY_TTL: Duration = Duration::from_secs(30);
+
+/// A bound edge, ready to serve.
+pub struct EdgeServer {
+    http: TcpListener,
+    grpc: TcpListener,
+    settings: Settings,
+}
+
+impl EdgeServer {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let http = grpc::bind("the WebSocket listener (WEBSOCKET_PORT)", settings.http_addr).await?;
+        let grpc = grpc::bind("the edge gRPC API", settings.grpc_addr).await?;
+        Ok(Self { http, grpc, settings })
+    }
+
+    /// The HTTP/WebSocket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let backends = Backends::connect(&self.settings)?;
+        let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls);
+        let links = hub.start(shutdown.clone());
+        let edge = Arc::new(Edge {
+            settings: self.settings,
+            backends,
+            hub,
+            metrics: Metrics::new(),
+            policies: HotelPolicies::new(POLICY_TTL),
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+            shutdown: shutdown.clone(),
+        });
+        tracing::info!(%addr, path = %edge.settings.ws_path, "edge listening");
+        let status = grpc::server()
+            .add_service(grpc::health("jack.edge.v1.EdgeService").await)
+            .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
+        let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
+        let app = crate::http::router(edge.clone());
+        let result = axum::serve(self.http, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        for link in links {
+            let _ = link.await;
+        }
+        let _ = grpc_task.await;
+        // Give connection tasks a moment to send their 1001 close frames.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while edge.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        result.map_err(Into::into)
+    }
+}
+
+struct StatusApi {
+    edge: Arc<Edge>,
+}
+
+#[tonic::async_trait]
+impl EdgeService for StatusApi {
+    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::EdgeStatus>, Status> {
+        let (streams, up) = self.edge.hub.links();
+        Ok(Response::new(pb::EdgeStatus {
+            edge_id: self.edge.settings.edge_id.clone(),
+            connections: self.edge.connections.load(Ordering::Relaxed) as u64,
+            sessions: self.edge.hub.sessions() as u64,
+            delivery_streams: streams as u32,
+            delivery_streams_up: up as u32,
+            uptime_seconds: self.edge.started.elapsed().as_secs(),
+        }))
+    }
+}

@@ -1,0 +1,233 @@
+//! The WebSocket endpoint: the upgrade checks and the per-connection loop.
+//!
+//! Before the upgrade: origin (HTTP 403) and connection count (HTTP 503). After it: the hotel
+//! id (close 4000 when missing, 4004 when a registry is configured and the hotel is not in
+//! it), then `connected`. The loop reads frames, writes answers and live events, pings every
+//! `WEBSOCKET_PING_INTERVAL` and drops a peer that stayed silent for a whole interval, closes
+//! with 1009 on a frame beyond `EDGE_MAX_FRAME_SIZE` and with 1001 on shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper_util::rt::TokioIo;
+use jack_frames::{ErrorCode, ServerFrame, close};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::context::Edge;
+use crate::session::Session;
+
+/// A write that takes longer than this means the peer stopped reading: drop it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-connection buffers, sized for tens of thousands of mostly idle connections.
+const READ_BUFFER: usize = 4 * 1024;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (status, text).into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn hotel_id_of(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    url_params(query).into_iter().find(|(k, _)| k == "hotelId").map(|(_, v)| v).filter(|v| !v.is_empty())
+}
+
+fn url_params(query: &str) -> Vec<(String, String)> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&format!("/?{query}").parse().unwrap_or_default())
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+/// `GET {WEBSOCKET_PATH}`: checks, then upgrades.
+pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Response {
+    let headers = request.headers();
+    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade") && header_has_token(headers, header::UPGRADE, "websocket");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(key), true, true) = (key, is_upgrade, version_ok) else {
+        return plain(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade (version 13)");
+    };
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let hotel_id = hotel_id_of(request.uri().query());
+
+    // The hotel's own allowed origins (from the registry) win over the global list.
+    let policy = match &hotel_id {
+        Some(hotel) => edge.policies.get(&edge.backends, hotel).await,
+        None => None,
+    };
+    let allowed = match &policy {
+        Some(p) if !p.allowed_origins.is_empty() => &p.allowed_origins,
+        _ => &edge.settings.allowed_origins,
+    };
+    if !allowed.is_empty() && !origin.as_ref().is_some_and(|o| allowed.iter().any(|a| a == o)) {
+        tracing::warn!(origin = origin.as_deref().unwrap_or("(none)"), "rejected WebSocket connection from unauthorized origin");
+        return plain(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
+    // Count the connection now, so concurrent upgrades cannot overshoot the limit.
+    let max = edge.settings.max_connections;
+    if edge.connections.fetch_add(1, Ordering::AcqRel) >= max {
+        edge.connections.fetch_sub(1, Ordering::AcqRel);
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
+    }
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        edge.connections.fetch_sub(1, Ordering::AcqRel);
+        return plain(StatusCode::UPGRADE_REQUIRED, "connection cannot be upgraded");
+    };
+    let close_with = match (&hotel_id, &policy) {
+        (None, _) => Some((close::MISSING_HOTEL_ID, "Missing hotel ID")),
+        (Some(_), Some(p)) if p.registry_enabled && !p.known => Some((close::UNKNOWN_HOTEL, "Unknown hotel ID")),
+        _ => None,
+    };
+    let task_edge = edge.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                task_edge.connections.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
+            .max_write_buffer_size(task_edge.settings.max_frame_size * 4)
+            .max_message_size(Some(task_edge.settings.max_frame_size))
+            .max_frame_size(Some(task_edge.settings.max_frame_size));
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        match (close_with, hotel_id) {
+            (None, Some(hotel_id)) => serve(task_edge.clone(), ws, hotel_id).await,
+            (Some((code, reason)), _) => refuse(ws, code, reason).await,
+            (None, None) => {}
+        }
+        task_edge.connections.fetch_sub(1, Ordering::AcqRel);
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"));
+    response
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+    // Wait briefly for the client's close reply so the close handshake completes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}
+
+async fn write_all(ws: &mut Ws, frames: &mut Vec<ServerFrame>) -> Result<(), tungstenite::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let sending = async {
+        for frame in frames.drain(..) {
+            ws.feed(Message::text(frame.to_json())).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, sending).await {
+        Ok(result) => result,
+        Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))),
+    }
+}
+
+/// The connection loop of an accepted guest connection.
+async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
+    let started = Instant::now();
+    let session_id = format!("ws_{}", jack_runtime::ids::random_hex());
+    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let (mut session, mut events, lag) = Session::new(edge.clone(), session_id.clone(), hotel_id.clone(), id);
+    let gauge = edge.metrics.connections_active.with_label_values(&[hotel_id.as_str()]);
+    gauge.inc();
+    tracing::debug!(%session_id, %hotel_id, "webchat connection established");
+
+    let mut out = vec![session.connected_frame()];
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
+    let mut heard_since_ping = true;
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    let reason: &'static str = loop {
+        if let Err(err) = write_all(&mut ws, &mut out).await {
+            tracing::debug!(%session_id, error = %err, "write failed");
+            break "write_error";
+        }
+        tokio::select! {
+            incoming = ws.next() => {
+                heard_since_ping = true;
+                match incoming {
+                    Some(Ok(Message::Text(text))) => session.on_text(text.as_str(), &mut out).await,
+                    Some(Ok(Message::Binary(_))) => out.push(ServerFrame::Error(jack_frames::server::Error::new(
+                        ErrorCode::InvalidJson, "frames must be JSON text", None))),
+                    Some(Ok(Message::Close(_))) | None => break "client_close",
+                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                    Some(Err(tungstenite::Error::Capacity(_))) => {
+                        let frame = CloseFrame { code: CloseCode::from(close::MESSAGE_TOO_BIG), reason: "Frame too large".into() };
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+                        break "message_too_big";
+                    }
+                    Some(Err(err)) => {
+                        tracing::debug!(%session_id, error = %err, "read failed");
+                        break "error";
+                    }
+                }
+            }
+            Some(event) = events.recv(), if session.is_identified() => session.on_event(event, &mut out).await,
+            _ = lag.wake.notified() => session.on_lag(&mut events, &mut out).await,
+            _ = retry.tick(), if session.catch_up_pending => { let _ = session.catch_up(&mut out).await; }
+            _ = ping.tick() => {
+                if !heard_since_ping {
+                    break "ping_timeout";
+                }
+                heard_since_ping = false;
+                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                    break "write_error";
+                }
+            }
+            _ = edge.shutdown.cancelled() => {
+                let frame = CloseFrame { code: CloseCode::from(close::GOING_AWAY), reason: "Server shutting down".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                break "shutdown";
+            }
+        }
+    };
+    session.close();
+    gauge.dec();
+    edge.metrics.connection_duration.with_label_values(&[reason]).observe(started.elapsed().as_secs_f64());
+    tracing::debug!(%session_id, reason, "webchat connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hotel_id_from_query() {
+        assert_eq!(hotel_id_of(Some("hotelId=hotel_123")).as_deref(), Some("hotel_123"));
+        assert_eq!(hotel_id_of(Some("a=1&hotelId=h%20x")).as_deref(), Some("h x"));
+        assert_eq!(hotel_id_of(Some("hotelId=")), None);
+        assert_eq!(hotel_id_of(None), None);
+    }
+}

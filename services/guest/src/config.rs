@@ -1,0 +1,36 @@
+//! Settings of jack-guest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use jack_runtime::settings::{Env, SettingsError};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `GUEST_GRPC_ADDR`: where the gRPC API listens.
+    pub grpc_addr: SocketAddr,
+    /// `GUEST_DATABASE_URL`: `sqlite:PATH` or `postgres://…`.
+    pub database_url: String,
+    /// `GUEST_TOKEN_SECRET`: signs visitor tokens. When unset, a random secret is created
+    /// once and kept in the database, so tokens survive restarts and are shared by replicas.
+    pub token_secret: Option<String>,
+    /// `GUEST_HOTELS_FILE`: a JSON list of hotels loaded into the registry at start-up.
+    pub hotels_file: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let token_secret = env.get("GUEST_TOKEN_SECRET").map(str::to_owned);
+        if let Some(secret) = &token_secret {
+            if secret.len() < 32 {
+                return Err(SettingsError::new("GUEST_TOKEN_SECRET", "(hidden)", "must be at least 32 characters"));
+            }
+        }
+        Ok(Self {
+            grpc_addr: env.socket_addr("GUEST_GRPC_ADDR", "127.0.0.1:50051")?,
+            database_url: env.string("GUEST_DATABASE_URL", "sqlite:data/guest.db"),
+            token_secret,
+            hotels_file: env.get("GUEST_HOTELS_FILE").map(PathBuf::from),
+        })
+    }
+}

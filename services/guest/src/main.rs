@@ -1,0 +1,14 @@
+use jack_runtime::{settings::Env, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _telemetry = telemetry::init("jack-guest")?;
+    let settings = jack_guest::Settings::from_env(&Env::from_process()).unwrap_or_else(|e| exit_with(e));
+    let server = jack_guest::GuestServer::build(settings).await.unwrap_or_else(|e| exit_with(e));
+    server.run(shutdown::on_signal()).await
+}
+
+fn exit_with(err: impl std::fmt::Display) -> ! {
+    eprintln!("jack-guest: {err:#}");
+    std::process::exit(2)
+}

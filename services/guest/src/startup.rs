@@ -1,0 +1,72 @@
+//! Building and running jack-guest.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use jack_proto::guest::v1::guest_service_server::GuestServiceServer;
+use jack_runtime::db::Database;
+use jack_runtime::{CancellationToken, grpc, ids, time};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::domain::TokenSigner;
+use crate::grpc::GuestApi;
+use crate::store::{HotelRecord, Store};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A bound, migrated guest service, ready to serve.
+pub struct GuestServer {
+    listener: TcpListener,
+    db: Database,
+    api: GuestApi,
+}
+
+/// One entry of `GUEST_HOTELS_FILE`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HotelEntry {
+    hotel_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    identity_secret: Option<String>,
+}
+
+impl GuestServer {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = grpc::bind("the guest gRPC API", settings.grpc_addr).await?;
+        let db = Database::open(&settings.database_url, &SQLITE, &POSTGRES).await?;
+        let store = Store::new(db.clone());
+        let secret = match settings.token_secret {
+            Some(secret) => secret,
+            None => store.secret("visitor_token", &format!("{}{}", ids::random_hex(), ids::random_hex())).await?,
+        };
+        if let Some(path) = &settings.hotels_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("failed to read GUEST_HOTELS_FILE {}", path.display()))?;
+            let hotels: Vec<HotelEntry> = serde_json::from_str(&text).with_context(|| format!("invalid GUEST_HOTELS_FILE {}", path.display()))?;
+            for h in hotels {
+                crate::domain::check_id("hotelId", &h.hotel_id).map_err(|e| anyhow::anyhow!("invalid GUEST_HOTELS_FILE {}: {e}", path.display()))?;
+                let record = HotelRecord { hotel_id: h.hotel_id, name: h.name, allowed_origins: h.allowed_origins, identity_secret: h.identity_secret };
+                store.upsert_hotel(&record, time::now_ms()).await?;
+            }
+        }
+        Ok(Self { listener, db, api: GuestApi::new(store, TokenSigner::new(&secret)) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "guest service listening");
+        let router = grpc::server()
+            .add_service(grpc::health("jack.guest.v1.GuestService").await)
+            .add_service(GuestServiceServer::new(self.api));
+        let result = grpc::serve(router, self.listener, shutdown).await;
+        self.db.close().await;
+        result
+    }
+}

@@ -1,0 +1,145 @@
+//! The guest service's tables. SQL here runs unchanged on SQLite and PostgreSQL.
+
+use jack_runtime::db::Database;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use jack_proto::guest::v1 as pb;
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+}
+
+/// A registered hotel, with its secret (never sent over the wire).
+#[derive(Debug, Clone)]
+pub struct HotelRecord {
+    pub hotel_id: String,
+    pub name: String,
+    pub allowed_origins: Vec<String>,
+    pub identity_secret: Option<String>,
+}
+
+/// `SELECT` of every guest column; a macro so that queries stay `&'static str` literals.
+macro_rules! select_guest {
+    ($where:literal) => {
+        concat!("SELECT guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms FROM guests WHERE ", $where)
+    };
+}
+
+fn guest_from_row(row: &AnyRow) -> Result<pb::Guest, sqlx::Error> {
+    Ok(pb::Guest {
+        guest_id: row.try_get("guest_id")?,
+        hotel_id: row.try_get("hotel_id")?,
+        channel: row.try_get("channel")?,
+        visitor_id: row.try_get("visitor_id")?,
+        name: row.try_get("name")?,
+        email: row.try_get("email")?,
+        verified: row.try_get::<i64, _>("verified")? != 0,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+impl Store {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn find_guest(&self, hotel_id: &str, channel: &str, visitor_id: &str) -> Result<Option<pb::Guest>, sqlx::Error> {
+        let sql = select_guest!("hotel_id = $1 AND channel = $2 AND visitor_id = $3");
+        let row = sqlx::query(sql).bind(hotel_id).bind(channel).bind(visitor_id).fetch_optional(&self.db.read).await?;
+        row.as_ref().map(guest_from_row).transpose()
+    }
+
+    pub async fn guest(&self, guest_id: &str) -> Result<Option<pb::Guest>, sqlx::Error> {
+        let sql = select_guest!("guest_id = $1");
+        let row = sqlx::query(sql).bind(guest_id).fetch_optional(&self.db.read).await?;
+        row.as_ref().map(guest_from_row).transpose()
+    }
+
+    /// Inserts the guest unless its visitor id is taken; returns whether it was inserted.
+    pub async fn insert_guest(&self, guest: &pb::Guest) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (hotel_id, channel, visitor_id) DO NOTHING",
+        )
+        .bind(&guest.guest_id)
+        .bind(&guest.hotel_id)
+        .bind(&guest.channel)
+        .bind(&guest.visitor_id)
+        .bind(&guest.name)
+        .bind(&guest.email)
+        .bind(i64::from(guest.verified))
+        .bind(guest.created_at_ms)
+        .execute(&self.db.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets name, email and/or verified where given; returns the guest after the change.
+    pub async fn update_guest(&self, guest_id: &str, name: Option<&str>, email: Option<&str>, verified: bool) -> Result<Option<pb::Guest>, sqlx::Error> {
+        sqlx::query(
+            "UPDATE guests SET name = COALESCE($2, name), email = COALESCE($3, email),
+                 verified = CASE WHEN $4 = 1 THEN 1 ELSE verified END
+             WHERE guest_id = $1",
+        )
+        .bind(guest_id)
+        .bind(name)
+        .bind(email)
+        .bind(i64::from(verified))
+        .execute(&self.db.write)
+        .await?;
+        let sql = select_guest!("guest_id = $1");
+        let row = sqlx::query(sql).bind(guest_id).fetch_optional(&self.db.write).await?;
+        row.as_ref().map(guest_from_row).transpose()
+    }
+
+    pub async fn hotel_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) AS n FROM hotels").fetch_one(&self.db.read).await?.try_get("n")
+    }
+
+    pub async fn hotel(&self, hotel_id: &str) -> Result<Option<HotelRecord>, sqlx::Error> {
+        let row = sqlx::query("SELECT hotel_id, name, allowed_origins, identity_secret FROM hotels WHERE hotel_id = $1")
+            .bind(hotel_id)
+            .fetch_optional(&self.db.read)
+            .await?;
+        row.map(|row| {
+            let origins: String = row.try_get("allowed_origins")?;
+            Ok(HotelRecord {
+                hotel_id: row.try_get("hotel_id")?,
+                name: row.try_get("name")?,
+                allowed_origins: origins.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                identity_secret: row.try_get("identity_secret")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn upsert_hotel(&self, hotel: &HotelRecord, now_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO hotels (hotel_id, name, allowed_origins, identity_secret, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (hotel_id) DO UPDATE SET name = excluded.name, allowed_origins = excluded.allowed_origins,
+                 identity_secret = COALESCE(excluded.identity_secret, hotels.identity_secret), updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&hotel.hotel_id)
+        .bind(&hotel.name)
+        .bind(hotel.allowed_origins.join("\n"))
+        .bind(&hotel.identity_secret)
+        .bind(now_ms)
+        .execute(&self.db.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The named secret, created from `fresh` on first use (first writer wins).
+    pub async fn secret(&self, name: &str, fresh: &str) -> Result<String, sqlx::Error> {
+        sqlx::query("INSERT INTO service_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(fresh)
+            .execute(&self.db.write)
+            .await?;
+        sqlx::query("SELECT value FROM service_secrets WHERE name = $1").bind(name).fetch_one(&self.db.write).await?.try_get("value")
+    }
+}

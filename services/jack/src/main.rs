@@ -1,0 +1,58 @@
+//! `jack up`: the whole product on the embedded default, in one process.
+
+use std::path::PathBuf;
+
+use jack::{Service, Stack, concierge};
+use jack_runtime::settings::Env;
+use jack_runtime::{shutdown, telemetry};
+
+const USAGE: &str = "usage: jack up [--data DIR]
+
+Runs every Jack web chat service in this process (each on its own gRPC port), with SQLite
+files under DIR (default ./data, or JACK_DATA_DIR), and a demo concierge that answers guests.
+Every service's own variables apply; see README.md.";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let env = Env::from_process();
+    let mut data_dir = PathBuf::from(env.string("JACK_DATA_DIR", "data"));
+    match args.first().map(String::as_str) {
+        Some("up") => {}
+        Some("help" | "--help" | "-h") | None => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => exit_with(format!("unknown command {other:?}\n{USAGE}")),
+    }
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        match (arg.as_str(), rest.next()) {
+            ("--data", Some(dir)) => data_dir = PathBuf::from(dir),
+            _ => exit_with(format!("unexpected argument {arg:?}\n{USAGE}")),
+        }
+    }
+    let _telemetry = telemetry::init("jack")?;
+    let concierge_on = env.string("JACK_CONCIERGE", "on") != "off";
+    let shutdown = shutdown::on_signal();
+    let stack = Stack::start(env, &data_dir, shutdown.clone()).await.unwrap_or_else(|e| exit_with(format!("{e:#}")));
+    let edge = stack.addr(Service::Edge);
+    let host = if edge.ip().is_unspecified() { "127.0.0.1".to_owned() } else { edge.ip().to_string() };
+    println!("Jack web chat is up (data in {}).", data_dir.display());
+    println!("  demo hotel page   http://{host}:{}/", edge.port());
+    println!("  guest WebSocket   ws://{host}:{}/ws/chat?hotelId=demo_hotel", edge.port());
+    println!("  health / metrics  http://{host}:{}/health/websocket  http://{host}:{}/metrics", edge.port(), edge.port());
+    println!("  ConversationService (for AI responders)  {}", stack.url(Service::Conversation));
+    println!("  DeliveryService (staff subscriptions)    {}", stack.url(Service::Delivery));
+    if concierge_on {
+        let cursor_file = data_dir.join("concierge.cursor");
+        tokio::spawn(concierge::run(stack.url(Service::Conversation), cursor_file, shutdown.clone()));
+        println!("  demo concierge answering through ConversationService");
+    }
+    stack.wait().await
+}
+
+fn exit_with(message: String) -> ! {
+    eprintln!("jack: {message}");
+    std::process::exit(2)
+}

@@ -1,0 +1,162 @@
+//! The whole product in one process. Each service keeps its own port, settings and
+//! shutdown, so a test can stop one (as if it crashed) and start it again on the same port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use jack_runtime::CancellationToken;
+use jack_runtime::settings::Env;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Guest,
+    Conversation,
+    Delivery,
+    Upload,
+    Edge,
+}
+
+struct Running {
+    token: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// All five services, started from one environment.
+pub struct Stack {
+    env: Env,
+    data_dir: PathBuf,
+    addrs: HashMap<Service, SocketAddr>,
+    edge_grpc: Option<SocketAddr>,
+    running: HashMap<Service, Running>,
+    shutdown: CancellationToken,
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+impl Stack {
+    /// Starts every service. Unset addresses and database URLs default to the embedded
+    /// layout: loopback gRPC ports 50051–50055 and SQLite files under `data_dir`.
+    pub async fn start(env: Env, data_dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let db = |name: &str| format!("sqlite:{}", data_dir.join(format!("{name}.db")).display());
+        let env = env
+            .with_default("GUEST_DATABASE_URL", db("guest"))
+            .with_default("CONVERSATION_DATABASE_URL", db("conversation"))
+            .with_default("UPLOAD_DATABASE_URL", db("upload"));
+        let mut stack = Self { env, data_dir: data_dir.to_owned(), addrs: HashMap::new(), edge_grpc: None, running: HashMap::new(), shutdown };
+        for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
+            stack.start_service(service).await?;
+        }
+        Ok(stack)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn addr(&self, service: Service) -> SocketAddr {
+        self.addrs[&service]
+    }
+
+    pub fn url(&self, service: Service) -> String {
+        url(self.addr(service))
+    }
+
+    pub fn edge_grpc_addr(&self) -> SocketAddr {
+        self.edge_grpc.expect("the edge is started")
+    }
+
+    /// The environment a service is started with: the stack's, plus where the others are
+    /// (and, on a restart, its own previous address).
+    fn env_for(&self, service: Service) -> Env {
+        let mut env = self.env.clone();
+        if let Some(addr) = self.addrs.get(&service) {
+            let name = match service {
+                Service::Guest => "GUEST_GRPC_ADDR",
+                Service::Conversation => "CONVERSATION_GRPC_ADDR",
+                Service::Delivery => "DELIVERY_GRPC_ADDR",
+                Service::Upload => "UPLOAD_GRPC_ADDR",
+                Service::Edge => "WEBSOCKET_PORT",
+            };
+            env = match service {
+                Service::Edge => env.with("WEBSOCKET_HOST", addr.ip().to_string()).with(name, addr.port().to_string()),
+                _ => env.with(name, addr.to_string()),
+            };
+            if let (Service::Edge, Some(grpc)) = (service, self.edge_grpc) {
+                env = env.with("EDGE_GRPC_ADDR", grpc.to_string());
+            }
+        }
+        if let Some(d) = self.addrs.get(&Service::Delivery) {
+            env = env.with_default("CONVERSATION_DELIVERY_URLS", url(*d)).with_default("EDGE_DELIVERY_URLS", url(*d));
+        }
+        for (service, name) in [(Service::Guest, "EDGE_GUEST_URL"), (Service::Conversation, "EDGE_CONVERSATION_URL"), (Service::Upload, "EDGE_UPLOAD_URL")] {
+            if let Some(addr) = self.addrs.get(&service) {
+                env = env.with_default(name, url(*addr));
+            }
+        }
+        env
+    }
+
+    /// Starts one service (again), on its previous port if it had one.
+    pub async fn start_service(&mut self, service: Service) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.running.contains_key(&service), "{service:?} is already running");
+        let env = self.env_for(service);
+        let token = self.shutdown.child_token();
+        let (addr, task) = match service {
+            Service::Guest => {
+                let server = jack_guest::GuestServer::build(jack_guest::Settings::from_env(&env)?).await?;
+                (server.local_addr(), tokio::spawn(server.run(token.clone())))
+            }
+            Service::Conversation => {
+                let server = jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(&env)?).await?;
+                (server.local_addr(), tokio::spawn(server.run(token.clone())))
+            }
+            Service::Delivery => {
+                let server = jack_delivery::DeliveryServer::build(jack_delivery::Settings::from_env(&env)?).await?;
+                (server.local_addr(), tokio::spawn(server.run(token.clone())))
+            }
+            Service::Upload => {
+                let server = jack_upload::UploadServer::build(jack_upload::Settings::from_env(&env)?).await?;
+                (server.local_addr(), tokio::spawn(server.run(token.clone())))
+            }
+            Service::Edge => {
+                let server = jack_edge::EdgeServer::build(jack_edge::Settings::from_env(&env)?).await?;
+                self.edge_grpc = Some(server.grpc_addr());
+                (server.local_addr(), tokio::spawn(server.run(token.clone())))
+            }
+        };
+        self.addrs.insert(service, addr);
+        self.running.insert(service, Running { token, task });
+        Ok(())
+    }
+
+    /// Stops one service and waits until it is gone (its port is free again).
+    pub async fn stop_service(&mut self, service: Service) -> anyhow::Result<()> {
+        if let Some(running) = self.running.remove(&service) {
+            running.token.cancel();
+            running.task.await??;
+        }
+        Ok(())
+    }
+
+    /// Waits until shutdown and every service has stopped; the first failure wins.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for service in [Service::Edge, Service::Conversation, Service::Guest, Service::Upload, Service::Delivery] {
+            if let Some(running) = self.running.remove(&service) {
+                let outcome = running.task.await.map_err(anyhow::Error::from).and_then(|r| r);
+                if let Err(err) = outcome {
+                    tracing::error!(?service, error = %err, "service failed");
+                    self.shutdown.cancel();
+                    if result.is_ok() {
+                        result = Err(err);
+                    }
+                }
+            }
+        }
+        result
+    }
+}

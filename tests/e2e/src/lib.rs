@@ -1,0 +1,244 @@
+//! The test harness: the real services on ephemeral loopback ports with SQLite files in a
+//! temporary folder, and clients that speak the real protocols (WebSocket, gRPC, HTTP).
+//!
+//! Nothing here sleeps to let things happen: helpers wait for the awaited frame or state,
+//! with a timeout that fails the test.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use jack::{Service, Stack};
+use jack_proto::conversation::v1 as conv;
+use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
+use jack_proto::edge::v1::edge_service_client::EdgeServiceClient;
+use jack_proto::tonic::transport::Channel;
+use jack_runtime::CancellationToken;
+use jack_runtime::settings::Env;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use jack::Service as Svc;
+
+/// How long any awaited event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestStack {
+    pub stack: Stack,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl TestStack {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts every service with these extra variables.
+    pub async fn start_with(vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut env = Env::from_pairs(vars.iter().copied());
+        for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "EDGE_GRPC_ADDR"] {
+            env = env.with_default(name, "127.0.0.1:0");
+        }
+        env = env.with_default("WEBSOCKET_HOST", "127.0.0.1").with_default("WEBSOCKET_PORT", "0").with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
+        let shutdown = CancellationToken::new();
+        let stack = Stack::start(env, dir.path(), shutdown.clone()).await.expect("stack starts");
+        let this = Self { stack, shutdown, _dir: dir };
+        this.wait_delivery_streams(1).await;
+        this
+    }
+
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.stack.addr(Service::Edge))
+    }
+
+    pub fn ws_url(&self, hotel: &str) -> String {
+        format!("ws://{}/ws/chat?hotelId={hotel}", self.stack.addr(Service::Edge))
+    }
+
+    pub fn conversation(&self) -> ConversationServiceClient<Channel> {
+        ConversationServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT).unwrap())
+    }
+
+    pub fn delivery(&self) -> DeliveryServiceClient<Channel> {
+        DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery)).unwrap())
+    }
+
+    /// Waits until the edge has this many delivery streams up.
+    pub async fn wait_delivery_streams(&self, up: u32) {
+        let url = format!("http://{}", self.stack.edge_grpc_addr());
+        let mut client = EdgeServiceClient::new(jack_runtime::grpc::channel(&url, WAIT).unwrap());
+        let check = async {
+            loop {
+                if let Ok(status) = client.get_status(jack_proto::edge::v1::GetStatusRequest {}).await {
+                    if status.into_inner().delivery_streams_up == up {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, check).await.expect("edge delivery streams come up");
+    }
+
+    /// A connected guest (the `connected` frame already read).
+    pub async fn guest(&self, hotel: &str) -> Guest {
+        Guest::connect(&self.ws_url(hotel)).await
+    }
+
+    /// An assistant message through ConversationService, as the AI responder sends it.
+    pub async fn assistant_says(&self, conversation_id: &str, content: &str) -> conv::Message {
+        let request = conv::SendMessageRequest {
+            conversation_id: conversation_id.to_owned(),
+            role: conv::Role::Assistant as i32,
+            content: content.to_owned(),
+            ..Default::default()
+        };
+        self.conversation().send_message(request).await.expect("send_message").into_inner().message.unwrap()
+    }
+
+    pub async fn stop(&mut self, service: Service) {
+        self.stack.stop_service(service).await.expect("service stops");
+    }
+
+    pub async fn restart(&mut self, service: Service) {
+        self.stack.start_service(service).await.expect("service restarts");
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A guest's WebSocket, as a widget would hold it.
+pub struct Guest {
+    ws: Socket,
+    pub session_id: String,
+    /// Frames read while waiting for another one, in order.
+    pub seen: Vec<Value>,
+}
+
+impl Guest {
+    /// Opens the socket without reading anything.
+    pub async fn open(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.expect("connect in time").expect("connect");
+        Self { ws, session_id: String::new(), seen: Vec::new() }
+    }
+
+    pub async fn connect(url: &str) -> Self {
+        let mut guest = Self::open(url).await;
+        let connected = guest.next().await;
+        assert_eq!(connected["type"], "connected", "{connected}");
+        guest.session_id = connected["sessionId"].as_str().expect("sessionId").to_owned();
+        guest
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.expect("send");
+    }
+
+    /// The next text frame.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame in time").expect("socket open").expect("read");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("frames are JSON"),
+                Message::Close(frame) => panic!("connection closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame of this type; other frames are kept in `seen`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        self.until(|f| f["type"] == kind).await
+    }
+
+    pub async fn until(&mut self, mut wanted: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.next().await;
+            if wanted(&frame) {
+                return frame;
+            }
+            self.seen.push(frame);
+        }
+    }
+
+    /// Identifies and returns `identified` (frames before it, such as `history`, go to `seen`).
+    pub async fn identify(&mut self, fields: Value) -> Value {
+        let mut frame = json!({"type": "identify"});
+        frame.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        self.send(frame).await;
+        self.expect("identified").await
+    }
+
+    /// Sends a chat message and returns its `message_ack`.
+    pub async fn say(&mut self, client_message_id: &str, content: &str) -> Value {
+        self.send(json!({"type": "message", "clientMessageId": client_message_id, "content": content})).await;
+        self.until(|f| (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id).await
+    }
+
+    /// Messages (`message` frames and history entries) in `seen`, in arrival order.
+    pub fn seen_messages(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for frame in &self.seen {
+            match frame["type"].as_str() {
+                Some("message") => out.push(frame.clone()),
+                Some("history") => out.extend(frame["messages"].as_array().cloned().unwrap_or_default()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Waits for the server to close the connection and returns its close frame.
+    pub async fn closed(mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A plain HTTP/1.1 request over a real socket: (status, headers and body as text).
+pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response in time").expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    (status, text)
+}
+
+/// The JSON body of an HTTP response from [`http`].
+pub fn json_body(response: &str) -> Value {
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
