@@ -230,8 +230,20 @@ pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)]
     request.push_str("\r\n");
     request.push_str(body);
     stream.write_all(request.as_bytes()).await.expect("write");
+    // Read to the end, except after a 101: an upgraded connection stays open.
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response in time").expect("read");
+    let reading = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            response.extend_from_slice(&buf[..n]);
+            let switched = response.starts_with(b"HTTP/1.1 101") && response.windows(4).any(|w| w == b"\r\n\r\n");
+            if n == 0 || switched {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, reading).await.expect("response in time");
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
     (status, text)

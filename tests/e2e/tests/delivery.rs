@@ -1,0 +1,176 @@
+//! Delivery semantics: butler messages reach guests live and after reconnects, exactly once
+//! and in order; tabs stay in sync; resends are stored once.
+
+use jack_e2e::{Guest, TestStack};
+use jack_proto::conversation::v1 as conv;
+use serde_json::{Value, json};
+
+fn contents(messages: &[Value]) -> Vec<String> {
+    messages.iter().map(|m| m["content"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn assistant_message_reaches_the_connected_guest() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_live"})).await;
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let sent = stack.assistant_says(&conversation_id, "Your towels are on the way").await;
+    let message = guest.expect("message").await;
+    assert_eq!(message["content"], "Your towels are on the way");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["messageId"], sent.message_id.as_str());
+    assert_eq!(message["seq"], sent.seq);
+    assert_eq!(message["conversationId"], conversation_id.as_str());
+}
+
+#[tokio::test]
+async fn rich_messages_keep_their_quick_replies_buttons_and_cards() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let conversation_id = guest.identify(json!({"visitorId": "v_rich"})).await["conversationId"].as_str().unwrap().to_owned();
+    let request = conv::SendMessageRequest {
+        conversation_id,
+        role: conv::Role::Assistant as i32,
+        content: "Here are some restaurants nearby:".into(),
+        quick_replies: vec![conv::QuickReply { label: "Room Service".into(), payload: "room_service".into() }],
+        buttons: vec![conv::Button { r#type: "url".into(), label: "View Menu".into(), payload: None, url: Some("https://hotel.com/menu".into()) }],
+        cards: vec![conv::Card {
+            title: "Sushi Garden".into(),
+            subtitle: Some("10 min walk".into()),
+            image_url: Some("https://hotel.com/sushi.jpg".into()),
+            buttons: vec![conv::Button { r#type: "postback".into(), label: "Book Table".into(), payload: Some("book_sushi".into()), url: None }],
+        }],
+        ..Default::default()
+    };
+    stack.conversation().send_message(request).await.unwrap();
+    let m = guest.expect("message").await;
+    assert_eq!(m["quickReplies"], json!([{"label": "Room Service", "payload": "room_service"}]));
+    assert_eq!(m["buttons"], json!([{"type": "url", "label": "View Menu", "url": "https://hotel.com/menu"}]));
+    assert_eq!(m["cards"][0]["title"], "Sushi Garden");
+    assert_eq!(m["cards"][0]["imageUrl"], "https://hotel.com/sushi.jpg");
+    assert_eq!(m["cards"][0]["buttons"][0]["payload"], "book_sushi");
+
+    // A tap on the quick reply is a postback, acknowledged like a message.
+    guest.send(json!({"type": "postback", "clientMessageId": "tap_1", "payload": "room_service", "label": "Room Service", "messageId": m["messageId"]})).await;
+    let ack = guest.until(|f| f["type"] == "message_ack").await;
+    assert_eq!(ack["clientMessageId"], "tap_1");
+    assert_eq!(ack["seq"], 2);
+}
+
+#[tokio::test]
+async fn an_offline_guest_gets_missed_messages_once_in_order_after_reconnecting() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_offline"})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let ack = guest.say("c1", "Is breakfast included?").await;
+    let last_seq = ack["seq"].as_i64().unwrap();
+    guest.close().await;
+
+    for i in 1..=5 {
+        stack.assistant_says(&conversation_id, &format!("answer {i}")).await;
+    }
+
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_offline", "visitorToken": token, "resumeConversation": true, "lastSeq": last_seq})).await;
+    assert_eq!(identified["conversationId"], conversation_id.as_str());
+    // A live message after the replay proves the replay is over and nothing else follows.
+    stack.assistant_says(&conversation_id, "live after resume").await;
+    guest.until(|f| f["type"] == "message" && f["content"] == "live after resume").await;
+    let got = guest.seen_messages();
+    assert_eq!(contents(&got), ["answer 1", "answer 2", "answer 3", "answer 4", "answer 5"]);
+    let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_resent_unacked_message_is_stored_once() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_resend"})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    let first = guest.say("same_id", "I need extra towels").await;
+    guest.close().await;
+
+    // The widget never saw the ack (say the socket died): it resends after reconnecting.
+    let mut guest = stack.guest("hotel_1").await;
+    guest.identify(json!({"visitorId": "v_resend", "visitorToken": token})).await;
+    let again = guest.say("same_id", "I need extra towels").await;
+    assert_eq!(again["type"], "message_ack");
+    assert_eq!(again["messageId"], first["messageId"]);
+    assert_eq!(again["seq"], first["seq"]);
+
+    // The same id with other content is refused, not stored.
+    let conflict = guest.say("same_id", "Something else").await;
+    assert_eq!(conflict["type"], "error");
+    assert_eq!(conflict["code"], "DUPLICATE_MESSAGE_ID");
+    assert_eq!(conflict["retryable"], false);
+
+    let conversation_id = first["conversationId"].as_str().unwrap().to_owned();
+    let list = stack.conversation().list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(list.messages.len(), 1);
+    assert_eq!(list.messages[0].content, "I need extra towels");
+}
+
+#[tokio::test]
+async fn two_tabs_of_one_visitor_both_see_every_message() {
+    let stack = TestStack::start().await;
+    let mut tab1 = stack.guest("hotel_1").await;
+    let identified = tab1.identify(json!({"visitorId": "v_tabs"})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let mut tab2 = stack.guest("hotel_1").await;
+    let identified2 = tab2.identify(json!({"visitorId": "v_tabs", "visitorToken": token})).await;
+    assert_eq!(identified2["conversationId"], conversation_id.as_str());
+
+    let ack = tab1.say("t1", "From tab one").await;
+    let echo = tab2.expect("message").await;
+    assert_eq!(echo["role"], "guest");
+    assert_eq!(echo["content"], "From tab one");
+    assert_eq!(echo["messageId"], ack["messageId"]);
+    assert_eq!(echo["clientMessageId"], "t1");
+
+    stack.assistant_says(&conversation_id, "Hello both").await;
+    for tab in [&mut tab1, &mut tab2] {
+        let m = tab.expect("message").await;
+        assert_eq!(m["content"], "Hello both");
+    }
+    // The sender's own tab got an ack, not an echo of its own message.
+    assert!(tab1.seen_messages().iter().all(|m| m["content"] != "From tab one"));
+}
+
+#[tokio::test]
+async fn load_history_pages_backwards() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let conversation_id = guest.identify(json!({"visitorId": "v_pages"})).await["conversationId"].as_str().unwrap().to_owned();
+    for i in 1..=7 {
+        stack.assistant_says(&conversation_id, &format!("m{i}")).await;
+    }
+    guest.send(json!({"type": "load_history", "beforeSeq": 6, "limit": 3})).await;
+    let page = guest.expect("history").await;
+    assert_eq!(contents(page["messages"].as_array().unwrap()), ["m3", "m4", "m5"]);
+    assert_eq!(page["hasMore"], true);
+    guest.send(json!({"type": "load_history", "beforeSeq": 3, "limit": 3})).await;
+    let page = guest.expect("history").await;
+    assert_eq!(contents(page["messages"].as_array().unwrap()), ["m1", "m2"]);
+    assert_eq!(page["hasMore"], false);
+}
+
+#[tokio::test]
+async fn a_resuming_guest_without_last_seq_gets_the_latest_page() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_latest"})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    guest.say("a", "first").await;
+    guest.close().await;
+    let mut guest = Guest::connect(&stack.ws_url("hotel_1")).await;
+    guest.identify(json!({"visitorId": "v_latest", "visitorToken": token, "resumeConversation": true})).await;
+    let history: Vec<&Value> = guest.seen.iter().filter(|f| f["type"] == "history").collect();
+    assert_eq!(history.len(), 1);
+    assert_eq!(contents(history[0]["messages"].as_array().unwrap()), ["first"]);
+    assert_eq!(history[0]["messages"][0]["clientMessageId"], "a");
+}
