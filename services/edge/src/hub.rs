@@ -200,7 +200,6 @@ impl Hub {
             }
         };
         let mut backoff = Duration::from_millis(100);
-        let mut first = true;
         while !shutdown.is_cancelled() {
             let (out, rx) = mpsc::unbounded_channel();
             let hello = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Hello(pb::Hello { edge_id: self.edge_id.clone() })) };
@@ -240,10 +239,7 @@ impl Hub {
                                 hub.catch_up_all();
                             }
                         });
-                    } else if !first {
-                        self.catch_up_all();
                     }
-                    first = false;
                     let mut inbound = response.into_inner();
                     loop {
                         let next = tokio::select! {

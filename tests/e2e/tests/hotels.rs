@@ -1,0 +1,42 @@
+//! The hotel registry: where hotels are registered, unknown hotels are refused and each
+//! hotel's own allowed origins apply.
+
+use jack_e2e::{Guest, TestStack, http};
+
+#[tokio::test]
+async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_with_4004() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hotels.json");
+    std::fs::write(&file, r#"[{"hotelId": "grand_hotel", "name": "The Grand", "allowedOrigins": ["https://grand.example"], "identitySecret": "s3cret"}]"#).unwrap();
+    let stack = TestStack::start_with(&[("GUEST_HOTELS_FILE", file.to_str().unwrap())]).await;
+
+    let close = Guest::open(&stack.ws_url("no_such_hotel")).await.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4004);
+
+    let upgrade = |origin: &'static str| {
+        let base = stack.http_base();
+        async move {
+            let headers = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Origin", origin)];
+            http(&base, "GET", "/ws/chat?hotelId=grand_hotel", &headers, "").await.0
+        }
+    };
+    assert_eq!(upgrade("https://evil.example").await, 403);
+    assert_eq!(upgrade("https://grand.example").await, 101);
+}
+
+#[tokio::test]
+async fn a_bad_hotels_file_stops_start_up_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hotels.json");
+    std::fs::write(&file, r#"[{"hotelId": "has space"}]"#).unwrap();
+    let env = jack_runtime::settings::Env::from_pairs([
+        ("GUEST_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("GUEST_DATABASE_URL", format!("sqlite:{}", dir.path().join("g.db").display())),
+        ("GUEST_HOTELS_FILE", file.display().to_string()),
+    ]);
+    let settings = jack_guest::Settings::from_env(&env).unwrap();
+    let err = jack_guest::GuestServer::build(settings).await.err().expect("refused");
+    let line = format!("{err:#}");
+    assert!(line.contains("GUEST_HOTELS_FILE") && line.contains("hotelId"), "{line}");
+    assert!(!line.contains('\n'));
+}

@@ -1,0 +1,62 @@
+//! The same spine on PostgreSQL (the scale-out storage): each service gets its own database.
+//! Uses `JACK_TEST_POSTGRES_URL` (default: the machine's server, trust auth).
+
+use jack_e2e::TestStack;
+use jack_proto::conversation::v1 as conv;
+use serde_json::json;
+use sqlx::Connection as _;
+
+async fn fresh_databases() -> Vec<(String, String)> {
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.expect("PostgreSQL is reachable (set JACK_TEST_POSTGRES_URL)");
+    // Databases of earlier runs are dropped here (those still in use refuse, which is fine).
+    let old: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'jack_test_%'").fetch_all(&mut conn).await.unwrap();
+    for name in old {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
+    }
+    let run = jack_runtime::ids::random_hex();
+    let mut vars = Vec::new();
+    for service in ["guest", "conversation", "upload"] {
+        let name = format!("jack_test_{}_{service}", &run[..12]);
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        vars.push((format!("{}_DATABASE_URL", service.to_uppercase()), format!("{base}/{name}")));
+    }
+    vars
+}
+
+#[tokio::test]
+async fn the_spine_runs_on_postgresql() {
+    let vars = fresh_databases().await;
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let stack = TestStack::start_with(&pairs).await;
+
+    let mut guest = stack.guest("hotel_pg").await;
+    let identified = guest.identify(json!({"visitorId": "v_pg", "name": "Pat", "email": "pat@example.com"})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let first = guest.say("pg1", "I need extra towels").await;
+    assert_eq!(first["seq"], 1);
+    let again = guest.say("pg1", "I need extra towels").await;
+    assert_eq!(again["messageId"], first["messageId"]);
+    stack.assistant_says(&conversation_id, "On their way").await;
+    guest.until(|f| f["content"] == "On their way").await;
+    guest.close().await;
+
+    stack.assistant_says(&conversation_id, "Anything else?").await;
+    let mut guest = stack.guest("hotel_pg").await;
+    guest.identify(json!({"visitorId": "v_pg", "visitorToken": token, "lastSeq": 2})).await;
+    let replayed = guest.seen_messages();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0]["content"], "Anything else?");
+
+    let mut watch = stack
+        .conversation()
+        .watch_messages(conv::WatchMessagesRequest { after_cursor: 0, roles: vec![conv::Role::Guest as i32], hotel_id: Some("hotel_pg".into()) })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = tokio::time::timeout(jack_e2e::WAIT, watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.message.unwrap().content, "I need extra towels");
+}
