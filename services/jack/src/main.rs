@@ -7,9 +7,13 @@ use jack_runtime::settings::Env;
 use jack_runtime::{shutdown, telemetry};
 
 const USAGE: &str = "usage: jack up [--data DIR]
+       jack concierge [--data DIR]
 
-Runs every Jack web chat service in this process (each on its own gRPC port), with SQLite
-files under DIR (default ./data, or JACK_DATA_DIR), and a demo concierge that answers guests.
+jack up         runs every Jack web chat service in this process (each on its own gRPC
+                port), with SQLite files under DIR (default ./data, or JACK_DATA_DIR), and
+                a demo concierge that answers guests (JACK_CONCIERGE=off leaves it out).
+jack concierge  runs only the demo concierge, against JACK_CONVERSATION_URL
+                (default http://127.0.0.1:50052); its cursor is kept in DIR.
 Every service's own variables apply; see README.md.";
 
 #[tokio::main]
@@ -17,13 +21,14 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let env = Env::from_process();
     let mut data_dir = PathBuf::from(env.string("JACK_DATA_DIR", "data"));
-    match args.first().map(String::as_str) {
-        Some("up") => {}
-        Some("help" | "--help" | "-h") | None => {
+    let command = args.first().cloned().unwrap_or_default();
+    match command.as_str() {
+        "up" | "concierge" => {}
+        "help" | "--help" | "-h" | "" => {
             println!("{USAGE}");
             return Ok(());
         }
-        Some(other) => exit_with(format!("unknown command {other:?}\n{USAGE}")),
+        other => exit_with(format!("unknown command {other:?}\n{USAGE}")),
     }
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
@@ -35,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init("jack")?;
     let concierge_on = env.string("JACK_CONCIERGE", "on") != "off";
     let shutdown = shutdown::on_signal();
+    if command == "concierge" {
+        let url = env.url("JACK_CONVERSATION_URL", "http://127.0.0.1:50052").unwrap_or_else(|e| exit_with(e.to_string()));
+        std::fs::create_dir_all(&data_dir).unwrap_or_else(|e| exit_with(format!("cannot create {}: {e}", data_dir.display())));
+        concierge::run(url, data_dir.join("concierge.cursor"), shutdown).await;
+        return Ok(());
+    }
     let stack = Stack::start(env, &data_dir, shutdown.clone()).await.unwrap_or_else(|e| exit_with(format!("{e:#}")));
     let edge = stack.addr(Service::Edge);
     let host = if edge.ip().is_unspecified() { "127.0.0.1".to_owned() } else { edge.ip().to_string() };
