@@ -8,12 +8,15 @@ use jack_runtime::{shutdown, telemetry};
 
 const USAGE: &str = "usage: jack up [--data DIR]
        jack concierge [--data DIR]
+       jack run guest|conversation|delivery|upload|edge
 
 jack up         runs every Jack web chat service in this process (each on its own gRPC
                 port), with SQLite files under DIR (default ./data, or JACK_DATA_DIR), and
                 a demo concierge that answers guests (JACK_CONCIERGE=off leaves it out).
 jack concierge  runs only the demo concierge, against JACK_CONVERSATION_URL
                 (default http://127.0.0.1:50052); its cursor is kept in DIR.
+jack run S      runs one service alone, configured by its own variables (the same as
+                its own binary, e.g. jack-edge).
 Every service's own variables apply; see README.md.";
 
 #[tokio::main]
@@ -24,6 +27,22 @@ async fn main() -> anyhow::Result<()> {
     let command = args.first().cloned().unwrap_or_default();
     match command.as_str() {
         "up" | "concierge" => {}
+        "run" => {
+            let service = match args.get(1).map(String::as_str) {
+                Some("guest") => Service::Guest,
+                Some("conversation") => Service::Conversation,
+                Some("delivery") => Service::Delivery,
+                Some("upload") => Service::Upload,
+                Some("edge") => Service::Edge,
+                _ => exit_with(format!("jack run needs a service name\n{USAGE}")),
+            };
+            let _telemetry = telemetry::init("jack")?;
+            let result = jack::stack::run_one(service, &env, shutdown::on_signal()).await;
+            if let Err(err) = result {
+                exit_with(format!("{err:#}"));
+            }
+            return Ok(());
+        }
         "help" | "--help" | "-h" | "" => {
             println!("{USAGE}");
             return Ok(());

@@ -23,6 +23,19 @@ struct Running {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Runs one service alone, configured only by `env` (what each service's own binary does).
+pub async fn run_one(service: Service, env: &Env, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match service {
+        Service::Guest => jack_guest::GuestServer::build(jack_guest::Settings::from_env(env)?).await?.run(shutdown).await,
+        Service::Conversation => {
+            jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(env)?).await?.run(shutdown).await
+        }
+        Service::Delivery => jack_delivery::DeliveryServer::build(jack_delivery::Settings::from_env(env)?).await?.run(shutdown).await,
+        Service::Upload => jack_upload::UploadServer::build(jack_upload::Settings::from_env(env)?).await?.run(shutdown).await,
+        Service::Edge => jack_edge::EdgeServer::build(jack_edge::Settings::from_env(env)?).await?.run(shutdown).await,
+    }
+}
+
 /// All five services, started from one environment.
 pub struct Stack {
     env: Env,
