@@ -140,8 +140,9 @@ impl Store {
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
         let mut tx = self.db.write.begin().await?;
         if self.db.engine == Engine::Postgres {
-            // Message positions must become visible in order, or a watcher could skip one
-            // committed late with a smaller position: serialize message inserts.
+            // Message and outbox positions must become visible in order, or a watcher (or
+            // the relay, which deletes up to what it published) could pass over a row
+            // committed late with a smaller position: serialize these writes.
             sqlx::query("SELECT pg_advisory_xact_lock(7143001)").execute(&mut *tx).await?;
         }
         Ok(tx)

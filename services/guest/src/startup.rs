@@ -13,8 +13,8 @@ use crate::domain::TokenSigner;
 use crate::grpc::GuestApi;
 use crate::store::{HotelRecord, Store};
 
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// The same SQL serves SQLite and PostgreSQL.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A bound, migrated guest service, ready to serve.
 pub struct GuestServer {
@@ -38,7 +38,7 @@ struct HotelEntry {
 impl GuestServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = grpc::bind("the guest gRPC API", settings.grpc_addr).await?;
-        let db = Database::open(&settings.database_url, &SQLITE, &POSTGRES).await?;
+        let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
         let store = Store::new(db.clone());
         let secret = match settings.token_secret {
             Some(secret) => secret,

@@ -11,8 +11,8 @@ use crate::config::Settings;
 use crate::grpc::UploadApi;
 use crate::store::Store;
 
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// The same SQL serves SQLite and PostgreSQL.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A bound, migrated upload service, ready to serve.
 pub struct UploadServer {
@@ -24,7 +24,7 @@ pub struct UploadServer {
 impl UploadServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = grpc::bind("the upload gRPC API", settings.grpc_addr).await?;
-        let db = Database::open(&settings.database_url, &SQLITE, &POSTGRES).await?;
+        let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
         Ok(Self { listener, store: Store::new(db), settings })
     }
 
