@@ -7,7 +7,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::trace_context;
+
+/// A client channel that carries the caller's trace context on every call.
+pub type Traced = InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
+
+fn traced(channel: Channel) -> Traced {
+    InterceptedService::new(channel, trace_context::inject as fn(_) -> _)
+}
 
 /// The deadline of a unary call when the caller sets none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -25,6 +35,7 @@ pub fn server() -> Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(trace_context::server_span)
 }
 
 /// A gRPC health service reporting `name` as serving (and the empty name, for probes).
@@ -49,7 +60,7 @@ pub async fn serve(
 
 /// A lazily connecting channel to another service. Unary calls time out after `deadline`;
 /// a service that is down fails fast with `Unavailable` instead of hanging.
-pub fn channel(url: &str, deadline: Duration) -> anyhow::Result<Channel> {
+pub fn channel(url: &str, deadline: Duration) -> anyhow::Result<Traced> {
     let endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(2).min(deadline))
         .timeout(deadline)
@@ -57,16 +68,16 @@ pub fn channel(url: &str, deadline: Duration) -> anyhow::Result<Channel> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(traced(endpoint.connect_lazy()))
 }
 
 /// A channel for long-lived streams: no per-call timeout, keep-alives to notice a dead peer.
-pub fn stream_channel(url: &str) -> anyhow::Result<Channel> {
+pub fn stream_channel(url: &str) -> anyhow::Result<Traced> {
     let endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(traced(endpoint.connect_lazy()))
 }

@@ -5,6 +5,7 @@
 //! - [`shutdown`]: SIGTERM and SIGINT mean the same graceful drain.
 //! - [`grpc`]: server and client setup with the deadlines and keep-alives we want everywhere.
 //! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it.
+//! - [`trace_context`]: W3C trace context carried across gRPC calls.
 //! - [`ids`] and [`time`]: identifiers and timestamps in one format across services.
 
 pub mod db;
@@ -14,5 +15,6 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod trace_context;
 
 pub use tokio_util::sync::CancellationToken;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jack_proto::delivery::v1 as events;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
-use jack_proto::tonic::transport::Channel;
+use jack_runtime::grpc::Traced;
 use jack_runtime::CancellationToken;
 use tokio::sync::{Notify, mpsc};
 
@@ -42,13 +42,13 @@ impl RelayHandle {
 
 pub struct Relay {
     store: Store,
-    clients: Vec<DeliveryServiceClient<Channel>>,
+    clients: Vec<DeliveryServiceClient<Traced>>,
     wake: Arc<Notify>,
     ephemeral: mpsc::Receiver<events::Event>,
 }
 
 impl Relay {
-    pub fn new(store: Store, clients: Vec<DeliveryServiceClient<Channel>>) -> (Self, RelayHandle) {
+    pub fn new(store: Store, clients: Vec<DeliveryServiceClient<Traced>>) -> (Self, RelayHandle) {
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(EPHEMERAL_QUEUE);
         let handle = RelayHandle { wake: wake.clone(), ephemeral: tx };

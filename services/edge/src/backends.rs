@@ -12,7 +12,7 @@ use jack_frames::server::Error as ErrorFrame;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::guest::v1 as guest_pb;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
-use jack_proto::tonic::transport::Channel;
+use jack_runtime::grpc::Traced;
 use jack_proto::tonic::{Code, Status};
 use jack_proto::upload::v1::upload_service_client::UploadServiceClient;
 use jack_runtime::grpc;
@@ -21,9 +21,9 @@ use crate::config::Settings;
 
 #[derive(Debug, Clone)]
 pub struct Backends {
-    pub guest: GuestServiceClient<Channel>,
-    pub conversation: ConversationServiceClient<Channel>,
-    pub upload: UploadServiceClient<Channel>,
+    pub guest: GuestServiceClient<Traced>,
+    pub conversation: ConversationServiceClient<Traced>,
+    pub upload: UploadServiceClient<Traced>,
 }
 
 impl Backends {

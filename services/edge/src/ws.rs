@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use jack_frames::{ErrorCode, ServerFrame, close};
+use tracing::Instrument as _;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -178,7 +179,11 @@ async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
             incoming = ws.next() => {
                 heard_since_ping = true;
                 match incoming {
-                    Some(Ok(Message::Text(text))) => session.on_text(text.as_str(), &mut out).await,
+                    Some(Ok(Message::Text(text))) => {
+                        // One span per frame: the backend calls it makes continue its trace.
+                        let span = tracing::info_span!("ws.frame", session = %session_id, hotel = %hotel_id);
+                        session.on_text(text.as_str(), &mut out).instrument(span).await;
+                    }
                     Some(Ok(Message::Binary(_))) => out.push(ServerFrame::Error(jack_frames::server::Error::new(
                         ErrorCode::InvalidJson, "frames must be JSON text", None))),
                     Some(Ok(Message::Close(_))) | None => break "client_close",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jack_proto::conversation::v1 as pb;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
-use jack_proto::tonic::transport::Channel;
+use jack_runtime::grpc::Traced;
 use jack_runtime::{CancellationToken, grpc};
 use tokio::task::JoinSet;
 
@@ -38,7 +38,7 @@ pub async fn run(conversation_url: String, cursor_file: PathBuf, shutdown: Cance
     }
 }
 
-async fn watch(mut client: ConversationServiceClient<Channel>, cursor: Arc<Cursor>, shutdown: &CancellationToken) -> Result<(), jack_proto::tonic::Status> {
+async fn watch(mut client: ConversationServiceClient<Traced>, cursor: Arc<Cursor>, shutdown: &CancellationToken) -> Result<(), jack_proto::tonic::Status> {
     let request = pb::WatchMessagesRequest { after_cursor: cursor.resume_after(), roles: vec![pb::Role::Guest as i32], hotel_id: None };
     let mut stream = client.watch_messages(request).await?.into_inner();
     let mut tasks = JoinSet::new();
@@ -64,7 +64,7 @@ async fn watch(mut client: ConversationServiceClient<Channel>, cursor: Arc<Curso
     }
 }
 
-async fn answer(mut client: ConversationServiceClient<Channel>, message: &pb::Message) -> Result<(), jack_proto::tonic::Status> {
+async fn answer(mut client: ConversationServiceClient<Traced>, message: &pb::Message) -> Result<(), jack_proto::tonic::Status> {
     let conversation_id = message.conversation_id.clone();
     let typing = |is_typing| pb::SetTypingRequest { conversation_id: conversation_id.clone(), role: pb::Role::Assistant as i32, is_typing };
     client.mark_read(pb::MarkReadRequest { conversation_id: conversation_id.clone(), role: pb::Role::Assistant as i32, up_to_seq: message.seq, guest_id: None }).await?;

@@ -86,7 +86,7 @@ impl Processes {
         tokio::time::timeout(WAIT, ready).await.expect("services come up");
     }
 
-    async fn conversation(&self) -> ConversationServiceClient<jack_proto::tonic::transport::Channel> {
+    async fn conversation(&self) -> ConversationServiceClient<jack_runtime::grpc::Traced> {
         ConversationServiceClient::new(jack_runtime::grpc::channel(&self.conversation, WAIT).unwrap())
     }
 

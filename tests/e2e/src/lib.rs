@@ -12,7 +12,7 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_proto::edge::v1::edge_service_client::EdgeServiceClient;
-use jack_proto::tonic::transport::Channel;
+use jack_runtime::grpc::Traced;
 use jack_runtime::CancellationToken;
 use jack_runtime::settings::Env;
 use serde_json::{Value, json};
@@ -60,11 +60,11 @@ impl TestStack {
         format!("ws://{}/ws/chat?hotelId={hotel}", self.stack.addr(Service::Edge))
     }
 
-    pub fn conversation(&self) -> ConversationServiceClient<Channel> {
+    pub fn conversation(&self) -> ConversationServiceClient<Traced> {
         ConversationServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT).unwrap())
     }
 
-    pub fn delivery(&self) -> DeliveryServiceClient<Channel> {
+    pub fn delivery(&self) -> DeliveryServiceClient<Traced> {
         DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery)).unwrap())
     }
 
