@@ -17,18 +17,22 @@ use tokio::task::JoinSet;
 
 /// Guest messages answered at once.
 const IN_FLIGHT: usize = 64;
+/// The deadline of each unary call.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the concierge "types" before answering.
 const TYPING_PAUSE: Duration = Duration::from_millis(400);
 
 /// Runs until shutdown, reconnecting when conversation is unreachable.
 pub async fn run(conversation_url: String, cursor_file: PathBuf, shutdown: CancellationToken) {
-    let client = match grpc::stream_channel(&conversation_url) {
-        Ok(channel) => ConversationServiceClient::new(channel),
+    // The watch is a long-lived stream; every other call has a deadline.
+    let clients = grpc::stream_channel(&conversation_url).and_then(|s| Ok((s, grpc::channel(&conversation_url, CALL_DEADLINE)?)));
+    let (watcher, caller) = match clients {
+        Ok((stream, unary)) => (ConversationServiceClient::new(stream), ConversationServiceClient::new(unary)),
         Err(err) => return tracing::error!(error = %err, "concierge: bad conversation URL"),
     };
     let cursor = Arc::new(Cursor::load(cursor_file));
     while !shutdown.is_cancelled() {
-        if let Err(status) = watch(client.clone(), cursor.clone(), &shutdown).await {
+        if let Err(status) = watch(watcher.clone(), caller.clone(), cursor.clone(), &shutdown).await {
             tracing::warn!(code = ?status.code(), "concierge: watch interrupted; resuming from the stored cursor");
         }
         tokio::select! {
@@ -38,9 +42,14 @@ pub async fn run(conversation_url: String, cursor_file: PathBuf, shutdown: Cance
     }
 }
 
-async fn watch(mut client: ConversationServiceClient<Traced>, cursor: Arc<Cursor>, shutdown: &CancellationToken) -> Result<(), jack_proto::tonic::Status> {
+async fn watch(
+    mut watcher: ConversationServiceClient<Traced>,
+    client: ConversationServiceClient<Traced>,
+    cursor: Arc<Cursor>,
+    shutdown: &CancellationToken,
+) -> Result<(), jack_proto::tonic::Status> {
     let request = pb::WatchMessagesRequest { after_cursor: cursor.resume_after(), roles: vec![pb::Role::Guest as i32], hotel_id: None };
-    let mut stream = client.watch_messages(request).await?.into_inner();
+    let mut stream = watcher.watch_messages(request).await?.into_inner();
     let mut tasks = JoinSet::new();
     loop {
         while tasks.len() >= IN_FLIGHT {
