@@ -12,6 +12,10 @@ pub enum ConversationError {
     ClientMessageIdReused,
     #[error(transparent)]
     Storage(#[from] sqlx::Error),
+    #[error("storage unavailable")]
+    Unavailable,
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -26,6 +30,8 @@ impl From<ConversationError> for Status {
                 tracing::error!(error = %cause, "storage failed");
                 Status::unavailable("storage unavailable")
             }
+            ConversationError::Unavailable => Status::unavailable("storage unavailable"),
+            ConversationError::ShuttingDown => Status::unavailable("shutting down"),
             ConversationError::Corrupt(cause) => {
                 tracing::error!(%cause, "corrupt row");
                 Status::internal("internal error")

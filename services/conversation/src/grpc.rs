@@ -14,6 +14,7 @@ use crate::domain;
 use crate::error::ConversationError;
 use crate::relay::RelayHandle;
 use crate::store::{Added, Store, event_for};
+use crate::writer::Writer;
 
 const WATCH_BATCH: u32 = 256;
 /// How often a watcher looks for messages committed by another replica of this service.
@@ -22,10 +23,17 @@ const WATCH_POLL: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct ConversationApi {
     store: Store,
+    writer: Writer,
     relay: RelayHandle,
     /// Bumped after every commit, waking WatchMessages streams.
     committed: watch::Sender<u64>,
     shutdown: CancellationToken,
+}
+
+/// Wakes the outbox relay and the WatchMessages streams after a commit.
+fn announce(relay: &RelayHandle, committed: &watch::Sender<u64>) {
+    relay.wake();
+    committed.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 fn required(what: &str, value: &str) -> Result<(), ConversationError> {
@@ -37,12 +45,16 @@ fn required(what: &str, value: &str) -> Result<(), ConversationError> {
 
 impl ConversationApi {
     pub fn new(store: Store, relay: RelayHandle, shutdown: CancellationToken) -> Self {
-        Self { store, relay, committed: watch::Sender::new(0), shutdown }
+        let committed = watch::Sender::new(0u64);
+        let writer = {
+            let (relay, committed) = (relay.clone(), committed.clone());
+            Writer::start(store.clone(), move || announce(&relay, &committed))
+        };
+        Self { store, writer, relay, committed, shutdown }
     }
 
     fn committed(&self) {
-        self.relay.wake();
-        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+        announce(&self.relay, &self.committed);
     }
 
     async fn conversation_of(&self, conversation_id: &str, guest_id: Option<&str>) -> Result<pb::Conversation, ConversationError> {
@@ -55,12 +67,9 @@ impl ConversationApi {
         Ok(conversation)
     }
 
-    fn stored(&self, added: Added) -> pb::AddMessageResponse {
+    fn stored(added: Added) -> pb::AddMessageResponse {
         match added {
-            Added::New(message) => {
-                self.committed();
-                pb::AddMessageResponse { message: Some(message), duplicate: false }
-            }
+            Added::New(message) => pb::AddMessageResponse { message: Some(message), duplicate: false },
             Added::Duplicate(message) => pb::AddMessageResponse { message: Some(message), duplicate: true },
         }
     }
@@ -101,8 +110,8 @@ impl ConversationService for ConversationApi {
             reply_to_message_id: req.reply_to_message_id,
             ..Default::default()
         };
-        let added = self.store.add_message(message, Some(&req.guest_id)).await?;
-        Ok(Response::new(self.stored(added)))
+        let added = self.writer.add(message, Some(req.guest_id)).await?;
+        Ok(Response::new(Self::stored(added)))
     }
 
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
@@ -121,8 +130,8 @@ impl ConversationService for ConversationApi {
             attachments: req.attachments,
             ..Default::default()
         };
-        let added = self.store.add_message(message, None).await?;
-        Ok(Response::new(self.stored(added)))
+        let added = self.writer.add(message, None).await?;
+        Ok(Response::new(Self::stored(added)))
     }
 
     async fn list_messages(&self, request: Request<pb::ListMessagesRequest>) -> Result<Response<pb::ListMessagesResponse>, Status> {

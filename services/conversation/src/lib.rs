@@ -3,6 +3,7 @@
 //! - [`domain`]: the rules for messages — limits, roles, rich parts. No I/O.
 //! - [`store`]: conversations, messages (with their per-conversation `seq` and global
 //!   `position`) and the outbox, on SQLite or PostgreSQL.
+//! - [`writer`]: group commit — concurrent messages share one transaction.
 //! - [`relay`]: hands outbox rows (and ephemeral typing) to delivery until it accepts them.
 //! - [`grpc`]: `ConversationService`, including the `WatchMessages` feed.
 //! - [`config`] and [`startup`]: settings and the one way to start the service.
@@ -14,6 +15,7 @@ pub mod grpc;
 pub mod relay;
 pub mod startup;
 pub mod store;
+pub mod writer;
 
 pub use config::Settings;
 pub use startup::ConversationServer;

@@ -157,34 +157,46 @@ impl Store {
         Ok(row.as_ref().map(message_from_row).transpose()?.map(|(_, m)| m))
     }
 
-    /// Commits a message with the next seq of its conversation and its outbox event.
-    /// `message` carries everything but ids, seq, owner and time, which are filled in here.
-    /// When `owner_guest` is given the conversation must belong to that guest.
-    pub async fn add_message(&self, mut message: pb::Message, owner_guest: Option<&str>) -> Result<Added> {
+    /// Commits messages in one transaction (one disk sync for the whole batch): each gets the
+    /// next seq of its conversation and an outbox event. Each item is `(message, owner)`:
+    /// `message` carries everything but ids, seq, owner and time, which are filled in here;
+    /// when `owner` is given the conversation must belong to that guest. An item refused for
+    /// its own reasons (a reused client id, a conversation not found) writes nothing and does
+    /// not affect the others; a storage failure fails the whole batch.
+    pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Vec<Result<Added>>> {
         let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (message, owner) in items {
+            out.push(Self::add_in(&mut tx, message, owner.as_deref()).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// One message inside a transaction. The outer error is a storage failure; the inner
+    /// one a refusal of this message alone, which has written nothing.
+    async fn add_in(tx: &mut Transaction<'static, Any>, mut message: pb::Message, owner: Option<&str>) -> Result<Result<Added>> {
         if let Some(client_id) = message.client_message_id.as_deref() {
-            if let Some(stored) = Self::find_by_client_id(&mut tx, &message.conversation_id, client_id).await? {
-                tx.rollback().await?;
+            if let Some(stored) = Self::find_by_client_id(tx, &message.conversation_id, client_id).await? {
                 let same = stored.role == message.role
                     && crate::domain::same_message(&stored, message.kind, &message.content, message.payload.as_deref(), &message.attachments);
-                return if same { Ok(Added::Duplicate(stored)) } else { Err(ConversationError::ClientMessageIdReused) };
+                return Ok(if same { Ok(Added::Duplicate(stored)) } else { Err(ConversationError::ClientMessageIdReused) });
             }
         }
-        let row = sqlx::query("UPDATE conversations SET last_seq = last_seq + 1 WHERE conversation_id = $1 RETURNING last_seq, hotel_id, guest_id")
-            .bind(&message.conversation_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE conversation_id = $1 AND ($2 = '' OR guest_id = $2)
+             RETURNING last_seq, hotel_id, guest_id",
+        )
+        .bind(&message.conversation_id)
+        .bind(owner.unwrap_or_default())
+        .fetch_optional(&mut **tx)
+        .await?;
         let Some(row) = row else {
-            tx.rollback().await?;
-            return Err(ConversationError::ConversationNotFound);
+            return Ok(Err(ConversationError::ConversationNotFound));
         };
         message.seq = row.try_get("last_seq")?;
         message.hotel_id = row.try_get("hotel_id")?;
         message.guest_id = row.try_get("guest_id")?;
-        if owner_guest.is_some_and(|g| g != message.guest_id) {
-            tx.rollback().await?;
-            return Err(ConversationError::ConversationNotFound);
-        }
         message.message_id = ids::new_id("msg");
         message.created_at_ms = time::now_ms();
         sqlx::query(
@@ -205,12 +217,11 @@ impl Store {
         .bind(&message.hotel_id)
         .bind(&message.guest_id)
         .bind(message.created_at_ms)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let event = event_for(&message.conversation_id, &message.hotel_id, &message.guest_id, events::event::Kind::Message(message.clone()));
-        sqlx::query("INSERT INTO outbox (event) VALUES ($1)").bind(event.encode_to_vec()).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(Added::New(message))
+        sqlx::query("INSERT INTO outbox (event) VALUES ($1)").bind(event.encode_to_vec()).execute(&mut **tx).await?;
+        Ok(Ok(Added::New(message)))
     }
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`.

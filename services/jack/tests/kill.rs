@@ -17,8 +17,15 @@ struct Processes {
     conversation: String,
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up here), so that no outgoing
+/// connection takes it as its source port while a service is down and about to rebind it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let port = 20_000 + (jack_runtime::ids::random_hex()[..4].to_owned().chars().fold(0u32, |a, c| a * 16 + c.to_digit(16).unwrap()) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Processes {

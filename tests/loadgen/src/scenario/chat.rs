@@ -1,0 +1,222 @@
+//! chat: N guests send messages at a total rate R, open loop (the schedule does not slow
+//! down when the server does). Reports achieved throughput and `message_ack` latency measured
+//! from each message's scheduled time, then verifies the stored history (protocol v1).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Identity, Target};
+use crate::report::{self, Report};
+use crate::verify::{self, Verdict};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    /// WebSocket URL of the target, e.g. ws://127.0.0.1:3001/ws/chat?hotelId=bench
+    #[arg(long, default_value = "ws://127.0.0.1:3001/ws/chat?hotelId=bench")]
+    pub url: String,
+    /// Guests sending.
+    #[arg(long, default_value_t = 500)]
+    pub clients: usize,
+    /// Messages per second, all guests together.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Bytes of content per message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Source addresses to spread connections over.
+    #[arg(long, default_value = "127.0.0.1-127.0.0.8")]
+    pub sources: String,
+    /// Skip the exactly-once check of stored history.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+struct Guest {
+    identity: Identity,
+    source: Option<std::net::IpAddr>,
+    tx: mpsc::UnboundedSender<(u64, Instant)>,
+    task: tokio::task::JoinHandle<GuestOutcome>,
+}
+
+#[derive(Default)]
+struct GuestOutcome {
+    /// (message number, messageId) in the order sent, for acked messages.
+    acked: Vec<(u64, String)>,
+    errors: HashMap<String, u64>,
+    unacked: u64,
+    last_ack: Option<Instant>,
+}
+
+/// Connects and identifies `count` guests, `concurrency` at a time.
+pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str) -> anyhow::Result<(Vec<(client::Ws, Identity, Option<std::net::IpAddr>)>, Duration)> {
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let (target, gate) = (target.clone(), gate.clone());
+        let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let visitor = format!("{prefix}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            client::connect_and_identify(&target, source, client::identify_frame(&visitor)).await.map(|(ws, id, _)| (ws, id, source))
+        }));
+    }
+    let mut out = Vec::with_capacity(count);
+    for task in tasks {
+        out.push(task.await??);
+    }
+    Ok((out, started.elapsed()))
+}
+
+pub async fn run(args: &ChatArgs, title: &str) -> anyhow::Result<Report> {
+    let target = Target::parse(&args.url)?;
+    let sources = client::parse_sources(&args.sources)?;
+    let run_id = jack_runtime::ids::random_hex();
+    let (connections, connect_time) = connect_many(&target, &sources, args.clients, &format!("chat-{}", &run_id[..8])).await?;
+    let latency = Arc::new(Mutex::new(report::histogram()));
+    let content: String = "x".repeat(args.size.saturating_sub(8));
+
+    let mut guests = Vec::with_capacity(connections.len());
+    for (ws, identity, source) in connections {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(guest_loop(ws, rx, latency.clone(), content.clone()));
+        guests.push(Guest { identity, source, tx, task });
+    }
+
+    // The open-loop schedule: message k is due at start + k / rate, whatever happens.
+    let start = Instant::now();
+    let total = args.rate * args.duration;
+    let mut scheduled = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while scheduled < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while scheduled < due {
+            let at = start + Duration::from_secs_f64(scheduled as f64 / args.rate as f64);
+            let guest = &guests[(scheduled % guests.len() as u64) as usize];
+            let _ = guest.tx.send((scheduled, at));
+            scheduled += 1;
+        }
+    }
+    let mut outcomes = Vec::with_capacity(guests.len());
+    let mut identities = Vec::with_capacity(guests.len());
+    for guest in guests {
+        drop(guest.tx);
+        identities.push((guest.identity, guest.source));
+        outcomes.push(guest.task.await.unwrap_or_default());
+    }
+
+    let acked: u64 = outcomes.iter().map(|o| o.acked.len() as u64).sum();
+    let unacked: u64 = outcomes.iter().map(|o| o.unacked).sum();
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    for o in &outcomes {
+        for (code, n) in &o.errors {
+            *errors.entry(code.clone()).or_default() += n;
+        }
+    }
+    let last_ack = outcomes.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
+    let elapsed = last_ack.duration_since(start).as_secs_f64().max(args.duration as f64);
+
+    let mut report = Report::new(title);
+    report.add("target", args.url.clone());
+    report.add("clients", args.clients as u64);
+    report.add("connect_identify_per_sec", (args.clients as f64 / connect_time.as_secs_f64()).round());
+    report.add("offered_rate_per_sec", args.rate);
+    report.add("scheduled", scheduled);
+    report.add("acked", acked);
+    report.add("acked_per_sec", (acked as f64 / elapsed).round());
+    report.add("unacked", unacked);
+    report.add("errors", json!(errors));
+    report.latency("ack_latency", &latency.lock().expect("latency lock"));
+
+    let v1 = identities.first().is_some_and(|(i, _)| i.protocol == Some(1) && i.visitor_token.is_some());
+    if !args.no_verify && v1 {
+        let mut verdict = Verdict::default();
+        let gate = Arc::new(Semaphore::new(64));
+        let mut checks = Vec::new();
+        for ((identity, source), outcome) in identities.into_iter().zip(outcomes) {
+            let (target, gate) = (target.clone(), gate.clone());
+            let ids: Vec<String> = outcome.acked.into_iter().map(|(_, id)| id).collect();
+            checks.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                verify::stored_history(&target, source, &identity, &ids).await
+            }));
+        }
+        for check in checks {
+            verdict.merge(check.await.unwrap_or(Verdict { failed_checks: 1, ..Default::default() }));
+        }
+        report.add("exactly_once", verdict.to_json());
+    } else {
+        report.add("exactly_once", "not checked (target does not speak protocol v1, or --no-verify)");
+    }
+    Ok(report)
+}
+
+/// One guest: sends what the schedule gives it, matches acks to sends.
+async fn guest_loop(mut ws: client::Ws, mut commands: mpsc::UnboundedReceiver<(u64, Instant)>, latency: Arc<Mutex<Histogram<u64>>>, content: String) -> GuestOutcome {
+    let mut outcome = GuestOutcome::default();
+    let mut pending: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut open = true;
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        if !open && pending.is_empty() {
+            break;
+        }
+        let deadline = grace.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            command = commands.recv(), if open => match command {
+                Some((n, at)) => {
+                    let id = format!("m{n}");
+                    let frame = json!({"type": "message", "clientMessageId": id, "content": format!("{n:08}{content}")});
+                    if client::send(&mut ws, &frame).await.is_err() {
+                        *outcome.errors.entry("SEND_FAILED".into()).or_default() += 1;
+                        break;
+                    }
+                    pending.insert(id, (n, at));
+                }
+                None => {
+                    open = false;
+                    grace = Some(tokio::time::Instant::now() + Duration::from_secs(15));
+                }
+            },
+            frame = ws.next() => {
+                let Some(Ok(Message::Text(text))) = frame else {
+                    if matches!(frame, Some(Ok(_))) { continue; }
+                    *outcome.errors.entry("CONNECTION_LOST".into()).or_default() += 1;
+                    break;
+                };
+                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                let id = frame["clientMessageId"].as_str().unwrap_or_default();
+                match frame["type"].as_str() {
+                    Some("message_ack") => {
+                        if let Some((n, at)) = pending.remove(id) {
+                            let now = Instant::now();
+                            let _ = latency.lock().expect("latency lock").record(now.duration_since(at).as_micros() as u64);
+                            outcome.acked.push((n, frame["messageId"].as_str().unwrap_or_default().to_owned()));
+                            outcome.last_ack = Some(now);
+                        }
+                    }
+                    Some("error") => {
+                        pending.remove(id);
+                        *outcome.errors.entry(frame["code"].as_str().unwrap_or("ERROR").to_owned()).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    outcome.unacked = pending.len() as u64;
+    outcome.acked.sort_by_key(|(n, _)| *n);
+    outcome
+}

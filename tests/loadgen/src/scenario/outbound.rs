@@ -1,0 +1,212 @@
+//! outbound and reconnect: a responder-like client sends through `ConversationService` to
+//! connected guests at a fixed rate (open loop), and every guest checks it received its
+//! messages exactly once, in order. `reconnect` additionally drops every guest's connection
+//! at once in the middle of the traffic; they resume with `lastSeq`.
+//!
+//! Each message says which one it is and when it was scheduled (`out K T`), so a guest can
+//! measure send→received latency and spot a loss, a duplicate or a reordering by itself.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use hdrhistogram::Histogram;
+use jack_proto::conversation::v1 as conv;
+use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Identity, Target};
+use crate::report::{self, Report};
+use crate::scenario::chat::connect_many;
+use crate::verify::{self, Verdict};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutboundArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:3001/ws/chat?hotelId=bench")]
+    pub url: String,
+    /// ConversationService of the target (where the responder sends).
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub conversation: String,
+    #[arg(long, default_value_t = 500)]
+    pub clients: usize,
+    /// Messages per second, all guests together.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, default_value = "127.0.0.1-127.0.0.8")]
+    pub sources: String,
+}
+
+struct Shared {
+    start: Instant,
+    latency: Mutex<Histogram<u64>>,
+    reconnect: Mutex<Histogram<u64>>,
+    received: AtomicU64,
+    reconnect_failures: AtomicU64,
+}
+
+pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Report> {
+    let title = if drop_midway { "reconnect" } else { "outbound" };
+    let target = Target::parse(&args.url)?;
+    let sources = client::parse_sources(&args.sources)?;
+    let run_id = jack_runtime::ids::random_hex();
+    let (connections, connect_time) = connect_many(&target, &sources, args.clients, &format!("{title}-{}", &run_id[..8])).await?;
+    if connections.iter().any(|(_, id, _)| id.conversation_id.is_none() || id.visitor_token.is_none()) {
+        anyhow::bail!("{title} needs a target that speaks protocol v1 (conversationId and visitorToken in identified)");
+    }
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        latency: Mutex::new(report::histogram()),
+        reconnect: Mutex::new(report::histogram()),
+        received: AtomicU64::new(0),
+        reconnect_failures: AtomicU64::new(0),
+    });
+    let (epoch_tx, epoch_rx) = watch::channel(0u64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conversations = Vec::new();
+    let mut tasks = Vec::new();
+    for (ws, identity, source) in connections {
+        conversations.push(identity.conversation_id.clone().unwrap_or_default());
+        let task = tokio::spawn(receive(target.clone(), source, identity, ws, shared.clone(), epoch_rx.clone(), stop_rx.clone()));
+        tasks.push(task);
+    }
+
+    let client = ConversationServiceClient::new(jack_runtime::grpc::channel(&args.conversation, Duration::from_secs(10))?);
+    let send_errors = Arc::new(AtomicU64::new(0));
+    let total = args.rate * args.duration;
+    let n = conversations.len() as u64;
+    let send_start = Instant::now();
+    let mut scheduled = 0u64;
+    let mut dropped_at = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while scheduled < total {
+        tick.tick().await;
+        if drop_midway && dropped_at.is_none() && send_start.elapsed() >= Duration::from_secs(args.duration) / 2 {
+            dropped_at = Some(Instant::now());
+            epoch_tx.send_replace(1);
+        }
+        let due = ((send_start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while scheduled < due {
+            let at = send_start + Duration::from_secs_f64(scheduled as f64 / args.rate as f64);
+            let offset_us = at.duration_since(shared.start).as_micros();
+            let (conversation_id, k) = (conversations[(scheduled % n) as usize].clone(), scheduled / n);
+            let (mut client, errors) = (client.clone(), send_errors.clone());
+            tokio::spawn(async move {
+                let request = conv::SendMessageRequest {
+                    conversation_id,
+                    role: conv::Role::Assistant as i32,
+                    content: format!("out {k} {offset_us}"),
+                    ..Default::default()
+                };
+                if client.send_message(request).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            scheduled += 1;
+        }
+    }
+    // Wait until everything sent has arrived (or a grace period passed).
+    let grace = Instant::now() + Duration::from_secs(20);
+    while shared.received.load(Ordering::Relaxed) + send_errors.load(Ordering::Relaxed) < total && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send_replace(true);
+
+    let mut verdict = Verdict::default();
+    for (g, task) in tasks.into_iter().enumerate() {
+        let got = task.await.unwrap_or_default();
+        let expected_count = total / n + u64::from((g as u64) < total % n);
+        let expected: Vec<String> = (0..expected_count).map(|k| k.to_string()).collect();
+        let seen: Vec<String> = got.iter().map(|k| k.to_string()).collect();
+        verdict.merge(verify::compare(&expected, &seen));
+    }
+    let mut report = Report::new(title);
+    report.add("target", args.url.clone());
+    report.add("clients", args.clients as u64);
+    report.add("connect_identify_per_sec", (args.clients as f64 / connect_time.as_secs_f64()).round());
+    report.add("offered_rate_per_sec", args.rate);
+    report.add("sent", total);
+    report.add("send_errors", send_errors.load(Ordering::Relaxed));
+    report.add("received", shared.received.load(Ordering::Relaxed));
+    report.latency("send_to_received_latency", &shared.latency.lock().expect("lock"));
+    if drop_midway {
+        report.latency("reconnect_to_identified", &shared.reconnect.lock().expect("lock"));
+        report.add("reconnect_failures", shared.reconnect_failures.load(Ordering::Relaxed));
+        let hist = shared.reconnect.lock().expect("lock");
+        report.add("all_live_again_after_s", if hist.is_empty() { Value::Null } else { json!(hist.max() as f64 / 1e6) });
+        let _ = dropped_at;
+    }
+    report.add("exactly_once", verdict.to_json());
+    Ok(report)
+}
+
+/// Parses `out K T` and records latency; returns K.
+fn receipt(message: &Value, shared: &Shared, live: bool) -> Option<u64> {
+    let content = message["content"].as_str()?;
+    let mut parts = content.strip_prefix("out ")?.split(' ');
+    let k: u64 = parts.next()?.parse().ok()?;
+    let offset_us: u64 = parts.next()?.parse().ok()?;
+    if live {
+        let now_us = shared.start.elapsed().as_micros() as u64;
+        let _ = shared.latency.lock().expect("lock").record(now_us.saturating_sub(offset_us).max(1));
+    }
+    shared.received.fetch_add(1, Ordering::Relaxed);
+    Some(k)
+}
+
+async fn receive(
+    target: Target,
+    source: Option<IpAddr>,
+    identity: Identity,
+    mut ws: client::Ws,
+    shared: Arc<Shared>,
+    mut epoch: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<u64> {
+    let mut got = Vec::new();
+    let mut last_seq = 0i64;
+    loop {
+        tokio::select! {
+            frame = ws.next() => {
+                let Some(Ok(Message::Text(text))) = frame else {
+                    if matches!(frame, Some(Ok(_))) { continue; }
+                    return got; // the connection is gone; what was missed shows as lost
+                };
+                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                if frame["type"] == "message" && frame["role"] == "assistant" {
+                    last_seq = last_seq.max(frame["seq"].as_i64().unwrap_or(0));
+                    got.extend(receipt(&frame, &shared, true));
+                }
+            }
+            _ = epoch.changed() => {
+                // Drop the connection abruptly and resume where this guest left off.
+                drop(ws);
+                let dropped = Instant::now();
+                let identify = json!({"type": "identify", "visitorId": identity.visitor_id, "visitorToken": identity.visitor_token, "lastSeq": last_seq});
+                match client::connect_and_identify(&target, source, identify).await {
+                    Ok((new_ws, _, before)) => {
+                        let _ = shared.reconnect.lock().expect("lock").record(dropped.elapsed().as_micros() as u64);
+                        for frame in before {
+                            let messages = if frame["type"] == "history" { frame["messages"].as_array().cloned().unwrap_or_default() } else { vec![frame] };
+                            for m in messages.iter().filter(|m| m["role"] == "assistant") {
+                                last_seq = last_seq.max(m["seq"].as_i64().unwrap_or(0));
+                                got.extend(receipt(m, &shared, false));
+                            }
+                        }
+                        ws = new_ws;
+                    }
+                    Err(_) => {
+                        shared.reconnect_failures.fetch_add(1, Ordering::Relaxed);
+                        return got;
+                    }
+                }
+            }
+            _ = stop.changed() => return got,
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The benchmark's correctness checks, small and quick, against the real stack: nothing
+//! acknowledged is lost, duplicated or reordered; no timing is asserted.
+
+use jack::{Service, Stack};
+use jack_loadgen::scenario::{chat, outbound};
+use jack_runtime::CancellationToken;
+use jack_runtime::settings::Env;
+use serde_json::Value;
+
+async fn stack(dir: &std::path::Path) -> (Stack, CancellationToken) {
+    let mut env = Env::from_pairs([("WEBSOCKET_HOST", "127.0.0.1"), ("WEBSOCKET_PORT", "0"), ("RUST_LOG", "warn")]);
+    for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "EDGE_GRPC_ADDR"] {
+        env = env.with(name, "127.0.0.1:0");
+    }
+    let shutdown = CancellationToken::new();
+    (Stack::start(env, dir, shutdown.clone()).await.unwrap(), shutdown)
+}
+
+fn clean(report: &Value) {
+    let v = &report["exactly_once"];
+    assert_eq!((v["lost"].as_u64(), v["duplicated"].as_u64(), v["out_of_order"].as_u64(), v["failed_checks"].as_u64()), (Some(0), Some(0), Some(0), Some(0)), "{report}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, shutdown) = stack(dir.path()).await;
+    let url = format!("ws://{}/ws/chat?hotelId=bench", stack.addr(Service::Edge));
+
+    let args = chat::ChatArgs { url: url.clone(), clients: 20, rate: 200, duration: 2, size: 64, sources: "127.0.0.1-127.0.0.4".into(), no_verify: false };
+    let report = chat::run(&args, "chat").await.unwrap().to_json();
+    assert_eq!(report["acked"], report["scheduled"], "{report}");
+    clean(&report);
+
+    let args = outbound::OutboundArgs { url: url.clone(), conversation: stack.url(Service::Conversation), clients: 20, rate: 200, duration: 2, sources: "127.0.0.1".into() };
+    let report = outbound::run(&args, false).await.unwrap().to_json();
+    assert_eq!(report["received"], report["sent"], "{report}");
+    clean(&report);
+
+    let args = outbound::OutboundArgs { clients: 50, duration: 3, ..args };
+    let report = outbound::run(&args, true).await.unwrap().to_json();
+    assert_eq!(report["reconnect_failures"], 0, "{report}");
+    clean(&report);
+    shutdown.cancel();
+}
