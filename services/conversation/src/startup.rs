@@ -13,8 +13,8 @@ use crate::grpc::ConversationApi;
 use crate::relay::Relay;
 use crate::store::Store;
 
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub(crate) static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A bound, migrated conversation service, ready to serve.
 pub struct ConversationServer {

@@ -9,7 +9,9 @@ use jack_proto::prost::Message as _;
 use jack_runtime::db::{Database, Engine};
 use jack_runtime::{ids, time};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row as _, Transaction};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{Any, AssertSqlSafe, Row as _, Transaction};
 
 use crate::error::ConversationError;
 
@@ -43,6 +45,11 @@ macro_rules! select_message {
             $where
         )
     };
+}
+
+/// `$from, $from+1, …` — `count` numbered placeholders, understood by SQLite and PostgreSQL.
+fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn conversation_from_row(row: &AnyRow) -> Result<pb::Conversation> {
@@ -148,80 +155,202 @@ impl Store {
         Ok(tx)
     }
 
-    async fn find_by_client_id(tx: &mut Transaction<'static, Any>, conversation_id: &str, client_message_id: &str) -> Result<Option<pb::Message>> {
-        let row = sqlx::query(select_message!("conversation_id = $1 AND client_message_id = $2"))
-            .bind(conversation_id)
-            .bind(client_message_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(row.as_ref().map(message_from_row).transpose()?.map(|(_, m)| m))
-    }
-
     /// Commits messages in one transaction (one disk sync for the whole batch): each gets the
     /// next seq of its conversation and an outbox event. Each item is `(message, owner)`:
     /// `message` carries everything but ids, seq, owner and time, which are filled in here;
     /// when `owner` is given the conversation must belong to that guest. An item refused for
     /// its own reasons (a reused client id, a conversation not found) writes nothing and does
     /// not affect the others; a storage failure fails the whole batch.
+    ///
+    /// The batch costs a fixed number of statements, not a few per message: one lookup of
+    /// resends, one of the conversations, one update of their seqs, one insert of the
+    /// messages and one of the outbox rows.
     pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Vec<Result<Added>>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(items.len());
-        for (message, owner) in items {
-            out.push(Self::add_in(&mut tx, message, owner.as_deref()).await?);
+        let existing = Self::stored_by_client_id(&mut tx, &items).await?;
+        let owners = Self::conversation_owners(&mut tx, &items).await?;
+
+        // Decide each item: a resend, a refusal, or a new message (counted per conversation).
+        enum Plan {
+            Done(Result<Added>),
+            New,
+            SameAs(usize),
         }
+        let mut plans = Vec::with_capacity(items.len());
+        let mut new_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for (i, (message, owner)) in items.iter().enumerate() {
+            let conversation = message.conversation_id.as_str();
+            let key = message.client_message_id.as_deref().map(|c| (conversation, c));
+            let resend = |stored: &pb::Message| {
+                let same = stored.role == message.role
+                    && crate::domain::same_message(stored, message.kind, &message.content, message.payload.as_deref(), &message.attachments);
+                if same { Ok(()) } else { Err(ConversationError::ClientMessageIdReused) }
+            };
+            let plan = match (key.and_then(|k| existing.get(&(k.0.to_owned(), k.1.to_owned()))), key.and_then(|k| new_in_batch.get(&k))) {
+                (Some(stored), _) => Plan::Done(resend(stored).map(|()| Added::Duplicate(stored.clone()))),
+                (None, Some(&first)) => match resend(&items[first].0) {
+                    Ok(()) => Plan::SameAs(first),
+                    Err(e) => Plan::Done(Err(e)),
+                },
+                (None, None) => match owners.get(conversation) {
+                    Some((guest, _)) if owner.as_deref().is_none_or(|o| o == guest) => {
+                        *counts.entry(conversation.to_owned()).or_default() += 1;
+                        if let Some(k) = key {
+                            new_in_batch.insert(k, i);
+                        }
+                        Plan::New
+                    }
+                    _ => Plan::Done(Err(ConversationError::ConversationNotFound)),
+                },
+            };
+            plans.push(plan);
+        }
+
+        // Reserve the seqs, then number the new messages in batch order.
+        let mut next_seq = Self::reserve_seqs(&mut tx, &counts).await?;
+        let now = time::now_ms();
+        let mut finals: Vec<Option<pb::Message>> = vec![None; items.len()];
+        for (i, ((message, _), plan)) in items.into_iter().zip(&plans).enumerate() {
+            if let Plan::New = plan {
+                let mut message = message;
+                let seq = next_seq.get_mut(&message.conversation_id).expect("seq reserved");
+                message.seq = *seq;
+                *seq += 1;
+                let (guest, hotel) = &owners[message.conversation_id.as_str()];
+                message.guest_id = guest.clone();
+                message.hotel_id = hotel.clone();
+                message.message_id = ids::new_id("msg");
+                message.created_at_ms = now;
+                finals[i] = Some(message);
+            }
+        }
+        let new_messages: Vec<&pb::Message> = finals.iter().flatten().collect();
+        Self::insert_messages(&mut tx, &new_messages).await?;
         tx.commit().await?;
+
+        let mut out = Vec::with_capacity(plans.len());
+        for (i, plan) in plans.into_iter().enumerate() {
+            out.push(match plan {
+                Plan::Done(result) => result,
+                Plan::New => Ok(Added::New(finals[i].clone().expect("numbered"))),
+                Plan::SameAs(first) => Ok(Added::Duplicate(finals[first].clone().expect("numbered"))),
+            });
+        }
         Ok(out)
     }
 
-    /// One message inside a transaction. The outer error is a storage failure; the inner
-    /// one a refusal of this message alone, which has written nothing.
-    async fn add_in(tx: &mut Transaction<'static, Any>, mut message: pb::Message, owner: Option<&str>) -> Result<Result<Added>> {
-        if let Some(client_id) = message.client_message_id.as_deref() {
-            if let Some(stored) = Self::find_by_client_id(tx, &message.conversation_id, client_id).await? {
-                let same = stored.role == message.role
-                    && crate::domain::same_message(&stored, message.kind, &message.content, message.payload.as_deref(), &message.attachments);
-                return Ok(if same { Ok(Added::Duplicate(stored)) } else { Err(ConversationError::ClientMessageIdReused) });
+    /// Stored messages whose (conversation, client id) matches an item's.
+    async fn stored_by_client_id(tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<(String, String), pb::Message>> {
+        let keyed: Vec<(&str, &str)> = items.iter().filter_map(|(m, _)| Some((m.conversation_id.as_str(), m.client_message_id.as_deref()?))).collect();
+        if keyed.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let conversations: Vec<&str> = keyed.iter().map(|k| k.0).collect::<HashSet<_>>().into_iter().collect();
+        let client_ids: Vec<&str> = keyed.iter().map(|k| k.1).collect::<HashSet<_>>().into_iter().collect();
+        let sql = format!(
+            select_message!("conversation_id IN ({}) AND client_message_id IN ({})"),
+            placeholders(1, conversations.len()),
+            placeholders(1 + conversations.len(), client_ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in conversations.iter().chain(&client_ids) {
+            query = query.bind(*value);
+        }
+        let mut found = HashMap::new();
+        for row in query.fetch_all(&mut **tx).await? {
+            let (_, message) = message_from_row(&row)?;
+            if let Some(client_id) = message.client_message_id.clone() {
+                found.insert((message.conversation_id.clone(), client_id), message);
             }
         }
-        let row = sqlx::query(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE conversation_id = $1 AND ($2 = '' OR guest_id = $2)
-             RETURNING last_seq, hotel_id, guest_id",
-        )
-        .bind(&message.conversation_id)
-        .bind(owner.unwrap_or_default())
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(Err(ConversationError::ConversationNotFound));
-        };
-        message.seq = row.try_get("last_seq")?;
-        message.hotel_id = row.try_get("hotel_id")?;
-        message.guest_id = row.try_get("guest_id")?;
-        message.message_id = ids::new_id("msg");
-        message.created_at_ms = time::now_ms();
-        sqlx::query(
+        Ok(found)
+    }
+
+    /// conversation → (guest, hotel) for the items' conversations that exist.
+    async fn conversation_owners(tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<String, (String, String)>> {
+        let ids: Vec<&str> = items.iter().map(|(m, _)| m.conversation_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
+        let sql = format!("SELECT conversation_id, guest_id, hotel_id FROM conversations WHERE conversation_id IN ({})", placeholders(1, ids.len()));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        let mut owners = HashMap::new();
+        for row in query.fetch_all(&mut **tx).await? {
+            owners.insert(row.try_get("conversation_id")?, (row.try_get("guest_id")?, row.try_get("hotel_id")?));
+        }
+        Ok(owners)
+    }
+
+    /// Advances each conversation's `last_seq` by its count; returns the first new seq of each.
+    async fn reserve_seqs(tx: &mut Transaction<'static, Any>, counts: &HashMap<String, i64>) -> Result<HashMap<String, i64>> {
+        if counts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut cases = String::new();
+        let mut list = Vec::new();
+        for i in 0..counts.len() {
+            cases.push_str(&format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2));
+            list.push(format!("${}", 2 * i + 1));
+        }
+        let sql = format!(
+            "UPDATE conversations SET last_seq = last_seq + CASE conversation_id{cases} ELSE 0 END WHERE conversation_id IN ({}) RETURNING conversation_id, last_seq",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let entries: Vec<(&String, &i64)> = counts.iter().collect();
+        for (id, n) in &entries {
+            query = query.bind(id.as_str()).bind(**n);
+        }
+        let mut first = HashMap::new();
+        for row in query.fetch_all(&mut **tx).await? {
+            let id: String = row.try_get("conversation_id")?;
+            let last: i64 = row.try_get("last_seq")?;
+            if let Some(n) = counts.get(&id) {
+                first.insert(id, last - n + 1);
+            }
+        }
+        Ok(first)
+    }
+
+    /// One insert of the messages and one of their outbox events.
+    async fn insert_messages(tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        const COLUMNS: usize = 13;
+        let rows: Vec<String> = (0..messages.len()).map(|i| format!("({})", placeholders(1 + i * COLUMNS, COLUMNS))).collect();
+        let sql = format!(
             "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
-                 reply_to_message_id, rich, hotel_id, guest_id, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&message.message_id)
-        .bind(&message.conversation_id)
-        .bind(message.seq)
-        .bind(i64::from(message.role))
-        .bind(i64::from(message.kind))
-        .bind(&message.content)
-        .bind(&message.client_message_id)
-        .bind(&message.payload)
-        .bind(&message.reply_to_message_id)
-        .bind(rich_blob(&message))
-        .bind(&message.hotel_id)
-        .bind(&message.guest_id)
-        .bind(message.created_at_ms)
-        .execute(&mut **tx)
-        .await?;
-        let event = event_for(&message.conversation_id, &message.hotel_id, &message.guest_id, events::event::Kind::Message(message.clone()));
-        sqlx::query("INSERT INTO outbox (event) VALUES ($1)").bind(event.encode_to_vec()).execute(&mut **tx).await?;
-        Ok(Ok(Added::New(message)))
+                 reply_to_message_id, rich, hotel_id, guest_id, created_at_ms) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for m in messages {
+            query = query
+                .bind(m.message_id.clone())
+                .bind(m.conversation_id.clone())
+                .bind(m.seq)
+                .bind(i64::from(m.role))
+                .bind(i64::from(m.kind))
+                .bind(m.content.clone())
+                .bind(m.client_message_id.clone())
+                .bind(m.payload.clone())
+                .bind(m.reply_to_message_id.clone())
+                .bind(rich_blob(m))
+                .bind(m.hotel_id.clone())
+                .bind(m.guest_id.clone())
+                .bind(m.created_at_ms);
+        }
+        query.execute(&mut **tx).await?;
+        let rows: Vec<String> = (1..=messages.len()).map(|i| format!("(${i})")).collect();
+        let mut outbox = sqlx::query(AssertSqlSafe(format!("INSERT INTO outbox (event) VALUES {}", rows.join(", "))));
+        for m in messages {
+            let event = event_for(&m.conversation_id, &m.hotel_id, &m.guest_id, events::event::Kind::Message((*m).clone()));
+            outbox = outbox.bind(event.encode_to_vec());
+        }
+        outbox.execute(&mut **tx).await?;
+        Ok(())
     }
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`.
@@ -323,5 +452,55 @@ impl Store {
 
     pub async fn close(&self) {
         self.db.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest_message(conversation: &str, client_id: &str, content: &str) -> (pb::Message, Option<String>) {
+        let m = pb::Message {
+            conversation_id: conversation.into(),
+            role: pb::Role::Guest as i32,
+            kind: pb::MessageKind::Text as i32,
+            content: content.into(),
+            client_message_id: Some(client_id.into()),
+            ..Default::default()
+        };
+        (m, None)
+    }
+
+    #[tokio::test]
+    async fn a_batch_numbers_new_messages_and_answers_resends_and_refusals_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        let results = store
+            .add_messages(vec![
+                guest_message(&c, "a", "hello"),
+                guest_message(&c, "b", "second"),
+                guest_message(&c, "a", "hello"),
+                guest_message(&c, "a", "changed"),
+                guest_message("cnv_missing", "x", "lost?"),
+            ])
+            .await
+            .unwrap();
+        let seq = |r: &Result<Added>| match r {
+            Ok(Added::New(m)) => ("new", m.seq),
+            Ok(Added::Duplicate(m)) => ("dup", m.seq),
+            Err(ConversationError::ClientMessageIdReused) => ("reused", 0),
+            Err(ConversationError::ConversationNotFound) => ("missing", 0),
+            Err(_) => ("error", 0),
+        };
+        let got: Vec<_> = results.iter().map(seq).collect();
+        assert_eq!(got, [("new", 1), ("new", 2), ("dup", 1), ("reused", 0), ("missing", 0)]);
+        // A later batch sees the stored message as a resend; others get the next seq.
+        let again = store.add_messages(vec![guest_message(&c, "a", "hello"), guest_message(&c, "c", "third")]).await.unwrap();
+        assert_eq!(again.iter().map(seq).collect::<Vec<_>>(), [("dup", 1), ("new", 3)]);
+        let (messages, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
+        assert_eq!(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["hello", "second", "third"]);
+        assert_eq!(store.outbox(10).await.unwrap().len(), 3);
     }
 }
