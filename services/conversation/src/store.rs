@@ -47,9 +47,50 @@ macro_rules! select_message {
     };
 }
 
-/// `$from, $from+1, …` — `count` numbered placeholders, understood by SQLite and PostgreSQL.
-fn placeholders(from: usize, count: usize) -> String {
-    (from..from + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+/// Placeholders for statements with many parameters. SQLite gets anonymous `?`: sqlx looks a
+/// numbered name up by scanning all of them, which is quadratic in their count. PostgreSQL
+/// gets `$1, $2, …`.
+struct Params {
+    engine: Engine,
+    next: usize,
+}
+
+impl Params {
+    fn new(engine: Engine) -> Self {
+        Self { engine, next: 1 }
+    }
+
+    fn list(&mut self, count: usize) -> String {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            out.push(match self.engine {
+                Engine::Sqlite => "?".to_owned(),
+                Engine::Postgres => format!("${}", self.next),
+            });
+            self.next += 1;
+        }
+        out.join(", ")
+    }
+}
+
+/// Lists are padded (by repeating their last value) to a power of two, so that a few
+/// statement shapes serve every batch size and stay in the prepared-statement cache.
+fn padded<T: Clone>(mut values: Vec<T>) -> Vec<T> {
+    if let Some(last) = values.last().cloned() {
+        values.resize(values.len().next_power_of_two().max(4), last);
+    }
+    values
+}
+
+/// Splits `n` rows into chunks whose sizes are powers of two (at most 64), for the same reason.
+fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while n > 0 {
+        let size = if n >= 64 { 64 } else { 1 << (usize::BITS - 1 - n.leading_zeros()) };
+        sizes.push(size);
+        n -= size;
+    }
+    sizes
 }
 
 fn conversation_from_row(row: &AnyRow) -> Result<pb::Conversation> {
@@ -167,8 +208,9 @@ impl Store {
     /// messages and one of the outbox rows.
     pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Vec<Result<Added>>> {
         let mut tx = self.begin().await?;
-        let existing = Self::stored_by_client_id(&mut tx, &items).await?;
-        let owners = Self::conversation_owners(&mut tx, &items).await?;
+        let engine = self.db.engine;
+        let existing = Self::stored_by_client_id(engine, &mut tx, &items).await?;
+        let owners = Self::conversation_owners(engine, &mut tx, &items).await?;
 
         // Decide each item: a resend, a refusal, or a new message (counted per conversation).
         enum Plan {
@@ -208,7 +250,7 @@ impl Store {
         }
 
         // Reserve the seqs, then number the new messages in batch order.
-        let mut next_seq = Self::reserve_seqs(&mut tx, &counts).await?;
+        let mut next_seq = Self::reserve_seqs(engine, &mut tx, &counts).await?;
         let now = time::now_ms();
         let mut finals: Vec<Option<pb::Message>> = vec![None; items.len()];
         for (i, ((message, _), plan)) in items.into_iter().zip(&plans).enumerate() {
@@ -226,7 +268,7 @@ impl Store {
             }
         }
         let new_messages: Vec<&pb::Message> = finals.iter().flatten().collect();
-        Self::insert_messages(&mut tx, &new_messages).await?;
+        Self::insert_messages(engine, &mut tx, &new_messages).await?;
         tx.commit().await?;
 
         let mut out = Vec::with_capacity(plans.len());
@@ -241,21 +283,19 @@ impl Store {
     }
 
     /// Stored messages whose (conversation, client id) matches an item's.
-    async fn stored_by_client_id(tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<(String, String), pb::Message>> {
+    async fn stored_by_client_id(engine: Engine, tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<(String, String), pb::Message>> {
         let keyed: Vec<(&str, &str)> = items.iter().filter_map(|(m, _)| Some((m.conversation_id.as_str(), m.client_message_id.as_deref()?))).collect();
         if keyed.is_empty() {
             return Ok(HashMap::new());
         }
-        let conversations: Vec<&str> = keyed.iter().map(|k| k.0).collect::<HashSet<_>>().into_iter().collect();
-        let client_ids: Vec<&str> = keyed.iter().map(|k| k.1).collect::<HashSet<_>>().into_iter().collect();
-        let sql = format!(
-            select_message!("conversation_id IN ({}) AND client_message_id IN ({})"),
-            placeholders(1, conversations.len()),
-            placeholders(1 + conversations.len(), client_ids.len())
-        );
+        // Row values, so each pair is one index seek (two IN lists would seek their product).
+        let pairs = padded(keyed.into_iter().collect::<HashSet<_>>().into_iter().collect::<Vec<_>>());
+        let mut params = Params::new(engine);
+        let rows: Vec<String> = (0..pairs.len()).map(|_| format!("({})", params.list(2))).collect();
+        let sql = format!(select_message!("(conversation_id, client_message_id) IN (VALUES {})"), rows.join(", "));
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for value in conversations.iter().chain(&client_ids) {
-            query = query.bind(*value);
+        for (conversation, client_id) in &pairs {
+            query = query.bind(*conversation).bind(*client_id);
         }
         let mut found = HashMap::new();
         for row in query.fetch_all(&mut **tx).await? {
@@ -268,9 +308,9 @@ impl Store {
     }
 
     /// conversation → (guest, hotel) for the items' conversations that exist.
-    async fn conversation_owners(tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<String, (String, String)>> {
-        let ids: Vec<&str> = items.iter().map(|(m, _)| m.conversation_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
-        let sql = format!("SELECT conversation_id, guest_id, hotel_id FROM conversations WHERE conversation_id IN ({})", placeholders(1, ids.len()));
+    async fn conversation_owners(engine: Engine, tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<String, (String, String)>> {
+        let ids = padded(items.iter().map(|(m, _)| m.conversation_id.as_str()).collect::<HashSet<_>>().into_iter().collect::<Vec<_>>());
+        let sql = format!("SELECT conversation_id, guest_id, hotel_id FROM conversations WHERE conversation_id IN ({})", Params::new(engine).list(ids.len()));
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in &ids {
             query = query.bind(*id);
@@ -283,24 +323,23 @@ impl Store {
     }
 
     /// Advances each conversation's `last_seq` by its count; returns the first new seq of each.
-    async fn reserve_seqs(tx: &mut Transaction<'static, Any>, counts: &HashMap<String, i64>) -> Result<HashMap<String, i64>> {
+    async fn reserve_seqs(engine: Engine, tx: &mut Transaction<'static, Any>, counts: &HashMap<String, i64>) -> Result<HashMap<String, i64>> {
         if counts.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut cases = String::new();
-        let mut list = Vec::new();
-        for i in 0..counts.len() {
-            cases.push_str(&format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2));
-            list.push(format!("${}", 2 * i + 1));
-        }
+        let entries = padded(counts.iter().collect::<Vec<_>>());
+        let mut params = Params::new(engine);
+        let cases: String = (0..entries.len()).map(|_| format!(" WHEN {} THEN {}", params.list(1), params.list(1))).collect();
         let sql = format!(
             "UPDATE conversations SET last_seq = last_seq + CASE conversation_id{cases} ELSE 0 END WHERE conversation_id IN ({}) RETURNING conversation_id, last_seq",
-            list.join(", ")
+            params.list(entries.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        let entries: Vec<(&String, &i64)> = counts.iter().collect();
         for (id, n) in &entries {
             query = query.bind(id.as_str()).bind(**n);
+        }
+        for (id, _) in &entries {
+            query = query.bind(id.as_str());
         }
         let mut first = HashMap::new();
         for row in query.fetch_all(&mut **tx).await? {
@@ -313,43 +352,47 @@ impl Store {
         Ok(first)
     }
 
-    /// One insert of the messages and one of their outbox events.
-    async fn insert_messages(tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
+    /// Multi-row inserts of the messages and of their outbox events.
+    async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<()> {
         const COLUMNS: usize = 13;
-        let rows: Vec<String> = (0..messages.len()).map(|i| format!("({})", placeholders(1 + i * COLUMNS, COLUMNS))).collect();
-        let sql = format!(
-            "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
-                 reply_to_message_id, rich, hotel_id, guest_id, created_at_ms) VALUES {}",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for m in messages {
-            query = query
-                .bind(m.message_id.clone())
-                .bind(m.conversation_id.clone())
-                .bind(m.seq)
-                .bind(i64::from(m.role))
-                .bind(i64::from(m.kind))
-                .bind(m.content.clone())
-                .bind(m.client_message_id.clone())
-                .bind(m.payload.clone())
-                .bind(m.reply_to_message_id.clone())
-                .bind(rich_blob(m))
-                .bind(m.hotel_id.clone())
-                .bind(m.guest_id.clone())
-                .bind(m.created_at_ms);
+        let mut rest = messages;
+        for size in chunk_sizes(messages.len()) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let mut params = Params::new(engine);
+            let rows: Vec<String> = (0..size).map(|_| format!("({})", params.list(COLUMNS))).collect();
+            let sql = format!(
+                "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
+                     reply_to_message_id, rich, hotel_id, guest_id, created_at_ms) VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for m in chunk {
+                query = query
+                    .bind(m.message_id.as_str())
+                    .bind(m.conversation_id.as_str())
+                    .bind(m.seq)
+                    .bind(i64::from(m.role))
+                    .bind(i64::from(m.kind))
+                    .bind(m.content.as_str())
+                    .bind(m.client_message_id.as_deref())
+                    .bind(m.payload.as_deref())
+                    .bind(m.reply_to_message_id.as_deref())
+                    .bind(rich_blob(m))
+                    .bind(m.hotel_id.as_str())
+                    .bind(m.guest_id.as_str())
+                    .bind(m.created_at_ms);
+            }
+            query.execute(&mut **tx).await?;
+            let mut params = Params::new(engine);
+            let rows: Vec<String> = (0..size).map(|_| format!("({})", params.list(1))).collect();
+            let mut outbox = sqlx::query(AssertSqlSafe(format!("INSERT INTO outbox (event) VALUES {}", rows.join(", "))));
+            for m in chunk {
+                let event = event_for(&m.conversation_id, &m.hotel_id, &m.guest_id, events::event::Kind::Message((*m).clone()));
+                outbox = outbox.bind(event.encode_to_vec());
+            }
+            outbox.execute(&mut **tx).await?;
         }
-        query.execute(&mut **tx).await?;
-        let rows: Vec<String> = (1..=messages.len()).map(|i| format!("(${i})")).collect();
-        let mut outbox = sqlx::query(AssertSqlSafe(format!("INSERT INTO outbox (event) VALUES {}", rows.join(", "))));
-        for m in messages {
-            let event = event_for(&m.conversation_id, &m.hotel_id, &m.guest_id, events::event::Kind::Message((*m).clone()));
-            outbox = outbox.bind(event.encode_to_vec());
-        }
-        outbox.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -469,6 +512,16 @@ mod tests {
             ..Default::default()
         };
         (m, None)
+    }
+
+    #[test]
+    fn shapes_are_few() {
+        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(7), [4, 2, 1]);
+        assert_eq!(chunk_sizes(200), [64, 64, 64, 8]);
+        assert_eq!(padded(vec![1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
+        assert_eq!(Params::new(Engine::Postgres).list(3), "$1, $2, $3");
+        assert_eq!(Params::new(Engine::Sqlite).list(2), "?, ?");
     }
 
     #[tokio::test]

@@ -206,7 +206,7 @@ impl Session {
         // A visitor who could not prove the id it sent starts afresh and sees no history.
         let resume = (req.resume_conversation || req.last_seq.is_some()) && !identified.replaced_visitor;
         let replayed = if resume {
-            match req.last_seq.filter(|s| *s > 0) {
+            match req.last_seq.filter(|s| *s >= 0) {
                 Some(last_seq) => self.replay_after(last_seq.min(conversation.last_seq), out).await,
                 None => self.replay_latest(out).await,
             }
