@@ -1,8 +1,10 @@
-//! The outbox relay: hands committed events to delivery until delivery accepts them.
+//! The relay: hands committed events to delivery until delivery accepts them.
 //!
-//! It wakes when a transaction commits (and polls once a second, for rows another replica of
-//! this service wrote), publishes the oldest rows in order, and deletes them only once
-//! delivery answered. After a crash it resends what is left; edges drop seqs they already
+//! Messages are their own outbox: the relay publishes them in `position` order after its
+//! stored cursor, and moves the cursor only once delivery answered. Other durable events
+//! (read receipts) come from the outbox table, deleted once published. The relay wakes when
+//! a transaction commits (and polls once a second, for rows another replica of this service
+//! wrote). After a crash it resends from the stored cursor; edges drop seqs they already
 //! sent, so a resend is harmless. Typing is ephemeral: it rides along best effort.
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use jack_runtime::grpc::Traced;
 use jack_runtime::CancellationToken;
 use tokio::sync::{Notify, mpsc};
 
-use crate::store::Store;
+use crate::store::{Store, event_for};
 
 const BATCH: u32 = 500;
 const EPHEMERAL_QUEUE: usize = 4096;
@@ -57,6 +59,18 @@ impl Relay {
 
     /// Runs until shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut cursor = loop {
+            match self.store.relay_cursor().await {
+                Ok(cursor) => break cursor,
+                Err(err) => {
+                    tracing::warn!(error = %err, "relay cursor unreadable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
         let mut target = 0usize;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -68,6 +82,18 @@ impl Relay {
                 }
             }
             let ephemeral = batch.len();
+            let messages = match self.store.messages_after_position(cursor, &[], None, BATCH).await {
+                Ok((messages, _)) => messages,
+                Err(err) => {
+                    tracing::warn!(error = %err, "message read failed");
+                    Vec::new()
+                }
+            };
+            let message_cursor = messages.last().map(|(p, _)| *p);
+            batch.extend(messages.into_iter().map(|(_, m)| {
+                let (conversation, hotel, guest) = (m.conversation_id.clone(), m.hotel_id.clone(), m.guest_id.clone());
+                event_for(&conversation, &hotel, &guest, events::event::Kind::Message(m))
+            }));
             let rows = match self.store.outbox(BATCH).await {
                 Ok(rows) => rows,
                 Err(err) => {
@@ -89,6 +115,12 @@ impl Relay {
             match self.publish(&mut target, batch).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
+                    if let Some(position) = message_cursor {
+                        cursor = position;
+                        if let Err(err) = self.store.set_relay_cursor(position).await {
+                            tracing::warn!(error = %err, "relay cursor not stored");
+                        }
+                    }
                     if let Some(position) = last_position {
                         if let Err(err) = self.store.outbox_done(position).await {
                             tracing::warn!(error = %err, "outbox cleanup failed");

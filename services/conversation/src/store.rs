@@ -1,7 +1,9 @@
 //! Conversations, messages and the outbox. SQL here runs unchanged on SQLite and PostgreSQL.
 //!
-//! Every write that others must hear about (a message, a read change) adds its outbox row in
-//! the same transaction, so an event is announced if and only if its change committed.
+//! Every write that others must hear about is durable before it is announced, and announced
+//! until delivery accepts it: a message is its own announcement (the relay publishes messages
+//! in `position` order from its stored cursor), and a read change adds an outbox row in the
+//! same transaction.
 
 use jack_proto::conversation::v1 as pb;
 use jack_proto::delivery::v1 as events;
@@ -197,7 +199,8 @@ impl Store {
     }
 
     /// Commits messages in one transaction (one disk sync for the whole batch): each gets the
-    /// next seq of its conversation and an outbox event. Each item is `(message, owner)`:
+    /// next seq of its conversation and a `position` after every committed message, which is
+    /// how the relay and WatchMessages find it. Each item is `(message, owner)`:
     /// `message` carries everything but ids, seq, owner and time, which are filled in here;
     /// when `owner` is given the conversation must belong to that guest. An item refused for
     /// its own reasons (a reused client id, a conversation not found) writes nothing and does
@@ -205,7 +208,7 @@ impl Store {
     ///
     /// The batch costs a fixed number of statements, not a few per message: one lookup of
     /// resends, one of the conversations, one update of their seqs, one insert of the
-    /// messages and one of the outbox rows.
+    /// messages.
     pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Vec<Result<Added>>> {
         let mut tx = self.begin().await?;
         let engine = self.db.engine;
@@ -352,7 +355,8 @@ impl Store {
         Ok(first)
     }
 
-    /// Multi-row inserts of the messages and of their outbox events.
+    /// Multi-row inserts of the messages. (The messages are their own outbox: the relay
+    /// publishes them from its cursor.)
     async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<()> {
         const COLUMNS: usize = 13;
         let mut rest = messages;
@@ -384,14 +388,6 @@ impl Store {
                     .bind(m.created_at_ms);
             }
             query.execute(&mut **tx).await?;
-            let mut params = Params::new(engine);
-            let rows: Vec<String> = (0..size).map(|_| format!("({})", params.list(1))).collect();
-            let mut outbox = sqlx::query(AssertSqlSafe(format!("INSERT INTO outbox (event) VALUES {}", rows.join(", "))));
-            for m in chunk {
-                let event = event_for(&m.conversation_id, &m.hotel_id, &m.guest_id, events::event::Kind::Message((*m).clone()));
-                outbox = outbox.bind(event.encode_to_vec());
-            }
-            outbox.execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -487,6 +483,23 @@ impl Store {
             .collect()
     }
 
+    /// How far the relay has published messages (0 at first).
+    pub async fn relay_cursor(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT position FROM relay_cursor WHERE name = 'delivery'").fetch_optional(&self.db.read).await?;
+        Ok(row.map(|r| r.try_get("position")).transpose()?.unwrap_or(0))
+    }
+
+    pub async fn set_relay_cursor(&self, position: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO relay_cursor (name, position) VALUES ('delivery', $1)
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position WHERE relay_cursor.position < excluded.position",
+        )
+        .bind(position)
+        .execute(&self.db.write)
+        .await?;
+        Ok(())
+    }
+
     /// Forgets outbox rows that delivery accepted.
     pub async fn outbox_done(&self, up_to_position: i64) -> Result<()> {
         sqlx::query("DELETE FROM outbox WHERE position <= $1").bind(up_to_position).execute(&self.db.write).await?;
@@ -554,6 +567,9 @@ mod tests {
         assert_eq!(again.iter().map(seq).collect::<Vec<_>>(), [("dup", 1), ("new", 3)]);
         let (messages, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
         assert_eq!(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["hello", "second", "third"]);
-        assert_eq!(store.outbox(10).await.unwrap().len(), 3);
+        // Messages are their own outbox: nothing extra is written for them.
+        assert_eq!(store.outbox(10).await.unwrap().len(), 0);
+        let (after_cursor, _) = store.messages_after_position(0, &[], None, 10).await.unwrap();
+        assert_eq!(after_cursor.len(), 3);
     }
 }
