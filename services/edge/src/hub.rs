@@ -12,7 +12,7 @@
 //!   every session and, once delivery acknowledged that, tells every session to fetch what it
 //!   missed from conversation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,27 +37,51 @@ pub enum SessionEvent {
     CatchUp,
 }
 
-/// Raised when a session's queue overflowed and it must catch up from conversation.
+/// Live events waiting for one session. An idle session's mailbox holds no buffer (tens of
+/// thousands of idle guests are the common case); a session that falls more than
+/// [`MAILBOX_LIMIT`] events behind is marked as lagging and catches up from conversation.
 #[derive(Debug, Default)]
-pub struct Lag {
-    pub lagged: AtomicBool,
+pub struct Mailbox {
+    queue: Mutex<VecDeque<SessionEvent>>,
+    lagged: AtomicBool,
+    /// Woken when something arrives (or the session starts lagging).
     pub wake: Notify,
+}
+
+/// Events a session may have waiting before it counts as lagging.
+pub const MAILBOX_LIMIT: usize = 256;
+
+impl Mailbox {
+    fn push(&self, event: SessionEvent) {
+        {
+            let mut queue = self.queue.lock().expect("mailbox lock");
+            if queue.len() >= MAILBOX_LIMIT {
+                queue.clear();
+                self.lagged.store(true, Ordering::Relaxed);
+            } else {
+                queue.push_back(event);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Everything waiting, and whether events were dropped since the last call.
+    pub fn take(&self) -> (VecDeque<SessionEvent>, bool) {
+        let events = std::mem::take(&mut *self.queue.lock().expect("mailbox lock"));
+        (events, self.lagged.swap(false, Ordering::Relaxed))
+    }
 }
 
 /// The hub's way to reach one session.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<SessionEvent>,
-    pub lag: Arc<Lag>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl SessionHandle {
     fn push(&self, event: SessionEvent) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(event) {
-            self.lag.lagged.store(true, Ordering::Relaxed);
-            self.lag.wake.notify_one();
-        }
+        self.mailbox.push(event);
     }
 }
 

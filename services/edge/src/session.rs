@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use jack_frames::client::{self, ClientFrame};
@@ -22,15 +21,12 @@ use jack_proto::delivery::v1 as events;
 use jack_proto::guest::v1 as guest;
 use jack_proto::upload::v1 as upload;
 use jack_runtime::time::{now_ms, now_rfc3339, rfc3339_ms};
-use tokio::sync::mpsc;
 
 use crate::backends::error_frame;
 use crate::context::Edge;
 use crate::convert;
-use crate::hub::{Lag, SessionEvent, SessionHandle};
+use crate::hub::{Mailbox, SessionEvent, SessionHandle};
 
-/// Live events a session may have queued before it counts as lagging.
-pub const SESSION_QUEUE: usize = 64;
 /// Page size when replaying after `lastSeq` or catching up.
 const REPLAY_PAGE: u32 = 500;
 /// The latest page shown to a resuming guest who sends no `lastSeq`.
@@ -91,14 +87,13 @@ fn error(code: ErrorCode, message: impl Into<String>, client_message_id: Option<
 }
 
 impl Session {
-    /// A new session and the receiving end of its live events.
-    pub fn new(edge: Arc<Edge>, session_id: String, hotel_id: String, id: u64) -> (Self, mpsc::Receiver<SessionEvent>, Arc<Lag>) {
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let lag = Arc::new(Lag::default());
-        let handle = SessionHandle { id, tx, lag: lag.clone() };
+    /// A new session and the mailbox of its live events.
+    pub fn new(edge: Arc<Edge>, session_id: String, hotel_id: String, id: u64) -> (Self, Arc<Mailbox>) {
+        let mailbox = Arc::new(Mailbox::default());
+        let handle = SessionHandle { id, mailbox: mailbox.clone() };
         let limit = RateLimit::new(edge.settings.rate_limit);
         let session = Self { session_id, hotel_id, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false };
-        (session, rx, lag)
+        (session, mailbox)
     }
 
     pub fn connected_frame(&self) -> ServerFrame {
@@ -321,7 +316,7 @@ impl Session {
     }
 
     /// Handles a live event from delivery.
-    pub async fn on_event(&mut self, event: SessionEvent, out: &mut Out) {
+    async fn on_event(&mut self, event: SessionEvent, out: &mut Out) {
         let event = match event {
             SessionEvent::CatchUp => {
                 let _ = self.catch_up(out).await;
@@ -352,11 +347,15 @@ impl Session {
         }
     }
 
-    /// The session's queue overflowed: drop what is queued and catch up from conversation.
-    pub async fn on_lag(&mut self, events: &mut mpsc::Receiver<SessionEvent>, out: &mut Out) {
-        if self.handle.lag.lagged.swap(false, Ordering::Relaxed) {
-            while events.try_recv().is_ok() {}
+    /// Handles what arrived in the mailbox; after an overflow, catches up from conversation.
+    pub async fn on_mail(&mut self, out: &mut Out) {
+        let (events, lagged) = self.handle.mailbox.take();
+        if lagged {
             let _ = self.catch_up(out).await;
+            return;
+        }
+        for event in events {
+            self.on_event(event, out).await;
         }
     }
 

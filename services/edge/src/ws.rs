@@ -29,8 +29,9 @@ use crate::session::Session;
 
 /// A write that takes longer than this means the peer stopped reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Per-connection buffers, sized for tens of thousands of mostly idle connections.
-const READ_BUFFER: usize = 4 * 1024;
+/// Per-connection read buffer, sized for tens of thousands of mostly idle connections (it
+/// grows for a larger frame). tungstenite's default is 128 KiB.
+const READ_BUFFER: usize = 1024;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -161,7 +162,7 @@ async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
     let started = Instant::now();
     let session_id = format!("ws_{}", jack_runtime::ids::random_hex());
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let (mut session, mut events, lag) = Session::new(edge.clone(), session_id.clone(), hotel_id.clone(), id);
+    let (mut session, mailbox) = Session::new(edge.clone(), session_id.clone(), hotel_id.clone(), id);
     let gauge = edge.metrics.connections_active.with_label_values(&[hotel_id.as_str()]);
     gauge.inc();
     tracing::debug!(%session_id, %hotel_id, "webchat connection established");
@@ -169,7 +170,6 @@ async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
     let mut out = vec![session.connected_frame()];
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
     let mut heard_since_ping = true;
-    let mut retry = tokio::time::interval(Duration::from_secs(1));
     let reason: &'static str = loop {
         if let Err(err) = write_all(&mut ws, &mut out).await {
             tracing::debug!(%session_id, error = %err, "write failed");
@@ -182,7 +182,9 @@ async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
                     Some(Ok(Message::Text(text))) => {
                         // One span per frame: the backend calls it makes continue its trace.
                         let span = tracing::info_span!("ws.frame", session = %session_id, hotel = %hotel_id);
-                        session.on_text(text.as_str(), &mut out).instrument(span).await;
+                        // Boxed: the connection's own future stays small while it is idle;
+                        // the handler's (larger) state exists only while a frame is handled.
+                        Box::pin(session.on_text(text.as_str(), &mut out).instrument(span)).await;
                     }
                     Some(Ok(Message::Binary(_))) => out.push(ServerFrame::Error(jack_frames::server::Error::new(
                         ErrorCode::InvalidJson, "frames must be JSON text", None))),
@@ -199,9 +201,10 @@ async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
                     }
                 }
             }
-            Some(event) = events.recv(), if session.is_identified() => session.on_event(event, &mut out).await,
-            _ = lag.wake.notified() => session.on_lag(&mut events, &mut out).await,
-            _ = retry.tick(), if session.catch_up_pending => { let _ = session.catch_up(&mut out).await; }
+            _ = mailbox.wake.notified() => Box::pin(session.on_mail(&mut out)).await,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if session.catch_up_pending => {
+                let _ = Box::pin(session.catch_up(&mut out)).await;
+            }
             _ = ping.tick() => {
                 if !heard_since_ping {
                     break "ping_timeout";
