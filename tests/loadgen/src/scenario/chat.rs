@@ -57,8 +57,16 @@ struct GuestOutcome {
     last_ack: Option<Instant>,
 }
 
-/// Connects and identifies `count` guests, `concurrency` at a time.
-pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str) -> anyhow::Result<(Vec<(client::Ws, Identity, Option<std::net::IpAddr>)>, Duration)> {
+/// Guests that connected and identified, and those that did not.
+pub struct Connected {
+    pub guests: Vec<(client::Ws, Identity, Option<std::net::IpAddr>)>,
+    pub failures: usize,
+    pub first_error: Option<String>,
+    pub took: Duration,
+}
+
+/// Connects and identifies `count` guests, 256 at a time.
+pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str) -> anyhow::Result<Connected> {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(256));
     let mut tasks = Vec::with_capacity(count);
@@ -71,18 +79,29 @@ pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: 
             client::connect_and_identify(&target, source, client::identify_frame(&visitor)).await.map(|(ws, id, _)| (ws, id, source))
         }));
     }
-    let mut out = Vec::with_capacity(count);
+    let mut connected = Connected { guests: Vec::with_capacity(count), failures: 0, first_error: None, took: Duration::ZERO };
     for task in tasks {
-        out.push(task.await??);
+        match task.await? {
+            Ok(guest) => connected.guests.push(guest),
+            Err(err) => {
+                connected.failures += 1;
+                connected.first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
     }
-    Ok((out, started.elapsed()))
+    connected.took = started.elapsed();
+    Ok(connected)
 }
 
 pub async fn run(args: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     let target = Target::parse(&args.url)?;
     let sources = client::parse_sources(&args.sources)?;
     let run_id = jack_runtime::ids::random_hex();
-    let (connections, connect_time) = connect_many(&target, &sources, args.clients, &format!("chat-{}", &run_id[..8])).await?;
+    let connected = connect_many(&target, &sources, args.clients, &format!("chat-{}", &run_id[..8])).await?;
+    if let Some(err) = &connected.first_error {
+        anyhow::bail!("{} of {} guests could not connect: {err}", connected.failures, args.clients);
+    }
+    let (connections, connect_time) = (connected.guests, connected.took);
     let latency = Arc::new(Mutex::new(report::histogram()));
     let content: String = "x".repeat(args.size.saturating_sub(8));
 

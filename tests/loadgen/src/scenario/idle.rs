@@ -30,6 +30,10 @@ pub struct IdleArgs {
     /// ping interval shows that pings keep them alive).
     #[arg(long, default_value_t = 35)]
     pub hold: u64,
+    /// Guests connected first (not counted in the marginal figure): the cost of the rest,
+    /// measured after them, is what one more guest costs once caches and tables are warm.
+    #[arg(long, default_value_t = 1000)]
+    pub warmup: usize,
     /// The process under test (default: whoever listens on the URL's port).
     #[arg(long)]
     pub target_pid: Option<u32>,
@@ -53,9 +57,10 @@ pub struct WorkerArgs {
 pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.url)?;
     let sources = client::parse_sources(&args.sources)?;
-    let (connections, took) = connect_many(&target, &sources, args.clients, &args.prefix).await?;
-    let alive = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(connections.len() as u64));
-    for (mut ws, _, _) in connections {
+    let connected = connect_many(&target, &sources, args.clients, &args.prefix).await?;
+    let alive = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(connected.guests.len() as u64));
+    let ready = json!({"connected": connected.guests.len(), "failed": connected.failures, "error": connected.first_error, "seconds": connected.took.as_secs_f64()});
+    for (mut ws, _, _) in connected.guests {
         let alive = alive.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt as _;
@@ -64,7 +69,7 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
             alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
-    println!("READY {}", json!({"connected": args.clients, "seconds": took.as_secs_f64()}));
+    println!("READY {ready}");
     let mut line = String::new();
     tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
     println!("DONE {}", json!({"alive": alive.load(std::sync::atomic::Ordering::Relaxed)}));
@@ -80,18 +85,16 @@ async fn read_tagged(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::pr
     anyhow::bail!("worker ended before {tag}")
 }
 
-pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
-    let target = Target::parse(&args.url)?;
-    let pid = args.target_pid.or_else(|| procfs::pid_listening_on(target.addr.port()));
-    let rss_before = pid.and_then(|p| procfs::rss_kib(p).ok());
-    let processes = args.processes.unwrap_or(args.clients.div_ceil(9000)).max(1);
-    let run_id = jack_runtime::ids::random_hex();
-    let started = Instant::now();
+type Worker = (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>);
+
+/// Starts worker processes holding `clients` guests between them and waits until all are
+/// identified; returns the workers and how many guests they hold.
+async fn spawn_workers(args: &IdleArgs, clients: usize, processes: usize, prefix: &str) -> anyhow::Result<(Vec<Worker>, u64, u64, Option<String>)> {
     let mut workers = Vec::new();
     for w in 0..processes {
-        let share = args.clients / processes + usize::from(w < args.clients % processes);
+        let share = clients / processes + usize::from(w < clients % processes);
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["idle-worker", "--url", &args.url, "--clients", &share.to_string(), "--prefix", &format!("idle-{}-{w}", &run_id[..8]), "--sources", &args.sources])
+            .args(["idle-worker", "--url", &args.url, "--clients", &share.to_string(), "--prefix", &format!("{prefix}-{w}"), "--sources", &args.sources])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -99,31 +102,66 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
         let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
         workers.push((child, lines));
     }
-    let mut connected = 0;
+    let (mut connected, mut failed, mut error) = (0, 0, None);
     for (_, lines) in &mut workers {
-        connected += read_tagged(lines, "READY").await?["connected"].as_u64().unwrap_or(0);
+        let ready = read_tagged(lines, "READY").await?;
+        connected += ready["connected"].as_u64().unwrap_or(0);
+        failed += ready["failed"].as_u64().unwrap_or(0);
+        if error.is_none() {
+            error = ready["error"].as_str().map(str::to_owned);
+        }
     }
+    Ok((workers, connected, failed, error))
+}
+
+fn per_connection(before: Option<u64>, after: Option<u64>, connections: u64) -> Value {
+    match (before, after) {
+        (Some(b), Some(a)) => json!((a.saturating_sub(b) as f64 / connections.max(1) as f64 * 100.0).round() / 100.0),
+        _ => Value::Null,
+    }
+}
+
+pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
+    let target = Target::parse(&args.url)?;
+    let pid = args.target_pid.or_else(|| procfs::pid_listening_on(target.addr.port()));
+    let rss = || pid.and_then(|p| procfs::rss_kib(p).ok());
+    let run_id = jack_runtime::ids::random_hex();
+    let warmup = args.warmup.min(args.clients / 2);
+    let rest = args.clients - warmup;
+    let per_process = 9000;
+    let rss_before = rss();
+    let (mut workers, warm, warm_failed, warm_error) =
+        if warmup > 0 { spawn_workers(args, warmup, warmup.div_ceil(per_process), &format!("warm-{}", &run_id[..8])).await? } else { (Vec::new(), 0, 0, None) };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_warm = rss();
+    let started = Instant::now();
+    let processes = args.processes.unwrap_or(rest.div_ceil(per_process)).max(1);
+    let (main, connected, failed, error) = spawn_workers(args, rest, processes, &format!("idle-{}", &run_id[..8])).await?;
     let connect_secs = started.elapsed().as_secs_f64();
+    workers.extend(main);
     // Let the target settle, then measure.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = pid.and_then(|p| procfs::rss_kib(p).ok());
+    let rss_after = rss();
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let mut alive = 0;
     for (child, lines) in &mut workers {
         child.stdin.as_mut().expect("piped").write_all(b"stop\n").await?;
         alive += read_tagged(lines, "DONE").await?["alive"].as_u64().unwrap_or(0);
     }
+    let held = warm + connected;
     let mut report = Report::new("idle");
     report.add("target", args.url.clone());
     report.add("target_pid", pid.map_or(Value::Null, Value::from));
-    report.add("client_processes", processes as u64);
-    report.add("connections_held", connected);
+    report.add("client_processes", workers.len() as u64);
+    report.add("connections_held", held);
     report.add("connect_identify_per_sec", (connected as f64 / connect_secs).round());
+    report.add("connect_failures", warm_failed + failed);
+    report.add("first_connect_error", warm_error.or(error).map_or(Value::Null, Value::from));
     report.add("rss_before_kib", rss_before.map_or(Value::Null, Value::from));
+    report.add("rss_after_warmup_kib", rss_warm.map_or(Value::Null, Value::from));
     report.add("rss_after_kib", rss_after.map_or(Value::Null, Value::from));
-    if let (Some(b), Some(a)) = (rss_before, rss_after) {
-        report.add("kib_per_connection", ((a.saturating_sub(b)) as f64 / connected.max(1) as f64 * 100.0).round() / 100.0);
-    }
+    report.add("kib_per_connection_from_cold", per_connection(rss_before, rss_after, held));
+    report.add("kib_per_connection_marginal", per_connection(rss_warm, rss_after, connected));
     report.add("hold_seconds", args.hold);
     report.add("alive_after_hold", alive);
     Ok(report)

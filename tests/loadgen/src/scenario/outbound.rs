@@ -48,6 +48,7 @@ struct Shared {
     reconnect: Mutex<Histogram<u64>>,
     received: AtomicU64,
     reconnect_failures: AtomicU64,
+    reconnect_retries: AtomicU64,
 }
 
 pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Report> {
@@ -55,7 +56,11 @@ pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Repor
     let target = Target::parse(&args.url)?;
     let sources = client::parse_sources(&args.sources)?;
     let run_id = jack_runtime::ids::random_hex();
-    let (connections, connect_time) = connect_many(&target, &sources, args.clients, &format!("{title}-{}", &run_id[..8])).await?;
+    let connected = connect_many(&target, &sources, args.clients, &format!("{title}-{}", &run_id[..8])).await?;
+    if let Some(err) = &connected.first_error {
+        anyhow::bail!("{} of {} guests could not connect: {err}", connected.failures, args.clients);
+    }
+    let (connections, connect_time) = (connected.guests, connected.took);
     if connections.iter().any(|(_, id, _)| id.conversation_id.is_none() || id.visitor_token.is_none()) {
         anyhow::bail!("{title} needs a target that speaks protocol v1 (conversationId and visitorToken in identified)");
     }
@@ -65,6 +70,7 @@ pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Repor
         reconnect: Mutex::new(report::histogram()),
         received: AtomicU64::new(0),
         reconnect_failures: AtomicU64::new(0),
+        reconnect_retries: AtomicU64::new(0),
     });
     let (epoch_tx, epoch_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -137,6 +143,7 @@ pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Repor
     if drop_midway {
         report.latency("reconnect_to_identified", &shared.reconnect.lock().expect("lock"));
         report.add("reconnect_failures", shared.reconnect_failures.load(Ordering::Relaxed));
+        report.add("reconnect_retries", shared.reconnect_retries.load(Ordering::Relaxed));
         let hist = shared.reconnect.lock().expect("lock");
         report.add("all_live_again_after_s", if hist.is_empty() { Value::Null } else { json!(hist.max() as f64 / 1e6) });
         let _ = dropped_at;
@@ -188,8 +195,22 @@ async fn receive(
                 drop(ws);
                 let dropped = Instant::now();
                 let identify = json!({"type": "identify", "visitorId": identity.visitor_id, "visitorToken": identity.visitor_token, "lastSeq": last_seq});
-                match client::connect_and_identify(&target, source, identify).await {
-                    Ok((new_ws, _, before)) => {
+                // As a widget does: retry with backoff and jitter until it is back.
+                let mut backoff = Duration::from_millis(100);
+                let resumed = loop {
+                    match client::connect_and_identify(&target, source, identify.clone()).await {
+                        Ok(resumed) => break Some(resumed),
+                        Err(_) if dropped.elapsed() < Duration::from_secs(60) => {
+                            shared.reconnect_retries.fetch_add(1, Ordering::Relaxed);
+                            let jitter = Duration::from_millis(u64::from(jack_runtime::ids::random_hex().as_bytes()[0]) % 100);
+                            tokio::time::sleep(backoff + jitter).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                match resumed {
+                    Some((new_ws, _, before)) => {
                         let _ = shared.reconnect.lock().expect("lock").record(dropped.elapsed().as_micros() as u64);
                         for frame in before {
                             let messages = if frame["type"] == "history" { frame["messages"].as_array().cloned().unwrap_or_default() } else { vec![frame] };
@@ -200,7 +221,7 @@ async fn receive(
                         }
                         ws = new_ws;
                     }
-                    Err(_) => {
+                    None => {
                         shared.reconnect_failures.fetch_add(1, Ordering::Relaxed);
                         return got;
                     }
