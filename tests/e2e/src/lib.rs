@@ -254,3 +254,16 @@ pub fn json_body(response: &str) -> Value {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
+
+/// The HTTP status of a WebSocket upgrade request for `path` from `origin` (101 when it is
+/// accepted), read off the raw response before any WebSocket traffic.
+pub async fn upgrade_status(base: &str, path: &str, origin: &str) -> u16 {
+    let headers = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Origin", origin),
+    ];
+    http(base, "GET", path, &headers, "").await.0
+}

@@ -1,6 +1,6 @@
 //! Every bad-input row of DESIGN.md gets its error code, and the connection stays open.
 
-use jack_e2e::{Guest, TestStack, http, json_body};
+use jack_e2e::{Guest, TestStack, http, json_body, upgrade_status};
 use serde_json::json;
 
 /// After an error the same socket still works: a well-formed frame gets its answer.
@@ -87,15 +87,9 @@ async fn a_frame_far_beyond_any_limit_closes_with_1009() {
 #[tokio::test]
 async fn a_wrong_origin_gets_403_before_the_upgrade() {
     let stack = TestStack::start_with(&[("WIDGET_ALLOWED_ORIGINS", "https://hotel.com,https://www.hotel.com")]).await;
-    let upgrade = |origin: &'static str| {
-        let base = stack.http_base();
-        async move {
-            let headers = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Origin", origin)];
-            http(&base, "GET", "/ws/chat?hotelId=hotel_1", &headers, "").await.0
-        }
-    };
-    assert_eq!(upgrade("https://evil.example").await, 403);
-    assert_eq!(upgrade("https://www.hotel.com").await, 101);
+    let path = "/ws/chat?hotelId=hotel_1";
+    assert_eq!(upgrade_status(&stack.http_base(), path, "https://evil.example").await, 403);
+    assert_eq!(upgrade_status(&stack.http_base(), path, "https://www.hotel.com").await, 101);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The hotel registry: where hotels are registered, unknown hotels are refused and each
 //! hotel's own allowed origins apply.
 
-use jack_e2e::{Guest, TestStack, http};
+use jack_e2e::{Guest, TestStack, upgrade_status};
 
 #[tokio::test]
 async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_with_4004() {
@@ -13,15 +13,9 @@ async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_
     let close = Guest::open(&stack.ws_url("no_such_hotel")).await.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4004);
 
-    let upgrade = |origin: &'static str| {
-        let base = stack.http_base();
-        async move {
-            let headers = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Origin", origin)];
-            http(&base, "GET", "/ws/chat?hotelId=grand_hotel", &headers, "").await.0
-        }
-    };
-    assert_eq!(upgrade("https://evil.example").await, 403);
-    assert_eq!(upgrade("https://grand.example").await, 101);
+    let path = "/ws/chat?hotelId=grand_hotel";
+    assert_eq!(upgrade_status(&stack.http_base(), path, "https://evil.example").await, 403);
+    assert_eq!(upgrade_status(&stack.http_base(), path, "https://grand.example").await, 101);
 }
 
 #[tokio::test]
