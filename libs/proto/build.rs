@@ -1,7 +1,7 @@
 //! Compiles `proto/` (at the workspace root) with protox, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto").canonicalize()?;
     let files = [
         "jack/guest/v1/guest.proto",
         "jack/conversation/v1/conversation.proto",

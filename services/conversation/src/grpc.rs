@@ -17,6 +17,8 @@ use crate::store::{Added, Store, event_for};
 use crate::writer::Writer;
 
 const WATCH_BATCH: u32 = 256;
+/// The most guest messages one AddGuestMessages call may carry.
+const MAX_GUEST_BATCH: usize = 512;
 /// How often a watcher looks for messages committed by another replica of this service.
 const WATCH_POLL: Duration = Duration::from_millis(500);
 
@@ -67,6 +69,30 @@ impl ConversationApi {
         Ok(conversation)
     }
 
+    /// One guest message: checked, then committed through the writer.
+    async fn add_guest(&self, req: pb::AddGuestMessageRequest) -> Result<pb::AddMessageResponse, ConversationError> {
+        required("conversation_id", &req.conversation_id)?;
+        required("guest_id", &req.guest_id)?;
+        domain::check_guest_message(&req)?;
+        let kind = match pb::MessageKind::try_from(req.kind).unwrap_or_default() {
+            pb::MessageKind::Postback => pb::MessageKind::Postback,
+            _ => pb::MessageKind::Text,
+        };
+        let message = pb::Message {
+            conversation_id: req.conversation_id,
+            role: pb::Role::Guest as i32,
+            kind: kind as i32,
+            content: req.content,
+            client_message_id: Some(req.client_message_id),
+            payload: req.payload,
+            attachments: req.attachments,
+            reply_to_message_id: req.reply_to_message_id,
+            ..Default::default()
+        };
+        let added = self.writer.add(message, Some(req.guest_id)).await?;
+        Ok(Self::stored(added))
+    }
+
     fn stored(added: Added) -> pb::AddMessageResponse {
         match added {
             Added::New(message) => pb::AddMessageResponse { message: Some(message), duplicate: false },
@@ -91,27 +117,29 @@ impl ConversationService for ConversationApi {
     }
 
     async fn add_guest_message(&self, request: Request<pb::AddGuestMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
-        let req = request.into_inner();
-        required("conversation_id", &req.conversation_id)?;
-        required("guest_id", &req.guest_id)?;
-        domain::check_guest_message(&req)?;
-        let kind = match pb::MessageKind::try_from(req.kind).unwrap_or_default() {
-            pb::MessageKind::Postback => pb::MessageKind::Postback,
-            _ => pb::MessageKind::Text,
-        };
-        let message = pb::Message {
-            conversation_id: req.conversation_id,
-            role: pb::Role::Guest as i32,
-            kind: kind as i32,
-            content: req.content,
-            client_message_id: Some(req.client_message_id),
-            payload: req.payload,
-            attachments: req.attachments,
-            reply_to_message_id: req.reply_to_message_id,
-            ..Default::default()
-        };
-        let added = self.writer.add(message, Some(req.guest_id)).await?;
-        Ok(Response::new(Self::stored(added)))
+        Ok(Response::new(self.add_guest(request.into_inner()).await?))
+    }
+
+    async fn add_guest_messages(&self, request: Request<pb::AddGuestMessagesRequest>) -> Result<Response<pb::AddGuestMessagesResponse>, Status> {
+        let messages = request.into_inner().messages;
+        if messages.len() > MAX_GUEST_BATCH {
+            return Err(Status::invalid_argument(format!("at most {MAX_GUEST_BATCH} messages per call")));
+        }
+        // All of them queue for the writer at once, so they share its next transactions.
+        let results = futures_util::future::join_all(messages.into_iter().map(|m| self.add_guest(m))).await;
+        let results = results
+            .into_iter()
+            .map(|r| pb::AddGuestMessageResult {
+                result: Some(match r {
+                    Ok(added) => pb::add_guest_message_result::Result::Added(added),
+                    Err(err) => {
+                        let status = Status::from(err);
+                        pb::add_guest_message_result::Result::Failure(pb::Failure { code: status.code() as i32, message: status.message().to_owned() })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::AddGuestMessagesResponse { results }))
     }
 
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {

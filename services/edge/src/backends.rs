@@ -4,11 +4,12 @@
 //! or slow becomes a retryable `UNAVAILABLE` error frame, never a hang.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jack_frames::ErrorCode;
 use jack_frames::server::Error as ErrorFrame;
+use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::guest::v1 as guest_pb;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
@@ -16,6 +17,7 @@ use jack_runtime::grpc::Traced;
 use jack_proto::tonic::{Code, Status};
 use jack_proto::upload::v1::upload_service_client::UploadServiceClient;
 use jack_runtime::grpc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::Settings;
 
@@ -24,16 +26,89 @@ pub struct Backends {
     pub guest: GuestServiceClient<Traced>,
     pub conversation: ConversationServiceClient<Traced>,
     pub upload: UploadServiceClient<Traced>,
+    /// Guest messages of all sessions, batched into AddGuestMessages calls.
+    pub guest_messages: GuestMessages,
 }
 
 impl Backends {
+    /// Clients of every backend (connecting lazily). Call inside the runtime: it starts the
+    /// guest-message batcher.
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let deadline = settings.backend_timeout;
+        let conversation = ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline)?);
         Ok(Self {
             guest: GuestServiceClient::new(grpc::channel(&settings.guest_url, deadline)?),
-            conversation: ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline)?),
+            guest_messages: GuestMessages::start(conversation.clone()),
+            conversation,
             upload: UploadServiceClient::new(grpc::channel(&settings.upload_url, deadline)?),
         })
+    }
+}
+
+type Pending = (conv::AddGuestMessageRequest, oneshot::Sender<Result<conv::AddMessageResponse, Status>>);
+
+/// The most guest messages in one call, and how many calls may be on their way at once.
+const GUEST_BATCH: usize = 256;
+const CALLS_IN_FLIGHT: usize = 2;
+
+/// Batches the guest messages of every session of this edge: while calls are on their way,
+/// what other sessions send queues for the next one, so under load one gRPC call carries many
+/// messages; an idle edge sends a message at once, alone. Each message still gets its own
+/// answer, exactly as a single AddGuestMessage call would give it.
+#[derive(Debug, Clone)]
+pub struct GuestMessages {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl GuestMessages {
+    fn start(client: ConversationServiceClient<Traced>) -> Self {
+        let (tx, rx) = mpsc::channel(GUEST_BATCH * 16);
+        tokio::spawn(batch_guest_messages(client, rx));
+        Self { queue: tx }
+    }
+
+    pub async fn add(&self, request: conv::AddGuestMessageRequest) -> Result<conv::AddMessageResponse, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send((request, reply)).await.map_err(|_| Status::unavailable("edge shutting down"))?;
+        answer.await.map_err(|_| Status::unavailable("edge shutting down"))?
+    }
+}
+
+async fn batch_guest_messages(client: ConversationServiceClient<Traced>, mut queue: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(GUEST_BATCH);
+    while queue.recv_many(&mut batch, GUEST_BATCH).await > 0 {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // What queued while waiting for a free call rides along.
+        while batch.len() < GUEST_BATCH {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let (messages, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match client.add_guest_messages(conv::AddGuestMessagesRequest { messages }).await {
+                Ok(response) => {
+                    let mut results = response.into_inner().results.into_iter();
+                    for reply in replies {
+                        let answer = match results.next().and_then(|r| r.result) {
+                            Some(conv::add_guest_message_result::Result::Added(added)) => Ok(added),
+                            Some(conv::add_guest_message_result::Result::Failure(f)) => Err(Status::new(Code::from_i32(f.code), f.message)),
+                            None => Err(Status::internal("missing result")),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                Err(status) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

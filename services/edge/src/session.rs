@@ -391,8 +391,8 @@ impl Session {
         }
         request.conversation_id = identity.conversation_id.clone();
         request.guest_id = identity.guest_id.clone();
-        let stored = match self.edge.backends.conversation.clone().add_guest_message(request).await {
-            Ok(r) => r.into_inner(),
+        let stored = match self.edge.backends.guest_messages.add(request).await {
+            Ok(stored) => stored,
             Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
         };
         let Some(message) = stored.message else {

@@ -174,3 +174,33 @@ async fn a_resuming_guest_without_last_seq_gets_the_latest_page() {
     assert_eq!(contents(history[0]["messages"].as_array().unwrap()), ["first"]);
     assert_eq!(history[0]["messages"][0]["clientMessageId"], "a");
 }
+
+#[tokio::test]
+async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_batch"})).await;
+    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let message = |client_id: &str, content: &str, guest_id: &str| conv::AddGuestMessageRequest {
+        conversation_id: conversation_id.clone(),
+        guest_id: guest_id.to_owned(),
+        client_message_id: client_id.to_owned(),
+        kind: conv::MessageKind::Text as i32,
+        content: content.to_owned(),
+        ..Default::default()
+    };
+    let batch = conv::AddGuestMessagesRequest {
+        messages: vec![message("b1", "first", &guest_id), message("b2", "   ", &guest_id), message("b3", "not yours", "gst_someone_else"), message("b4", "second", &guest_id)],
+    };
+    let results = stack.conversation().add_guest_messages(batch).await.unwrap().into_inner().results;
+    let outcome: Vec<String> = results
+        .iter()
+        .map(|r| match &r.result {
+            Some(conv::add_guest_message_result::Result::Added(a)) => format!("seq {}", a.message.as_ref().unwrap().seq),
+            Some(conv::add_guest_message_result::Result::Failure(f)) => format!("code {}", f.code),
+            None => "none".into(),
+        })
+        .collect();
+    let (invalid, not_found) = (jack_proto::tonic::Code::InvalidArgument as i32, jack_proto::tonic::Code::NotFound as i32);
+    assert_eq!(outcome, ["seq 1".to_owned(), format!("code {invalid}"), format!("code {not_found}"), "seq 2".to_owned()]);
+}
