@@ -19,6 +19,8 @@ use tokio::sync::{Notify, mpsc};
 use crate::store::{Store, event_for};
 
 const BATCH: u32 = 500;
+/// How often, at most, the relay stores its cursor while busy.
+const CURSOR_EVERY: Duration = Duration::from_millis(500);
 const EPHEMERAL_QUEUE: usize = 4096;
 
 /// What the API uses to reach the relay.
@@ -72,6 +74,8 @@ impl Relay {
             }
         };
         let mut target = 0usize;
+        let mut stored_at = std::time::Instant::now();
+        let mut unstored: Option<i64> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut batch = Vec::new();
@@ -104,6 +108,13 @@ impl Relay {
             let last_position = rows.last().map(|(p, _)| *p);
             batch.extend(rows.into_iter().map(|(_, e)| e));
             if batch.is_empty() {
+                // Idle: store the cursor now rather than leave it behind.
+                if let Some(position) = unstored.take() {
+                    if self.store.set_relay_cursor(position).await.is_err() {
+                        unstored = Some(position);
+                    }
+                    stored_at = std::time::Instant::now();
+                }
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     Some(event) = self.ephemeral.recv() => self.publish_best_effort(&mut target, event).await,
@@ -117,8 +128,16 @@ impl Relay {
                     backoff = Duration::from_millis(50);
                     if let Some(position) = message_cursor {
                         cursor = position;
-                        if let Err(err) = self.store.set_relay_cursor(position).await {
-                            tracing::warn!(error = %err, "relay cursor not stored");
+                        // Stored at most every CURSOR_EVERY: each store is a commit that the
+                        // message writer would wait for. After a crash the relay resends at
+                        // most that much again, which edges drop.
+                        if stored_at.elapsed() >= CURSOR_EVERY {
+                            stored_at = std::time::Instant::now();
+                            if let Err(err) = self.store.set_relay_cursor(position).await {
+                                tracing::warn!(error = %err, "relay cursor not stored");
+                            }
+                        } else {
+                            unstored = Some(position);
                         }
                     }
                     if let Some(position) = last_position {

@@ -330,19 +330,19 @@ impl Store {
         if counts.is_empty() {
             return Ok(HashMap::new());
         }
+        // A join with a VALUES list: one primary-key lookup per conversation (a CASE over all
+        // of them would compare every row with every case).
         let entries = padded(counts.iter().collect::<Vec<_>>());
         let mut params = Params::new(engine);
-        let cases: String = (0..entries.len()).map(|_| format!(" WHEN {} THEN {}", params.list(1), params.list(1))).collect();
+        let rows: Vec<String> = (0..entries.len()).map(|_| format!("({})", params.list(2))).collect();
         let sql = format!(
-            "UPDATE conversations SET last_seq = last_seq + CASE conversation_id{cases} ELSE 0 END WHERE conversation_id IN ({}) RETURNING conversation_id, last_seq",
-            params.list(entries.len())
+            "UPDATE conversations SET last_seq = conversations.last_seq + v.column2 FROM (VALUES {}) AS v
+             WHERE conversations.conversation_id = v.column1 RETURNING conversations.conversation_id, conversations.last_seq",
+            rows.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (id, n) in &entries {
             query = query.bind(id.as_str()).bind(**n);
-        }
-        for (id, _) in &entries {
-            query = query.bind(id.as_str());
         }
         let mut first = HashMap::new();
         for row in query.fetch_all(&mut **tx).await? {

@@ -9,7 +9,7 @@ use crate::error::ConversationError;
 use crate::store::{Added, Store};
 
 /// At most this many messages share one transaction.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 4096;
 
 type Reply = oneshot::Sender<Result<Added, ConversationError>>;
@@ -39,7 +39,10 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, 
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|(m, owner, reply)| ((m, owner), reply)).unzip();
-        match store.add_messages(items).await {
+        let started = std::time::Instant::now();
+        let outcome = store.add_messages(items).await;
+        tracing::debug!(size = replies.len(), micros = started.elapsed().as_micros() as u64, "message batch");
+        match outcome {
             Ok(results) => {
                 if results.iter().any(|r| matches!(r, Ok(Added::New(_)))) {
                     on_commit();

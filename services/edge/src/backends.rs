@@ -48,8 +48,8 @@ impl Backends {
 type Pending = (conv::AddGuestMessageRequest, oneshot::Sender<Result<conv::AddMessageResponse, Status>>);
 
 /// The most guest messages in one call, and how many calls may be on their way at once.
-const GUEST_BATCH: usize = 256;
-const CALLS_IN_FLIGHT: usize = 2;
+const GUEST_BATCH: usize = 64;
+const CALLS_IN_FLIGHT: usize = 64;
 
 /// Batches the guest messages of every session of this edge: while calls are on their way,
 /// what other sessions send queues for the next one, so under load one gRPC call carries many
