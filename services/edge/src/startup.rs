@@ -20,6 +20,16 @@ use crate::metrics::Metrics;
 /// How long hotel policies are cached.
 const POLICY_TTL: Duration = Duration::from_secs(30);
 
+/// Descriptors kept for everything that is not a guest connection (gRPC channels, files,
+/// the other services when they share the process under `jack up`).
+const FD_RESERVE: usize = 256;
+
+/// The soft "Max open files" limit from /proc/self/limits.
+fn open_files_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
 /// A bound edge, ready to serve.
 pub struct EdgeServer {
     http: TcpListener,
@@ -28,7 +38,16 @@ pub struct EdgeServer {
 }
 
 impl EdgeServer {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        // Past the descriptor limit, accepting fails (and the listener backs off) instead of
+        // answering a clean 503: keep the connection limit below it.
+        if let Some(limit) = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| open_files_limit(&l)) {
+            let usable = limit.saturating_sub(FD_RESERVE).max(1);
+            if settings.max_connections > usable {
+                tracing::warn!(configured = settings.max_connections, usable, "WEBSOCKET_MAX_CONNECTIONS is above what the open-files limit allows; using the lower figure");
+                settings.max_connections = usable;
+            }
+        }
         let http = grpc::bind("the WebSocket listener (WEBSOCKET_PORT)", settings.http_addr).await?;
         let grpc = grpc::bind("the edge gRPC API", settings.grpc_addr).await?;
         Ok(Self { http, grpc, settings })
@@ -94,5 +113,17 @@ impl EdgeService for StatusApi {
             delivery_streams_up: up as u32,
             uptime_seconds: self.edge.started.elapsed().as_secs(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            20000                20000                files\n";
+        assert_eq!(open_files_limit(limits), Some(20000));
+        assert_eq!(open_files_limit("Max open files            unlimited            unlimited            files"), None);
     }
 }
