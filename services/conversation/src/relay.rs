@@ -140,11 +140,10 @@ impl Relay {
                             unstored = Some(position);
                         }
                     }
-                    if let Some(position) = last_position {
-                        if let Err(err) = self.store.outbox_done(position).await {
+                    if let Some(position) = last_position
+                        && let Err(err) = self.store.outbox_done(position).await {
                             tracing::warn!(error = %err, "outbox cleanup failed");
                         }
-                    }
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), ephemeral, "publish to delivery failed; will retry");

@@ -217,7 +217,7 @@ impl Store {
 
         // Decide each item: a resend, a refusal, or a new message (counted per conversation).
         enum Plan {
-            Done(Result<Added>),
+            Done(Box<Result<Added>>),
             New,
             SameAs(usize),
         }
@@ -233,10 +233,10 @@ impl Store {
                 if same { Ok(()) } else { Err(ConversationError::ClientMessageIdReused) }
             };
             let plan = match (key.and_then(|k| existing.get(&(k.0.to_owned(), k.1.to_owned()))), key.and_then(|k| new_in_batch.get(&k))) {
-                (Some(stored), _) => Plan::Done(resend(stored).map(|()| Added::Duplicate(stored.clone()))),
+                (Some(stored), _) => Plan::Done(Box::new(resend(stored).map(|()| Added::Duplicate(stored.clone())))),
                 (None, Some(&first)) => match resend(&items[first].0) {
                     Ok(()) => Plan::SameAs(first),
-                    Err(e) => Plan::Done(Err(e)),
+                    Err(e) => Plan::Done(Box::new(Err(e))),
                 },
                 (None, None) => match owners.get(conversation) {
                     Some((guest, _)) if owner.as_deref().is_none_or(|o| o == guest) => {
@@ -246,7 +246,7 @@ impl Store {
                         }
                         Plan::New
                     }
-                    _ => Plan::Done(Err(ConversationError::ConversationNotFound)),
+                    _ => Plan::Done(Box::new(Err(ConversationError::ConversationNotFound))),
                 },
             };
             plans.push(plan);
@@ -277,7 +277,7 @@ impl Store {
         let mut out = Vec::with_capacity(plans.len());
         for (i, plan) in plans.into_iter().enumerate() {
             out.push(match plan {
-                Plan::Done(result) => result,
+                Plan::Done(result) => *result,
                 Plan::New => Ok(Added::New(finals[i].clone().expect("numbered"))),
                 Plan::SameAs(first) => Ok(Added::Duplicate(finals[first].clone().expect("numbered"))),
             });
@@ -441,12 +441,6 @@ impl Store {
             }
         }
         Ok((out, last))
-    }
-
-    /// The newest message position (0 when there are none).
-    pub async fn last_position(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(position), 0) AS p FROM messages").fetch_one(&self.db.read).await?;
-        Ok(row.try_get("p")?)
     }
 
     /// Moves a side's read position forward (never back, never past the last message) and

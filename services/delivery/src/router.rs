@@ -57,14 +57,6 @@ impl Subscriber {
     }
 }
 
-/// Counts for health and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    pub edges: usize,
-    pub conversations: usize,
-    pub subscribers: usize,
-}
-
 impl Router {
     pub fn add_edge(&self, tx: EdgeSender) -> u64 {
         let mut s = self.state.lock().expect("router lock");
@@ -165,11 +157,6 @@ impl Router {
     pub fn clear(&self) {
         let mut s = self.state.lock().expect("router lock");
         *s = State::default();
-    }
-
-    pub fn stats(&self) -> Stats {
-        let s = self.state.lock().expect("router lock");
-        Stats { edges: s.edges.len(), conversations: s.by_conversation.len(), subscribers: s.subscribers.len() }
     }
 }
 

@@ -28,11 +28,6 @@ impl DeliveryServer {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// The routing table (for tests and health).
-    pub fn router(&self) -> Arc<Router> {
-        self.router.clone()
-    }
-
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "delivery service listening");
         let api = DeliveryApi::new(self.router.clone(), self.settings.edge_queue, self.settings.subscriber_queue, shutdown.clone());

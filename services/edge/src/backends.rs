@@ -151,11 +151,10 @@ impl HotelPolicies {
 
     /// The hotel's policy; `None` when the guest service cannot say (it is down).
     pub async fn get(&self, backends: &Backends, hotel_id: &str) -> Option<HotelPolicy> {
-        if let Some((at, policy)) = self.cache.lock().expect("policy cache").get(hotel_id) {
-            if at.elapsed() < self.ttl {
+        if let Some((at, policy)) = self.cache.lock().expect("policy cache").get(hotel_id)
+            && at.elapsed() < self.ttl {
                 return Some(policy.clone());
             }
-        }
         let request = guest_pb::GetHotelPolicyRequest { hotel_id: hotel_id.to_owned() };
         match backends.guest.clone().get_hotel_policy(request).await {
             Ok(response) => {

@@ -21,11 +21,10 @@ pub struct Settings {
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let token_secret = env.get("GUEST_TOKEN_SECRET").map(str::to_owned);
-        if let Some(secret) = &token_secret {
-            if secret.len() < 32 {
+        if let Some(secret) = &token_secret
+            && secret.len() < 32 {
                 return Err(SettingsError::new("GUEST_TOKEN_SECRET", "(hidden)", "must be at least 32 characters"));
             }
-        }
         Ok(Self {
             grpc_addr: env.socket_addr("GUEST_GRPC_ADDR", "127.0.0.1:50051")?,
             database_url: env.string("GUEST_DATABASE_URL", "sqlite:data/guest.db"),

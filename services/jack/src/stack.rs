@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jack_runtime::CancellationToken;
 use jack_runtime::settings::Env;
@@ -39,7 +39,6 @@ pub async fn run_one(service: Service, env: &Env, shutdown: CancellationToken) -
 /// All five services, started from one environment.
 pub struct Stack {
     env: Env,
-    data_dir: PathBuf,
     addrs: HashMap<Service, SocketAddr>,
     edge_grpc: Option<SocketAddr>,
     running: HashMap<Service, Running>,
@@ -59,15 +58,11 @@ impl Stack {
             .with_default("GUEST_DATABASE_URL", db("guest"))
             .with_default("CONVERSATION_DATABASE_URL", db("conversation"))
             .with_default("UPLOAD_DATABASE_URL", db("upload"));
-        let mut stack = Self { env, data_dir: data_dir.to_owned(), addrs: HashMap::new(), edge_grpc: None, running: HashMap::new(), shutdown };
+        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, running: HashMap::new(), shutdown };
         for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
             stack.start_service(service).await?;
         }
         Ok(stack)
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     pub fn addr(&self, service: Service) -> SocketAddr {

@@ -27,7 +27,7 @@ pub fn check_upload(filename: &str, content_type: &str, size: i64, max: u64, all
         return Err(Refusal::Size { max });
     }
     let content_type = content_type.trim().to_ascii_lowercase();
-    if !allowed.iter().any(|t| *t == content_type) {
+    if !allowed.contains(&content_type) {
         return Err(Refusal::ContentType);
     }
     Ok(())

@@ -74,11 +74,10 @@ impl TestStack {
         let mut client = EdgeServiceClient::new(jack_runtime::grpc::channel(&url, WAIT).unwrap());
         let check = async {
             loop {
-                if let Ok(status) = client.get_status(jack_proto::edge::v1::GetStatusRequest {}).await {
-                    if status.into_inner().delivery_streams_up == up {
+                if let Ok(status) = client.get_status(jack_proto::edge::v1::GetStatusRequest {}).await
+                    && status.into_inner().delivery_streams_up == up {
                         return;
                     }
-                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };

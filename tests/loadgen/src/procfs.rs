@@ -36,11 +36,10 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
         for fd in fds.flatten() {
-            if let Ok(link) = std::fs::read_link(fd.path()) {
-                if inodes.iter().any(|i| link.to_string_lossy() == *i) {
+            if let Ok(link) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| link.to_string_lossy() == *i) {
                     return Some(pid);
                 }
-            }
         }
     }
     None
