@@ -28,17 +28,18 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     let (stack, shutdown) = stack(dir.path()).await;
     let url = format!("ws://{}/ws/chat?hotelId=bench", stack.addr(Service::Edge));
 
-    let args = chat::ChatArgs { url: url.clone(), clients: 20, rate: 200, duration: 2, size: 64, sources: "127.0.0.1-127.0.0.4".into(), no_verify: false };
+    let traffic = |clients, duration, sources: &str| chat::Traffic { url: url.clone(), clients, rate: 200, duration, sources: sources.into() };
+    let args = chat::ChatArgs { traffic: traffic(20, 2, "127.0.0.1-127.0.0.4"), size: 64, no_verify: false };
     let report = chat::run(&args, "chat").await.unwrap().to_json();
     assert_eq!(report["acked"], report["scheduled"], "{report}");
     clean(&report);
 
-    let args = outbound::OutboundArgs { url: url.clone(), conversation: stack.url(Service::Conversation), clients: 20, rate: 200, duration: 2, sources: "127.0.0.1".into() };
+    let args = outbound::OutboundArgs { traffic: traffic(20, 2, "127.0.0.1"), conversation: stack.url(Service::Conversation) };
     let report = outbound::run(&args, false).await.unwrap().to_json();
     assert_eq!(report["received"], report["sent"], "{report}");
     clean(&report);
 
-    let args = outbound::OutboundArgs { clients: 50, duration: 3, ..args };
+    let args = outbound::OutboundArgs { traffic: traffic(50, 3, "127.0.0.1"), ..args };
     let report = outbound::run(&args, true).await.unwrap().to_json();
     assert_eq!(report["reconnect_failures"], 0, "{report}");
     clean(&report);

@@ -16,26 +16,33 @@ use crate::client::{self, Identity, Target};
 use crate::report::{self, Report};
 use crate::verify::{self, Verdict};
 
+/// Who connects where, and how much traffic flows (shared by the traffic scenarios).
 #[derive(Debug, Clone, clap::Args)]
-pub struct ChatArgs {
+pub struct Traffic {
     /// WebSocket URL of the target, e.g. ws://127.0.0.1:3001/ws/chat?hotelId=bench
     #[arg(long, default_value = "ws://127.0.0.1:3001/ws/chat?hotelId=bench")]
     pub url: String,
-    /// Guests sending.
+    /// Guests connected.
     #[arg(long, default_value_t = 500)]
     pub clients: usize,
-    /// Messages per second, all guests together.
+    /// Messages per second, all guests together (open loop).
     #[arg(long, default_value_t = 2000)]
     pub rate: u64,
     /// Seconds of sending.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// Bytes of content per message.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
     /// Source addresses to spread connections over.
     #[arg(long, default_value = "127.0.0.1-127.0.0.8")]
     pub sources: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub traffic: Traffic,
+    /// Bytes of content per message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
     /// Skip the exactly-once check of stored history.
     #[arg(long)]
     pub no_verify: bool,
@@ -93,7 +100,8 @@ pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: 
     Ok(connected)
 }
 
-pub async fn run(args: &ChatArgs, title: &str) -> anyhow::Result<Report> {
+pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
+    let args = &chat.traffic;
     let target = Target::parse(&args.url)?;
     let sources = client::parse_sources(&args.sources)?;
     let run_id = jack_runtime::ids::random_hex();
@@ -103,7 +111,7 @@ pub async fn run(args: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     }
     let (connections, connect_time) = (connected.guests, connected.took);
     let latency = Arc::new(Mutex::new(report::histogram()));
-    let content: String = "x".repeat(args.size.saturating_sub(8));
+    let content: String = "x".repeat(chat.size.saturating_sub(8));
 
     let mut guests = Vec::with_capacity(connections.len());
     for (ws, identity, source) in connections {
@@ -159,7 +167,7 @@ pub async fn run(args: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     report.latency("ack_latency", &latency.lock().expect("latency lock"));
 
     let v1 = identities.first().is_some_and(|(i, _)| i.protocol == Some(1) && i.visitor_token.is_some());
-    if !args.no_verify && v1 {
+    if !chat.no_verify && v1 {
         let mut verdict = Verdict::default();
         let gate = Arc::new(Semaphore::new(64));
         let mut checks = Vec::new();

@@ -62,7 +62,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<Report> {
     let first = lines.next_line().await?.unwrap_or_default();
     let addr = first.strip_prefix("listening ").ok_or_else(|| anyhow::anyhow!("echo server did not start: {first:?}"))?;
     let mut chat_args = args.clone();
-    chat_args.url = format!("ws://{addr}/ws/chat?hotelId=echo");
+    chat_args.traffic.url = format!("ws://{addr}/ws/chat?hotelId=echo");
     chat_args.no_verify = true;
     let mut report = chat::run(&chat_args, "echo baseline (bare tokio-tungstenite server)").await?;
     report.add("server", "jack-loadgen echo-server (child process)");

@@ -21,25 +21,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Identity, Target};
 use crate::report::{self, Report};
-use crate::scenario::chat::connect_many;
+use crate::scenario::chat::{Traffic, connect_many};
 use crate::verify::{self, Verdict};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OutboundArgs {
-    #[arg(long, default_value = "ws://127.0.0.1:3001/ws/chat?hotelId=bench")]
-    pub url: String,
+    #[command(flatten)]
+    pub traffic: Traffic,
     /// ConversationService of the target (where the responder sends).
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     pub conversation: String,
-    #[arg(long, default_value_t = 500)]
-    pub clients: usize,
-    /// Messages per second, all guests together.
-    #[arg(long, default_value_t = 2000)]
-    pub rate: u64,
-    #[arg(long, default_value_t = 10)]
-    pub duration: u64,
-    #[arg(long, default_value = "127.0.0.1-127.0.0.8")]
-    pub sources: String,
 }
 
 struct Shared {
@@ -51,7 +42,8 @@ struct Shared {
     reconnect_retries: AtomicU64,
 }
 
-pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Report> {
+pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Report> {
+    let args = &outbound.traffic;
     let title = if drop_midway { "reconnect" } else { "outbound" };
     let target = Target::parse(&args.url)?;
     let sources = client::parse_sources(&args.sources)?;
@@ -82,7 +74,7 @@ pub async fn run(args: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Repor
         tasks.push(task);
     }
 
-    let client = ConversationServiceClient::new(jack_runtime::grpc::channel(&args.conversation, Duration::from_secs(10))?);
+    let client = ConversationServiceClient::new(jack_runtime::grpc::channel(&outbound.conversation, Duration::from_secs(10))?);
     let send_errors = Arc::new(AtomicU64::new(0));
     let total = args.rate * args.duration;
     let n = conversations.len() as u64;
