@@ -36,6 +36,21 @@ pub struct Traffic {
     pub sources: String,
 }
 
+impl Traffic {
+    /// Connects and identifies every guest (`name` prefixes their visitor ids); a traffic
+    /// scenario needs them all, so any failure ends the run.
+    pub async fn connect_all(&self, name: &str) -> anyhow::Result<(Target, Vec<(client::Ws, Identity, Option<std::net::IpAddr>)>, Duration)> {
+        let target = Target::parse(&self.url)?;
+        let sources = client::parse_sources(&self.sources)?;
+        let prefix = format!("{name}-{}", &jack_runtime::ids::random_hex()[..8]);
+        let connected = connect_many(&target, &sources, self.clients, &prefix).await?;
+        if let Some(err) = &connected.first_error {
+            anyhow::bail!("{} of {} guests could not connect: {err}", connected.failures, self.clients);
+        }
+        Ok((target, connected.guests, connected.took))
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChatArgs {
     #[command(flatten)]
@@ -102,14 +117,7 @@ pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: 
 
 pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     let args = &chat.traffic;
-    let target = Target::parse(&args.url)?;
-    let sources = client::parse_sources(&args.sources)?;
-    let run_id = jack_runtime::ids::random_hex();
-    let connected = connect_many(&target, &sources, args.clients, &format!("chat-{}", &run_id[..8])).await?;
-    if let Some(err) = &connected.first_error {
-        anyhow::bail!("{} of {} guests could not connect: {err}", connected.failures, args.clients);
-    }
-    let (connections, connect_time) = (connected.guests, connected.took);
+    let (target, connections, connect_time) = args.connect_all("chat").await?;
     let latency = Arc::new(Mutex::new(report::histogram()));
     let content: String = "x".repeat(chat.size.saturating_sub(8));
 

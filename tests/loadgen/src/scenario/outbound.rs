@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Identity, Target};
 use crate::report::{self, Report};
-use crate::scenario::chat::{Traffic, connect_many};
+use crate::scenario::chat::Traffic;
 use crate::verify::{self, Verdict};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,14 +45,7 @@ struct Shared {
 pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Report> {
     let args = &outbound.traffic;
     let title = if drop_midway { "reconnect" } else { "outbound" };
-    let target = Target::parse(&args.url)?;
-    let sources = client::parse_sources(&args.sources)?;
-    let run_id = jack_runtime::ids::random_hex();
-    let connected = connect_many(&target, &sources, args.clients, &format!("{title}-{}", &run_id[..8])).await?;
-    if let Some(err) = &connected.first_error {
-        anyhow::bail!("{} of {} guests could not connect: {err}", connected.failures, args.clients);
-    }
-    let (connections, connect_time) = (connected.guests, connected.took);
+    let (target, connections, connect_time) = args.connect_all(title).await?;
     if connections.iter().any(|(_, id, _)| id.conversation_id.is_none() || id.visitor_token.is_none()) {
         anyhow::bail!("{title} needs a target that speaks protocol v1 (conversationId and visitorToken in identified)");
     }
