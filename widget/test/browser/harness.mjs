@@ -1,0 +1,193 @@
+// What the browser tests stand on: a real stack (started by the caller, see
+// tests/e2e/tests/widget.rs; or `jack up` for a developer), Debian's Chromium driven by
+// playwright-core, a TCP proxy in front of the edge that can cut the guest's connection like
+// a dropped Wi-Fi, and a gRPC client of ConversationService speaking as the butler.
+//
+//   JACK_URL                  the edge, e.g. http://127.0.0.1:3001 (required)
+//   JACK_CONVERSATION_ADDR    ConversationService, e.g. 127.0.0.1:50052 (default)
+//   CHROMIUM                  the browser (default /usr/bin/chromium)
+import { existsSync, mkdirSync } from 'node:fs';
+import net from 'node:net';
+import http from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import grpc from '@grpc/grpc-js';
+import protoLoader from '@grpc/proto-loader';
+
+export const EDGE = process.env.JACK_URL?.replace(/\/$/, '');
+if (!EDGE) throw new Error('set JACK_URL to the edge under test (e.g. http://127.0.0.1:3001 from `jack up`)');
+const CONVERSATION = process.env.JACK_CONVERSATION_ADDR ?? '127.0.0.1:50052';
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+export const SCREENSHOTS = fileURLToPath(new URL('../../screenshots/', import.meta.url));
+/** How long any awaited thing in the page may take before the test fails. */
+export const WAIT = 15_000;
+
+export async function launch() {
+  if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) or set CHROMIUM`);
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/** A new guest: a fresh browser profile (own localStorage) whose pages fail the test on any
+ * JavaScript error or dialog (an XSS that ran would open one). */
+export async function guestContext(browser, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, ...options });
+  context.setDefaultTimeout(WAIT);
+  context.problems = [];
+  context.on('page', (page) => watch(page, context.problems));
+  return context;
+}
+
+function watch(page, problems) {
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('dialog', (dialog) => {
+    problems.push(`dialog: ${dialog.message()}`);
+    dialog.dismiss().catch(() => {});
+  });
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !/WebSocket|ERR_CONNECTION|Failed to load resource/.test(message.text())) problems.push(`console: ${message.text()}`);
+  });
+}
+
+/** The widget's parts (Playwright's CSS selectors pierce its open shadow root). */
+export function widget(page) {
+  const $ = (selector) => page.locator(`[data-jack-chat] ${selector}`);
+  return {
+    $,
+    launcher: $('.launcher'),
+    window: $('.window'),
+    input: $('textarea'),
+    log: $('.log'),
+    typing: $('.typing'),
+    chips: $('.chips .chip'),
+    badge: $('.badge'),
+    messages: $('.log .msg[data-key]'),
+    async open() {
+      await this.launcher.click();
+      await this.window.waitFor({ state: 'visible' });
+    },
+    async online() {
+      await page.locator('[data-jack-chat] .root[data-link="online"]').waitFor({ state: 'attached' });
+    },
+    async send(text) {
+      await this.input.fill(text);
+      await this.input.press('Enter');
+    },
+    /** The guest's own message with this text, once. */
+    own(text) {
+      return $(`.msg.guest`).filter({ hasText: text });
+    },
+    /** The butler's messages. */
+    replies() {
+      return $('.log .msg.assistant[data-key]');
+    },
+    /** Every message shown, as the page's data says: [{key, messageId, seq, role, text}]. */
+    async shown() {
+      return page.evaluate(() => {
+        const root = document.querySelector('[data-jack-chat]').shadowRoot;
+        return [...root.querySelectorAll('.log .msg[data-key]')].map((el) => ({
+          key: el.dataset.key,
+          messageId: el.dataset.messageId,
+          seq: Number(el.dataset.seq),
+          role: el.classList.contains('guest') ? 'guest' : 'butler',
+          status: el.dataset.status,
+          text: el.querySelector('.bubble').innerText,
+        }));
+      });
+    },
+  };
+}
+
+/** A TCP proxy to the edge: `cut()` drops every connection and refuses new ones (the hotel
+ * Wi-Fi went away), `restore()` lets them through again. */
+export async function proxy() {
+  const target = new URL(EDGE);
+  const sockets = new Set();
+  let cut = false;
+  const server = net.createServer((client) => {
+    if (cut) return client.destroy();
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    client.pipe(upstream).pipe(client);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      cut = true;
+      for (const s of sockets) s.destroy();
+    },
+    restore() {
+      cut = false;
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
+/** A static site of our own: pages a hotel might really have (another origin than the edge). */
+export async function site(pages) {
+  const server = http.createServer((req, res) => {
+    const page = pages[new URL(req.url, 'http://x').pathname];
+    if (!page) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', ...(page.headers ?? {}) });
+    res.end(page.body);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((resolve) => server.close(resolve)) };
+}
+
+/** ConversationService, as the AI responder or staff use it. */
+export function butler() {
+  const proto = fileURLToPath(new URL('../../../proto/', import.meta.url));
+  const definition = protoLoader.loadSync('jack/conversation/v1/conversation.proto', { includeDirs: [proto], keepCase: false, longs: Number, enums: String, defaults: false });
+  const { ConversationService } = grpc.loadPackageDefinition(definition).jack.conversation.v1;
+  const client = new ConversationService(CONVERSATION, grpc.credentials.createInsecure());
+  const call = (method, request) =>
+    new Promise((resolve, reject) =>
+      client[method](request, { deadline: Date.now() + WAIT }, (error, response) => (error ? reject(error) : resolve(response))),
+    );
+  return {
+    say: (conversationId, content, extra = {}) => call('sendMessage', { conversationId, role: 'ROLE_ASSISTANT', content, ...extra }),
+    typing: (conversationId, isTyping) => call('setTyping', { conversationId, role: 'ROLE_ASSISTANT', isTyping }),
+    list: (conversationId) => call('listMessages', { conversationId, afterSeq: 0, limit: 500 }),
+    close: () => client.close(),
+  };
+}
+
+/** Records, in every page of the context, the SDK's `connected` event as `window.__jack`
+ * (a listener registered the moment the widget script defines `window.JackChat`). */
+export async function recordConnected(context) {
+  await context.addInitScript(() => {
+    let sdk;
+    Object.defineProperty(window, 'JackChat', {
+      configurable: true,
+      get: () => sdk,
+      set: (value) => {
+        sdk = value;
+        value.on('connected', (event) => (window.__jack = event));
+      },
+    });
+  });
+}
+
+/** The conversation the page's widget is in. */
+export async function conversationOf(page) {
+  await page.waitForFunction(() => window.__jack?.conversationId);
+  return page.evaluate(() => window.__jack.conversationId);
+}

@@ -1,0 +1,178 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { ChatClient, ChatError } from '../../src/client';
+import { WidgetStorage, memory, type KeyValue } from '../../src/storage';
+import { FakeWorld, message } from './fakes';
+
+function setup(kv: KeyValue = memory(), world = new FakeWorld()) {
+  const storage = new WidgetStorage(kv, 'hotel_1');
+  const client = new ChatClient('ws://edge/ws/chat?hotelId=hotel_1', storage, world);
+  const events: string[] = [];
+  for (const name of ['connected', 'disconnected', 'message', 'message_sent', 'error', 'typing'] as const) {
+    client.events.on(name, () => events.push(name));
+  }
+  return { client, world, storage, kv, events };
+}
+
+/** Opens the socket and completes the handshake, replaying `history` before `identified`. */
+function handshake(world: FakeWorld, history: Record<string, unknown>[] = [], visitorId = 'v_1') {
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x', protocol: 1, limits: { maxMessageSize: 20, maxFileSize: 100 } });
+  const identify = world.socket.ofType('identify').at(-1)!;
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: history, hasMore: false });
+  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId, visitorToken: `tok_${visitorId}`, conversationId: 'cnv_1' });
+  return identify;
+}
+
+test('identify, history, send, ack: the happy path with the spec\'s events', () => {
+  const { client, world, storage, events } = setup();
+  client.start();
+  const identify = handshake(world, [message(1), message(2, { role: 'guest', clientMessageId: 'old' })]);
+  assert.deepEqual(identify, { type: 'identify', resumeConversation: true }, 'first time: no identity, latest page');
+  assert.deepEqual(storage.identity(), { visitorId: 'v_1', visitorToken: 'tok_v_1' });
+  assert.equal(client.link, 'online');
+  assert.equal(client.limits.maxMessageSize, 20);
+
+  const id = client.sendText('  towels  ');
+  assert.deepEqual(world.socket.ofType('message'), [{ type: 'message', clientMessageId: id, content: 'towels' }]);
+  assert.equal(client.timeline.entries.at(-1)?.status, 'sending');
+  assert.equal(storage.outbox(world.now()).length, 1, 'kept until acknowledged');
+  world.socket.receive({ type: 'message_ack', clientMessageId: id, messageId: 'm3', seq: 3, conversationId: 'cnv_1', timestamp: 'x' });
+  assert.equal(client.timeline.entries.at(-1)?.status, 'sent');
+  assert.equal(storage.outbox(world.now()).length, 0);
+  assert.deepEqual(events, ['message', 'message', 'connected', 'message_sent']);
+});
+
+test('offline: messages wait, then go with their original ids after the resume, shown once', () => {
+  const { client, world, storage } = setup();
+  client.start();
+  handshake(world, [message(1), message(2)]);
+  world.socket.drop();
+  assert.equal(client.link, 'offline');
+  const a = client.sendText('first');
+  const b = client.sendText('second');
+  assert.deepEqual(client.timeline.pending().map((e) => e.status), ['queued', 'queued']);
+  assert.equal(storage.outbox(world.now()).length, 2, 'kept in storage too');
+
+  world.advance(world.nextDelay()!);
+  const identify = handshake(world, [message(3)]);
+  assert.equal(identify.lastSeq, 2, 'resumes after the highest seq shown');
+  assert.equal(identify.visitorToken, 'tok_v_1', 'proves the stored identity');
+  assert.deepEqual(world.socket.ofType('message').map((f) => f.clientMessageId), [a, b], 'resent in order, same ids');
+  // The edge stored the first before the drop: the replay of another tab's resume shows it.
+  world.socket.receive({ type: 'message', ...message(4, { role: 'guest', clientMessageId: a, content: 'first' }) });
+  world.socket.receive({ type: 'message_ack', clientMessageId: a, messageId: 'm4', seq: 4, conversationId: 'cnv_1', timestamp: 'x' });
+  world.socket.receive({ type: 'message_ack', clientMessageId: b, messageId: 'm5', seq: 5, conversationId: 'cnv_1', timestamp: 'x' });
+  assert.deepEqual(client.timeline.entries.map((e) => e.seq), [1, 2, 3, 4, 5]);
+  assert.equal(storage.outbox(world.now()).length, 0);
+});
+
+test('a reload restores unsent messages from storage and sends them', () => {
+  const kv = memory();
+  const first = setup(kv);
+  first.client.start();
+  handshake(first.world);
+  first.world.socket.drop();
+  const id = first.client.sendText('offline, reloaded');
+
+  const second = setup(kv);
+  assert.deepEqual(second.client.timeline.pending().map((e) => e.clientMessageId), [id]);
+  second.client.start();
+  handshake(second.world, [message(1)]);
+  assert.deepEqual(second.world.socket.ofType('message').map((f) => f.clientMessageId), [id]);
+});
+
+test('errors: a rejected message fails with a retry; a retryable one is resent by itself', () => {
+  const { client, world, storage, events } = setup();
+  client.start();
+  handshake(world);
+  assert.throws(() => client.sendText('x'.repeat(21)), (e: unknown) => e instanceof ChatError && e.code === 'MESSAGE_TOO_LARGE');
+  assert.throws(() => client.sendText('   '), (e: unknown) => e instanceof ChatError && e.code === 'EMPTY_MESSAGE');
+
+  const bad = client.sendText('bad');
+  world.socket.receive({ type: 'error', code: 'ATTACHMENT_NOT_FOUND', message: 'no such attachment', clientMessageId: bad, retryable: false });
+  const entry = client.timeline.pending().find((e) => e.clientMessageId === bad)!;
+  assert.equal(entry.status, 'failed');
+  assert.equal(entry.error, 'no such attachment');
+  assert.equal(storage.outbox(world.now()).length, 0, 'a failed message is not resent after a reload');
+  client.retry(bad);
+  assert.equal(entry.status, 'sending');
+  assert.equal(world.socket.ofType('message').filter((f) => f.clientMessageId === bad).length, 2);
+
+  const busy = client.sendText('busy');
+  world.socket.receive({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', clientMessageId: busy, retryable: true });
+  assert.equal(client.timeline.pending().find((e) => e.clientMessageId === busy)?.status, 'queued');
+  world.advance(2_000);
+  assert.equal(world.socket.ofType('message').filter((f) => f.clientMessageId === busy).length, 2, 'resent with the same id');
+  assert.ok(events.includes('error'));
+});
+
+test('a failed identify (backend down) starts over on a new socket', () => {
+  const { client, world } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
+  world.socket.receive({ type: 'error', code: 'UNAVAILABLE', message: 'the chat service is temporarily unavailable', retryable: true });
+  assert.equal(client.link, 'offline');
+  world.advance(world.nextDelay()!);
+  assert.equal(world.sockets.length, 2);
+});
+
+test('two tabs racing for a new visitor id end up on one visitor', () => {
+  const kv = memory();
+  const { client, world, storage } = setup(kv);
+  storage.setIdentity({ visitorId: 'v_shared' });
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
+  // Meanwhile the other tab bound v_shared and stored its token.
+  storage.setIdentity({ visitorId: 'v_shared', visitorToken: 'tok_shared' });
+  world.socket.receive({ type: 'identified', guestId: 'g2', visitorId: 'v_other', visitorToken: 'tok_other', conversationId: 'cnv_2' });
+  const again = world.socket.ofType('identify').at(-1)!;
+  assert.equal(again.visitorToken, 'tok_shared', 'identifies again as the shared visitor');
+  assert.deepEqual(storage.identity(), { visitorId: 'v_shared', visitorToken: 'tok_shared' });
+});
+
+test('read receipts go out once per new seq; unread counts the butler\'s unseen messages', () => {
+  const { client, world, storage } = setup();
+  client.start();
+  handshake(world, [message(1), message(2, { role: 'guest' }), message(3)]);
+  assert.equal(client.unread(), 2);
+  client.markSeen();
+  client.markSeen();
+  assert.deepEqual(world.socket.ofType('read'), [{ type: 'read', upToSeq: 3 }]);
+  assert.equal(storage.seen(), 3);
+  assert.equal(client.unread(), 0);
+  world.socket.receive({ type: 'message', ...message(4, { role: 'staff' }) });
+  assert.equal(client.unread(), 1);
+  world.socket.receive({ type: 'read', upToSeq: 2, role: 'assistant', timestamp: 'x' });
+  assert.equal(client.timeline.entries[1]?.status, 'read');
+});
+
+test('identify as another visitor (a signed hotel id) starts that visitor\'s conversation afresh', () => {
+  const { client, world, storage } = setup();
+  client.start();
+  handshake(world, [message(1)]);
+  client.identify({ visitorId: 'booking_42', userHash: 'abc', name: 'Ana' });
+  const frame = world.socket.ofType('identify').at(-1)!;
+  assert.deepEqual(frame, { type: 'identify', visitorId: 'booking_42', userHash: 'abc', name: 'Ana', resumeConversation: true });
+  assert.equal(client.timeline.entries.length, 0, 'the other visitor\'s messages are gone');
+  world.socket.receive({ type: 'history', conversationId: 'cnv_9', messages: [message(1, { conversationId: 'cnv_9', messageId: 'x1' })], hasMore: false });
+  world.socket.receive({ type: 'identified', guestId: 'g9', visitorId: 'booking_42', visitorToken: 'tok_42', conversationId: 'cnv_9' });
+  assert.deepEqual(client.timeline.entries.map((e) => e.messageId), ['x1']);
+  assert.equal(storage.identity()?.visitorToken, 'tok_42');
+});
+
+test('typing is sent when the guest starts, refreshed sparingly, and stopped after a pause', () => {
+  const { client, world } = setup();
+  client.start();
+  handshake(world);
+  client.typing(true);
+  client.typing(true);
+  world.advance(1000);
+  client.typing(true);
+  assert.deepEqual(world.socket.ofType('typing'), [{ type: 'typing', isTyping: true }]);
+  world.advance(4000);
+  assert.deepEqual(world.socket.ofType('typing').at(-1), { type: 'typing', isTyping: false });
+});
