@@ -29,9 +29,10 @@ export function contrast(a: Rgb, b: Rgb): number {
 }
 
 export const WHITE: Rgb = [255, 255, 255];
-export const INK: Rgb = [17, 24, 39];
+// Pure black: with white, one of the two always reaches 4.5:1 (WCAG AA) on any colour.
+export const INK: Rgb = [0, 0, 0];
 
 /** The text colour for a background of this colour. */
 export function textOn(background: Rgb): string {
-  return contrast(background, WHITE) >= contrast(background, INK) ? '#ffffff' : '#111827';
+  return contrast(background, WHITE) >= contrast(background, INK) ? '#ffffff' : '#000000';
 }

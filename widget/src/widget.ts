@@ -223,8 +223,11 @@ export class WidgetView {
     if (this.chips.dataset.for === key) return;
     const chips = replies?.length ? quickReplies(replies, last!.message!, this.client) : h('div', { hidden: true });
     chips.dataset.for = key;
+    // A tapped chip goes away with the others: keep the keyboard in the chat, at the input.
+    const hadFocus = this.chips.contains(this.host.shadowRoot!.activeElement);
     this.chips.replaceWith(chips);
     this.chips = chips;
+    if (hadFocus) this.input.focus();
   }
 
   private announce(entry: Entry): void {

@@ -95,7 +95,7 @@ export function widget(page) {
           seq: Number(el.dataset.seq),
           role: el.classList.contains('guest') ? 'guest' : 'butler',
           status: el.dataset.status,
-          text: el.querySelector('.bubble').innerText,
+          text: [...el.querySelector('.bubble').childNodes].filter((n) => !n.classList?.contains('sr')).map((n) => n.textContent).join('\n'),
         }));
       });
     },

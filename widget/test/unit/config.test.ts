@@ -33,7 +33,7 @@ test('text on the hotel\'s colour is whichever of white or ink reads better', ()
   assert.deepEqual(parseColor('rgb(10, 20, 30)'), [10, 20, 30]);
   assert.equal(parseColor('papayawhip'), null);
   assert.equal(textOn([26, 54, 93]), '#ffffff', 'navy gets white');
-  assert.equal(textOn([255, 204, 0]), '#111827', 'yellow gets ink');
+  assert.equal(textOn([255, 204, 0]), '#000000', 'yellow gets ink');
   for (const colour of ['#1a365d', '#fc0', '#ff69b4', '#777777', '#00ff00', '#000', '#fff']) {
     const rgb = parseColor(colour)!;
     const chosen = textOn(rgb) === '#ffffff' ? WHITE : INK;
