@@ -49,7 +49,7 @@ class JackChat {
       document.addEventListener('visibilitychange', () => {
         if (document.visibilityState === 'visible') {
           client.nudge();
-          view.seen();
+          view.seen(true);
         }
       });
       window.addEventListener('online', () => client.nudge());

@@ -13,6 +13,8 @@ import css from './widget.css';
 
 /** The butler's dots go away by themselves if the "stopped typing" never comes. */
 const TYPING_TIMEOUT_MS = 15_000;
+/** Read receipts wait this long, so that a burst of messages is acknowledged once. */
+const SEEN_DELAY_MS = 150;
 /** A short blip is not worth a banner. */
 const BANNER_DELAY_MS = 1_500;
 
@@ -35,6 +37,7 @@ export class WidgetView {
   private readonly nodes = new Map<string, HTMLElement>();
   private typingTimer: ReturnType<typeof setTimeout> | undefined;
   private bannerTimer: ReturnType<typeof setTimeout> | undefined;
+  private seenTimer: ReturnType<typeof setTimeout> | undefined;
   isOpen = false;
 
   constructor(
@@ -143,7 +146,7 @@ export class WidgetView {
     if (open) {
       this.scrollToEnd();
       this.input.focus();
-      this.seen();
+      this.seen(true);
     } else if (this.host.shadowRoot?.activeElement) {
       this.launcher.focus();
     }
@@ -151,8 +154,15 @@ export class WidgetView {
   }
 
   /** The guest sees the log now (window open, tab visible): send `read`, clear the badge. */
-  seen(): void {
-    if (this.isOpen && document.visibilityState === 'visible') this.client.markSeen();
+  seen(now = false): void {
+    const mark = () => {
+      clearTimeout(this.seenTimer);
+      this.seenTimer = undefined;
+      if (this.isOpen && document.visibilityState === 'visible') this.client.markSeen();
+    };
+    // Messages arriving: once per burst (a replayed page of fifty is one `read`, not fifty).
+    if (now) mark();
+    else if (this.seenTimer === undefined) this.seenTimer = setTimeout(mark, SEEN_DELAY_MS);
   }
 
   /** Shows a problem under the composer (for the guest) and to screen readers. */

@@ -15,6 +15,16 @@ function assertOnceInOrder(shown) {
   for (let i = 1; i < shown.length; i++) assert.ok(shown[i].seq > shown[i - 1].seq, `out of order: ${JSON.stringify(shown)}`);
 }
 
+/** Scrolls the log up until the first message of the conversation is shown. */
+async function scrollToStart(w) {
+  for (let i = 0; i < 20 && (await w.$('.more').isVisible()); i++) {
+    const count = await w.messages.count();
+    await w.log.evaluate((log) => (log.scrollTop = 0));
+    await w.$('.log .msg[data-key]').nth(count).waitFor({ state: 'attached' });
+  }
+  assert.equal(await w.$('.more').isVisible(), false, 'the whole conversation is loaded');
+}
+
 describe('a guest on the demo hotel page', () => {
   test('opens the chat, sends, is acked and read, taps quick replies, uses the carousel, reloads to the same history', async () => {
     const context = await guestContext(browser);
@@ -185,6 +195,75 @@ describe('a guest on the demo hotel page', () => {
     await w.online();
     assert.equal(await w.badge.isVisible(), false, 'still read after a reload');
     jack.close();
+    await context.close();
+  });
+});
+
+describe('a long conversation', () => {
+  test('a reload shows the latest page, scrolling up loads the rest, once, in order, with one read receipt per burst', async () => {
+    const context = await guestContext(browser);
+    await recordConnected(context);
+    const page = await context.newPage();
+    await page.goto(`${EDGE}/`);
+    const w = widget(page);
+    const conversation = await conversationOf(page);
+    const jack = butler();
+    for (let i = 1; i <= 70; i++) await jack.say(conversation, `Note ${i} from the front desk`);
+    await w.badge.filter({ hasText: '70' }).waitFor();
+
+    const frames = [];
+    page.on('websocket', (ws) => {
+      ws.on('framesent', (f) => frames.push(['sent', JSON.parse(f.payload)]));
+      ws.on('framereceived', (f) => frames.push(['received', JSON.parse(f.payload)]));
+    });
+    await page.reload();
+    await w.open();
+    await w.online();
+    await w.replies().filter({ hasText: 'Note 70 from' }).waitFor();
+    assert.equal((await w.shown()).length, 50, 'the latest page');
+    await w.$('.more').waitFor();
+    // The guest scrolls to the top: the older page arrives above.
+    await scrollToStart(w);
+    await w.replies().filter({ hasText: 'Note 1 from' }).waitFor();
+    const shown = await w.shown();
+    assert.deepEqual(shown.map((m) => m.text), Array.from({ length: 70 }, (_, i) => `Note ${i + 1} from the front desk`));
+    assertOnceInOrder(shown);
+
+    const reads = frames.filter(([dir, f]) => dir === 'sent' && f.type === 'read');
+    assert.ok(reads.length >= 1 && reads.length <= 3, `one read per burst, not one per message: ${JSON.stringify(reads)}`);
+    assert.equal(reads.at(-1)[1].upToSeq, 70);
+    assert.deepEqual(frames.filter(([dir, f]) => dir === 'received' && f.type === 'error'), [], 'no error (a read per message would be rate limited)');
+    jack.close();
+    await context.close();
+  });
+
+  test('a burst of messages from the SDK beyond the rate limit is stored once each', async () => {
+    const context = await guestContext(browser);
+    const page = await context.newPage();
+    const received = [];
+    page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push(JSON.parse(f.payload))));
+    await page.goto(`${EDGE}/`);
+    const w = widget(page);
+    await w.online();
+    await page.evaluate(() => {
+      for (let i = 1; i <= 60; i++) window.JackChat.sendMessage(`burst ${i}`);
+    });
+    await w.open();
+    await page.waitForFunction(
+      () => [...document.querySelector('[data-jack-chat]').shadowRoot.querySelectorAll('.msg.guest')].filter((m) => /burst/.test(m.textContent) && /sent|read/.test(m.dataset.status)).length === 60,
+      null,
+      { timeout: 30_000 },
+    );
+    assert.ok(received.some((f) => f.type === 'error' && f.code === 'RATE_LIMITED'), 'the edge did rate limit the burst');
+    await page.reload();
+    await w.open();
+    await w.online();
+    await w.replies().first().waitFor();
+    await scrollToStart(w);
+    const burst = (await w.shown()).filter((m) => m.text.startsWith('burst'));
+    assert.equal(burst.length, 60);
+    assert.equal(new Set(burst.map((m) => m.text)).size, 60, 'each once');
+    assertOnceInOrder(await w.shown());
     await context.close();
   });
 });
