@@ -9,8 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "jack/upload/v1/upload.proto",
         "jack/edge/v1/edge.proto",
     ];
+    // Relative to this package, not absolute: one build cache serves several checkouts (CI
+    // clones), and an absolute path would keep watching the checkout that built it first.
     for file in &files {
-        println!("cargo::rerun-if-changed={}", root.join(file).display());
+        println!("cargo::rerun-if-changed=../../proto/{file}");
     }
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure().compile_fds(fds)?;

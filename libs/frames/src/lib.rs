@@ -30,6 +30,8 @@ pub enum ErrorCode {
     MessageTooLarge,
     /// An attachment id is unknown, not this guest's, or not uploaded.
     AttachmentNotFound,
+    /// The uploaded file is not what was declared (its size, or its type by its bytes).
+    AttachmentInvalid,
     /// Too many frames too fast; retry later.
     RateLimited,
     /// A backend is down or slow; retry later.

@@ -28,8 +28,19 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/metrics", get(metrics))
         .route("/widget.js", get(widget))
         .route("/", get(demo_page))
-        .route("/chat/upload-url", post(upload_url))
+        .route("/chat/upload-url", post(upload_url).layer(upload_cors()))
         .with_state(edge)
+}
+
+/// Hotel pages on any origin ask for upload URLs; the visitor token in `Authorization` is the
+/// permission (no cookies), so any origin may call, and the preflight is cached.
+fn upload_cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([http::Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 async fn health(State(edge): State<Arc<Edge>>) -> Response {

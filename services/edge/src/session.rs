@@ -377,8 +377,17 @@ impl Session {
             match self.edge.backends.upload.clone().resolve_attachments(resolve).await {
                 Ok(r) => {
                     let resolved = r.into_inner();
-                    if !resolved.missing.is_empty() {
-                        return out.push(error(ErrorCode::AttachmentNotFound, format!("attachment {} not found", resolved.missing[0]), Some(client_message_id)));
+                    if let Some(id) = resolved.missing.first() {
+                        // The precise reason where upload gave one: a file that is not what was
+                        // declared is ATTACHMENT_INVALID, anything else ATTACHMENT_NOT_FOUND.
+                        let problem = resolved.problems.iter().find(|p| &p.attachment_id == id);
+                        let invalid = problem.is_some_and(|p| matches!(p.problem(), upload::Problem::SizeMismatch | upload::Problem::TypeMismatch));
+                        let (code, message) = match problem {
+                            Some(p) if invalid => (ErrorCode::AttachmentInvalid, p.message.clone()),
+                            Some(p) if !p.message.is_empty() => (ErrorCode::AttachmentNotFound, p.message.clone()),
+                            _ => (ErrorCode::AttachmentNotFound, format!("attachment {id} not found")),
+                        };
+                        return out.push(error(code, message, Some(client_message_id)));
                     }
                     request.attachments = resolved
                         .attachments

@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     println!("  demo hotel page   http://{host}:{}/", edge.port());
     println!("  guest WebSocket   ws://{host}:{}/ws/chat?hotelId=demo_hotel", edge.port());
     println!("  health / metrics  http://{host}:{}/health/websocket  http://{host}:{}/metrics", edge.port(), edge.port());
+    println!("  file uploads      http://{}/ (signed URLs only)", stack.upload_http_addr());
     println!("  ConversationService (for AI responders)  {}", stack.url(Service::Conversation));
     println!("  DeliveryService (staff subscriptions)    {}", stack.url(Service::Delivery));
     if concierge_on {

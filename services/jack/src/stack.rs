@@ -41,6 +41,7 @@ pub struct Stack {
     env: Env,
     addrs: HashMap<Service, SocketAddr>,
     edge_grpc: Option<SocketAddr>,
+    upload_http: Option<SocketAddr>,
     running: HashMap<Service, Running>,
     shutdown: CancellationToken,
 }
@@ -57,8 +58,9 @@ impl Stack {
         let env = env
             .with_default("GUEST_DATABASE_URL", db("guest"))
             .with_default("CONVERSATION_DATABASE_URL", db("conversation"))
-            .with_default("UPLOAD_DATABASE_URL", db("upload"));
-        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, running: HashMap::new(), shutdown };
+            .with_default("UPLOAD_DATABASE_URL", db("upload"))
+            .with_default("UPLOAD_DIR", data_dir.join("uploads").display().to_string());
+        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, upload_http: None, running: HashMap::new(), shutdown };
         for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
             stack.start_service(service).await?;
         }
@@ -75,6 +77,11 @@ impl Stack {
 
     pub fn edge_grpc_addr(&self) -> SocketAddr {
         self.edge_grpc.expect("the edge is started")
+    }
+
+    /// Where browsers upload files to (the local storage backend).
+    pub fn upload_http_addr(&self) -> SocketAddr {
+        self.upload_http.expect("upload is started")
     }
 
     /// The environment a service is started with: the stack's, plus where the others are
@@ -95,6 +102,9 @@ impl Stack {
             };
             if let (Service::Edge, Some(grpc)) = (service, self.edge_grpc) {
                 env = env.with("EDGE_GRPC_ADDR", grpc.to_string());
+            }
+            if let (Service::Upload, Some(http)) = (service, self.upload_http) {
+                env = env.with("UPLOAD_HTTP_ADDR", http.to_string());
             }
         }
         if let Some(d) = self.addrs.get(&Service::Delivery) {
@@ -128,6 +138,7 @@ impl Stack {
             }
             Service::Upload => {
                 let server = jack_upload::UploadServer::build(jack_upload::Settings::from_env(&env)?).await?;
+                self.upload_http = Some(server.http_addr());
                 (server.local_addr(), tokio::spawn(server.run(token.clone())))
             }
             Service::Edge => {

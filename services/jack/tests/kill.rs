@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 
 impl Processes {
     fn new(dir: &std::path::Path) -> Self {
-        let [guest, conversation, delivery, upload, edge, edge_grpc] = [(); 6].map(|()| free_port());
+        let [guest, conversation, delivery, upload, upload_http, edge, edge_grpc] = [(); 7].map(|()| free_port());
         let db = |name: &str| format!("sqlite:{}", dir.join(format!("{name}.db")).display());
         let env = vec![
             ("GUEST_GRPC_ADDR", format!("127.0.0.1:{guest}")),
@@ -41,6 +41,8 @@ impl Processes {
             ("DELIVERY_GRPC_ADDR", format!("127.0.0.1:{delivery}")),
             ("UPLOAD_GRPC_ADDR", format!("127.0.0.1:{upload}")),
             ("UPLOAD_DATABASE_URL", db("upload")),
+            ("UPLOAD_HTTP_ADDR", format!("127.0.0.1:{upload_http}")),
+            ("UPLOAD_DIR", dir.join("uploads").display().to_string()),
             ("WEBSOCKET_HOST", "127.0.0.1".into()),
             ("WEBSOCKET_PORT", edge.to_string()),
             ("EDGE_GRPC_ADDR", format!("127.0.0.1:{edge_grpc}")),

@@ -1,4 +1,4 @@
-//! What a guest may declare for an upload. No I/O.
+//! The rules of attachments. No I/O.
 
 pub const MAX_FILENAME: usize = 255;
 
@@ -19,6 +19,7 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// What a guest may declare for an upload.
 pub fn check_upload(filename: &str, content_type: &str, size: i64, max: u64, allowed: &[String]) -> Result<(), Refusal> {
     if filename.trim().is_empty() || filename.chars().count() > MAX_FILENAME || filename.chars().any(char::is_control) {
         return Err(Refusal::Filename);
@@ -29,6 +30,51 @@ pub fn check_upload(filename: &str, content_type: &str, size: i64, max: u64, all
     let content_type = content_type.trim().to_ascii_lowercase();
     if !allowed.contains(&content_type) {
         return Err(Refusal::ContentType);
+    }
+    Ok(())
+}
+
+/// Where the browser uploads an attachment: never the place it is kept, so nothing written
+/// with an upload URL after the check can change the checked file.
+pub fn incoming_key(attachment_id: &str) -> String {
+    format!("incoming/{attachment_id}")
+}
+
+/// Where a verified attachment is kept. Keys hold only our own ids, never a user's filename.
+pub fn file_key(attachment_id: &str) -> String {
+    format!("files/{attachment_id}")
+}
+
+/// Why an uploaded file is not the one that was declared.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    Size { declared: i64, actual: u64 },
+    Type { declared: String, actual: Option<&'static str> },
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Size { declared, actual } => write!(f, "the file is {actual} bytes, not the {declared} declared"),
+            Mismatch::Type { declared, actual: Some(actual) } => write!(f, "the file is {actual}, not the {declared} declared"),
+            Mismatch::Type { declared, actual: None } => write!(f, "the file's bytes are not {declared}"),
+        }
+    }
+}
+
+/// The file's type by its first bytes (its "magic"), not by what anyone says it is.
+pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    infer::get(bytes).map(|kind| kind.mime_type())
+}
+
+/// Whether the uploaded bytes are what was declared: the size, and the type by content.
+pub fn check_file(declared_type: &str, declared_size: i64, bytes: &[u8]) -> Result<(), Mismatch> {
+    if bytes.len() as u64 != declared_size as u64 {
+        return Err(Mismatch::Size { declared: declared_size, actual: bytes.len() as u64 });
+    }
+    let actual = sniff(bytes);
+    if actual != Some(declared_type) {
+        return Err(Mismatch::Type { declared: declared_type.to_owned(), actual });
     }
     Ok(())
 }
@@ -46,5 +92,18 @@ mod tests {
         assert_eq!(check_upload("a.png", "image/png", 0, 100, &allowed), Err(Refusal::Size { max: 100 }));
         assert_eq!(check_upload("a.svg", "image/svg+xml", 10, 100, &allowed), Err(Refusal::ContentType));
         assert_eq!(check_upload("", "image/png", 10, 100, &allowed), Err(Refusal::Filename));
+    }
+
+    #[test]
+    fn files_are_judged_by_their_bytes() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";
+        assert_eq!(check_file("image/png", png.len() as i64, png), Ok(()));
+        assert_eq!(check_file("image/png", 99, png), Err(Mismatch::Size { declared: 99, actual: png.len() as u64 }));
+        let html = b"<html><script>alert(1)</script></html>";
+        assert_eq!(check_file("image/png", html.len() as i64, html), Err(Mismatch::Type { declared: "image/png".into(), actual: None }));
+        let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>";
+        assert!(check_file("image/png", svg.len() as i64, svg).is_err());
+        assert_eq!(check_file("application/pdf", png.len() as i64, png), Err(Mismatch::Type { declared: "application/pdf".into(), actual: Some("image/png") }));
+        assert_eq!(sniff(b"%PDF-1.7\n"), Some("application/pdf"));
     }
 }

@@ -1,30 +1,76 @@
 //! `UploadService` over gRPC.
 
+use std::sync::Arc;
+
 use jack_proto::tonic::{self, Request, Response, Status};
 use jack_proto::upload::v1 as pb;
 use jack_proto::upload::v1::upload_service_server::UploadService;
 use jack_runtime::{ids, time};
+use tokio::sync::Semaphore;
 
 use crate::config::Settings;
-use crate::domain;
+use crate::domain::{self, Mismatch};
+use crate::storage::{Object, Storage, StorageError};
 use crate::store::Store;
+
+/// Files verified at once: each is read whole (at most `WIDGET_MAX_FILE_SIZE`), so this
+/// bounds the memory verification takes.
+const VERIFYING: usize = 8;
+/// Attachments on one message.
+const MAX_ATTACHMENTS: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct UploadApi {
     store: Store,
-    max_file_size: u64,
-    allowed_types: Vec<String>,
+    storage: Storage,
+    settings: Arc<Settings>,
+    verifying: Arc<Semaphore>,
 }
 
 impl UploadApi {
-    pub fn new(store: Store, settings: &Settings) -> Self {
-        Self { store, max_file_size: settings.max_file_size, allowed_types: settings.allowed_types.clone() }
+    pub fn new(store: Store, storage: Storage, settings: &Settings) -> Self {
+        Self { store, storage, settings: Arc::new(settings.clone()), verifying: Arc::new(Semaphore::new(VERIFYING)) }
+    }
+
+    /// Verifies an uploaded file against its record and keeps it: the bytes checked are the
+    /// bytes kept, under a key no upload URL can write.
+    async fn verify(&self, attachment: &pb::Attachment) -> Result<Result<(), (pb::Problem, String)>, Status> {
+        let _permit = self.verifying.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
+        let incoming = domain::incoming_key(&attachment.attachment_id);
+        let declared = attachment.size.max(0) as u64;
+        let bytes = match self.storage.get(&incoming, declared).await.map_err(unavailable)? {
+            None => return Ok(Err((pb::Problem::NotUploaded, format!("attachment {} has not been uploaded", attachment.attachment_id)))),
+            Some(Object::TooBig(actual)) => {
+                let mismatch = Mismatch::Size { declared: attachment.size, actual };
+                return Ok(Err((pb::Problem::SizeMismatch, mismatch.to_string())));
+            }
+            Some(Object::Bytes(bytes)) => bytes,
+        };
+        if let Err(mismatch) = domain::check_file(&attachment.content_type, attachment.size, &bytes) {
+            let problem = match mismatch {
+                Mismatch::Size { .. } => pb::Problem::SizeMismatch,
+                Mismatch::Type { .. } => pb::Problem::TypeMismatch,
+            };
+            tracing::info!(attachment_id = %attachment.attachment_id, %mismatch, "uploaded file refused");
+            return Ok(Err((problem, mismatch.to_string())));
+        }
+        self.storage.put(&domain::file_key(&attachment.attachment_id), bytes, &attachment.content_type).await.map_err(unavailable)?;
+        self.store.mark_stored(&attachment.attachment_id).await.map_err(storage)?;
+        if let Err(err) = self.storage.delete(&incoming).await {
+            tracing::warn!(attachment_id = %attachment.attachment_id, error = %err, "could not remove the uploaded copy");
+        }
+        Ok(Ok(()))
     }
 }
 
 fn storage(err: sqlx::Error) -> Status {
     tracing::error!(error = %err, "storage failed");
     Status::unavailable("storage unavailable")
+}
+
+fn unavailable(err: StorageError) -> Status {
+    tracing::error!(error = %err, "file storage failed");
+    Status::unavailable("file storage unavailable")
 }
 
 #[tonic::async_trait]
@@ -34,7 +80,7 @@ impl UploadService for UploadApi {
         if req.hotel_id.is_empty() || req.guest_id.is_empty() {
             return Err(Status::invalid_argument("hotel_id and guest_id are required"));
         }
-        domain::check_upload(&req.filename, &req.content_type, req.size, self.max_file_size, &self.allowed_types)
+        domain::check_upload(&req.filename, &req.content_type, req.size, self.settings.max_file_size, &self.settings.allowed_types)
             .map_err(|refusal| Status::invalid_argument(refusal.to_string()))?;
         let attachment = pb::Attachment {
             attachment_id: ids::new_id("att"),
@@ -46,18 +92,35 @@ impl UploadService for UploadApi {
             status: "pending".into(),
             created_at_ms: time::now_ms(),
         };
+        let key = domain::incoming_key(&attachment.attachment_id);
+        let url = self.storage.presign_put(&key, &attachment.content_type, attachment.size, self.settings.url_ttl).await.map_err(unavailable)?;
         self.store.insert(&attachment).await.map_err(storage)?;
-        // No backend takes direct uploads yet: say so rather than hand out a dead URL.
-        Err(Status::failed_precondition("file storage is not configured on this deployment"))
+        Ok(Response::new(pb::CreateUploadResponse { attachment: Some(attachment), upload_url: url.url, expires_at_ms: url.expires_at_ms }))
     }
 
     async fn resolve_attachments(&self, request: Request<pb::ResolveAttachmentsRequest>) -> Result<Response<pb::ResolveAttachmentsResponse>, Status> {
         let req = request.into_inner();
-        if req.attachment_ids.len() > 10 {
-            return Err(Status::invalid_argument("at most 10 attachments"));
+        if req.attachment_ids.len() > MAX_ATTACHMENTS {
+            return Err(Status::invalid_argument(format!("at most {MAX_ATTACHMENTS} attachments")));
         }
-        let attachments = self.store.stored_of_guest(&req.hotel_id, &req.guest_id, &req.attachment_ids).await.map_err(storage)?;
-        let missing = req.attachment_ids.iter().filter(|id| !attachments.iter().any(|a| &a.attachment_id == *id)).cloned().collect();
-        Ok(Response::new(pb::ResolveAttachmentsResponse { attachments, missing }))
+        let found = self.store.of_guest(&req.hotel_id, &req.guest_id, &req.attachment_ids).await.map_err(storage)?;
+        let mut response = pb::ResolveAttachmentsResponse::default();
+        for id in &req.attachment_ids {
+            let Some(attachment) = found.iter().find(|a| &a.attachment_id == id) else {
+                // Unknown, or another guest's: the same answer, so ids cannot be probed.
+                response.missing.push(id.clone());
+                response.problems.push(pb::AttachmentProblem { attachment_id: id.clone(), problem: pb::Problem::NotFound as i32, message: format!("attachment {id} not found") });
+                continue;
+            };
+            let verdict = if attachment.status == "stored" { Ok(()) } else { self.verify(attachment).await? };
+            match verdict {
+                Ok(()) => response.attachments.push(pb::Attachment { status: "stored".into(), ..attachment.clone() }),
+                Err((problem, message)) => {
+                    response.missing.push(id.clone());
+                    response.problems.push(pb::AttachmentProblem { attachment_id: id.clone(), problem: problem as i32, message });
+                }
+            }
+        }
+        Ok(Response::new(response))
     }
 }

@@ -1,18 +1,22 @@
-//! `jack-upload`: attachment records and upload URLs.
+//! `jack-upload`: attachments. A guest declares a file (name, type, size); the service
+//! records it and answers with a URL that accepts exactly that file, once, for a few
+//! minutes. When a message carries the attachment, the uploaded bytes are checked (present,
+//! of the declared size, of the declared type by their magic bytes) and kept under a key no
+//! upload URL can reach; only then does the message go through.
 //!
-//! This first version keeps honest attachment records: it checks what a guest declares
-//! (name, type, size) and records a pending attachment, and it resolves only attachments
-//! whose file is stored. No storage backend accepts direct uploads yet (S3 and local disk
-//! come with the attachments issue), so `CreateUpload` says so instead of handing out a URL
-//! that leads nowhere, and every attachment in a message resolves as missing.
-//!
-//! - [`domain`]: limits and the content-type allow-list. [`store`]: the `attachments` table.
-//! - [`grpc`]: `UploadService`. [`config`] and [`startup`]: settings and start-up.
+//! - [`domain`]: limits, the allow-list, object keys, the check of a file's bytes.
+//! - [`storage`]: the local disk (embedded default) and S3-compatible stores.
+//! - [`signing`]: the local backend's signed URLs. [`http`]: where browsers PUT to it.
+//! - [`store`]: the `attachments` table. [`grpc`]: `UploadService`.
+//! - [`config`] and [`startup`]: settings and start-up.
 
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http;
+pub mod signing;
 pub mod startup;
+pub mod storage;
 pub mod store;
 
 pub use config::Settings;

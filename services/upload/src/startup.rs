@@ -1,44 +1,81 @@
 //! Building and running jack-upload.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use jack_proto::upload::v1::upload_service_server::UploadServiceServer;
 use jack_runtime::db::Database;
-use jack_runtime::{CancellationToken, grpc};
+use jack_runtime::{CancellationToken, grpc, ids};
 use tokio::net::TcpListener;
 
-use crate::config::Settings;
+use crate::config::{Backend, Settings};
 use crate::grpc::UploadApi;
+use crate::signing::Signer;
+use crate::storage::{LocalDisk, S3Store, Storage};
 use crate::store::Store;
 
 /// The same SQL serves SQLite and PostgreSQL.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A bound, migrated upload service, ready to serve.
+/// A bound, migrated upload service with its storage open, ready to serve.
 pub struct UploadServer {
     listener: TcpListener,
+    http: TcpListener,
     store: Store,
+    storage: Storage,
     settings: Settings,
 }
 
 impl UploadServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = grpc::bind("the upload gRPC API", settings.grpc_addr).await?;
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (UPLOAD_HTTP_ADDR): {e}", settings.http_addr))?;
         let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
-        Ok(Self { listener, store: Store::new(db), settings })
+        let store = Store::new(db);
+        let storage = match &settings.backend {
+            Backend::Local { dir } => {
+                let secret = match &settings.signing_secret {
+                    Some(secret) => secret.clone(),
+                    None => store.secret("url_signing", &format!("{}{}", ids::random_hex(), ids::random_hex())).await?,
+                };
+                let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", http.local_addr().expect("bound")));
+                let disk = LocalDisk::open(dir.clone(), public_url, Signer::new(&secret))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot use {} for files (UPLOAD_DIR): {e}", dir.display()))?;
+                Storage::Local(disk)
+            }
+            Backend::S3(s3) => Storage::S3(S3Store::connect(s3).await),
+        };
+        Ok(Self { listener, http, store, storage, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Where browsers upload to (the local backend).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "upload service listening");
-        let api = UploadApi::new(self.store.clone(), &self.settings);
+        tracing::info!(addr = %self.local_addr(), http = %self.http_addr(), "upload service listening");
+        let api = UploadApi::new(self.store.clone(), self.storage.clone(), &self.settings);
+        let disk = match &self.storage {
+            Storage::Local(disk) => Some(Arc::new(disk.clone())),
+            Storage::S3(_) => None,
+        };
+        let http = axum::serve(self.http, crate::http::router(disk)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let http = tokio::spawn(async move { http.await });
         let router = grpc::server()
             .add_service(grpc::health("jack.upload.v1.UploadService").await)
             .add_service(UploadServiceServer::new(api));
         let result = grpc::serve(router, self.listener, shutdown).await;
+        if let Ok(Err(err)) = http.await {
+            tracing::warn!(error = %err, "upload HTTP listener failed");
+        }
         self.store.close().await;
         result
     }

@@ -32,13 +32,13 @@ impl Store {
         Ok(())
     }
 
-    /// The guest's stored attachments among `ids`.
-    pub async fn stored_of_guest(&self, hotel_id: &str, guest_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
+    /// The guest's attachments among `ids`, whatever their status.
+    pub async fn of_guest(&self, hotel_id: &str, guest_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
         let mut found = Vec::new();
         for id in ids {
             let row = sqlx::query(
                 "SELECT attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms
-                 FROM attachments WHERE attachment_id = $1 AND hotel_id = $2 AND guest_id = $3 AND status = 'stored'",
+                 FROM attachments WHERE attachment_id = $1 AND hotel_id = $2 AND guest_id = $3",
             )
             .bind(id)
             .bind(hotel_id)
@@ -59,6 +59,23 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// The file is verified and kept: from now on the attachment can be sent.
+    pub async fn mark_stored(&self, attachment_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE attachments SET status = 'stored' WHERE attachment_id = $1").bind(attachment_id).execute(&self.db.write).await?;
+        Ok(())
+    }
+
+    /// The named secret, created from `fresh` on first use (first writer wins, so every
+    /// replica on one database signs alike).
+    pub async fn secret(&self, name: &str, fresh: &str) -> Result<String, sqlx::Error> {
+        sqlx::query("INSERT INTO service_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(fresh)
+            .execute(&self.db.write)
+            .await?;
+        sqlx::query("SELECT value FROM service_secrets WHERE name = $1").bind(name).fetch_one(&self.db.write).await?.try_get("value")
     }
 
     pub async fn close(&self) {

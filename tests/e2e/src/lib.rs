@@ -44,12 +44,17 @@ impl TestStack {
         for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "EDGE_GRPC_ADDR"] {
             env = env.with_default(name, "127.0.0.1:0");
         }
-        env = env.with_default("WEBSOCKET_HOST", "127.0.0.1").with_default("WEBSOCKET_PORT", "0").with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
+        env = env.with_default("UPLOAD_HTTP_ADDR", "127.0.0.1:0").with_default("WEBSOCKET_HOST", "127.0.0.1").with_default("WEBSOCKET_PORT", "0").with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
         let shutdown = CancellationToken::new();
         let stack = Stack::start(env, dir.path(), shutdown.clone()).await.expect("stack starts");
         let this = Self { stack, shutdown, _dir: dir };
         this.wait_delivery_streams(1).await;
         this
+    }
+
+    /// The stack's data folder (SQLite files, `uploads/`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn http_base(&self) -> String {
@@ -220,21 +225,38 @@ impl Guest {
 
 /// A plain HTTP/1.1 request over a real socket: (status, headers and body as text).
 pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
+    request(method, &format!("{base}{path}"), headers, body.as_bytes()).await
+}
+
+/// An HTTP/1.1 request to a full `http://host:port/path?query` URL with a binary body. The
+/// `Content-Length` is the body's unless `headers` give one (to send what a liar sends).
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.expect("write");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer and close before reading everything a liar sends.
+    let _ = stream.write_all(&bytes).await;
     // Read to the end, except after a 101: an upgraded connection stays open.
     let mut response = Vec::new();
     let reading = async {
         let mut buf = [0u8; 8192];
         loop {
-            let n = stream.read(&mut buf).await.expect("read");
+            let n = match stream.read(&mut buf).await {
+                Ok(n) => n,
+                Err(_) if !response.is_empty() => return,
+                Err(e) => panic!("read: {e}"),
+            };
             response.extend_from_slice(&buf[..n]);
             let switched = response.starts_with(b"HTTP/1.1 101") && response.windows(4).any(|w| w == b"\r\n\r\n");
             if n == 0 || switched {
@@ -244,7 +266,7 @@ pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)]
     };
     tokio::time::timeout(WAIT, reading).await.expect("response in time");
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line in {text:?}"));
     (status, text)
 }
 

@@ -1,0 +1,111 @@
+//! The upload service's HTTP listener: browsers PUT files here on the local backend's signed
+//! URLs (with S3 they PUT to the store itself). CORS is open: the signature is the
+//! permission, and hotel pages live on any origin.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::storage::LocalDisk;
+use crate::storage::local::put_parts;
+
+#[derive(serde::Deserialize)]
+pub struct Signed {
+    #[serde(rename = "type")]
+    content_type: String,
+    size: String,
+    expires: String,
+    signature: String,
+}
+
+pub fn router(disk: Option<Arc<LocalDisk>>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([http::Method::PUT, http::Method::GET])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600));
+    Router::new().route("/upload/{folder}/{name}", put(upload)).layer(cors).with_state(disk)
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+}
+
+/// `PUT /upload/incoming/{id}?type&size&expires&signature`: exactly the declared bytes, once.
+async fn upload(State(disk): State<Option<Arc<LocalDisk>>>, Path((folder, name)): Path<(String, String)>, query: Result<Query<Signed>, QueryRejection>, headers: HeaderMap, body: Body) -> Response {
+    let Some(disk) = disk else {
+        return refuse(StatusCode::NOT_FOUND, "uploads go to the S3 store on this deployment");
+    };
+    let key = format!("{folder}/{name}");
+    let Ok(Query(signed)) = query else {
+        return refuse(StatusCode::FORBIDDEN, "this URL is not signed");
+    };
+    if folder != "incoming" || !disk.signer().verify(&put_parts(&key, &signed.content_type, &signed.size, &signed.expires), &signed.signature) {
+        return refuse(StatusCode::FORBIDDEN, "the signature does not match this upload");
+    }
+    let (Ok(size), Ok(expires)) = (signed.size.parse::<u64>(), signed.expires.parse::<i64>()) else {
+        return refuse(StatusCode::FORBIDDEN, "the signature does not match this upload");
+    };
+    if jack_runtime::time::now_ms() > expires {
+        return refuse(StatusCode::FORBIDDEN, "this upload URL has expired; ask for a new one");
+    }
+    let sent_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !sent_type.trim().eq_ignore_ascii_case(&signed.content_type) {
+        return refuse(StatusCode::BAD_REQUEST, &format!("Content-Type must be {}", signed.content_type));
+    }
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if length != Some(size) {
+        return refuse(StatusCode::BAD_REQUEST, &format!("Content-Length must be {size}, as declared"));
+    }
+    let Some(target) = disk.path(&key) else {
+        return refuse(StatusCode::FORBIDDEN, "the signature does not match this upload");
+    };
+    let kept = disk.path(&format!("files/{name}")).is_some_and(|p| p.exists());
+    if kept || target.exists() {
+        return refuse(StatusCode::CONFLICT, "this file was already uploaded");
+    }
+    match receive(&disk, body, size, &target).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Streams the body to a temporary file, at most `size` bytes, then links it into place
+/// unless a file is already there (a second PUT on the same URL loses).
+async fn receive(disk: &LocalDisk, body: Body, size: u64, target: &std::path::Path) -> Result<(), Response> {
+    let tmp = disk.temp_path();
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+        let mut stream = body.into_data_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| refuse(StatusCode::BAD_REQUEST, "the upload was interrupted"))?;
+            written += chunk.len() as u64;
+            if written > size {
+                return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("more than the {size} bytes declared")));
+            }
+            file.write_all(&chunk).await.map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+        }
+        if written != size {
+            return Err(refuse(StatusCode::BAD_REQUEST, &format!("{written} bytes received, {size} declared")));
+        }
+        file.sync_all().await.map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+        // A hard link fails when the target exists: of two racing PUTs, one wins.
+        tokio::fs::hard_link(&tmp, target).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => refuse(StatusCode::CONFLICT, "this file was already uploaded"),
+            _ => refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+        })
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    result
+}

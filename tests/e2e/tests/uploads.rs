@@ -1,0 +1,312 @@
+//! Attachments end to end, on both storage backends: the local disk (the embedded default)
+//! and a real S3-compatible server (`s3s-fs`, installed by `.ci/run`). Every check a guest
+//! or an attacker could try runs against each.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jack_e2e::{Guest, TestStack, WAIT, http, json_body, request};
+use jack_proto::conversation::v1 as conv;
+use serde_json::{Value, json};
+
+/// A real 1×1 PNG.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\rIDATx\x9cc\xf8\xcf\xc0\xf0\x1f\0\x05\0\x01\xff\x89\x99=\x1d\0\0\0\0IEND\xaeB`\x82";
+const BUCKET: &str = "jack-test";
+
+/// Where the kept files of a backend can be read back, to check what was kept.
+enum Files {
+    Local(PathBuf),
+    S3(PathBuf),
+}
+
+impl Files {
+    fn kept(&self, attachment_id: &str) -> Option<Vec<u8>> {
+        let path = match self {
+            Files::Local(dir) => dir.join("uploads/files").join(attachment_id),
+            Files::S3(root) => root.join(BUCKET).join("files").join(attachment_id),
+        };
+        std::fs::read(path).ok()
+    }
+
+    /// Every file the backend holds, relative to its root.
+    fn all(&self) -> Vec<String> {
+        let root = match self {
+            Files::Local(dir) => dir.join("uploads"),
+            Files::S3(root) => root.clone(),
+        };
+        let mut found = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path.strip_prefix(&root).unwrap().display().to_string());
+                }
+            }
+        }
+        found
+    }
+}
+
+/// `s3s-fs`, a real S3-compatible server, on a free port with a fresh folder.
+struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl S3Server {
+    const KEY: &str = "jack-test-key";
+    const SECRET: &str = "jack-test-secret-0123456789";
+
+    async fn start() -> Self {
+        let binary = std::env::var_os("S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
+            let cached = PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/jack-tools/bin/s3s-fs");
+            if cached.exists() { cached } else { PathBuf::from("s3s-fs") }
+        });
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", Self::KEY, "--secret-key", Self::SECRET])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({e}): install it with `cargo install s3s-fs@0.14.1 --locked --features binary --root ~/.cache/jack-tools` (.ci/run does)", binary.display()));
+        let up = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, up).await.expect("s3s-fs listens");
+        Self { child, root, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn local_stack(extra: &[(&str, &str)]) -> (TestStack, Files) {
+    let stack = TestStack::start_with(extra).await;
+    let files = Files::Local(stack.data_dir().to_owned());
+    (stack, files)
+}
+
+async fn s3_stack(s3: &S3Server, extra: &[(&str, &str)]) -> (TestStack, Files) {
+    let mut vars = vec![
+        ("UPLOAD_STORAGE", "s3"),
+        ("UPLOAD_S3_BUCKET", BUCKET),
+        ("UPLOAD_S3_ENDPOINT", s3.endpoint.as_str()),
+        ("UPLOAD_S3_REGION", "us-east-1"),
+        ("UPLOAD_S3_ACCESS_KEY_ID", S3Server::KEY),
+        ("UPLOAD_S3_SECRET_ACCESS_KEY", S3Server::SECRET),
+    ];
+    vars.extend_from_slice(extra);
+    let stack = TestStack::start_with(&vars).await;
+    (stack, Files::S3(s3.root.path().to_owned()))
+}
+
+/// An identified guest, its visitor token and visitor id.
+async fn guest(stack: &TestStack) -> (Guest, String, String) {
+    let mut guest = stack.guest("demo_hotel").await;
+    let identified = guest.identify(json!({})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    let visitor = identified["visitorId"].as_str().unwrap().to_owned();
+    (guest, token, visitor)
+}
+
+/// `POST /chat/upload-url` as the widget calls it: (status, body).
+async fn upload_url(stack: &TestStack, token: Option<&str>, filename: &str, content_type: &str, size: usize) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let body = json!({"filename": filename, "contentType": content_type, "size": size}).to_string();
+    let (status, response) = http(&stack.http_base(), "POST", "/chat/upload-url", &headers, &body).await;
+    (status, json_body(&response))
+}
+
+async fn put(url: &str, content_type: &str, body: &[u8]) -> u16 {
+    request("PUT", url, &[("Content-Type", content_type)], body).await.0
+}
+
+/// Sends a message carrying attachments; the `message_ack` or the `error`.
+async fn send_with(guest: &mut Guest, client_message_id: &str, ids: &[&str]) -> Value {
+    let attachments: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+    guest.send(json!({"type": "message", "clientMessageId": client_message_id, "content": "", "attachments": attachments})).await;
+    guest.until(|f| (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id).await
+}
+
+/// A full upload: URL, PUT, then a message carrying it; what the guest and a gRPC client see.
+async fn full_upload(stack: &TestStack, files: &Files) {
+    let (mut guest, token, visitor) = guest(stack).await;
+    // A filename made to escape the storage folder: kept as a name, never used as a path.
+    let evil_name = "../../../etc/passwd/<script>.png";
+    let (status, answer) = upload_url(stack, Some(&token), evil_name, "image/png", PNG.len()).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["attachmentId"].as_str().unwrap().to_owned();
+    let url = answer["uploadUrl"].as_str().unwrap().to_owned();
+    assert!(!url.contains("passwd") && !url.contains("script"), "the URL holds no part of the filename: {url}");
+    assert!(answer["expiresAt"].as_str().is_some());
+    assert_eq!(put(&url, "image/png", PNG).await, 200);
+
+    let ack = send_with(&mut guest, "with-photo", &[&id]).await;
+    assert_eq!(ack["type"], "message_ack", "{ack}");
+    assert_eq!(files.kept(&id).as_deref(), Some(PNG), "the verified bytes are kept");
+    assert!(files.all().iter().all(|f| !f.contains("passwd") && !f.contains("..")), "{:?}", files.all());
+
+    // The guest's other tab sees it in history; the butler sees it over gRPC.
+    let mut tab = stack.guest("demo_hotel").await;
+    tab.identify(json!({"visitorId": visitor, "visitorToken": token, "lastSeq": 0})).await;
+    let history: Vec<Value> = tab.seen.iter().filter(|f| f["type"] == "history").flat_map(|f| f["messages"].as_array().unwrap().clone()).collect();
+    let shown = history.iter().find(|m| m["messageId"] == ack["messageId"]).expect("in history");
+    assert_eq!(shown["attachments"][0]["id"], id.as_str());
+    assert_eq!(shown["attachments"][0]["filename"], evil_name);
+    assert_eq!(shown["attachments"][0]["contentType"], "image/png");
+    assert_eq!(shown["attachments"][0]["size"], PNG.len());
+    let listed = stack
+        .conversation()
+        .list_messages(conv::ListMessagesRequest { conversation_id: ack["conversationId"].as_str().unwrap().into(), after_seq: Some(0), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let message = listed.messages.iter().find(|m| m.message_id == ack["messageId"]).unwrap();
+    assert_eq!(message.attachments[0].attachment_id, id);
+}
+
+/// Everything that must be refused, and what is harmless.
+async fn refusals(stack: &TestStack, files: &Files, s3: bool) {
+    let (mut guest, token, _) = guest(stack).await;
+
+    // (Without a valid visitor token: 401, see bad_input.rs.)
+    // Declared too big, or a type not on the list.
+    let (status, body) = upload_url(stack, Some(&token), "big.png", "image/png", 6_000_000).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("INVALID_REQUEST")), "{body}");
+    assert_eq!(upload_url(stack, Some(&token), "x.svg", "image/svg+xml", 10).await.0, 400);
+
+    // More bytes than declared: the storage refuses them (S3 by its signature over the length).
+    let (_, answer) = upload_url(stack, Some(&token), "photo.png", "image/png", PNG.len()).await;
+    let (id, url) = (answer["attachmentId"].as_str().unwrap().to_owned(), answer["uploadUrl"].as_str().unwrap().to_owned());
+    let mut bigger = PNG.to_vec();
+    bigger.extend_from_slice(&[0u8; 4096]);
+    let status = put(&url, "image/png", &bigger).await;
+    assert!(matches!(status, 400 | 403 | 413), "a bigger upload is refused, got {status}");
+    // Another type than declared is refused at the door too.
+    assert!(matches!(put(&url, "text/html", PNG).await, 400 | 403));
+    // Nothing stored: the message is refused, and nothing is kept.
+    let refused = send_with(&mut guest, "not-uploaded", &[&id]).await;
+    assert_eq!(refused["code"], "ATTACHMENT_NOT_FOUND", "{refused}");
+    assert_eq!(refused["retryable"], false);
+    assert!(files.kept(&id).is_none());
+
+    // HTML or SVG declared as PNG: uploaded, but refused by its bytes when sent.
+    for (name, bytes) in [("page.png", b"<html><script>alert(1)</script></html>".to_vec()), ("icon.png", b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>".to_vec())] {
+        let (_, answer) = upload_url(stack, Some(&token), name, "image/png", bytes.len()).await;
+        let id = answer["attachmentId"].as_str().unwrap().to_owned();
+        assert_eq!(put(answer["uploadUrl"].as_str().unwrap(), "image/png", &bytes).await, 200);
+        let refused = send_with(&mut guest, &format!("disguised-{name}"), &[&id]).await;
+        assert_eq!(refused["code"], "ATTACHMENT_INVALID", "{refused}");
+        assert!(refused["message"].as_str().unwrap().contains("image/png"), "{refused}");
+        assert!(files.kept(&id).is_none(), "a refused file is not kept");
+    }
+
+    // A second PUT on a used URL: refused (local) or harmless (S3): the kept file stays the checked one.
+    let (_, answer) = upload_url(stack, Some(&token), "first.png", "image/png", PNG.len()).await;
+    let (id, url) = (answer["attachmentId"].as_str().unwrap().to_owned(), answer["uploadUrl"].as_str().unwrap().to_owned());
+    assert_eq!(put(&url, "image/png", PNG).await, 200);
+    let mut other = PNG.to_vec();
+    *other.last_mut().unwrap() ^= 0xff;
+    let second = put(&url, "image/png", &other).await;
+    if s3 {
+        // S3 took the second upload (before the message): that is the file checked and kept,
+        // and a PUT after the message changes nothing.
+        assert_eq!(second, 200);
+        assert_eq!(send_with(&mut guest, "sealed", &[&id]).await["type"], "message_ack");
+        assert_eq!(files.kept(&id).as_deref(), Some(other.as_slice()));
+        assert_eq!(put(&url, "image/png", PNG).await, 200);
+        assert_eq!(files.kept(&id).as_deref(), Some(other.as_slice()), "a later PUT does not change the kept file");
+    } else {
+        assert_eq!(second, 409, "the local store refuses a second upload");
+        assert_eq!(send_with(&mut guest, "sealed", &[&id]).await["type"], "message_ack");
+        assert_eq!(files.kept(&id).as_deref(), Some(PNG));
+    }
+
+    // Another guest's attachment id: not found, exactly as an unknown one.
+    let (mut thief, _, _) = self::guest(stack).await;
+    let stolen = send_with(&mut thief, "stolen", &[&id]).await;
+    assert_eq!(stolen["code"], "ATTACHMENT_NOT_FOUND", "{stolen}");
+    let unknown = send_with(&mut thief, "unknown", &["att_00000000000000000000000000000000"]).await;
+    assert_eq!(unknown["code"], "ATTACHMENT_NOT_FOUND");
+}
+
+/// An upload URL stops working when it expires.
+async fn expiry(stack: &TestStack) {
+    let (_, token, _) = guest(stack).await;
+    let (_, answer) = upload_url(stack, Some(&token), "late.png", "image/png", PNG.len()).await;
+    let url = answer["uploadUrl"].as_str().unwrap().to_owned();
+    // The one wait that must be a wait: for the clock to pass the expiry.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(put(&url, "image/png", PNG).await, 403, "an expired URL is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_on_the_local_disk() {
+    let (stack, files) = local_stack(&[]).await;
+    full_upload(&stack, &files).await;
+    refusals(&stack, &files, false).await;
+    let (stack, _) = local_stack(&[("UPLOAD_URL_TTL", "1")]).await;
+    expiry(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_on_an_s3_compatible_store() {
+    let s3 = S3Server::start().await;
+    let (stack, files) = s3_stack(&s3, &[]).await;
+    full_upload(&stack, &files).await;
+    refusals(&stack, &files, true).await;
+    let (stack, _) = s3_stack(&s3, &[("UPLOAD_URL_TTL", "1")]).await;
+    expiry(&stack).await;
+}
+
+#[tokio::test]
+async fn a_tampered_upload_url_is_refused() {
+    let (stack, _) = local_stack(&[]).await;
+    let (_, token, _) = guest(&stack).await;
+    let (_, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+    let url = answer["uploadUrl"].as_str().unwrap();
+    // Another object, a bigger size, no signature: all refused.
+    let other = url.replace("incoming/att_", "incoming/att_0");
+    assert_eq!(put(&other, "image/png", PNG).await, 403);
+    let bigger = url.replace(&format!("size={}", PNG.len()), "size=999999");
+    assert_eq!(request("PUT", &bigger, &[("Content-Type", "image/png"), ("Content-Length", "999999")], PNG).await.0, 403);
+    assert_eq!(put(url.split('?').next().unwrap(), "image/png", PNG).await, 403);
+    let files = url.replace("/upload/incoming/", "/upload/files/");
+    assert_eq!(put(&files, "image/png", PNG).await, 403, "the kept files cannot be written");
+}
+
+#[tokio::test]
+async fn browsers_on_hotel_pages_may_call_across_origins() {
+    let (stack, _) = local_stack(&[]).await;
+    let preflight = [("Origin", "https://hotel.example"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization,content-type")];
+    let (status, response) = http(&stack.http_base(), "OPTIONS", "/chat/upload-url", &preflight, "").await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response.to_ascii_lowercase().contains("access-control-allow-origin: *"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("authorization"), "{response}");
+
+    let (_, token, _) = guest(&stack).await;
+    let (_, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+    let url = answer["uploadUrl"].as_str().unwrap();
+    let preflight = [("Origin", "https://hotel.example"), ("Access-Control-Request-Method", "PUT"), ("Access-Control-Request-Headers", "content-type")];
+    let (status, response) = request("OPTIONS", url, &preflight, b"").await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response.to_ascii_lowercase().contains("access-control-allow-methods: put"), "{response}");
+}
