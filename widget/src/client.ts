@@ -56,8 +56,11 @@ export interface UserIdentity {
   userHash?: string;
 }
 
-/** A retryable error (rate limited, backend busy) waits this long before the resend. */
+/** A retryable error (rate limited, backend busy) waits about this long before the resend. */
 const RETRY_AFTER_MS = 2_000;
+/** Waiting for an answer (identified, an ack) this long with nothing at all from the server
+ * means the socket is dead without knowing it (laptop sleep, a Wi-Fi switch): start over. */
+export const ANSWER_TIMEOUT_MS = 15_000;
 const TYPING_REFRESH_MS = 3_000;
 const TYPING_IDLE_MS = 4_000;
 const HISTORY_PAGE = 50;
@@ -80,6 +83,11 @@ export class ChatClient {
   private readSent = 0;
   private typingSince = 0;
   private typingTimer: unknown = null;
+  /** Armed while an answer is awaited; any frame from the server re-arms it. */
+  private watchdog: unknown = null;
+  /** The unsent message being sent: one at a time, so they are stored in the order typed. */
+  private inFlight: string | null = null;
+  private retryTimer: unknown = null;
 
   constructor(
     url: string,
@@ -91,6 +99,9 @@ export class ChatClient {
       frame: (text) => this.onFrame(text),
       closed: (code, reason, retryIn) => {
         this.identified = false;
+        this.loadingOlder = false;
+        this.inFlight = null;
+        this.disarm();
         for (const entry of this.timeline.pending()) if (entry.status === 'sending') this.setStatus(entry, 'queued');
         this.setLink(retryIn === null ? 'stopped' : 'offline');
         this.events.emit('disconnected', { code, reason, retryIn });
@@ -114,9 +125,11 @@ export class ChatClient {
     this.setLink('stopped');
   }
 
-  /** The network may be back (tab visible again, `online`): reconnect now, not after the wait. */
+  /** The network may be back (tab visible again, `online`): reconnect now, not after the
+   * wait; a socket that owes an answer may be a dead one from before, so it is replaced. */
   nudge(): void {
-    this.connection.nudge();
+    if (this.watchdog !== null && this.connection.state === 'open') this.connection.restart();
+    else this.connection.nudge();
   }
 
   /** Sends a text message; returns its `clientMessageId`, or throws when it cannot be sent at all. */
@@ -139,21 +152,25 @@ export class ChatClient {
     const entry = this.timeline.pending().find((e) => e.clientMessageId === clientMessageId);
     if (!entry?.frame) return;
     this.storage.queue(entry.frame, this.deps.now());
-    this.transmit(entry);
+    this.setStatus(entry, 'queued');
+    this.pump();
   }
 
   /** Who the guest is, from the hotel's page (name, email, or a signed external id). */
   identify(user: UserIdentity): void {
     const switching = user.visitorId !== undefined && user.visitorId !== this.storage.identity()?.visitorId;
-    this.profile = { ...this.profile, ...user };
     if (switching) {
-      // Another visitor: another conversation, whose history arrives with the identify.
+      // Another guest: nothing of the previous one goes along (not even unsent messages).
+      this.profile = { ...user };
       this.storage.clearVisitor();
       this.storage.setIdentity({ visitorId: user.visitorId! });
-      this.timeline.reset();
+      this.timeline.reset(false);
+      this.inFlight = null;
       this.readSent = 0;
       this.more = false;
       this.changes.emit('reset', undefined);
+    } else {
+      this.profile = { ...this.profile, ...user };
     }
     if (this.sessionId && this.link !== 'offline') this.sendIdentify();
   }
@@ -163,6 +180,7 @@ export class ChatClient {
     const now = this.deps.now();
     if (this.typingTimer !== null) this.deps.clearTimeout(this.typingTimer);
     this.typingTimer = null;
+    if (!this.identified) return;
     if (isTyping) {
       if (now - this.typingSince > TYPING_REFRESH_MS) {
         this.typingSince = now;
@@ -178,9 +196,9 @@ export class ChatClient {
   /** The guest has seen everything shown: tell the butler side, and remember it for the badge. */
   markSeen(): void {
     const upTo = this.timeline.highestSeq();
-    if (upTo <= 0) return;
-    if (upTo > this.storage.seen()) {
-      this.storage.setSeen(upTo);
+    if (upTo <= 0 || !this.conversationId) return;
+    if (upTo > this.storage.seen(this.conversationId)) {
+      this.storage.setSeen(this.conversationId, upTo);
       this.changes.emit('seen', upTo);
     }
     if (upTo > this.readSent && this.identified && this.send({ type: 'read', upToSeq: upTo })) this.readSent = upTo;
@@ -188,7 +206,7 @@ export class ChatClient {
 
   /** Messages from the butler side the guest has not seen yet. */
   unread(): number {
-    const seen = this.storage.seen();
+    const seen = this.storage.seen(this.conversationId);
     return this.timeline.entries.filter((e) => e.role !== 'guest' && e.seq !== undefined && e.seq > seen).length;
   }
 
@@ -205,14 +223,27 @@ export class ChatClient {
     this.storage.queue(frame, this.deps.now());
     const entry = this.timeline.addPending(frame, 'queued');
     this.changes.emit('entry', entry);
-    if (this.identified) this.transmit(entry);
     if (frame.type === 'message') this.typing(false);
+    this.pump();
     return frame.clientMessageId;
   }
 
-  private transmit(entry: Entry): void {
-    if (!entry.frame) return;
-    this.setStatus(entry, this.identified && this.send(entry.frame) ? 'sending' : 'queued');
+  /** Sends the oldest unsent message when none is awaiting its ack: one at a time, so a
+   * rate-limited or retried message cannot be overtaken by a later one. */
+  private pump(): void {
+    if (!this.identified || this.inFlight !== null || this.retryTimer !== null) return;
+    const next = this.timeline.pending().find((e) => e.status === 'queued' || e.status === 'sending');
+    if (!next?.frame) return;
+    if (!this.send(next.frame)) return;
+    this.inFlight = next.clientMessageId!;
+    this.setStatus(next, 'sending');
+    this.arm();
+  }
+
+  /** The in-flight message is settled (stored, refused): on to the next one. */
+  private settled(clientMessageId: string): void {
+    if (this.inFlight === clientMessageId) this.inFlight = null;
+    this.pump();
   }
 
   private setStatus(entry: Entry, status: Entry['status'], error?: string): void {
@@ -226,8 +257,13 @@ export class ChatClient {
   }
 
   private sendIdentify(): void {
-    const stored = this.storage.identity();
-    const lastSeq = this.timeline.highestSeq();
+    let stored = this.storage.identity();
+    if (!stored && !this.profile.visitorId) {
+      // A first visit: the id is made here and kept at once, so tabs opened together share it.
+      stored = { visitorId: `v_${newClientMessageId().slice(2)}` };
+      this.storage.setIdentity(stored);
+    }
+    const lastSeq = this.timeline.resumeAfter();
     const frame: IdentifyFrame = {
       type: 'identify',
       visitorId: this.profile.visitorId ?? stored?.visitorId,
@@ -241,12 +277,33 @@ export class ChatClient {
     };
     this.sentIdentify = frame;
     this.identified = false;
-    this.send(frame);
+    this.inFlight = null;
+    if (this.send(frame)) this.arm();
+  }
+
+  /** Expects an answer from the server within `ANSWER_TIMEOUT_MS`. */
+  private arm(): void {
+    this.disarm();
+    this.watchdog = this.deps.setTimeout(() => {
+      this.watchdog = null;
+      this.connection.restart();
+    }, ANSWER_TIMEOUT_MS);
+  }
+
+  private disarm(): void {
+    if (this.watchdog !== null) this.deps.clearTimeout(this.watchdog);
+    this.watchdog = null;
   }
 
   private onFrame(text: string): void {
     const frame = parseServerFrame(text);
-    if (frame) this.handle(frame);
+    if (!frame) return;
+    this.handle(frame);
+    // The server is alive; still owed an answer? Then wait for it afresh.
+    if (this.watchdog !== null || this.inFlight !== null) {
+      if (this.inFlight !== null || !this.identified) this.arm();
+      else this.disarm();
+    }
   }
 
   private handle(frame: ServerFrame): void {
@@ -268,9 +325,12 @@ export class ChatClient {
       case 'message_ack': {
         this.storage.unqueue(frame.clientMessageId, this.deps.now());
         const entry = this.timeline.ack(frame.clientMessageId, frame.messageId, frame.seq, frame.timestamp);
-        if (entry) this.changes.emit('entry', entry);
-        const { type: _type, ...ack } = frame;
-        this.events.emit('message_sent', ack);
+        if (entry) {
+          this.changes.emit('entry', entry);
+          const { type: _type, ...ack } = frame;
+          this.events.emit('message_sent', ack);
+        }
+        this.settled(frame.clientMessageId);
         break;
       }
       case 'typing':
@@ -321,16 +381,22 @@ export class ChatClient {
     this.readSent = 0;
     this.connection.healthy();
     this.setLink('online');
-    // Everything not acknowledged goes again, oldest first, with its original id.
-    for (const entry of this.timeline.pending()) if (entry.status !== 'failed') this.transmit(entry);
+    this.loadingOlder = false;
     this.events.emit('connected', { sessionId: this.sessionId, conversationId: this.conversationId, visitorId: frame.visitorId });
+    // Everything not acknowledged goes again, oldest first, with its original id.
+    this.pump();
   }
 
   private onMessage(message: ChatMessage): void {
     const wasPending = message.clientMessageId !== undefined && this.timeline.pending().some((e) => e.clientMessageId === message.clientMessageId);
     const entry = this.timeline.receive(message);
     if (!entry) return;
-    if (wasPending && message.clientMessageId) this.storage.unqueue(message.clientMessageId, this.deps.now());
+    if (wasPending && message.clientMessageId) {
+      // Our own, stored (its echo or a replay came before the ack): as good as the ack.
+      this.storage.unqueue(message.clientMessageId, this.deps.now());
+      this.events.emit('message_sent', { clientMessageId: message.clientMessageId, messageId: message.messageId, seq: message.seq, conversationId: message.conversationId, timestamp: message.timestamp });
+      this.settled(message.clientMessageId);
+    }
     this.changes.emit('entry', entry);
     if (message.role !== 'guest') this.changes.emit('typing', { isTyping: false, role: message.role });
     this.events.emit('message', message);
@@ -341,22 +407,30 @@ export class ChatClient {
     this.events.emit('error', error);
     const entry = frame.clientMessageId ? this.timeline.pending().find((e) => e.clientMessageId === frame.clientMessageId) : undefined;
     if (entry) {
+      if (this.inFlight === entry.clientMessageId) this.inFlight = null;
       if (frame.retryable) {
-        // Kept and sent again shortly, with the same id: stored once whatever happened.
+        // Kept, and sent again shortly with the same id (stored once whatever happened);
+        // the messages after it wait, so the order stays as typed.
         this.setStatus(entry, 'queued');
-        this.deps.setTimeout(() => {
-          if (entry.messageId === undefined && entry.status === 'queued') this.transmit(entry);
-        }, RETRY_AFTER_MS);
+        if (this.retryTimer === null) {
+          const delay = RETRY_AFTER_MS / 2 + (RETRY_AFTER_MS / 2) * this.deps.random();
+          this.retryTimer = this.deps.setTimeout(() => {
+            this.retryTimer = null;
+            this.pump();
+          }, delay);
+        }
       } else {
         this.storage.unqueue(entry.clientMessageId!, this.deps.now());
         this.setStatus(entry, 'failed', frame.message);
+        this.pump();
       }
       return;
     }
     if (!this.identified || frame.code === 'NOT_IDENTIFIED') {
       // The identify did not go through (a backend is down): start over on a fresh socket.
       this.connection.restart();
-    } else if (this.loadingOlder) {
+    } else if (this.loadingOlder && frame.code !== 'RATE_LIMITED') {
+      // The older page will not come (a `read` or `typing` refused does not count).
       this.loadingOlder = false;
     }
   }

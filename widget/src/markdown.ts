@@ -84,7 +84,9 @@ export function parse(markdown: string): Block[] {
 const AUTOLINK = /^https?:\/\/[^\s<>"]*[^\s<>".,:;!?'")\]]/i;
 const WORD = /[\p{L}\p{N}]/u;
 
-export function parseInline(text: string): Inline[] {
+/** `inLink`: inside a link's label, where no other link may start (no `<a>` in an `<a>`, no
+ * label that shows one address and opens another). */
+export function parseInline(text: string, inLink = false): Inline[] {
   const out: Inline[] = [];
   let plain = '';
   const push = (node: Inline) => {
@@ -119,23 +121,23 @@ export function parseInline(text: string): Inline[] {
       const end = closing(text, i + delimiter.length, delimiter);
       if (end > 0) {
         const kind = delimiter === '~~' ? 'del' : delimiter.length === 2 ? 'strong' : 'em';
-        push({ t: kind, c: parseInline(text.slice(i + delimiter.length, end)) });
+        push({ t: kind, c: parseInline(text.slice(i + delimiter.length, end), inLink) });
         i = end + delimiter.length;
         continue;
       }
     }
-    if (ch === '[') {
+    if (ch === '[' && !inLink) {
       const link = rest.match(/^\[([^\]\n]+)\]\(\s*([^()\s]+)\s*\)/);
       if (link) {
         const href = safeUrl(link[2]!);
-        const label = parseInline(link[1]!);
+        const label = parseInline(link[1]!, true);
         if (href) push({ t: 'link', href, c: label });
         else for (const node of label) push(node);
         i += link[0].length;
         continue;
       }
     }
-    if ((ch === 'h' || ch === 'H') && !WORD.test(text[i - 1] ?? '')) {
+    if ((ch === 'h' || ch === 'H') && !inLink && !WORD.test(text[i - 1] ?? '')) {
       const auto = rest.match(AUTOLINK);
       const href = auto && safeUrl(auto[0]);
       if (auto && href) {

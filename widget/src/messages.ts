@@ -48,7 +48,11 @@ function meta(entry: Entry, client: ChatClient): HTMLElement {
     el.append(h('span', { class: 'status' }, STATUS_TEXT[entry.status]));
     if (entry.status === 'failed') {
       const retry = h('button', { type: 'button', class: 'link-btn', 'aria-label': `Retry sending: ${entry.content.slice(0, 60)}` }, 'Retry');
-      retry.addEventListener('click', () => client.retry(entry.clientMessageId!));
+      retry.addEventListener('click', () => {
+        // The status (and this button) is redrawn: keep the keyboard in the chat.
+        el.closest('.window')?.querySelector('textarea')?.focus();
+        client.retry(entry.clientMessageId!);
+      });
       el.append(retry);
       if (entry.error) el.title = entry.error;
     }
@@ -118,7 +122,9 @@ function carousel(cards: Card[], message: ChatMessage, client: ChatClient): HTML
     next.hidden = track.scrollLeft + track.clientWidth >= track.scrollWidth - 2;
   };
   track.addEventListener('scroll', sync, { passive: true });
-  requestAnimationFrame(sync);
+  // Drawn while the window is closed, the track has no size yet: follow it when it gets one.
+  if (typeof ResizeObserver === 'function') new ResizeObserver(sync).observe(track);
+  else requestAnimationFrame(sync);
   return h('div', { class: 'carousel-wrap' }, prev, track, next);
 }
 

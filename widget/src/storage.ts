@@ -61,13 +61,14 @@ export class WidgetStorage {
     this.write('identity', JSON.stringify(identity));
   }
 
-  seen(): number {
-    const n = Number(this.read('seen'));
-    return Number.isFinite(n) && n > 0 ? n : 0;
+  /** The highest `seq` the guest has seen in this conversation (another conversation: 0). */
+  seen(conversationId: string | undefined): number {
+    const value = this.json<{ conversationId?: string; seq?: number }>('seen');
+    return value && conversationId && value.conversationId === conversationId && typeof value.seq === 'number' ? value.seq : 0;
   }
 
-  setSeen(seq: number): void {
-    if (seq > this.seen()) this.write('seen', String(seq));
+  setSeen(conversationId: string, seq: number): void {
+    if (seq > this.seen(conversationId)) this.write('seen', JSON.stringify({ conversationId, seq }));
   }
 
   /** Unsent messages, shared by every tab of this visitor (a resend is stored only once). */

@@ -116,14 +116,29 @@ export class Timeline {
     return 0;
   }
 
+  /** Where a reconnect resumes: the highest `seq` up to which nothing is missing. An ack can
+   * land before a lower `seq` from the butler side has arrived; resuming after the ack's
+   * `seq` would skip that message for good. */
+  resumeAfter(): number {
+    let expected = 0;
+    for (const entry of this.entries) {
+      const seq = entry.seq;
+      if (seq === undefined) continue;
+      if (expected === 0 || seq === expected) expected = seq + 1;
+      else if (seq > expected) break;
+    }
+    return expected === 0 ? 0 : expected - 1;
+  }
+
   /** The lowest `seq` shown: where an older page ends. */
   lowestSeq(): number {
     return this.entries.find((e) => e.seq !== undefined)?.seq ?? 0;
   }
 
-  /** Forgets every stored message (a different conversation); the guest's unsent ones stay. */
-  reset(): void {
-    const unsent = this.pending();
+  /** Forgets every stored message (a different conversation); the guest's unsent ones stay,
+   * unless this is another guest altogether. */
+  reset(keepUnsent = true): void {
+    const unsent = keepUnsent ? this.pending() : [];
     this.entries.length = 0;
     this.byMessageId.clear();
     this.byClientId.clear();

@@ -108,15 +108,15 @@ export class WidgetView {
       this.chips,
       this.notice,
       form,
-      this.announcer,
     );
     this.window.addEventListener('keydown', (event) => {
-      if (event.key === 'Escape') {
+      if (event.key === 'Escape' && !event.isComposing) {
         event.stopPropagation();
         this.setOpen(false);
       }
     });
-    this.root = h('div', { class: 'root' }, this.window, this.launcher);
+    // The announcer stays outside the window: it speaks while the window is closed.
+    this.root = h('div', { class: 'root' }, this.window, this.launcher, this.announcer);
     shadow.append(this.root);
     this.launcherLabel();
 
@@ -242,7 +242,11 @@ export class WidgetView {
 
   private announce(entry: Entry): void {
     // The log region announces additions itself; this covers the dots and rich parts.
-    if (!this.isOpen) this.announcer.textContent = `New message from ${entry.role === 'staff' ? 'hotel staff' : this.config.botName}`;
+    if (this.isOpen) return;
+    // Cleared first, so the same words are announced again for the next message.
+    this.announcer.textContent = '';
+    const unread = this.client.unread();
+    setTimeout(() => (this.announcer.textContent = `New message from ${entry.role === 'staff' ? 'hotel staff' : this.config.botName}${unread > 1 ? ` (${unread} unread)` : ''}`), 50);
   }
 
   private showTyping(isTyping: boolean, role: Role): void {
@@ -259,6 +263,8 @@ export class WidgetView {
   private link(): void {
     const link = this.client.link;
     const online = link === 'online';
+    // Back online: what the guest sees now can be reported read.
+    if (online) this.seen(true);
     this.state.textContent = online ? 'Online' : link === 'stopped' ? 'Unavailable' : 'Connecting…';
     this.state.classList.toggle('off', !online);
     this.root.dataset.link = link;

@@ -29,7 +29,8 @@ test('identify, history, send, ack: the happy path with the spec\'s events', () 
   const { client, world, storage, events } = setup();
   client.start();
   const identify = handshake(world, [message(1), message(2, { role: 'guest', clientMessageId: 'old' })]);
-  assert.deepEqual(identify, { type: 'identify', resumeConversation: true }, 'first time: no identity, latest page');
+  assert.match(String(identify.visitorId), /^v_[0-9a-f-]{36}$/, 'first time: a new visitor id, made and kept before the identify');
+  assert.deepEqual(identify, { type: 'identify', visitorId: identify.visitorId, resumeConversation: true }, 'no token, no lastSeq: the latest page');
   assert.deepEqual(storage.identity(), { visitorId: 'v_1', visitorToken: 'tok_v_1' });
   assert.equal(client.link, 'online');
   assert.equal(client.limits.maxMessageSize, 20);
@@ -59,9 +60,10 @@ test('offline: messages wait, then go with their original ids after the resume, 
   const identify = handshake(world, [message(3)]);
   assert.equal(identify.lastSeq, 2, 'resumes after the highest seq shown');
   assert.equal(identify.visitorToken, 'tok_v_1', 'proves the stored identity');
-  assert.deepEqual(world.socket.ofType('message').map((f) => f.clientMessageId), [a, b], 'resent in order, same ids');
-  // The edge stored the first before the drop: the replay of another tab's resume shows it.
+  assert.deepEqual(world.socket.ofType('message').map((f) => f.clientMessageId), [a], 'the oldest first, with its id');
+  // Its echo (stored before the ack came) counts as the ack: the next one goes.
   world.socket.receive({ type: 'message', ...message(4, { role: 'guest', clientMessageId: a, content: 'first' }) });
+  assert.deepEqual(world.socket.ofType('message').map((f) => f.clientMessageId), [a, b], 'then the next, in the order typed');
   world.socket.receive({ type: 'message_ack', clientMessageId: a, messageId: 'm4', seq: 4, conversationId: 'cnv_1', timestamp: 'x' });
   world.socket.receive({ type: 'message_ack', clientMessageId: b, messageId: 'm5', seq: 5, conversationId: 'cnv_1', timestamp: 'x' });
   assert.deepEqual(client.timeline.entries.map((e) => e.seq), [1, 2, 3, 4, 5]);
@@ -99,12 +101,17 @@ test('errors: a rejected message fails with a retry; a retryable one is resent b
   client.retry(bad);
   assert.equal(entry.status, 'sending');
   assert.equal(world.socket.ofType('message').filter((f) => f.clientMessageId === bad).length, 2);
+  world.socket.receive({ type: 'message_ack', clientMessageId: bad, messageId: 'm1', seq: 1, conversationId: 'cnv_1', timestamp: 'x' });
 
   const busy = client.sendText('busy');
+  const after = client.sendText('after');
   world.socket.receive({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', clientMessageId: busy, retryable: true });
   assert.equal(client.timeline.pending().find((e) => e.clientMessageId === busy)?.status, 'queued');
+  assert.equal(world.socket.ofType('message').filter((f) => f.clientMessageId === after).length, 0, 'the next waits: order is kept');
   world.advance(2_000);
   assert.equal(world.socket.ofType('message').filter((f) => f.clientMessageId === busy).length, 2, 'resent with the same id');
+  world.socket.receive({ type: 'message_ack', clientMessageId: busy, messageId: 'm2', seq: 2, conversationId: 'cnv_1', timestamp: 'x' });
+  assert.equal(world.socket.ofType('message').filter((f) => f.clientMessageId === after).length, 1);
   assert.ok(events.includes('error'));
 });
 
@@ -142,7 +149,8 @@ test('read receipts go out once per new seq; unread counts the butler\'s unseen 
   client.markSeen();
   client.markSeen();
   assert.deepEqual(world.socket.ofType('read'), [{ type: 'read', upToSeq: 3 }]);
-  assert.equal(storage.seen(), 3);
+  assert.equal(storage.seen('cnv_1'), 3);
+  assert.equal(storage.seen('cnv_other'), 0, 'what was seen belongs to its conversation');
   assert.equal(client.unread(), 0);
   world.socket.receive({ type: 'message', ...message(4, { role: 'staff' }) });
   assert.equal(client.unread(), 1);
@@ -154,10 +162,16 @@ test('identify as another visitor (a signed hotel id) starts that visitor\'s con
   const { client, world, storage } = setup();
   client.start();
   handshake(world, [message(1)]);
+  world.socket.drop();
+  const unsent = client.sendText('first guest only');
+  world.advance(world.nextDelay()!);
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's2', timestamp: 'x' });
   client.identify({ visitorId: 'booking_42', userHash: 'abc', name: 'Ana' });
   const frame = world.socket.ofType('identify').at(-1)!;
   assert.deepEqual(frame, { type: 'identify', visitorId: 'booking_42', userHash: 'abc', name: 'Ana', resumeConversation: true });
-  assert.equal(client.timeline.entries.length, 0, 'the other visitor\'s messages are gone');
+  assert.equal(client.timeline.entries.length, 0, 'the other visitor\'s messages are gone, unsent ones too');
+  assert.ok(!world.socket.ofType('message').some((f) => f.clientMessageId === unsent), 'never sent as the new guest');
   world.socket.receive({ type: 'history', conversationId: 'cnv_9', messages: [message(1, { conversationId: 'cnv_9', messageId: 'x1' })], hasMore: false });
   world.socket.receive({ type: 'identified', guestId: 'g9', visitorId: 'booking_42', visitorToken: 'tok_42', conversationId: 'cnv_9' });
   assert.deepEqual(client.timeline.entries.map((e) => e.messageId), ['x1']);
@@ -175,4 +189,38 @@ test('typing is sent when the guest starts, refreshed sparingly, and stopped aft
   assert.deepEqual(world.socket.ofType('typing'), [{ type: 'typing', isTyping: true }]);
   world.advance(4000);
   assert.deepEqual(world.socket.ofType('typing').at(-1), { type: 'typing', isTyping: false });
+});
+
+test('a socket that owes an answer and hears nothing is replaced', () => {
+  const { client, world } = setup();
+  client.start();
+  handshake(world);
+  client.sendText('hello?');
+  world.advance(14_000);
+  assert.equal(world.sockets.length, 1);
+  world.advance(1_000);
+  assert.equal(client.link, 'offline', 'no ack and no frame for 15 s: the socket is given up');
+  world.advance(world.nextDelay()!);
+  assert.equal(world.sockets.length, 2);
+  handshake(world);
+  assert.equal(world.socket.ofType('message').length, 1, 'and the message goes again');
+});
+
+test('a nudge replaces a socket that owes an answer (the network changed under it)', () => {
+  const { client, world } = setup();
+  client.start();
+  handshake(world);
+  client.sendText('hello?');
+  client.nudge();
+  assert.equal(client.link, 'offline');
+  assert.equal(world.nextDelay() !== null, true);
+});
+
+test('typing is not sent before the session is identified', () => {
+  const { client, world } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
+  client.typing(true);
+  assert.deepEqual(world.socket.ofType('typing'), []);
 });

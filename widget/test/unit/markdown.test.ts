@@ -48,3 +48,9 @@ test('HTML in a message is text, never markup', () => {
     assert.deepEqual(links(p.c), []);
   }
 });
+
+test('a link label cannot hold another link', () => {
+  const nodes = parseInline('[https://bank.example](https://evil.example)');
+  assert.deepEqual(links(nodes), ['https://evil.example/'], 'one link, to where it really goes');
+  assert.equal(text(nodes), 'https://bank.example');
+});

@@ -69,3 +69,19 @@ test('a failed message can be retried; reset keeps only what was never stored', 
   assert.deepEqual(seqs(t), ['c1']);
   assert.equal(t.receive(m(1))?.seq, 1, 'after a reset the same ids are new again');
 });
+
+test('a reconnect resumes after the last seq with nothing missing before it', () => {
+  const t = new Timeline();
+  for (const seq of [1, 2, 3]) t.receive(m(seq));
+  t.addPending({ type: 'message', clientMessageId: 'c1', content: 'x' }, 'sending');
+  // Our ack (seq 5) lands while the butler's seq 4 is still on its way.
+  t.ack('c1', 'm5', 5, 'x');
+  assert.equal(t.highestSeq(), 5);
+  assert.equal(t.resumeAfter(), 3, 'resuming after 5 would lose 4 for good');
+  t.receive(m(4));
+  assert.equal(t.resumeAfter(), 5);
+  const paged = new Timeline();
+  for (const seq of [51, 52, 53]) paged.receive(m(seq));
+  assert.equal(paged.resumeAfter(), 53, 'a later page starts where it starts');
+  assert.equal(new Timeline().resumeAfter(), 0);
+});
