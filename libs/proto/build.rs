@@ -1,7 +1,10 @@
 //! Compiles `proto/` (at the workspace root) with protox, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto").canonicalize()?;
+    // Read when the script runs, not baked in when it is compiled: one compiled script may
+    // serve several checkouts sharing a build cache (CI clones).
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("../../proto").canonicalize()?;
     let files = [
         "jack/guest/v1/guest.proto",
         "jack/conversation/v1/conversation.proto",

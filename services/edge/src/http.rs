@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use jack_proto::conversation::v1 as conversation;
 use jack_proto::guest::v1 as guest;
 use jack_proto::tonic::Code;
 use jack_proto::upload::v1 as upload;
@@ -29,10 +30,11 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/widget.js", get(widget))
         .route("/", get(demo_page))
         .route("/chat/upload-url", post(upload_url).layer(upload_cors()))
+        .route("/chat/attachment-urls", post(attachment_urls).layer(upload_cors()))
         .with_state(edge)
 }
 
-/// Hotel pages on any origin ask for upload URLs; the visitor token in `Authorization` is the
+/// Hotel pages on any origin ask for upload and download URLs; the visitor token in `Authorization` is the
 /// permission (no cookies), so any origin may call, and the preflight is cached.
 fn upload_cors() -> tower_http::cors::CorsLayer {
     use tower_http::cors::{Any, CorsLayer};
@@ -81,8 +83,8 @@ struct UploadUrlRequest {
     size: i64,
 }
 
-/// `POST /chat/upload-url`, authenticated by the visitor token.
-async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+/// The guest whose visitor token is in `Authorization: Bearer …`, or the response refusing.
+async fn visitor(edge: &Edge, headers: &HeaderMap) -> Result<guest::Guest, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -90,13 +92,75 @@ async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Byt
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "a visitor token is required (Authorization: Bearer <visitorToken>)");
+        return Err(json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "a visitor token is required (Authorization: Bearer <visitorToken>)"));
     };
     let verified = edge.backends.guest.clone().verify_visitor_token(guest::VerifyVisitorTokenRequest { visitor_token: token.to_owned() }).await;
-    let guest = match verified {
-        Ok(r) => r.into_inner().guest.unwrap_or_default(),
-        Err(s) if s.code() == Code::Unauthenticated => return json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid visitor token"),
+    match verified {
+        Ok(r) => Ok(r.into_inner().guest.unwrap_or_default()),
+        Err(s) if s.code() == Code::Unauthenticated => Err(json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid visitor token")),
+        Err(_) => Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the chat service is temporarily unavailable")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentUrlsRequest {
+    attachment_ids: Vec<String>,
+}
+
+/// `POST /chat/attachment-urls {attachmentIds}`: short-lived download URLs for attachments
+/// of the visitor's own conversation (ids of any other come back in `missing`).
+async fn attachment_urls(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+    let guest = match visitor(&edge, &headers).await {
+        Ok(guest) => guest,
+        Err(response) => return response,
+    };
+    let request: AttachmentUrlsRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("expected {{attachmentIds: [...]}}: {e}")),
+    };
+    if request.attachment_ids.len() > 100 {
+        return json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "at most 100 attachment ids at once");
+    }
+    let active = conversation::GetActiveConversationRequest { hotel_id: guest.hotel_id, guest_id: guest.guest_id, channel: "webchat".into(), create: false };
+    let conversation_id = match edge.backends.conversation.clone().get_active_conversation(active).await {
+        Ok(r) => r.into_inner().conversation_id,
+        Err(s) if s.code() == Code::NotFound => String::new(),
         Err(_) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the chat service is temporarily unavailable"),
+    };
+    if conversation_id.is_empty() {
+        return axum::Json(json!({ "downloads": [], "missing": request.attachment_ids })).into_response();
+    }
+    let sign = upload::SignDownloadsRequest { conversation_id, attachment_ids: request.attachment_ids };
+    match edge.backends.upload.clone().sign_downloads(sign).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let downloads: Vec<_> = r
+                .downloads
+                .into_iter()
+                .map(|d| {
+                    json!({
+                        "attachmentId": d.attachment_id,
+                        "url": d.url,
+                        "thumbnailUrl": d.thumbnail_url,
+                        "expiresAt": jack_runtime::time::rfc3339_ms(d.expires_at_ms),
+                        "filename": d.filename,
+                        "contentType": d.content_type,
+                        "size": d.size,
+                    })
+                })
+                .collect();
+            axum::Json(json!({ "downloads": downloads, "missing": r.missing })).into_response()
+        }
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable"),
+    }
+}
+
+/// `POST /chat/upload-url`, authenticated by the visitor token.
+async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+    let guest = match visitor(&edge, &headers).await {
+        Ok(guest) => guest,
+        Err(response) => return response,
     };
     let request: UploadUrlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -373,7 +373,12 @@ impl Session {
         }
         if !request.attachments.is_empty() {
             let ids = request.attachments.iter().map(|a| a.attachment_id.clone()).collect();
-            let resolve = upload::ResolveAttachmentsRequest { hotel_id: self.hotel_id.clone(), guest_id: identity.guest_id.clone(), attachment_ids: ids };
+            let resolve = upload::ResolveAttachmentsRequest {
+                hotel_id: self.hotel_id.clone(),
+                guest_id: identity.guest_id.clone(),
+                attachment_ids: ids,
+                conversation_id: identity.conversation_id.clone(),
+            };
             match self.edge.backends.upload.clone().resolve_attachments(resolve).await {
                 Ok(r) => {
                     let resolved = r.into_inner();

@@ -22,6 +22,8 @@ pub struct Settings {
     pub allowed_types: Vec<String>,
     /// `UPLOAD_URL_TTL`: how long an upload URL works, in seconds.
     pub url_ttl: Duration,
+    /// `UPLOAD_DOWNLOAD_TTL`: how long a download URL works, in seconds.
+    pub download_ttl: Duration,
     /// `UPLOAD_SIGNING_SECRET`: signs local upload and download URLs (default: generated
     /// once and kept in the database, so every replica shares it).
     pub signing_secret: Option<String>,
@@ -101,6 +103,7 @@ impl Settings {
             max_file_size: env.number("WIDGET_MAX_FILE_SIZE", 5_242_880, 1, 1 << 34)?,
             allowed_types: allowed_types.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
             url_ttl: Duration::from_secs(env.number("UPLOAD_URL_TTL", 300, 1, 7 * 24 * 3600)?),
+            download_ttl: Duration::from_secs(env.number("UPLOAD_DOWNLOAD_TTL", 3600, 1, 7 * 24 * 3600)?),
             signing_secret,
             backend,
         })

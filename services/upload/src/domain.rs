@@ -45,6 +45,30 @@ pub fn file_key(attachment_id: &str) -> String {
     format!("files/{attachment_id}")
 }
 
+/// A verified image's preview.
+pub fn thumbnail_key(attachment_id: &str) -> String {
+    format!("thumbs/{attachment_id}")
+}
+
+/// Types a browser may show inline; anything else is served as a download.
+const INLINE: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+pub fn served_inline(content_type: &str) -> bool {
+    INLINE.contains(&content_type)
+}
+
+/// `Content-Disposition` for a download: `inline` for the images above, else `attachment`;
+/// the name in plain ASCII (anything else replaced) and in full as RFC 5987 UTF-8.
+pub fn content_disposition(content_type: &str, filename: &str) -> String {
+    let kind = if served_inline(content_type) { "inline" } else { "attachment" };
+    let ascii: String = filename.chars().map(|c| if c.is_ascii_alphanumeric() || " .-_()".contains(c) { c } else { '_' }).collect();
+    let encoded: String = filename
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
 /// Why an uploaded file is not the one that was declared.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Mismatch {
@@ -95,12 +119,23 @@ mod tests {
     }
 
     #[test]
+    fn only_images_are_shown_inline_and_names_cannot_break_the_header() {
+        assert_eq!(content_disposition("image/png", "room.png"), "inline; filename=\"room.png\"; filename*=UTF-8''room.png");
+        let pdf = content_disposition("application/pdf", "menu \"spa\";\r\n.pdf");
+        assert!(pdf.starts_with("attachment; filename=\"menu _spa____.pdf\""), "{pdf}");
+        assert!(!pdf.contains('\r') && !pdf.contains('\n'));
+        assert!(content_disposition("application/pdf", "carta ñ.pdf").ends_with("filename*=UTF-8''carta%20%C3%B1.pdf"));
+    }
+
+    #[test]
     fn files_are_judged_by_their_bytes() {
         let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";
         assert_eq!(check_file("image/png", png.len() as i64, png), Ok(()));
         assert_eq!(check_file("image/png", 99, png), Err(Mismatch::Size { declared: 99, actual: png.len() as u64 }));
         let html = b"<html><script>alert(1)</script></html>";
-        assert_eq!(check_file("image/png", html.len() as i64, html), Err(Mismatch::Type { declared: "image/png".into(), actual: None }));
+        assert_eq!(check_file("image/png", html.len() as i64, html), Err(Mismatch::Type { declared: "image/png".into(), actual: Some("text/html") }));
+        assert_eq!(check_file("image/png", 5, b"hello"), Err(Mismatch::Type { declared: "image/png".into(), actual: None }));
+        assert_eq!(Mismatch::Type { declared: "image/png".into(), actual: None }.to_string(), "the file's bytes are not image/png");
         let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>";
         assert!(check_file("image/png", svg.len() as i64, svg).is_err());
         assert_eq!(check_file("application/pdf", png.len() as i64, png), Err(Mismatch::Type { declared: "application/pdf".into(), actual: Some("image/png") }));

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::domain::{self, Mismatch};
+use crate::downloads::Downloads;
 use crate::storage::{Object, Storage, StorageError};
 use crate::store::Store;
 
@@ -23,18 +24,35 @@ const MAX_ATTACHMENTS: usize = 10;
 pub struct UploadApi {
     store: Store,
     storage: Storage,
+    downloads: Downloads,
     settings: Arc<Settings>,
     verifying: Arc<Semaphore>,
 }
 
 impl UploadApi {
-    pub fn new(store: Store, storage: Storage, settings: &Settings) -> Self {
-        Self { store, storage, settings: Arc::new(settings.clone()), verifying: Arc::new(Semaphore::new(VERIFYING)) }
+    pub fn new(store: Store, storage: Storage, downloads: Downloads, settings: &Settings) -> Self {
+        Self { store, storage, downloads, settings: Arc::new(settings.clone()), verifying: Arc::new(Semaphore::new(VERIFYING)) }
+    }
+
+    /// Keeps checked bytes under the attachment's file key, with a preview for images;
+    /// whether a preview was made.
+    async fn keep(&self, attachment_id: &str, content_type: &str, bytes: bytes::Bytes) -> Result<bool, Status> {
+        let preview = if domain::served_inline(content_type) {
+            let source = bytes.clone();
+            tokio::task::spawn_blocking(move || crate::thumbnail::make(&source)).await.unwrap_or(None)
+        } else {
+            None
+        };
+        self.storage.put(&domain::file_key(attachment_id), bytes, content_type).await.map_err(unavailable)?;
+        if let Some(preview) = &preview {
+            self.storage.put(&domain::thumbnail_key(attachment_id), preview.clone().into(), "image/jpeg").await.map_err(unavailable)?;
+        }
+        Ok(preview.is_some())
     }
 
     /// Verifies an uploaded file against its record and keeps it: the bytes checked are the
     /// bytes kept, under a key no upload URL can write.
-    async fn verify(&self, attachment: &pb::Attachment) -> Result<Result<(), (pb::Problem, String)>, Status> {
+    async fn verify(&self, attachment: &pb::Attachment, conversation_id: &str) -> Result<Result<bool, (pb::Problem, String)>, Status> {
         let _permit = self.verifying.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
         let incoming = domain::incoming_key(&attachment.attachment_id);
         let declared = attachment.size.max(0) as u64;
@@ -54,12 +72,12 @@ impl UploadApi {
             tracing::info!(attachment_id = %attachment.attachment_id, %mismatch, "uploaded file refused");
             return Ok(Err((problem, mismatch.to_string())));
         }
-        self.storage.put(&domain::file_key(&attachment.attachment_id), bytes, &attachment.content_type).await.map_err(unavailable)?;
-        self.store.mark_stored(&attachment.attachment_id).await.map_err(storage)?;
+        let has_thumbnail = self.keep(&attachment.attachment_id, &attachment.content_type, bytes).await?;
+        self.store.mark_stored(&attachment.attachment_id, conversation_id, has_thumbnail).await.map_err(storage)?;
         if let Err(err) = self.storage.delete(&incoming).await {
             tracing::warn!(attachment_id = %attachment.attachment_id, error = %err, "could not remove the uploaded copy");
         }
-        Ok(Ok(()))
+        Ok(Ok(has_thumbnail))
     }
 }
 
@@ -91,6 +109,8 @@ impl UploadService for UploadApi {
             size: req.size,
             status: "pending".into(),
             created_at_ms: time::now_ms(),
+            conversation_id: String::new(),
+            has_thumbnail: false,
         };
         let key = domain::incoming_key(&attachment.attachment_id);
         let url = self.storage.presign_put(&key, &attachment.content_type, attachment.size, self.settings.url_ttl).await.map_err(unavailable)?;
@@ -112,9 +132,14 @@ impl UploadService for UploadApi {
                 response.problems.push(pb::AttachmentProblem { attachment_id: id.clone(), problem: pb::Problem::NotFound as i32, message: format!("attachment {id} not found") });
                 continue;
             };
-            let verdict = if attachment.status == "stored" { Ok(()) } else { self.verify(attachment).await? };
+            let verdict = if attachment.status == "stored" {
+                self.store.bind_conversation(id, &req.conversation_id).await.map_err(storage)?;
+                Ok(attachment.has_thumbnail)
+            } else {
+                self.verify(attachment, &req.conversation_id).await?
+            };
             match verdict {
-                Ok(()) => response.attachments.push(pb::Attachment { status: "stored".into(), ..attachment.clone() }),
+                Ok(has_thumbnail) => response.attachments.push(pb::Attachment { status: "stored".into(), has_thumbnail, ..attachment.clone() }),
                 Err((problem, message)) => {
                     response.missing.push(id.clone());
                     response.problems.push(pb::AttachmentProblem { attachment_id: id.clone(), problem: problem as i32, message });
@@ -122,5 +147,46 @@ impl UploadService for UploadApi {
             }
         }
         Ok(Response::new(response))
+    }
+
+    async fn put_attachment(&self, request: Request<pb::PutAttachmentRequest>) -> Result<Response<pb::PutAttachmentResponse>, Status> {
+        let req = request.into_inner();
+        if req.hotel_id.is_empty() || req.conversation_id.is_empty() {
+            return Err(Status::invalid_argument("hotel_id and conversation_id are required"));
+        }
+        let content_type = req.content_type.trim().to_ascii_lowercase();
+        domain::check_upload(&req.filename, &content_type, req.data.len() as i64, self.settings.max_file_size, &self.settings.allowed_types)
+            .map_err(|refusal| Status::invalid_argument(refusal.to_string()))?;
+        domain::check_file(&content_type, req.data.len() as i64, &req.data).map_err(|mismatch| Status::invalid_argument(mismatch.to_string()))?;
+        let _permit = self.verifying.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
+        let mut attachment = pb::Attachment {
+            attachment_id: ids::new_id("att"),
+            hotel_id: req.hotel_id,
+            guest_id: String::new(),
+            filename: req.filename,
+            content_type,
+            size: req.data.len() as i64,
+            status: "stored".into(),
+            created_at_ms: time::now_ms(),
+            conversation_id: req.conversation_id,
+            has_thumbnail: false,
+        };
+        attachment.has_thumbnail = self.keep(&attachment.attachment_id, &attachment.content_type, req.data.into()).await?;
+        self.store.insert(&attachment).await.map_err(storage)?;
+        Ok(Response::new(pb::PutAttachmentResponse { attachment: Some(attachment) }))
+    }
+
+    async fn sign_downloads(&self, request: Request<pb::SignDownloadsRequest>) -> Result<Response<pb::SignDownloadsResponse>, Status> {
+        let req = request.into_inner();
+        if req.conversation_id.is_empty() {
+            return Err(Status::invalid_argument("conversation_id is required"));
+        }
+        if req.attachment_ids.len() > 100 {
+            return Err(Status::invalid_argument("at most 100 attachments at once"));
+        }
+        let found = self.store.of_conversation(&req.conversation_id, &req.attachment_ids).await.map_err(storage)?;
+        let missing = req.attachment_ids.iter().filter(|id| !found.iter().any(|a| &a.attachment_id == *id)).cloned().collect();
+        let downloads = found.iter().map(|a| self.downloads.sign(a)).collect();
+        Ok(Response::new(pb::SignDownloadsResponse { downloads, missing }))
     }
 }

@@ -1,6 +1,7 @@
 //! The upload service's HTTP listener: browsers PUT files here on the local backend's signed
-//! URLs (with S3 they PUT to the store itself). CORS is open: the signature is the
-//! permission, and hotel pages live on any origin.
+//! URLs (with S3 they PUT to the store itself), and download files and previews on signed,
+//! short-lived URLs from either backend. CORS is open: the signature is the permission, and
+//! hotel pages live on any origin.
 
 use std::sync::Arc;
 
@@ -10,13 +11,27 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
+use axum::routing::{get, put};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::storage::LocalDisk;
+use crate::domain;
+use crate::downloads::{Downloads, Variant, get_parts};
 use crate::storage::local::put_parts;
+use crate::storage::{LocalDisk, Object, Storage};
+use crate::store::Store;
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The local backend, which takes uploads here (None on S3).
+    pub disk: Option<Arc<LocalDisk>>,
+    pub downloads: Downloads,
+    pub store: Store,
+    pub storage: Storage,
+    pub max_file_size: u64,
+}
 
 #[derive(serde::Deserialize)]
 pub struct Signed {
@@ -27,13 +42,13 @@ pub struct Signed {
     signature: String,
 }
 
-pub fn router(disk: Option<Arc<LocalDisk>>) -> Router {
+pub fn router(state: HttpState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([http::Method::PUT, http::Method::GET])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(600));
-    Router::new().route("/upload/{folder}/{name}", put(upload)).layer(cors).with_state(disk)
+    Router::new().route("/upload/{folder}/{name}", put(upload)).route("/files/{id}", get(download)).layer(cors).with_state(state)
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -41,8 +56,8 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 }
 
 /// `PUT /upload/incoming/{id}?type&size&expires&signature`: exactly the declared bytes, once.
-async fn upload(State(disk): State<Option<Arc<LocalDisk>>>, Path((folder, name)): Path<(String, String)>, query: Result<Query<Signed>, QueryRejection>, headers: HeaderMap, body: Body) -> Response {
-    let Some(disk) = disk else {
+async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(String, String)>, query: Result<Query<Signed>, QueryRejection>, headers: HeaderMap, body: Body) -> Response {
+    let Some(disk) = state.disk else {
         return refuse(StatusCode::NOT_FOUND, "uploads go to the S3 store on this deployment");
     };
     let key = format!("{folder}/{name}");
@@ -108,4 +123,58 @@ async fn receive(disk: &LocalDisk, body: Body, size: u64, target: &std::path::Pa
     .await;
     let _ = tokio::fs::remove_file(&tmp).await;
     result
+}
+
+#[derive(serde::Deserialize)]
+pub struct SignedGet {
+    variant: String,
+    expires: String,
+    signature: String,
+}
+
+/// `GET /files/{id}?variant&expires&signature`: the file (images inline, anything else as a
+/// download) or its preview, never sniffed into something else by the browser.
+async fn download(State(state): State<HttpState>, Path(id): Path<String>, query: Result<Query<SignedGet>, QueryRejection>) -> Response {
+    let Ok(Query(signed)) = query else {
+        return refuse(StatusCode::FORBIDDEN, "this URL is not signed");
+    };
+    if !state.downloads.signer().verify(&get_parts(&id, &signed.variant, &signed.expires), &signed.signature) {
+        return refuse(StatusCode::FORBIDDEN, "the signature does not match this file");
+    }
+    let (Some(variant), Ok(expires)) = (Variant::parse(&signed.variant), signed.expires.parse::<i64>()) else {
+        return refuse(StatusCode::FORBIDDEN, "the signature does not match this file");
+    };
+    if jack_runtime::time::now_ms() > expires {
+        return refuse(StatusCode::FORBIDDEN, "this download URL has expired");
+    }
+    let attachment = match state.store.get(&id).await {
+        Ok(Some(a)) if a.status == "stored" => a,
+        Ok(_) => return refuse(StatusCode::NOT_FOUND, "no such file"),
+        Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+    };
+    let (key, content_type) = match variant {
+        Variant::File => (domain::file_key(&id), attachment.content_type.clone()),
+        Variant::Thumbnail => (domain::thumbnail_key(&id), "image/jpeg".to_owned()),
+    };
+    let bytes = match state.storage.get(&key, state.max_file_size).await {
+        Ok(Some(Object::Bytes(bytes))) => bytes,
+        Ok(_) => return refuse(StatusCode::NOT_FOUND, "no such file"),
+        Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+    };
+    let disposition = match variant {
+        Variant::File => domain::content_disposition(&attachment.content_type, &attachment.filename),
+        Variant::Thumbnail => "inline".to_owned(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            // Even opened directly, a file cannot run anything.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox".to_owned()),
+            (header::CACHE_CONTROL, "private, max-age=3600".to_owned()),
+        ],
+        bytes,
+    )
+        .into_response()
 }

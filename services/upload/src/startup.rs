@@ -9,6 +9,8 @@ use jack_runtime::{CancellationToken, grpc, ids};
 use tokio::net::TcpListener;
 
 use crate::config::{Backend, Settings};
+use crate::downloads::Downloads;
+use crate::http::HttpState;
 use crate::grpc::UploadApi;
 use crate::signing::Signer;
 use crate::storage::{LocalDisk, S3Store, Storage};
@@ -23,6 +25,7 @@ pub struct UploadServer {
     http: TcpListener,
     store: Store,
     storage: Storage,
+    downloads: Downloads,
     settings: Settings,
 }
 
@@ -34,21 +37,23 @@ impl UploadServer {
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (UPLOAD_HTTP_ADDR): {e}", settings.http_addr))?;
         let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
         let store = Store::new(db);
+        let secret = match &settings.signing_secret {
+            Some(secret) => secret.clone(),
+            None => store.secret("url_signing", &format!("{}{}", ids::random_hex(), ids::random_hex())).await?,
+        };
+        let signer = Signer::new(&secret);
+        let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", http.local_addr().expect("bound")));
+        let downloads = Downloads::new(signer.clone(), public_url.clone(), settings.download_ttl);
         let storage = match &settings.backend {
             Backend::Local { dir } => {
-                let secret = match &settings.signing_secret {
-                    Some(secret) => secret.clone(),
-                    None => store.secret("url_signing", &format!("{}{}", ids::random_hex(), ids::random_hex())).await?,
-                };
-                let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", http.local_addr().expect("bound")));
-                let disk = LocalDisk::open(dir.clone(), public_url, Signer::new(&secret))
+                let disk = LocalDisk::open(dir.clone(), public_url, signer)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot use {} for files (UPLOAD_DIR): {e}", dir.display()))?;
                 Storage::Local(disk)
             }
             Backend::S3(s3) => Storage::S3(S3Store::connect(s3).await),
         };
-        Ok(Self { listener, http, store, storage, settings })
+        Ok(Self { listener, http, store, storage, downloads, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -62,12 +67,13 @@ impl UploadServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), http = %self.http_addr(), "upload service listening");
-        let api = UploadApi::new(self.store.clone(), self.storage.clone(), &self.settings);
+        let api = UploadApi::new(self.store.clone(), self.storage.clone(), self.downloads.clone(), &self.settings);
         let disk = match &self.storage {
             Storage::Local(disk) => Some(Arc::new(disk.clone())),
             Storage::S3(_) => None,
         };
-        let http = axum::serve(self.http, crate::http::router(disk)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let state = HttpState { disk, downloads: self.downloads, store: self.store.clone(), storage: self.storage.clone(), max_file_size: self.settings.max_file_size };
+        let http = axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http = tokio::spawn(async move { http.await });
         let router = grpc::server()
             .add_service(grpc::health("jack.upload.v1.UploadService").await)

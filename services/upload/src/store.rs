@@ -4,6 +4,31 @@ use jack_proto::upload::v1 as pb;
 use jack_runtime::db::Database;
 use sqlx::Row as _;
 
+/// `SELECT` of every column of `attachments`, with a `WHERE` clause: still a static string.
+macro_rules! select_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail FROM attachments WHERE ",
+            $condition
+        )
+    };
+}
+
+fn attachment(row: &sqlx::any::AnyRow) -> Result<pb::Attachment, sqlx::Error> {
+    Ok(pb::Attachment {
+        attachment_id: row.try_get("attachment_id")?,
+        hotel_id: row.try_get("hotel_id")?,
+        guest_id: row.try_get("guest_id")?,
+        filename: row.try_get("filename")?,
+        content_type: row.try_get("content_type")?,
+        size: row.try_get("size")?,
+        status: row.try_get("status")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        conversation_id: row.try_get::<Option<String>, _>("conversation_id")?.unwrap_or_default(),
+        has_thumbnail: row.try_get::<i64, _>("has_thumbnail")? != 0,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
@@ -16,8 +41,8 @@ impl Store {
 
     pub async fn insert(&self, a: &pb::Attachment) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&a.attachment_id)
         .bind(&a.hotel_id)
@@ -27,6 +52,8 @@ impl Store {
         .bind(a.size)
         .bind(&a.status)
         .bind(a.created_at_ms)
+        .bind(Some(&a.conversation_id).filter(|c| !c.is_empty()))
+        .bind(i64::from(a.has_thumbnail))
         .execute(&self.db.write)
         .await?;
         Ok(())
@@ -36,34 +63,66 @@ impl Store {
     pub async fn of_guest(&self, hotel_id: &str, guest_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
         let mut found = Vec::new();
         for id in ids {
-            let row = sqlx::query(
-                "SELECT attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms
-                 FROM attachments WHERE attachment_id = $1 AND hotel_id = $2 AND guest_id = $3",
-            )
-            .bind(id)
-            .bind(hotel_id)
-            .bind(guest_id)
-            .fetch_optional(&self.db.read)
-            .await?;
+            let row = sqlx::query(select_where!("attachment_id = $1 AND hotel_id = $2 AND guest_id = $3"))
+                .bind(id)
+                .bind(hotel_id)
+                .bind(guest_id)
+                .fetch_optional(&self.db.read)
+                .await?;
             if let Some(row) = row {
-                found.push(pb::Attachment {
-                    attachment_id: row.try_get("attachment_id")?,
-                    hotel_id: row.try_get("hotel_id")?,
-                    guest_id: row.try_get("guest_id")?,
-                    filename: row.try_get("filename")?,
-                    content_type: row.try_get("content_type")?,
-                    size: row.try_get("size")?,
-                    status: row.try_get("status")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
-                });
+                found.push(attachment(&row)?);
             }
         }
         Ok(found)
     }
 
-    /// The file is verified and kept: from now on the attachment can be sent.
-    pub async fn mark_stored(&self, attachment_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE attachments SET status = 'stored' WHERE attachment_id = $1").bind(attachment_id).execute(&self.db.write).await?;
+    /// The stored attachments among `ids` that messages of this conversation carry.
+    pub async fn of_conversation(&self, conversation_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
+        let mut found = Vec::new();
+        for id in ids {
+            let row = sqlx::query(select_where!("attachment_id = $1 AND conversation_id = $2 AND status = 'stored'"))
+                .bind(id)
+                .bind(conversation_id)
+                .fetch_optional(&self.db.read)
+                .await?;
+            if let Some(row) = row {
+                found.push(attachment(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One attachment by id (for a signed download).
+    pub async fn get(&self, attachment_id: &str) -> Result<Option<pb::Attachment>, sqlx::Error> {
+        let row = sqlx::query(select_where!("attachment_id = $1"))
+            .bind(attachment_id)
+            .fetch_optional(&self.db.read)
+            .await?;
+        row.map(|r| attachment(&r)).transpose()
+    }
+
+    /// The file is verified and kept: from now on the attachment can be sent, and the
+    /// participants of its conversation may download it.
+    pub async fn mark_stored(&self, attachment_id: &str, conversation_id: &str, has_thumbnail: bool) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE attachments SET status = 'stored', conversation_id = COALESCE(conversation_id, $2), has_thumbnail = $3 WHERE attachment_id = $1")
+            .bind(attachment_id)
+            .bind(Some(conversation_id).filter(|c| !c.is_empty()))
+            .bind(i64::from(has_thumbnail))
+            .execute(&self.db.write)
+            .await?;
+        Ok(())
+    }
+
+    /// A stored attachment sent in a message for the first time: bound to that conversation.
+    pub async fn bind_conversation(&self, attachment_id: &str, conversation_id: &str) -> Result<(), sqlx::Error> {
+        if conversation_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE attachments SET conversation_id = $2 WHERE attachment_id = $1 AND conversation_id IS NULL")
+            .bind(attachment_id)
+            .bind(conversation_id)
+            .execute(&self.db.write)
+            .await?;
         Ok(())
     }
 

@@ -69,6 +69,10 @@ impl TestStack {
         ConversationServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT).unwrap())
     }
 
+    pub fn upload(&self) -> jack_proto::upload::v1::upload_service_client::UploadServiceClient<Traced> {
+        jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Upload), WAIT).unwrap())
+    }
+
     pub fn delivery(&self) -> DeliveryServiceClient<Traced> {
         DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery)).unwrap())
     }
@@ -231,6 +235,18 @@ pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)]
 /// An HTTP/1.1 request to a full `http://host:port/path?query` URL with a binary body. The
 /// `Content-Length` is the body's unless `headers` give one (to send what a liar sends).
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (status, response) = raw_request(method, url, headers, body).await;
+    (status, String::from_utf8_lossy(&response).into_owned())
+}
+
+/// A GET of a full URL: (status, head as text, body as bytes).
+pub async fn fetch(url: &str) -> (u16, String, Vec<u8>) {
+    let (status, response) = raw_request("GET", url, &[], b"").await;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |at| at + 4);
+    (status, String::from_utf8_lossy(&response[..split]).into_owned(), response[split..].to_vec())
+}
+
+async fn raw_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -265,9 +281,9 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[
         }
     };
     tokio::time::timeout(WAIT, reading).await.expect("response in time");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line in {text:?}"));
-    (status, text)
+    let line = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line in {line:?}"));
+    (status, response)
 }
 
 /// The JSON body of an HTTP response from [`http`].

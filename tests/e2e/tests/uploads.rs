@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use jack_e2e::{Guest, TestStack, WAIT, http, json_body, request};
+use jack_e2e::{Guest, TestStack, WAIT, fetch, http, json_body, request};
 use jack_proto::conversation::v1 as conv;
+use jack_proto::upload::v1 as up;
 use serde_json::{Value, json};
 
 /// A real 1×1 PNG.
@@ -181,6 +182,67 @@ async fn full_upload(stack: &TestStack, files: &Files) {
         .into_inner();
     let message = listed.messages.iter().find(|m| m.message_id == ack["messageId"]).unwrap();
     assert_eq!(message.attachments[0].attachment_id, id);
+
+    // Downloads: the guest asks the edge for URLs of its own conversation's attachments.
+    let conversation_id = ack["conversationId"].as_str().unwrap().to_owned();
+    let (status, urls) = attachment_urls(stack, &token, &[&id]).await;
+    assert_eq!(status, 200, "{urls}");
+    let download = &urls["downloads"][0];
+    assert_eq!(download["filename"], evil_name);
+    let (status, head, body) = fetch(download["url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(head.contains("content-type: image/png"), "{head}");
+    assert!(head.contains("content-disposition: inline; filename=\".._.._.._etc_passwd__script_.png\""), "the name is made harmless: {head}");
+    assert_eq!(body, PNG, "the very bytes");
+    let (status, head, preview) = fetch(download["thumbnailUrl"].as_str().expect("an image has a preview")).await;
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: image/jpeg"));
+    assert!(preview.starts_with(b"\xff\xd8\xff"), "a JPEG");
+    // Another guest gets no URL for it; the butler does, over gRPC.
+    let (_, stranger, _) = self::guest(stack).await;
+    let (_, theirs) = attachment_urls(stack, &stranger, &[&id]).await;
+    assert_eq!(theirs["downloads"], json!([]));
+    assert_eq!(theirs["missing"], json!([id]));
+    let signed = stack.upload().sign_downloads(up::SignDownloadsRequest { conversation_id: conversation_id.clone(), attachment_ids: vec![id.clone(), "att_other".into()] }).await.unwrap().into_inner();
+    assert_eq!(signed.missing, ["att_other"]);
+    let (status, _, body) = fetch(&signed.downloads[0].url).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, PNG);
+    // A tampered download URL is refused.
+    let tampered = signed.downloads[0].url.replace("variant=file", "variant=thumbnail");
+    assert_eq!(request("GET", &tampered, &[], b"").await.0, 403);
+
+    // The butler sends a file: a PDF over gRPC, then a message carrying it.
+    let pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n".to_vec();
+    let put = up::PutAttachmentRequest { hotel_id: "demo_hotel".into(), conversation_id: conversation_id.clone(), filename: "Spa menu.pdf".into(), content_type: "application/pdf".into(), data: pdf.clone() };
+    let stored = stack.upload().put_attachment(put).await.unwrap().into_inner().attachment.unwrap();
+    let disguised = up::PutAttachmentRequest { hotel_id: "demo_hotel".into(), conversation_id: conversation_id.clone(), filename: "x.pdf".into(), content_type: "application/pdf".into(), data: PNG.to_vec() };
+    let refused = stack.upload().put_attachment(disguised).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "the butler's files are checked too: {refused:?}");
+    let reference = conv::AttachmentRef { attachment_id: stored.attachment_id.clone(), filename: Some(stored.filename.clone()), content_type: Some(stored.content_type.clone()), size: Some(stored.size) };
+    let send = conv::SendMessageRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, content: "Here is our spa menu.".into(), attachments: vec![reference], ..Default::default() };
+    stack.conversation().send_message(send).await.unwrap();
+    let pushed = guest.until(|f| f["type"] == "message" && f["role"] == "assistant").await;
+    assert_eq!(pushed["attachments"][0]["filename"], "Spa menu.pdf");
+    let (_, urls) = attachment_urls(stack, &token, &[&stored.attachment_id]).await;
+    let download = &urls["downloads"][0];
+    assert_eq!(download["thumbnailUrl"], Value::Null, "no preview for a PDF");
+    let (status, head, body) = fetch(download["url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, pdf);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-disposition: attachment; filename=\"spa menu.pdf\""), "not an image: a download, {head}");
+    assert!(head.contains("x-content-type-options: nosniff"));
+}
+
+/// `POST /chat/attachment-urls` as the widget calls it.
+async fn attachment_urls(stack: &TestStack, token: &str, ids: &[&str]) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let body = json!({"attachmentIds": ids}).to_string();
+    let (status, response) = http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth), ("Content-Type", "application/json")], &body).await;
+    (status, json_body(&response))
 }
 
 /// Everything that must be refused, and what is harmless.
@@ -250,12 +312,21 @@ async fn refusals(stack: &TestStack, files: &Files, s3: bool) {
 
 /// An upload URL stops working when it expires.
 async fn expiry(stack: &TestStack) {
-    let (_, token, _) = guest(stack).await;
+    let (mut guest, token, _) = guest(stack).await;
     let (_, answer) = upload_url(stack, Some(&token), "late.png", "image/png", PNG.len()).await;
     let url = answer["uploadUrl"].as_str().unwrap().to_owned();
+    // A download URL expires too.
+    let (_, answer) = upload_url(stack, Some(&token), "kept.png", "image/png", PNG.len()).await;
+    let id = answer["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(answer["uploadUrl"].as_str().unwrap(), "image/png", PNG).await, 200);
+    assert_eq!(send_with(&mut guest, "kept", &[&id]).await["type"], "message_ack");
+    let (_, urls) = attachment_urls(stack, &token, &[&id]).await;
+    let download = urls["downloads"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(request("GET", &download, &[], b"").await.0, 200);
     // The one wait that must be a wait: for the clock to pass the expiry.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(put(&url, "image/png", PNG).await, 403, "an expired URL is refused");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(put(&url, "image/png", PNG).await, 403, "an expired upload URL is refused");
+    assert_eq!(request("GET", &download, &[], b"").await.0, 403, "an expired download URL is refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +334,7 @@ async fn uploads_on_the_local_disk() {
     let (stack, files) = local_stack(&[]).await;
     full_upload(&stack, &files).await;
     refusals(&stack, &files, false).await;
-    let (stack, _) = local_stack(&[("UPLOAD_URL_TTL", "1")]).await;
+    let (stack, _) = local_stack(&[("UPLOAD_URL_TTL", "2"), ("UPLOAD_DOWNLOAD_TTL", "2")]).await;
     expiry(&stack).await;
 }
 
@@ -273,7 +344,7 @@ async fn uploads_on_an_s3_compatible_store() {
     let (stack, files) = s3_stack(&s3, &[]).await;
     full_upload(&stack, &files).await;
     refusals(&stack, &files, true).await;
-    let (stack, _) = s3_stack(&s3, &[("UPLOAD_URL_TTL", "1")]).await;
+    let (stack, _) = s3_stack(&s3, &[("UPLOAD_URL_TTL", "2"), ("UPLOAD_DOWNLOAD_TTL", "2")]).await;
     expiry(&stack).await;
 }
 

@@ -14,7 +14,9 @@ use jack_e2e::{Svc, TestStack};
 use jack_runtime::CancellationToken;
 
 fn widget_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../widget").canonicalize().expect("widget/ exists")
+    // At run time (cargo sets it for tests too): a test binary may be shared by checkouts.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&manifest_dir).join("../../widget").canonicalize().expect("widget/ exists")
 }
 
 /// Installs the widget's npm packages once per test binary, when they are missing.

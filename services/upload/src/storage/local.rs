@@ -29,7 +29,7 @@ pub fn put_parts<'a>(key: &'a str, content_type: &'a str, size: &'a str, expires
 
 impl LocalDisk {
     pub async fn open(root: PathBuf, public_url: String, signer: Signer) -> std::io::Result<Self> {
-        for folder in ["incoming", "files", "tmp"] {
+        for folder in ["incoming", "files", "thumbs", "tmp"] {
             tokio::fs::create_dir_all(root.join(folder)).await?;
         }
         Ok(Self { root, public_url, signer })
@@ -42,7 +42,7 @@ impl LocalDisk {
     /// The file of a key. Keys are ours (`incoming/att_…`); anything else is refused.
     pub fn path(&self, key: &str) -> Option<PathBuf> {
         let (folder, name) = key.split_once('/')?;
-        let safe = matches!(folder, "incoming" | "files") && !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let safe = matches!(folder, "incoming" | "files" | "thumbs") && !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         safe.then(|| self.root.join(folder).join(name))
     }
 
