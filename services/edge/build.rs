@@ -5,5 +5,6 @@
 
 fn main() {
     println!("cargo::rerun-if-changed=../../widget/dist/widget.js");
+    println!("cargo::rerun-if-changed=../../widget/dist/widget-chat.js");
     println!("cargo::rerun-if-changed=../../widget/demo/index.html");
 }

@@ -10,6 +10,7 @@
 import { Connection, type ConnectionDeps } from './connection';
 import { Emitter } from './emitter';
 import {
+  type Attachment,
   type ChatMessage,
   type ClientFrame,
   type IdentifyFrame,
@@ -140,6 +141,20 @@ export class ChatClient {
       throw new ChatError('MESSAGE_TOO_LARGE', `the message is longer than ${this.limits.maxMessageSize} bytes`);
     }
     return this.enqueue({ type: 'message', clientMessageId: newClientMessageId(), content: text });
+  }
+
+  /** Sends uploaded files (with an optional caption) as one message. */
+  sendAttachments(attachments: Attachment[], caption = ''): string {
+    const content = caption.trim();
+    if (utf8Length(content) > this.limits.maxMessageSize) {
+      throw new ChatError('MESSAGE_TOO_LARGE', `the message is longer than ${this.limits.maxMessageSize} bytes`);
+    }
+    return this.enqueue({ type: 'message', clientMessageId: newClientMessageId(), content, attachments });
+  }
+
+  /** The visitor token, for the HTTP calls (uploads, download URLs). */
+  visitorToken(): string | undefined {
+    return this.storage.identity()?.visitorToken;
   }
 
   /** A tap on a quick reply or a postback button. */

@@ -5,16 +5,18 @@ import { type ChatEvents, ChatClient, type UserIdentity } from './client';
 import type { SocketLike } from './connection';
 import { ConfigError, type WidgetConfigInput, resolveConfig, socketUrl } from './config';
 import { WidgetStorage } from './storage';
-import { WidgetView } from './widget';
+import { Shell } from './shell';
 
 type Listener<K extends keyof ChatEvents> = (data: ChatEvents[K]) => void;
 
-/** The server this script was loaded from: the default API of a hotel's embed. */
-const scriptBase = new URL((document.currentScript as HTMLScriptElement | null)?.src || location.href).origin;
+/** Where this script was loaded from: its server is the default API of a hotel's embed, and
+ * the chat window's script (widget-chat.js) sits next to it. */
+const scriptUrl = new URL((document.currentScript as HTMLScriptElement | null)?.src || `${location.origin}/widget.js`);
+const scriptBase = scriptUrl.origin;
 
 class JackChat {
   private client: ChatClient | null = null;
-  private view: WidgetView | null = null;
+  private view: Shell | null = null;
   private readonly early: [keyof ChatEvents, Listener<never>][] = [];
 
   /** Starts the widget; a second call is ignored (one widget per page). */
@@ -41,10 +43,11 @@ class JackChat {
     this.client = client;
     for (const [event, listener] of this.early.splice(0)) client.events.on(event, listener as never);
     const mount = () => {
-      const view = new WidgetView(config, client, (open) => client.events.emit(open ? 'opened' : 'closed', undefined));
+      const windowScript = new URL('widget-chat.js', scriptUrl).href;
+      const view = new Shell(config, client, windowScript, (open) => client.events.emit(open ? 'opened' : 'closed', undefined));
       this.view = view;
       view.attach(document.body);
-      if (config.open) view.setOpen(true);
+      if (config.open) void view.setOpen(true);
       // Back on the tab or the network: reconnect now, and count what the guest now sees as read.
       document.addEventListener('visibilitychange', () => {
         if (document.visibilityState === 'visible') {
@@ -64,11 +67,11 @@ class JackChat {
   }
 
   open(): void {
-    this.view?.setOpen(true);
+    void this.view?.setOpen(true);
   }
 
   close(): void {
-    this.view?.setOpen(false);
+    void this.view?.setOpen(false);
   }
 
   /** Sends a message as the guest; returns its `clientMessageId`. */

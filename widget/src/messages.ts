@@ -4,7 +4,8 @@
 import type { ChatClient } from './client';
 import { h } from './dom';
 import { render, safeUrl } from './markdown';
-import type { Button, Card, ChatMessage, QuickReply } from './protocol';
+import { type DownloadUrls, formatSize } from './uploads';
+import type { Attachment, Button, Card, ChatMessage, QuickReply } from './protocol';
 import type { Entry } from './timeline';
 
 const STATUS_TEXT: Record<string, string> = {
@@ -15,13 +16,24 @@ const STATUS_TEXT: Record<string, string> = {
   failed: 'Not sent.',
 };
 
-export function renderEntry(entry: Entry, client: ChatClient, botName: string): HTMLElement {
+/** What drawing attachments needs: their download URLs, and local previews of the guest's
+ * own files while they are not stored yet. */
+export interface Files {
+  downloads: DownloadUrls;
+  previews: Map<string, string>;
+}
+
+export function renderEntry(entry: Entry, client: ChatClient, botName: string, files: Files): HTMLElement {
   const message = entry.message;
   const el = h('div', { class: `msg ${entry.role}`, 'data-key': entry.key });
   const who = entry.role === 'guest' ? 'You' : entry.role === 'staff' ? 'Hotel staff' : botName;
-  const bubble = h('div', { class: 'bubble' }, h('span', { class: 'sr' }, `${who}: `));
-  bubble.append(render(entry.content, document));
-  el.append(bubble);
+  const attachments = message?.attachments ?? (entry.frame?.type === 'message' ? entry.frame.attachments : undefined);
+  if (entry.content || !attachments?.length) {
+    const bubble = h('div', { class: 'bubble' }, h('span', { class: 'sr' }, `${who}: `));
+    bubble.append(render(entry.content, document));
+    el.append(bubble);
+  }
+  if (attachments?.length) el.append(attachmentList(attachments, files, entry.messageId !== undefined));
   if (message?.buttons?.length) el.append(buttons(message.buttons, message, client));
   if (message?.cards?.length) {
     el.classList.add('has-cards');
@@ -31,8 +43,44 @@ export function renderEntry(entry: Entry, client: ChatClient, botName: string): 
   return el;
 }
 
+/** Files as the guest sees them: images as previews that open the full file, anything else
+ * as a named chip that downloads it. Links are filled in once the file is stored. */
+function attachmentList(attachments: Attachment[], files: Files, stored: boolean): HTMLElement {
+  const box = h('div', { class: 'files' });
+  for (const a of attachments) {
+    const name = a.filename ?? 'Attachment';
+    const image = (a.contentType ?? '').startsWith('image/');
+    const link = h('a', { class: image ? 'file-img' : 'file', target: '_blank', rel: 'noopener noreferrer', 'data-attachment-id': a.id, 'aria-label': `${name}${a.size ? `, ${formatSize(a.size)}` : ''}` });
+    if (image) {
+      const img = h('img', { alt: name });
+      const local = files.previews.get(a.id);
+      if (local) img.src = local;
+      link.append(img);
+    } else {
+      link.append(h('span', { class: 'file-name' }, name));
+      if (a.size) link.append(h('span', { class: 'file-size' }, formatSize(a.size)));
+    }
+    box.append(link);
+  }
+  if (stored) fillLinks(box, files);
+  return box;
+}
+
+function fillLinks(box: HTMLElement, files: Files): void {
+  for (const link of box.querySelectorAll<HTMLAnchorElement>('a[data-attachment-id]:not([href])')) {
+    void files.downloads.get(link.dataset.attachmentId!).then((d) => {
+      if (!d) return;
+      link.href = d.url;
+      const img = link.querySelector('img');
+      if (img && d.thumbnailUrl && !img.getAttribute('src')?.startsWith('blob:')) img.src = d.thumbnailUrl;
+    });
+  }
+}
+
 /** Refreshes the parts of an entry that change after it is shown: its key data and its status. */
-export function updateEntry(el: HTMLElement, entry: Entry, client: ChatClient): void {
+export function updateEntry(el: HTMLElement, entry: Entry, client: ChatClient, files: Files): void {
+  const box = el.querySelector<HTMLElement>('.files');
+  if (box && entry.messageId) fillLinks(box, files);
   el.dataset.status = entry.status ?? '';
   if (entry.messageId) el.dataset.messageId = entry.messageId;
   if (entry.seq !== undefined) el.dataset.seq = String(entry.seq);

@@ -59,7 +59,7 @@ export type ServerFrame =
 
 /** A guest message or postback: what the widget keeps until it is acknowledged. */
 export type OutgoingFrame =
-  | { type: 'message'; clientMessageId: string; content: string; attachments?: { id: string }[] }
+  | { type: 'message'; clientMessageId: string; content: string; attachments?: Attachment[] }
   | { type: 'postback'; clientMessageId: string; payload: string; label?: string; messageId?: string };
 
 export interface IdentifyFrame {

@@ -1,29 +1,28 @@
-// The widget on the page: a launcher and a chat window inside a shadow root, drawn from the
-// `ChatClient`'s changes. Keyboard: Tab moves through the controls in reading order, Enter
-// sends (Shift+Enter is a new line), Escape closes and gives focus back to the launcher.
+// The chat window, in the widget's shadow root next to the launcher, drawn from the
+// `ChatClient`'s changes. It is the lazy bundle (widget-chat.js, entry `chat.ts`): the page
+// loads it when the guest first opens the chat. Keyboard: Tab moves through the controls in
+// reading order, Enter sends (Shift+Enter is a new line), Escape closes and gives focus back
+// to the launcher.
 
-import { ChatError, type ChatClient } from './client';
+import type { ChatClient } from './client';
 import type { WidgetConfig } from './config';
-import { ICON_CHAT, ICON_CLOSE, ICON_SEND, h, icon } from './dom';
-import { quickReplies, renderEntry, updateEntry } from './messages';
+import { ICON_ATTACH, ICON_CLOSE, ICON_SEND, adoptStyles, h, icon } from './dom';
+import { type Files, quickReplies, renderEntry, updateEntry } from './messages';
 import type { Role } from './protocol';
-import { INK, WHITE, contrast, parseColor, textOn } from './theme';
+import type { ChatWindowApi, ShellApi } from './shell-api';
 import type { Entry } from './timeline';
+import { DEFAULT_TYPES, DownloadUrls, Upload, formatSize, refuseFile } from './uploads';
 import css from './widget.css';
 
 /** The butler's dots go away by themselves if the "stopped typing" never comes. */
 const TYPING_TIMEOUT_MS = 15_000;
-/** Read receipts wait this long, so that a burst of messages is acknowledged once. */
-const SEEN_DELAY_MS = 150;
 /** A short blip is not worth a banner. */
 const BANNER_DELAY_MS = 1_500;
 
-export class WidgetView {
-  readonly host: HTMLElement;
-  private readonly root: HTMLElement;
+export class ChatWindow implements ChatWindowApi {
+  private readonly config: WidgetConfig;
+  private readonly client: ChatClient;
   private readonly window: HTMLElement;
-  private readonly launcher: HTMLButtonElement;
-  private readonly badge: HTMLElement;
   private readonly state: HTMLElement;
   private readonly banner: HTMLElement;
   private readonly log: HTMLElement;
@@ -33,30 +32,22 @@ export class WidgetView {
   private chips: HTMLElement;
   private readonly notice: HTMLElement;
   private readonly input: HTMLTextAreaElement;
-  private readonly announcer: HTMLElement;
   private readonly nodes = new Map<string, HTMLElement>();
+  private readonly files: Files;
+  private readonly tray: HTMLElement;
+  private readonly picker: HTMLInputElement;
   private typingTimer: ReturnType<typeof setTimeout> | undefined;
   private bannerTimer: ReturnType<typeof setTimeout> | undefined;
-  private seenTimer: ReturnType<typeof setTimeout> | undefined;
-  isOpen = false;
 
-  constructor(
-    private readonly config: WidgetConfig,
-    private readonly client: ChatClient,
-    private readonly onToggle: (open: boolean) => void,
-  ) {
+  constructor(private readonly shell: ShellApi) {
+    const { config, client } = shell;
+    this.config = config;
+    this.client = client;
     const name = config.botName;
-    this.host = h('div', { 'data-jack-chat': '', class: config.position });
-    const shadow = this.host.attachShadow({ mode: 'open' });
-    adoptStyles(shadow, css, config.nonce);
-
-    this.launcher = h('button', { type: 'button', class: 'launcher', 'aria-expanded': 'false', 'aria-controls': 'jack-window' });
-    this.badge = h('span', { class: 'badge', 'aria-hidden': 'true', hidden: true });
-    this.launcher.append(icon(ICON_CHAT), this.badge);
-    this.launcher.addEventListener('click', () => this.setOpen(!this.isOpen));
+    adoptStyles(shell.shadow, css, config.nonce);
 
     const close = h('button', { type: 'button', class: 'icon-btn', 'aria-label': 'Close chat' }, icon(ICON_CLOSE));
-    close.addEventListener('click', () => this.setOpen(false));
+    close.addEventListener('click', () => shell.close());
     this.state = h('span', { class: 'state off' }, 'Connecting…');
     const header = h(
       'div',
@@ -72,7 +63,7 @@ export class WidgetView {
     this.log = h('div', { class: 'log', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions', 'aria-label': 'Conversation', tabindex: '0' }, this.more, this.greeting);
     this.log.addEventListener('scroll', () => {
       if (this.log.scrollTop < 40) this.client.loadOlder();
-      this.seen();
+      shell.seen();
     }, { passive: true });
     this.typing = h('div', { class: 'typing', role: 'status', hidden: true }, h('span', { class: 'sr' }, `${name} is typing`), h('span', { class: 'dot' }), h('span', { class: 'dot' }), h('span', { class: 'dot' }));
     this.chips = h('div', { hidden: true });
@@ -91,78 +82,73 @@ export class WidgetView {
       this.input.style.height = `${Math.min(this.input.scrollHeight + 2, 120)}px`;
     });
     const send = h('button', { type: 'submit', class: 'send', 'aria-label': 'Send message' }, icon(ICON_SEND));
-    const form = h('form', { class: 'composer' }, this.input, send);
+    this.files = { downloads: new DownloadUrls(config.apiUrl, () => client.visitorToken()), previews: new Map() };
+    this.picker = h('input', { type: 'file', accept: DEFAULT_TYPES.join(','), multiple: true, hidden: true, tabindex: '-1', 'aria-label': 'Choose files to send' });
+    this.picker.addEventListener('change', () => {
+      this.sendFiles([...(this.picker.files ?? [])]);
+      this.picker.value = '';
+    });
+    const attach = h('button', { type: 'button', class: 'attach', 'aria-label': 'Attach a photo or PDF' }, icon(ICON_ATTACH));
+    attach.addEventListener('click', () => this.picker.click());
+    this.input.addEventListener('paste', (event) => {
+      const pasted = [...(event.clipboardData?.files ?? [])];
+      if (pasted.length) {
+        event.preventDefault();
+        this.sendFiles(pasted);
+      }
+    });
+    this.tray = h('div', { class: 'uploads', 'aria-label': 'Files being sent' });
+    const form = h('form', { class: 'composer' }, attach, this.picker, this.input, send);
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       this.submit();
     });
-    this.announcer = h('div', { class: 'sr', role: 'status' });
-
     this.window = h(
       'div',
-      { class: 'window', id: 'jack-window', role: 'dialog', 'aria-labelledby': 'jack-title', hidden: true },
+      { class: 'window', id: 'jack-window', role: 'dialog', 'aria-labelledby': 'jack-title' },
       header,
       this.banner,
       this.log,
       this.typing,
       this.chips,
       this.notice,
+      this.tray,
       form,
     );
+    // Files dropped anywhere on the chat window are sent.
+    this.window.addEventListener('dragover', (event) => {
+      if (event.dataTransfer?.types.includes('Files')) {
+        event.preventDefault();
+        this.window.classList.add('dropping');
+      }
+    });
+    this.window.addEventListener('dragleave', () => this.window.classList.remove('dropping'));
+    this.window.addEventListener('drop', (event) => {
+      event.preventDefault();
+      this.window.classList.remove('dropping');
+      this.sendFiles([...(event.dataTransfer?.files ?? [])]);
+    });
     this.window.addEventListener('keydown', (event) => {
       if (event.key === 'Escape' && !event.isComposing) {
         event.stopPropagation();
-        this.setOpen(false);
+        shell.close();
       }
     });
-    // The announcer stays outside the window: it speaks while the window is closed.
-    this.root = h('div', { class: 'root' }, this.window, this.launcher, this.announcer);
-    shadow.append(this.root);
-    this.launcherLabel();
+    shell.root.insertBefore(this.window, shell.launcher);
 
     client.changes.on('entry', (entry) => this.draw(entry));
     client.changes.on('reset', () => this.redraw());
     client.changes.on('link', () => this.link());
     client.changes.on('typing', ({ isTyping, role }) => this.showTyping(isTyping, role));
     client.changes.on('more', (more) => (this.more.hidden = !more));
-    client.changes.on('seen', () => this.launcherLabel());
+    this.more.hidden = !client.more;
+    this.link();
     for (const entry of client.timeline.entries) this.draw(entry);
   }
 
-  /** Puts the widget on the page: one element at the end of `<body>`, nothing else touched. */
-  attach(parent: HTMLElement): void {
-    parent.append(this.host);
-    this.applyTheme();
-  }
-
-  setOpen(open: boolean): void {
-    if (open === this.isOpen) return;
-    this.isOpen = open;
-    this.window.hidden = !open;
-    this.host.classList.toggle('open', open);
-    this.launcher.setAttribute('aria-expanded', String(open));
-    this.launcher.replaceChildren(icon(open ? ICON_CLOSE : ICON_CHAT), this.badge);
-    this.launcherLabel();
-    if (open) {
-      this.scrollToEnd();
-      this.input.focus();
-      this.seen(true);
-    } else if (this.host.shadowRoot?.activeElement) {
-      this.launcher.focus();
-    }
-    this.onToggle(open);
-  }
-
-  /** The guest sees the log now (window open, tab visible): send `read`, clear the badge. */
-  seen(now = false): void {
-    const mark = () => {
-      clearTimeout(this.seenTimer);
-      this.seenTimer = undefined;
-      if (this.isOpen && document.visibilityState === 'visible') this.client.markSeen();
-    };
-    // Messages arriving: once per burst (a replayed page of fifty is one `read`, not fifty).
-    if (now) mark();
-    else if (this.seenTimer === undefined) this.seenTimer = setTimeout(mark, SEEN_DELAY_MS);
+  opened(): void {
+    this.scrollToEnd();
+    this.input.focus();
   }
 
   /** Shows a problem under the composer (for the guest) and to screen readers. */
@@ -171,17 +157,55 @@ export class WidgetView {
     this.notice.hidden = false;
   }
 
+  /** Checks each file (type, size) with a clear message, then uploads it with a progress
+   * bar, cancel and retry; once stored it is sent as a message like any other. */
+  private sendFiles(files: File[]): void {
+    for (const file of files) {
+      const refusal = refuseFile(file, this.client.limits.maxFileSize, DEFAULT_TYPES);
+      if (refusal) {
+        this.showNotice(refusal);
+        continue;
+      }
+      const bar = h('progress', { max: '1', value: '0', 'aria-label': `Uploading ${file.name}` });
+      const status = h('span', { class: 'up-status', role: 'status' }, formatSize(file.size));
+      const cancel = h('button', { type: 'button', class: 'link-btn', 'aria-label': `Cancel sending ${file.name}` }, 'Cancel');
+      const retry = h('button', { type: 'button', class: 'link-btn', hidden: true, 'aria-label': `Retry sending ${file.name}` }, 'Retry');
+      const row = h('div', { class: 'upload' }, h('span', { class: 'file-name' }, file.name), bar, status, cancel, retry);
+      this.tray.append(row);
+      const upload = new Upload(file, this.config.apiUrl, () => this.client.visitorToken(), (u) => {
+        bar.value = u.progress;
+        row.dataset.state = u.state;
+        retry.hidden = u.state !== 'failed';
+        cancel.textContent = u.state === 'failed' ? 'Remove' : 'Cancel';
+        status.textContent = u.state === 'failed' ? u.error : u.state === 'uploading' ? `${Math.round(u.progress * 100)}%` : '';
+        if (u.state === 'done' && u.attachment) {
+          if (file.type.startsWith('image/')) this.files.previews.set(u.attachment.id, URL.createObjectURL(file));
+          this.client.sendAttachments([u.attachment]);
+          row.remove();
+        } else if (u.state === 'cancelled') {
+          row.remove();
+        }
+      });
+      cancel.addEventListener('click', () => {
+        upload.cancel();
+        this.input.focus();
+      });
+      retry.addEventListener('click', () => void upload.start());
+      void upload.start();
+    }
+  }
+
   private submit(): void {
     const text = this.input.value;
     if (!text.trim()) return;
     try {
       this.client.sendText(text);
     } catch (error) {
-      if (error instanceof ChatError) {
-        this.showNotice(error.code === 'MESSAGE_TOO_LARGE' ? `That message is too long (at most ${this.client.limits.maxMessageSize} characters). Please shorten it.` : error.message);
-        return;
-      }
-      throw error;
+      // A ChatError (checked by its code: this bundle does not share the client's classes).
+      const code = (error as { code?: string }).code;
+      if (!code) throw error;
+      this.showNotice(code === 'MESSAGE_TOO_LARGE' ? `That message is too long (at most ${this.client.limits.maxMessageSize} characters). Please shorten it.` : (error as Error).message);
+      return;
     }
     this.input.value = '';
     this.input.style.height = '';
@@ -193,10 +217,10 @@ export class WidgetView {
     let node = this.nodes.get(entry.key);
     const fresh = !node;
     if (!node) {
-      node = renderEntry(entry, this.client, this.config.botName);
+      node = renderEntry(entry, this.client, this.config.botName, this.files);
       this.nodes.set(entry.key, node);
     }
-    updateEntry(node, entry, this.client);
+    updateEntry(node, entry, this.client, this.files);
     const entries = this.client.timeline.entries;
     const next = entries[entries.indexOf(entry) + 1];
     const anchor = (next && this.nodes.get(next.key)) ?? null;
@@ -208,12 +232,10 @@ export class WidgetView {
       // An older page landing above what the guest reads must not push it away.
       if (above) this.log.scrollTop += this.log.scrollHeight - height;
     }
-    if (fresh && entry.role !== 'guest') this.announce(entry);
     if (this.greeting) this.greeting.hidden = this.client.more;
     this.drawChips();
-    this.launcherLabel();
     if (atEnd || (fresh && entry.role === 'guest' && !next)) this.scrollToEnd();
-    this.seen();
+    this.shell.seen();
   }
 
   private redraw(): void {
@@ -221,7 +243,6 @@ export class WidgetView {
     this.nodes.clear();
     for (const entry of this.client.timeline.entries) this.draw(entry);
     this.drawChips();
-    this.launcherLabel();
   }
 
   /** Quick replies belong to the latest message only, until the guest answers. */
@@ -234,19 +255,10 @@ export class WidgetView {
     const chips = replies?.length ? quickReplies(replies, last!.message!, this.client) : h('div', { hidden: true });
     chips.dataset.for = key;
     // A tapped chip goes away with the others: keep the keyboard in the chat, at the input.
-    const hadFocus = this.chips.contains(this.host.shadowRoot!.activeElement);
+    const hadFocus = this.chips.contains(this.shell.shadow.activeElement);
     this.chips.replaceWith(chips);
     this.chips = chips;
     if (hadFocus) this.input.focus();
-  }
-
-  private announce(entry: Entry): void {
-    // The log region announces additions itself; this covers the dots and rich parts.
-    if (this.isOpen) return;
-    // Cleared first, so the same words are announced again for the next message.
-    this.announcer.textContent = '';
-    const unread = this.client.unread();
-    setTimeout(() => (this.announcer.textContent = `New message from ${entry.role === 'staff' ? 'hotel staff' : this.config.botName}${unread > 1 ? ` (${unread} unread)` : ''}`), 50);
   }
 
   private showTyping(isTyping: boolean, role: Role): void {
@@ -263,11 +275,8 @@ export class WidgetView {
   private link(): void {
     const link = this.client.link;
     const online = link === 'online';
-    // Back online: what the guest sees now can be reported read.
-    if (online) this.seen(true);
     this.state.textContent = online ? 'Online' : link === 'stopped' ? 'Unavailable' : 'Connecting…';
     this.state.classList.toggle('off', !online);
-    this.root.dataset.link = link;
     clearTimeout(this.bannerTimer);
     if (online) {
       this.banner.hidden = true;
@@ -280,47 +289,11 @@ export class WidgetView {
     }, link === 'stopped' ? 0 : BANNER_DELAY_MS);
   }
 
-  private launcherLabel(): void {
-    const unread = this.isOpen ? 0 : this.client.unread();
-    this.badge.hidden = unread === 0;
-    this.badge.textContent = unread > 99 ? '99+' : String(unread);
-    const base = this.isOpen ? 'Close chat' : `Chat with ${this.config.botName}`;
-    this.launcher.setAttribute('aria-label', unread ? `${base} (${unread} unread)` : base);
-  }
-
   private nearEnd(): boolean {
     return this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 60;
   }
 
   private scrollToEnd(): void {
     this.log.scrollTop = this.log.scrollHeight;
-  }
-
-  private applyTheme(): void {
-    const style = this.root.style;
-    if (this.config.fontFamily) style.setProperty('--font', this.config.fontFamily);
-    const primary = this.config.primaryColor;
-    if (!primary) return;
-    style.setProperty('--p', primary);
-    // Whatever the page wrote (a name, hsl(), …), the computed value is rgb(): read it back.
-    const rgb = parseColor(getComputedStyle(this.launcher).backgroundColor) ?? parseColor(primary);
-    if (!rgb) return;
-    style.setProperty('--on-p', textOn(rgb));
-    style.setProperty('--p-ink', contrast(rgb, WHITE) >= 4.5 ? primary : `rgb(${INK.join(',')})`);
-  }
-}
-
-/** Constructable stylesheets where the browser has them (no `style-src` needed under a CSP),
- * else a `<style>` carrying the page's nonce. */
-function adoptStyles(shadow: ShadowRoot, text: string, nonce: string | undefined): void {
-  try {
-    const sheet = new CSSStyleSheet();
-    sheet.replaceSync(text);
-    shadow.adoptedStyleSheets = [sheet];
-  } catch {
-    const style = document.createElement('style');
-    if (nonce) style.nonce = nonce;
-    style.textContent = text;
-    shadow.append(style);
   }
 }

@@ -18,8 +18,10 @@ use serde_json::json;
 use crate::context::Edge;
 use crate::ws;
 
-/// The widget bundle and the demo hotel page, built into the binary.
+/// The widget's bundles (what a hotel page loads, and the chat window it loads on the first
+/// open) and the demo hotel page, built into the binary.
 const WIDGET_JS: &str = include_str!("../../../widget/dist/widget.js");
+const WIDGET_CHAT_JS: &str = include_str!("../../../widget/dist/widget-chat.js");
 const DEMO_PAGE: &str = include_str!("../../../widget/demo/index.html");
 
 pub fn router(edge: Arc<Edge>) -> Router {
@@ -27,7 +29,8 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route(&edge.settings.ws_path.clone(), get(ws::upgrade))
         .route("/health/websocket", get(health))
         .route("/metrics", get(metrics))
-        .route("/widget.js", get(widget))
+        .route("/widget.js", get(|| script(WIDGET_JS)))
+        .route("/widget-chat.js", get(|| script(WIDGET_CHAT_JS)))
         .route("/", get(demo_page))
         .route("/chat/upload-url", post(upload_url).layer(upload_cors()))
         .route("/chat/attachment-urls", post(attachment_urls).layer(upload_cors()))
@@ -63,8 +66,8 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], edge.metrics.render()).into_response()
 }
 
-async fn widget() -> Response {
-    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")], WIDGET_JS).into_response()
+async fn script(source: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")], source).into_response()
 }
 
 async fn demo_page() -> Response {

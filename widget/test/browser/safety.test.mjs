@@ -194,11 +194,10 @@ describe('the widget on a hotel page it does not control', () => {
     await page.keyboard.type('Hello!');
     await page.keyboard.press('Enter');
     await w.chips.first().waitFor();
-    // Shift+Tab from the input goes back to the quick replies (reading order).
+    // Shift+Tab from the input goes back to the attach button, then the quick replies (reading order).
     await page.keyboard.press('Shift+Tab');
-    await page.keyboard.press('Shift+Tab');
-    await page.keyboard.press('Shift+Tab');
-    await page.keyboard.press('Shift+Tab');
+    assert.equal(await focused(), 'attach');
+    for (let i = 0; i < 4; i++) await page.keyboard.press('Shift+Tab');
     assert.equal(await focused(), 'chip');
     assert.equal(await page.evaluate(() => document.querySelector('[data-jack-chat]').shadowRoot.activeElement.textContent), 'Room Service');
     await page.keyboard.press('Enter');
