@@ -59,6 +59,28 @@ describe('a guest sending a photo', () => {
     await context.close();
   });
 
+  test('an upload cut off by the network is reported, never shown as sent, and goes on Retry', async () => {
+    const context = await guestContext(browser);
+    const page = await context.newPage();
+    let cut = true;
+    await page.route('**/upload/incoming/**', (route) => (cut ? route.abort('connectionreset') : route.continue()));
+    await page.goto(`${EDGE}/`);
+    const w = widget(page);
+    await w.open();
+    await w.online();
+    await w.$('input[type=file]').setInputFiles({ name: 'receipt.png', mimeType: 'image/png', buffer: png(120, 80) });
+    const row = w.$('.uploads .upload[data-state="failed"]');
+    await row.filter({ hasText: 'The connection was lost during the upload.' }).waitFor();
+    assert.equal(await w.$('.msg.guest').count(), 0, 'nothing shown as sent');
+    cut = false;
+    await row.getByRole('button', { name: 'Retry sending receipt.png' }).click();
+    await w.$('.msg.guest img[alt="receipt.png"]').waitFor();
+    await w.$('.uploads .upload').waitFor({ state: 'detached' });
+    await w.$('.msg.guest[data-status="read"], .msg.guest[data-status="sent"]').waitFor();
+    assert.equal(await w.$('.msg.guest').count(), 1, 'sent once');
+    await context.close();
+  });
+
   test('a file of the wrong type or too large is refused before anything is sent', async () => {
     const context = await guestContext(browser);
     const page = await context.newPage();
