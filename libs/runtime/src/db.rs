@@ -62,6 +62,20 @@ impl Database {
         Ok(db)
     }
 
+    /// A service's named secret (signing keys), made at random on first use and kept in its
+    /// `service_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)` table; the first writer
+    /// wins, so every replica on one database gets the same one.
+    pub async fn secret(&self, name: &str) -> Result<String, sqlx::Error> {
+        use sqlx::Row as _;
+        let fresh = format!("{}{}", crate::ids::random_hex(), crate::ids::random_hex());
+        sqlx::query("INSERT INTO service_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(fresh)
+            .execute(&self.write)
+            .await?;
+        sqlx::query("SELECT value FROM service_secrets WHERE name = $1").bind(name).fetch_one(&self.write).await?.try_get("value")
+    }
+
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use jack_proto::guest::v1::guest_service_server::GuestServiceServer;
 use jack_runtime::db::Database;
-use jack_runtime::{CancellationToken, grpc, ids, time};
+use jack_runtime::{CancellationToken, grpc, time};
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -42,7 +42,7 @@ impl GuestServer {
         let store = Store::new(db.clone());
         let secret = match settings.token_secret {
             Some(secret) => secret,
-            None => store.secret("visitor_token", &format!("{}{}", ids::random_hex(), ids::random_hex())).await?,
+            None => store.secret("visitor_token").await?,
         };
         if let Some(path) = &settings.hotels_file {
             let text = std::fs::read_to_string(path).with_context(|| format!("failed to read GUEST_HOTELS_FILE {}", path.display()))?;

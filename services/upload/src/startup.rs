@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jack_proto::upload::v1::upload_service_server::UploadServiceServer;
 use jack_runtime::db::Database;
-use jack_runtime::{CancellationToken, grpc, ids};
+use jack_runtime::{CancellationToken, grpc};
 use tokio::net::TcpListener;
 
 use crate::config::{Backend, Settings};
@@ -39,7 +39,7 @@ impl UploadServer {
         let store = Store::new(db);
         let secret = match &settings.signing_secret {
             Some(secret) => secret.clone(),
-            None => store.secret("url_signing", &format!("{}{}", ids::random_hex(), ids::random_hex())).await?,
+            None => store.secret("url_signing").await?,
         };
         let signer = Signer::new(&secret);
         let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", http.local_addr().expect("bound")));

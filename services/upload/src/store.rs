@@ -126,15 +126,9 @@ impl Store {
         Ok(())
     }
 
-    /// The named secret, created from `fresh` on first use (first writer wins, so every
-    /// replica on one database signs alike).
-    pub async fn secret(&self, name: &str, fresh: &str) -> Result<String, sqlx::Error> {
-        sqlx::query("INSERT INTO service_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(fresh)
-            .execute(&self.db.write)
-            .await?;
-        sqlx::query("SELECT value FROM service_secrets WHERE name = $1").bind(name).fetch_one(&self.db.write).await?.try_get("value")
+    /// The named secret (see `Database::secret`).
+    pub async fn secret(&self, name: &str) -> Result<String, sqlx::Error> {
+        self.db.secret(name).await
     }
 
     pub async fn close(&self) {
