@@ -48,6 +48,7 @@ export function renderEntry(entry: Entry, client: ChatClient, botName: string, f
 function attachmentList(attachments: Attachment[], files: Files, stored: boolean): HTMLElement {
   const box = h('div', { class: 'files' });
   for (const a of attachments) {
+    if (a.url && a.expiresAt) files.downloads.remember({ attachmentId: a.id, url: a.url, thumbnailUrl: a.thumbnailUrl, expiresAt: a.expiresAt });
     const name = a.filename ?? 'Attachment';
     const image = (a.contentType ?? '').startsWith('image/');
     const link = h('a', { class: image ? 'file-img' : 'file', target: '_blank', rel: 'noopener noreferrer', 'data-attachment-id': a.id, 'aria-label': `${name}${a.size ? `, ${formatSize(a.size)}` : ''}` });

@@ -23,7 +23,10 @@ export interface Attachment {
   filename?: string;
   contentType?: string;
   size?: number;
+  /** Short-lived download URLs, as the edge sends them with stored messages. */
   url?: string;
+  thumbnailUrl?: string;
+  expiresAt?: string;
 }
 
 /** A stored message: it has a `seq` in its conversation and a server `messageId`. */

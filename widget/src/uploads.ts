@@ -120,6 +120,11 @@ export class DownloadUrls {
     private readonly token: () => string | undefined,
   ) {}
 
+  /** URLs that came with a message: no need to ask for them. */
+  remember(download: Download): void {
+    this.known.set(download.attachmentId, download);
+  }
+
   get(id: string): Promise<Download | null> {
     const known = this.known.get(id);
     if (known && Date.parse(known.expiresAt) - Date.now() > 60_000) return Promise.resolve(known);

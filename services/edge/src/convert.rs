@@ -34,7 +34,15 @@ pub fn message(m: &pb::Message) -> frames::Message {
         attachments: m
             .attachments
             .iter()
-            .map(|a| frames::Attachment { id: a.attachment_id.clone(), filename: a.filename.clone(), content_type: a.content_type.clone(), size: a.size })
+            .map(|a| frames::Attachment {
+                id: a.attachment_id.clone(),
+                filename: a.filename.clone(),
+                content_type: a.content_type.clone(),
+                size: a.size,
+                url: None,
+                thumbnail_url: None,
+                expires_at: None,
+            })
             .collect(),
         // Only the guest's own tabs learn their client ids back; butler ids stay internal.
         client_message_id: if is_guest { m.client_message_id.clone() } else { None },

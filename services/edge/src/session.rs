@@ -315,6 +315,42 @@ impl Session {
         out.push(ServerFrame::Message(convert::message(message)));
     }
 
+    /// Whether frames about to be sent carry attachments without download URLs.
+    pub fn wants_urls(out: &Out) -> bool {
+        attachments(out).any(|a| a.url.is_none())
+    }
+
+    /// Gives every attachment in `out` short-lived download URLs (one call for all of them).
+    /// Without upload the frames go as they are: the widget asks `/chat/attachment-urls`.
+    pub async fn sign_attachments(&mut self, out: &mut Out) {
+        let Some(identity) = &self.identity else { return };
+        let mut ids: Vec<String> = attachments(out).filter(|a| a.url.is_none()).map(|a| a.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let request = upload::SignDownloadsRequest { conversation_id: identity.conversation_id.clone(), attachment_ids: ids };
+        let signed = match self.edge.backends.upload.clone().sign_downloads(request).await {
+            Ok(r) => r.into_inner().downloads,
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "attachment URLs not signed");
+                return;
+            }
+        };
+        for frame in out.iter_mut() {
+            let list = match frame {
+                ServerFrame::Message(m) => std::slice::from_mut(m),
+                ServerFrame::History(h) => h.messages.as_mut_slice(),
+                _ => continue,
+            };
+            for attachment in list.iter_mut().flat_map(|m| m.attachments.iter_mut()) {
+                if let Some(d) = signed.iter().find(|d| d.attachment_id == attachment.id) {
+                    attachment.url = Some(d.url.clone());
+                    attachment.thumbnail_url = d.thumbnail_url.clone();
+                    attachment.expires_at = Some(rfc3339_ms(d.expires_at_ms));
+                }
+            }
+        }
+    }
+
     /// Handles a live event from delivery.
     async fn on_event(&mut self, event: SessionEvent, out: &mut Out) {
         let event = match event {
@@ -478,4 +514,15 @@ impl Session {
             Err(status) => out.push(ServerFrame::Error(error_frame(&status, None))),
         }
     }
+}
+
+/// The attachments of the messages in `out`.
+fn attachments(out: &Out) -> impl Iterator<Item = &frames::Attachment> {
+    out.iter()
+        .flat_map(|frame| match frame {
+            ServerFrame::Message(m) => std::slice::from_ref(m),
+            ServerFrame::History(h) => h.messages.as_slice(),
+            _ => &[],
+        })
+        .flat_map(|m| m.attachments.iter())
 }

@@ -171,6 +171,9 @@ async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
     let mut heard_since_ping = true;
     let reason: &'static str = loop {
+        if Session::wants_urls(&out) {
+            Box::pin(session.sign_attachments(&mut out)).await;
+        }
         if let Err(err) = write_all(&mut ws, &mut out).await {
             tracing::debug!(%session_id, error = %err, "write failed");
             break "write_error";

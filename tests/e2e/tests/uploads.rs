@@ -174,6 +174,11 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     assert_eq!(shown["attachments"][0]["filename"], evil_name);
     assert_eq!(shown["attachments"][0]["contentType"], "image/png");
     assert_eq!(shown["attachments"][0]["size"], PNG.len());
+    // History carries short-lived download URLs (the file and its preview) that work.
+    let (status, _, body) = fetch(shown["attachments"][0]["url"].as_str().expect("a download URL in history")).await;
+    assert_eq!((status, body.as_slice()), (200, PNG));
+    assert!(shown["attachments"][0]["thumbnailUrl"].as_str().is_some());
+    assert!(shown["attachments"][0]["expiresAt"].as_str().is_some());
     let listed = stack
         .conversation()
         .list_messages(conv::ListMessagesRequest { conversation_id: ack["conversationId"].as_str().unwrap().into(), after_seq: Some(0), ..Default::default() })
@@ -226,6 +231,8 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     stack.conversation().send_message(send).await.unwrap();
     let pushed = guest.until(|f| f["type"] == "message" && f["role"] == "assistant").await;
     assert_eq!(pushed["attachments"][0]["filename"], "Spa menu.pdf");
+    let (status, _, body) = fetch(pushed["attachments"][0]["url"].as_str().expect("a live message carries a download URL")).await;
+    assert_eq!((status, body.as_slice()), (200, pdf.as_slice()));
     let (_, urls) = attachment_urls(stack, &token, &[&stored.attachment_id]).await;
     let download = &urls["downloads"][0];
     assert_eq!(download["thumbnailUrl"], Value::Null, "no preview for a PDF");
