@@ -10,7 +10,8 @@
 //! - [`storage`]: the local disk (embedded default) and S3-compatible stores.
 //! - [`signing`]: signed URLs. [`http`]: where browsers PUT files (local backend) and
 //!   download them (both). [`downloads`]: download URLs. [`thumbnail`]: image previews.
-//! - [`store`]: the `attachments` table. [`grpc`]: `UploadService`.
+//! - [`store`]: the `attachments` table. [`grpc`]: `UploadService`. [`janitor`]: forgets
+//!   uploads never sent in a message.
 //! - [`config`] and [`startup`]: settings and start-up.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod domain;
 pub mod downloads;
 pub mod grpc;
 pub mod http;
+pub mod janitor;
 pub mod signing;
 pub mod startup;
 pub mod storage;

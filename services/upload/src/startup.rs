@@ -17,7 +17,7 @@ use crate::storage::{LocalDisk, S3Store, Storage};
 use crate::store::Store;
 
 /// The same SQL serves SQLite and PostgreSQL.
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A bound, migrated upload service with its storage open, ready to serve.
 pub struct UploadServer {
@@ -75,6 +75,7 @@ impl UploadServer {
         let state = HttpState { disk, downloads: self.downloads, store: self.store.clone(), storage: self.storage.clone(), max_file_size: self.settings.max_file_size };
         let http = axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http = tokio::spawn(async move { http.await });
+        let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, shutdown.clone()));
         let router = grpc::server()
             .add_service(grpc::health("jack.upload.v1.UploadService").await)
             .add_service(UploadServiceServer::new(api));
@@ -82,6 +83,7 @@ impl UploadServer {
         if let Ok(Err(err)) = http.await {
             tracing::warn!(error = %err, "upload HTTP listener failed");
         }
+        let _ = janitor.await;
         self.store.close().await;
         result
     }

@@ -126,6 +126,22 @@ impl Store {
         Ok(())
     }
 
+    /// Attachments still pending (never sent in a message) created before `cutoff_ms`.
+    pub async fn pending_before(&self, cutoff_ms: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT attachment_id FROM attachments WHERE status = 'pending' AND created_at_ms < $1 ORDER BY created_at_ms LIMIT $2")
+            .bind(cutoff_ms)
+            .bind(limit)
+            .fetch_all(&self.db.read)
+            .await?;
+        rows.iter().map(|r| r.try_get("attachment_id")).collect()
+    }
+
+    /// Deletes a pending attachment's record (a stored one is never touched).
+    pub async fn forget_pending(&self, attachment_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM attachments WHERE attachment_id = $1 AND status = 'pending'").bind(attachment_id).execute(&self.db.write).await?;
+        Ok(())
+    }
+
     /// The named secret (see `Database::secret`).
     pub async fn secret(&self, name: &str) -> Result<String, sqlx::Error> {
         self.db.secret(name).await

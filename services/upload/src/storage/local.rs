@@ -2,7 +2,7 @@
 //! browsers' PUTs on signed URLs (see `crate::http`).
 
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -95,7 +95,14 @@ impl LocalDisk {
         self.root.join("tmp").join(jack_runtime::ids::new_id("part"))
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Removes temporary files older than `age` (uploads cut off mid-way, a crash mid-write).
+    pub async fn remove_stale_parts(&self, age: Duration) {
+        let Ok(mut entries) = tokio::fs::read_dir(self.root.join("tmp")).await else { return };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let old = entry.metadata().await.ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age);
+            if old {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
     }
 }
