@@ -266,3 +266,50 @@ describe('a long conversation', () => {
     await context.close();
   });
 });
+
+describe('the SDK on a hotel page', () => {
+  test('JackChat.open/close/sendMessage/on: the spec\'s events fire as the guest chats', async () => {
+    const edge = await proxy();
+    const context = await guestContext(browser);
+    // A hotel's own script listens from the start (registered the moment the SDK exists).
+    await context.addInitScript(() => {
+      window.__events = [];
+      let sdk;
+      Object.defineProperty(window, 'JackChat', {
+        configurable: true,
+        get: () => sdk,
+        set: (value) => {
+          sdk = value;
+          for (const name of ['connected', 'disconnected', 'message', 'typing', 'message_sent', 'error', 'opened', 'closed']) {
+            value.on(name, (data) => window.__events.push([name, data ?? null]));
+          }
+        },
+      });
+    });
+    const page = await context.newPage();
+    await page.goto(`${edge.url}/`);
+    const w = widget(page);
+    await w.online();
+    const names = () => page.evaluate(() => window.__events.map(([name]) => name));
+    await page.evaluate(() => window.JackChat.open());
+    await w.window.waitFor({ state: 'visible' });
+    const id = await page.evaluate(() => window.JackChat.sendMessage('I need extra towels'));
+    assert.match(id, /^c_/);
+    await w.replies().filter({ hasText: 'extra towels' }).waitFor();
+    await page.evaluate(() => window.JackChat.close());
+    await w.window.waitFor({ state: 'hidden' });
+    edge.cut();
+    await page.waitForFunction(() => window.__events.some(([name]) => name === 'disconnected'));
+    const events = await page.evaluate(() => window.__events);
+    const sent = events.find(([name, data]) => name === 'message_sent' && data.clientMessageId === id);
+    assert.ok(sent, `message_sent for ${id}: ${JSON.stringify(events)}`);
+    assert.ok(sent[1].messageId && sent[1].seq >= 1);
+    assert.ok(events.some(([name, data]) => name === 'message' && data.role === 'assistant' && /extra towels/.test(data.content)));
+    assert.ok(events.some(([name, data]) => name === 'typing' && data.isTyping === true));
+    const order = (await names()).filter((n) => ['connected', 'opened', 'closed', 'disconnected'].includes(n));
+    assert.deepEqual(order, ['connected', 'opened', 'closed', 'disconnected']);
+    assert.deepEqual(context.problems, []);
+    await context.close();
+    await edge.close();
+  });
+});
