@@ -45,6 +45,10 @@ pub struct S3Settings {
     pub bucket: String,
     /// `UPLOAD_S3_ENDPOINT`: e.g. `http://minio:9000` (default: AWS).
     pub endpoint: Option<String>,
+    /// `UPLOAD_S3_PUBLIC_ENDPOINT`: how browsers reach the store, when it differs from how this
+    /// service does (`http://minio:9000` inside, `https://files.hotel-chat.example` outside);
+    /// upload URLs are signed for it.
+    pub public_endpoint: Option<String>,
     /// `UPLOAD_S3_REGION` (default: `AWS_REGION`, else `us-east-1`).
     pub region: Option<String>,
     /// `UPLOAD_S3_PATH_STYLE`: `http://host/bucket/key` addresses, as MinIO and most
@@ -73,6 +77,10 @@ impl Settings {
                 if let Some(e) = &endpoint {
                     env.url("UPLOAD_S3_ENDPOINT", e)?;
                 }
+                let public_endpoint = env.get("UPLOAD_S3_PUBLIC_ENDPOINT").filter(|e| !e.is_empty()).map(str::to_owned);
+                if let Some(e) = &public_endpoint {
+                    env.url("UPLOAD_S3_PUBLIC_ENDPOINT", e)?;
+                }
                 let path_style = env.parse("UPLOAD_S3_PATH_STYLE", endpoint.is_some())?;
                 let prefix = env.string("UPLOAD_S3_PREFIX", "").trim_matches('/').to_owned();
                 let region = env.get("UPLOAD_S3_REGION").filter(|r| !r.is_empty()).map(str::to_owned);
@@ -81,7 +89,7 @@ impl Settings {
                     (None, None) => None,
                     _ => return Err(SettingsError::new("UPLOAD_S3_ACCESS_KEY_ID", "…", "set both UPLOAD_S3_ACCESS_KEY_ID and UPLOAD_S3_SECRET_ACCESS_KEY, or neither")),
                 };
-                Backend::S3(S3Settings { bucket, endpoint, region, path_style, prefix, credentials })
+                Backend::S3(S3Settings { bucket, endpoint, public_endpoint, region, path_style, prefix, credentials })
             }
             other => return Err(SettingsError::new("UPLOAD_STORAGE", other, "expected local or s3")),
         };

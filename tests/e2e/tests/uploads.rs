@@ -355,6 +355,22 @@ async fn uploads_on_an_s3_compatible_store() {
     expiry(&stack).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_upload_urls_can_name_the_endpoint_browsers_use() {
+    let s3 = S3Server::start().await;
+    // The service reaches the store as 127.0.0.1; browsers are told "localhost".
+    let public = s3.endpoint.replace("127.0.0.1", "localhost");
+    let (stack, files) = s3_stack(&s3, &[("UPLOAD_S3_PUBLIC_ENDPOINT", public.as_str())]).await;
+    let (mut guest, token, _) = guest(&stack).await;
+    let (_, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+    let url = answer["uploadUrl"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{public}/{BUCKET}/incoming/att_")), "{url}");
+    assert_eq!(put(url, "image/png", PNG).await, 200, "signed for the host the browser sends");
+    let id = answer["attachmentId"].as_str().unwrap();
+    assert_eq!(send_with(&mut guest, "public", &[id]).await["type"], "message_ack");
+    assert_eq!(files.kept(id).as_deref(), Some(PNG));
+}
+
 #[tokio::test]
 async fn a_tampered_upload_url_is_refused() {
     let (stack, _) = local_stack(&[]).await;

@@ -16,6 +16,8 @@ use crate::config::S3Settings;
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
+    /// Signs upload URLs for the endpoint browsers use (the same client when there is one).
+    presigner: Client,
     bucket: String,
     prefix: String,
 }
@@ -42,7 +44,12 @@ impl S3Store {
             (None, None) => config = config.region(Region::new("us-east-1")),
             (None, Some(_)) => {}
         }
-        Self { client: Client::from_conf(config.build()), bucket: settings.bucket.clone(), prefix: settings.prefix.clone() }
+        let config = config.build();
+        let presigner = match &settings.public_endpoint {
+            Some(public) => Client::from_conf(config.to_builder().endpoint_url(public).build()),
+            None => Client::from_conf(config.clone()),
+        };
+        Self { client: Client::from_conf(config), presigner, bucket: settings.bucket.clone(), prefix: settings.prefix.clone() }
     }
 
     fn key(&self, key: &str) -> String {
@@ -52,7 +59,7 @@ impl S3Store {
     pub async fn presign_put(&self, key: &str, content_type: &str, size: i64, ttl: Duration) -> Result<UploadUrl, StorageError> {
         let expires_at_ms = jack_runtime::time::now_ms() + ttl.as_millis() as i64;
         let presigned = self
-            .client
+            .presigner
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(key))
