@@ -48,6 +48,8 @@ export interface ChatMessage {
 export interface Limits {
   maxMessageSize: number;
   maxFileSize: number;
+  /** What the upload service accepts, once the edge knows it. */
+  allowedFileTypes?: string[];
 }
 
 export type ServerFrame =

@@ -15,7 +15,10 @@ export interface FileLike {
 
 /** Why a file cannot be sent, in words for the guest; null when it can. */
 export function refuseFile(file: FileLike, maxSize: number, types: string[]): string | null {
-  if (!types.includes(file.type)) return `${file.name}: this type of file cannot be sent (images and PDF can).`;
+  if (!types.includes(file.type)) {
+    const kinds = types.map((t) => (t.split('/')[1] ?? t).toUpperCase()).join(', ');
+    return `${file.name}: this type of file cannot be sent (${kinds} can).`;
+  }
   if (file.size <= 0) return `${file.name} is empty.`;
   if (file.size > maxSize) return `${file.name} is too large (${formatSize(file.size)}; at most ${formatSize(maxSize)}).`;
   return null;

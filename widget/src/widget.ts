@@ -147,8 +147,14 @@ export class ChatWindow implements ChatWindowApi {
   }
 
   opened(): void {
+    this.picker.accept = this.allowedTypes().join(',');
     this.scrollToEnd();
     this.input.focus();
+  }
+
+  /** What the upload service accepts, as the edge said on connecting (else the defaults). */
+  private allowedTypes(): string[] {
+    return this.client.limits.allowedFileTypes ?? DEFAULT_TYPES;
   }
 
   /** Shows a problem under the composer (for the guest) and to screen readers. */
@@ -161,7 +167,7 @@ export class ChatWindow implements ChatWindowApi {
    * bar, cancel and retry; once stored it is sent as a message like any other. */
   private sendFiles(files: File[]): void {
     for (const file of files) {
-      const refusal = refuseFile(file, this.client.limits.maxFileSize, DEFAULT_TYPES);
+      const refusal = refuseFile(file, this.client.limits.maxFileSize, this.allowedTypes());
       if (refusal) {
         this.showNotice(refusal);
         continue;

@@ -38,6 +38,9 @@ pub struct Connected {
 pub struct Limits {
     pub max_message_size: u64,
     pub max_file_size: u64,
+    /// The content types guests may upload (from the upload service, once the edge has heard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_file_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,8 @@ pub struct Edge {
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub policies: HotelPolicies,
+    /// What guests may upload, as the upload service last said (None until it has).
+    pub upload_types: std::sync::RwLock<Option<Vec<String>>>,
     /// Open WebSocket connections (counted from the upgrade on).
     pub connections: AtomicUsize,
     pub started: Instant,

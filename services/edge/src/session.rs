@@ -101,7 +101,11 @@ impl Session {
             session_id: self.session_id.clone(),
             timestamp: now_rfc3339(),
             protocol: jack_frames::PROTOCOL_VERSION,
-            limits: frames::Limits { max_message_size: self.edge.settings.max_message_size as u64, max_file_size: self.edge.settings.max_file_size },
+            limits: frames::Limits {
+                max_message_size: self.edge.settings.max_message_size as u64,
+                max_file_size: self.edge.settings.max_file_size,
+                allowed_file_types: self.edge.upload_types.read().expect("upload types").clone(),
+            },
         })
     }
 

@@ -73,6 +73,7 @@ impl EdgeServer {
             hub,
             metrics: Metrics::new(),
             policies: HotelPolicies::new(POLICY_TTL),
+            upload_types: std::sync::RwLock::new(None),
             connections: AtomicUsize::new(0),
             started: Instant::now(),
             shutdown: shutdown.clone(),
@@ -82,18 +83,38 @@ impl EdgeServer {
             .add_service(grpc::health("jack.edge.v1.EdgeService").await)
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
+        let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
         let app = crate::http::router(edge.clone());
         let result = axum::serve(self.http, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
         for link in links {
             let _ = link.await;
         }
         let _ = grpc_task.await;
+        let _ = limits_task.await;
         // Give connection tasks a moment to send their 1001 close frames.
         let deadline = Instant::now() + Duration::from_secs(5);
         while edge.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         result.map_err(Into::into)
+    }
+}
+
+/// Keeps `upload_types` current: asked at start (again every few seconds until upload
+/// answers), then every minute.
+async fn follow_upload_limits(edge: Arc<Edge>, shutdown: CancellationToken) {
+    loop {
+        let wait = match edge.backends.upload.clone().get_limits(jack_proto::upload::v1::GetLimitsRequest {}).await {
+            Ok(limits) => {
+                *edge.upload_types.write().expect("upload types") = Some(limits.into_inner().allowed_types);
+                Duration::from_secs(60)
+            }
+            Err(_) => Duration::from_secs(2),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

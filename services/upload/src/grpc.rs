@@ -176,6 +176,10 @@ impl UploadService for UploadApi {
         Ok(Response::new(pb::PutAttachmentResponse { attachment: Some(attachment) }))
     }
 
+    async fn get_limits(&self, _request: Request<pb::GetLimitsRequest>) -> Result<Response<pb::GetLimitsResponse>, Status> {
+        Ok(Response::new(pb::GetLimitsResponse { max_file_size: self.settings.max_file_size as i64, allowed_types: self.settings.allowed_types.clone() }))
+    }
+
     async fn sign_downloads(&self, request: Request<pb::SignDownloadsRequest>) -> Result<Response<pb::SignDownloadsResponse>, Status> {
         let req = request.into_inner();
         if req.conversation_id.is_empty() {

@@ -404,3 +404,22 @@ async fn browsers_on_hotel_pages_may_call_across_origins() {
     assert_eq!(status, 200, "{response}");
     assert!(response.to_ascii_lowercase().contains("access-control-allow-methods: put"), "{response}");
 }
+
+#[tokio::test]
+async fn widgets_are_told_what_may_be_uploaded() {
+    let (stack, _) = local_stack(&[("UPLOAD_ALLOWED_TYPES", "image/png,image/heic")]).await;
+    // The edge asks upload when it starts; wait for the answer to reach new connections.
+    let told = async {
+        loop {
+            let mut guest = Guest::open(&stack.ws_url("demo_hotel")).await;
+            let connected = guest.next().await;
+            if !connected["limits"]["allowedFileTypes"].is_null() {
+                return connected;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let connected = tokio::time::timeout(WAIT, told).await.expect("the edge learns upload's limits");
+    assert_eq!(connected["limits"]["allowedFileTypes"], json!(["image/png", "image/heic"]));
+    assert_eq!(connected["limits"]["maxFileSize"], 5_242_880);
+}

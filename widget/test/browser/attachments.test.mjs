@@ -90,7 +90,7 @@ describe('a guest sending a photo', () => {
     await w.online();
     const picker = w.$('input[type=file]');
     await picker.setInputFiles({ name: 'notes.html', mimeType: 'text/html', buffer: Buffer.from('<script>alert(1)</script>') });
-    await w.$('.notice').filter({ hasText: 'notes.html: this type of file cannot be sent' }).waitFor();
+    await w.$('.notice').filter({ hasText: 'notes.html: this type of file cannot be sent (PNG, JPEG, GIF, WEBP, PDF can)' }).waitFor();
     await picker.setInputFiles({ name: 'huge.png', mimeType: 'image/png', buffer: Buffer.alloc(6 * 1024 * 1024, 1) });
     await w.$('.notice').filter({ hasText: 'huge.png is too large (6.0 MB; at most 5.0 MB)' }).waitFor();
     assert.equal(await w.$('.uploads .upload').count(), 0, 'nothing was uploaded');
