@@ -42,9 +42,10 @@ impl Database {
             Engine::Sqlite => {
                 let url = sqlite_url(url)?;
                 let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
-                let write = sqlite_pool(1).connect_with(options.clone()).await.with_context(|| format!("failed to open {url}"))?;
+                let write = sqlite_pool(1, Role::Write).connect_with(options.clone()).await.with_context(|| format!("failed to open {url}"))?;
                 sqlite.run(&write).await.context("failed to migrate the database")?;
-                let read = sqlite_pool(4).connect_with(options).await.with_context(|| format!("failed to open {url}"))?;
+                let read = sqlite_pool(4, Role::Read).connect_with(options).await.with_context(|| format!("failed to open {url}"))?;
+                tokio::spawn(checkpoint_in_background(read.clone()));
                 Self { engine, read, write }
             }
             Engine::Postgres => {
@@ -82,21 +83,66 @@ impl Database {
     }
 }
 
-fn sqlite_pool(size: u32) -> AnyPoolOptions {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Read,
+    Write,
+}
+
+/// How often the WAL is copied back into the database file, off the writer's path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Pages the WAL may grow to before the writer checkpoints by itself (the background
+/// checkpoint normally keeps it far below): 16,384 pages of 4 KiB, 64 MiB.
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+/// The writer's page cache, in KiB (SQLite's default is 2 MiB). Messages are indexed by
+/// conversation, so a busy batch touches a page per active conversation; with too small a
+/// cache each of them is read back from the file.
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
+fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(size)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _meta| {
+        // A SQLite connection is a file handle in this process: nothing can break it between
+        // uses, and a ping before every use is one more round trip to its thread.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; FULL makes a commit survive power loss.
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.execute("PRAGMA synchronous = FULL").await?;
                 conn.execute("PRAGMA busy_timeout = 5000").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
+                if role == Role::Write {
+                    // A checkpoint run by the writer happens inside a commit, holding up every
+                    // message queued behind it: the background task checkpoints instead, and
+                    // copies a page touched by many commits once.
+                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"))).await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))).await?;
+                }
                 Ok(())
             })
         })
+}
+
+/// Copies the WAL back into the database file from a reader connection, beside the writer
+/// (a passive checkpoint never blocks it). Ends when the pool closes.
+async fn checkpoint_in_background(read: AnyPool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if read.is_closed() {
+            return;
+        }
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&read).await {
+            if read.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %err, "background checkpoint failed");
+        }
+    }
 }
 
 /// Makes sure the file's folder exists and the file is created on first use.
