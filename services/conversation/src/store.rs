@@ -12,6 +12,7 @@ use jack_runtime::db::{Database, Engine};
 use jack_runtime::{ids, time};
 use sqlx::any::AnyRow;
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use sqlx::{Any, AssertSqlSafe, Row as _, Transaction};
 
@@ -22,7 +23,13 @@ type Result<T, E = ConversationError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
+    /// conversation → (guest, hotel): they never change once a conversation exists, so the
+    /// writer looks each conversation up once rather than in every batch.
+    owners: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
+
+/// Conversations whose owners are remembered; the map starts afresh beyond this.
+const OWNERS_CACHED: usize = 100_000;
 
 /// What `add_guest_message` did.
 #[derive(Debug)]
@@ -84,16 +91,15 @@ fn padded<T: Clone>(mut values: Vec<T>) -> Vec<T> {
     values
 }
 
-/// Splits `n` rows into chunks whose sizes are powers of two (at most 64), for the same reason.
-fn chunk_sizes(mut n: usize) -> Vec<usize> {
-    let mut sizes = Vec::new();
-    while n > 0 {
-        let size = if n >= 64 { 64 } else { 1 << (usize::BITS - 1 - n.leading_zeros()) };
-        sizes.push(size);
-        n -= size;
-    }
-    sizes
+/// A `LIMIT` is written into the SQL rather than bound: SQLite re-prepares a statement every
+/// time a new value is bound to its `LIMIT` (its planner uses the value). Rounded up to a
+/// power of two, so that a few shapes stay prepared; callers truncate to what they asked.
+fn limit_shape(limit: u32) -> u32 {
+    limit.max(1).next_power_of_two()
 }
+
+/// The most messages one INSERT statement carries (13 parameters each).
+const INSERT_ROWS: usize = 128;
 
 fn conversation_from_row(row: &AnyRow) -> Result<pb::Conversation> {
     Ok(pb::Conversation {
@@ -154,7 +160,11 @@ pub fn event_for(conversation: &str, hotel_id: &str, guest_id: &str, kind: event
 
 impl Store {
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self { db, owners: Arc::default() }
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.db.engine
     }
 
     pub async fn conversation(&self, conversation_id: &str) -> Result<Option<pb::Conversation>> {
@@ -213,7 +223,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let engine = self.db.engine;
         let existing = Self::stored_by_client_id(engine, &mut tx, &items).await?;
-        let owners = Self::conversation_owners(engine, &mut tx, &items).await?;
+        let owners = self.conversation_owners(&mut tx, &items).await?;
 
         // Decide each item: a resend, a refusal, or a new message (counted per conversation).
         enum Plan {
@@ -310,17 +320,43 @@ impl Store {
         Ok(found)
     }
 
-    /// conversation → (guest, hotel) for the items' conversations that exist.
-    async fn conversation_owners(engine: Engine, tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<String, (String, String)>> {
-        let ids = padded(items.iter().map(|(m, _)| m.conversation_id.as_str()).collect::<HashSet<_>>().into_iter().collect::<Vec<_>>());
-        let sql = format!("SELECT conversation_id, guest_id, hotel_id FROM conversations WHERE conversation_id IN ({})", Params::new(engine).list(ids.len()));
+    /// conversation → (guest, hotel) for the items' conversations that exist (from the cache,
+    /// or one query for those it lacks).
+    async fn conversation_owners(&self, tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<String, (String, String)>> {
+        let mut owners = HashMap::new();
+        let mut unknown = HashSet::new();
+        {
+            let cache = self.owners.lock().expect("owners lock");
+            for (message, _) in items {
+                let id = message.conversation_id.as_str();
+                match cache.get(id) {
+                    Some(owner) => {
+                        owners.insert(id.to_owned(), owner.clone());
+                    }
+                    None => {
+                        unknown.insert(id);
+                    }
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(owners);
+        }
+        let ids = padded(unknown.into_iter().collect::<Vec<_>>());
+        let sql = format!("SELECT conversation_id, guest_id, hotel_id FROM conversations WHERE conversation_id IN ({})", Params::new(self.db.engine).list(ids.len()));
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in &ids {
             query = query.bind(*id);
         }
-        let mut owners = HashMap::new();
-        for row in query.fetch_all(&mut **tx).await? {
-            owners.insert(row.try_get("conversation_id")?, (row.try_get("guest_id")?, row.try_get("hotel_id")?));
+        let rows = query.fetch_all(&mut **tx).await?;
+        let mut cache = self.owners.lock().expect("owners lock");
+        if cache.len() + rows.len() > OWNERS_CACHED {
+            cache.clear();
+        }
+        for row in rows {
+            let (id, owner): (String, (String, String)) = (row.try_get("conversation_id")?, (row.try_get("guest_id")?, row.try_get("hotel_id")?));
+            cache.insert(id.clone(), owner.clone());
+            owners.insert(id, owner);
         }
         Ok(owners)
     }
@@ -355,23 +391,29 @@ impl Store {
         Ok(first)
     }
 
-    /// Multi-row inserts of the messages. (The messages are their own outbox: the relay
-    /// publishes them from its cursor.)
+    /// Inserts the messages, a statement per [`INSERT_ROWS`] of them. (The messages are their
+    /// own outbox: the relay publishes them from its cursor.) Every statement is a round trip
+    /// to the database's thread, and a new statement shape is a new prepared statement, so
+    /// each statement's row list is padded to a multiple of eight by repeating its last row:
+    /// a repeat collides with the row it copies and `ON CONFLICT DO NOTHING` skips it. Every
+    /// real row must then be inserted, or the batch fails. (A `WHERE` that filtered padding
+    /// out would make SQLite re-prepare the statement on every use: the planner looks at bound
+    /// values in it.)
     async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<()> {
         const COLUMNS: usize = 13;
-        let mut rest = messages;
-        for size in chunk_sizes(messages.len()) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
+        for chunk in messages.chunks(INSERT_ROWS) {
+            let rows = chunk.len().next_multiple_of(8);
             let mut params = Params::new(engine);
-            let rows: Vec<String> = (0..size).map(|_| format!("({})", params.list(COLUMNS))).collect();
+            let values: Vec<String> = (0..rows).map(|_| format!("({})", params.list(COLUMNS))).collect();
             let sql = format!(
                 "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
-                     reply_to_message_id, rich, hotel_id, guest_id, created_at_ms) VALUES {}",
-                rows.join(", ")
+                     reply_to_message_id, rich, hotel_id, guest_id, created_at_ms)
+                 VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
-            for m in chunk {
+            let last = chunk.last().expect("chunks are not empty");
+            for m in chunk.iter().chain(std::iter::repeat_n(last, rows - chunk.len())) {
                 query = query
                     .bind(m.message_id.as_str())
                     .bind(m.conversation_id.as_str())
@@ -387,28 +429,29 @@ impl Store {
                     .bind(m.guest_id.as_str())
                     .bind(m.created_at_ms);
             }
-            query.execute(&mut **tx).await?;
+            let inserted = query.execute(&mut **tx).await?.rows_affected();
+            if inserted != chunk.len() as u64 {
+                return Err(ConversationError::Corrupt(format!("{inserted} of {} messages inserted: a seq or id collided", chunk.len())));
+            }
         }
         Ok(())
     }
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`.
     pub async fn list_messages(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<(Vec<pb::Message>, bool)> {
-        let fetch = i64::from(limit) + 1;
+        let fetch = limit_shape(limit + 1);
         let rows = match after_seq {
             Some(after) => {
-                sqlx::query(select_message!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"))
+                sqlx::query(AssertSqlSafe(format!(select_message!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}"), fetch)))
                     .bind(conversation_id)
                     .bind(after)
-                    .bind(fetch)
                     .fetch_all(&self.db.read)
                     .await?
             }
             None => {
-                sqlx::query(select_message!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"))
+                sqlx::query(AssertSqlSafe(format!(select_message!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}"), fetch)))
                     .bind(conversation_id)
                     .bind(before_seq.unwrap_or(i64::MAX))
-                    .bind(fetch)
                     .fetch_all(&self.db.read)
                     .await?
             }
@@ -424,11 +467,9 @@ impl Store {
     /// Messages after a global position, for WatchMessages, and the last position scanned
     /// (which moves past messages the filter left out). `roles` is empty for all roles.
     pub async fn messages_after_position(&self, after: i64, roles: &[i32], hotel_id: Option<&str>, limit: u32) -> Result<(Vec<(i64, pb::Message)>, Option<i64>)> {
-        let rows = sqlx::query(select_message!("position > $1 ORDER BY position ASC LIMIT $2"))
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.db.read)
-            .await?;
+        let sql = format!(select_message!("position > $1 ORDER BY position ASC LIMIT {}"), limit_shape(limit));
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(after).fetch_all(&self.db.read).await?;
+        rows.truncate(limit as usize);
         let mut out = Vec::with_capacity(rows.len());
         let mut last = None;
         for row in &rows {
@@ -467,7 +508,9 @@ impl Store {
 
     /// The oldest outbox rows, in order.
     pub async fn outbox(&self, limit: u32) -> Result<Vec<(i64, events::Event)>> {
-        let rows = sqlx::query("SELECT position, event FROM outbox ORDER BY position ASC LIMIT $1").bind(i64::from(limit)).fetch_all(&self.db.read).await?;
+        let sql = format!("SELECT position, event FROM outbox ORDER BY position ASC LIMIT {}", limit_shape(limit));
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.db.read).await?;
+        rows.truncate(limit as usize);
         rows.iter()
             .map(|row| {
                 let bytes: Vec<u8> = row.try_get("event")?;
@@ -523,12 +566,35 @@ mod tests {
 
     #[test]
     fn shapes_are_few() {
-        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
-        assert_eq!(chunk_sizes(7), [4, 2, 1]);
-        assert_eq!(chunk_sizes(200), [64, 64, 64, 8]);
         assert_eq!(padded(vec![1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
         assert_eq!(Params::new(Engine::Postgres).list(3), "$1, $2, $3");
         assert_eq!(Params::new(Engine::Sqlite).list(2), "?, ?");
+    }
+
+    #[tokio::test]
+    async fn a_big_batch_is_stored_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let a = store.active_conversation("h", "ga", "webchat", true).await.unwrap().unwrap().conversation_id;
+        let b = store.active_conversation("h", "gb", "webchat", true).await.unwrap().unwrap().conversation_id;
+        // More than one INSERT statement's worth, and not a multiple of the padding.
+        let items: Vec<_> = (0..INSERT_ROWS + 11).map(|i| guest_message(if i % 3 == 0 { &b } else { &a }, &format!("m{i}"), &format!("text {i}"))).collect();
+        let results = store.add_messages(items).await.unwrap();
+        assert!(results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
+        let (in_a, _) = store.list_messages(&a, Some(0), None, 500).await.unwrap();
+        let (in_b, _) = store.list_messages(&b, Some(0), None, 500).await.unwrap();
+        assert_eq!(in_a.len() + in_b.len(), INSERT_ROWS + 11);
+        assert!(in_a.iter().enumerate().all(|(i, m)| m.seq == i as i64 + 1));
+        let expected_b: Vec<String> = (0..INSERT_ROWS + 11).filter(|i| i % 3 == 0).map(|i| format!("text {i}")).collect();
+        assert_eq!(in_b.iter().map(|m| m.content.clone()).collect::<Vec<_>>(), expected_b);
+        // Commit order: positions follow the batch.
+        let (all, _) = store.messages_after_position(0, &[], None, 500).await.unwrap();
+        let contents: Vec<String> = all.iter().map(|(_, m)| m.content.clone()).collect();
+        assert_eq!(contents, (0..INSERT_ROWS + 11).map(|i| format!("text {i}")).collect::<Vec<_>>());
+        // A page smaller than what is there says there is more.
+        let (page, more) = store.list_messages(&a, Some(0), None, 5).await.unwrap();
+        assert_eq!((page.len(), more), (5, true));
     }
 
     #[tokio::test]
