@@ -32,7 +32,7 @@ pub struct ConversationApi {
     shutdown: CancellationToken,
 }
 
-/// Wakes the outbox relay and the WatchMessages streams after a commit.
+/// Wakes the relay (an outbox row was written) and the WatchMessages streams after a commit.
 fn announce(relay: &RelayHandle, committed: &watch::Sender<u64>) {
     relay.wake();
     committed.send_modify(|n| *n = n.wrapping_add(1));
@@ -50,7 +50,11 @@ impl ConversationApi {
         let committed = watch::Sender::new(0u64);
         let writer = {
             let (relay, committed) = (relay.clone(), committed.clone());
-            Writer::start(store.clone(), move || announce(&relay, &committed))
+            Writer::start(store.clone(), move |messages| {
+                // The relay gets the new messages themselves: no need to read them back.
+                relay.messages_committed(messages);
+                committed.send_modify(|n| *n = n.wrapping_add(1));
+            })
         };
         Self { store, writer, relay, committed, shutdown }
     }

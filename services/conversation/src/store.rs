@@ -31,6 +31,14 @@ pub struct Store {
 /// Conversations whose owners are remembered; the map starts afresh beyond this.
 const OWNERS_CACHED: usize = 100_000;
 
+/// What a batch of [`Store::add_messages`] did: an answer per item, and the new messages
+/// with their positions, in commit order (for the relay).
+#[derive(Debug)]
+pub struct Committed {
+    pub results: Vec<Result<Added>>,
+    pub messages: Vec<(i64, pb::Message)>,
+}
+
 /// What `add_guest_message` did.
 #[derive(Debug)]
 pub enum Added {
@@ -219,7 +227,7 @@ impl Store {
     /// The batch costs a fixed number of statements, not a few per message: one lookup of
     /// resends, one of the conversations, one update of their seqs, one insert of the
     /// messages.
-    pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Vec<Result<Added>>> {
+    pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
         let mut tx = self.begin().await?;
         let engine = self.db.engine;
         let existing = Self::stored_by_client_id(engine, &mut tx, &items).await?;
@@ -281,18 +289,20 @@ impl Store {
             }
         }
         let new_messages: Vec<&pb::Message> = finals.iter().flatten().collect();
-        Self::insert_messages(engine, &mut tx, &new_messages).await?;
+        let positions = Self::insert_messages(engine, &mut tx, &new_messages).await?;
         tx.commit().await?;
+        let mut committed: Vec<(i64, pb::Message)> = new_messages.into_iter().zip(positions).map(|(m, p)| (p, m.clone())).collect();
+        committed.sort_by_key(|(p, _)| *p);
 
-        let mut out = Vec::with_capacity(plans.len());
+        let mut results = Vec::with_capacity(plans.len());
         for (i, plan) in plans.into_iter().enumerate() {
-            out.push(match plan {
+            results.push(match plan {
                 Plan::Done(result) => *result,
                 Plan::New => Ok(Added::New(finals[i].clone().expect("numbered"))),
                 Plan::SameAs(first) => Ok(Added::Duplicate(finals[first].clone().expect("numbered"))),
             });
         }
-        Ok(out)
+        Ok(Committed { results, messages: committed })
     }
 
     /// Stored messages whose (conversation, client id) matches an item's.
@@ -399,8 +409,11 @@ impl Store {
     /// real row must then be inserted, or the batch fails. (A `WHERE` that filtered padding
     /// out would make SQLite re-prepare the statement on every use: the planner looks at bound
     /// values in it.)
-    async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<()> {
+    ///
+    /// Returns each message's position (the relay's cursor), in the order of `messages`.
+    async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<Vec<i64>> {
         const COLUMNS: usize = 13;
+        let mut positions = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(INSERT_ROWS) {
             let rows = chunk.len().next_multiple_of(8);
             let mut params = Params::new(engine);
@@ -408,7 +421,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
                      reply_to_message_id, rich, hotel_id, guest_id, created_at_ms)
-                 VALUES {} ON CONFLICT DO NOTHING",
+                 VALUES {} ON CONFLICT DO NOTHING RETURNING position, message_id",
                 values.join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -429,12 +442,19 @@ impl Store {
                     .bind(m.guest_id.as_str())
                     .bind(m.created_at_ms);
             }
-            let inserted = query.execute(&mut **tx).await?.rows_affected();
-            if inserted != chunk.len() as u64 {
-                return Err(ConversationError::Corrupt(format!("{inserted} of {} messages inserted: a seq or id collided", chunk.len())));
+            let rows = query.fetch_all(&mut **tx).await?;
+            if rows.len() != chunk.len() {
+                return Err(ConversationError::Corrupt(format!("{} of {} messages inserted: a seq or id collided", rows.len(), chunk.len())));
+            }
+            let mut by_id = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                by_id.insert(row.try_get::<String, _>("message_id")?, row.try_get::<i64, _>("position")?);
+            }
+            for m in chunk {
+                positions.push(by_id.get(&m.message_id).copied().ok_or_else(|| ConversationError::Corrupt(format!("no position for {}", m.message_id)))?);
             }
         }
-        Ok(())
+        Ok(positions)
     }
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`.
@@ -580,7 +600,7 @@ mod tests {
         let b = store.active_conversation("h", "gb", "webchat", true).await.unwrap().unwrap().conversation_id;
         // More than one INSERT statement's worth, and not a multiple of the padding.
         let items: Vec<_> = (0..INSERT_ROWS + 11).map(|i| guest_message(if i % 3 == 0 { &b } else { &a }, &format!("m{i}"), &format!("text {i}"))).collect();
-        let results = store.add_messages(items).await.unwrap();
+        let results = store.add_messages(items).await.unwrap().results;
         assert!(results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
         let (in_a, _) = store.list_messages(&a, Some(0), None, 500).await.unwrap();
         let (in_b, _) = store.list_messages(&b, Some(0), None, 500).await.unwrap();
@@ -612,7 +632,8 @@ mod tests {
                 guest_message("cnv_missing", "x", "lost?"),
             ])
             .await
-            .unwrap();
+            .unwrap()
+            .results;
         let seq = |r: &Result<Added>| match r {
             Ok(Added::New(m)) => ("new", m.seq),
             Ok(Added::Duplicate(m)) => ("dup", m.seq),
@@ -624,6 +645,10 @@ mod tests {
         assert_eq!(got, [("new", 1), ("new", 2), ("dup", 1), ("reused", 0), ("missing", 0)]);
         // A later batch sees the stored message as a resend; others get the next seq.
         let again = store.add_messages(vec![guest_message(&c, "a", "hello"), guest_message(&c, "c", "third")]).await.unwrap();
+        // The relay is handed the new message with its position.
+        let (after_first, _) = store.messages_after_position(0, &[], None, 10).await.unwrap();
+        assert_eq!(again.messages.iter().map(|(p, m)| (*p, m.content.as_str())).collect::<Vec<_>>(), [(after_first[2].0, "third")]);
+        let again = again.results;
         assert_eq!(again.iter().map(seq).collect::<Vec<_>>(), [("dup", 1), ("new", 3)]);
         let (messages, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
         assert_eq!(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["hello", "second", "third"]);

@@ -29,7 +29,7 @@ impl Writer {
     /// hundreds of them. On its own thread the writer runs the moment its answer arrives.
     /// (On PostgreSQL it stays on the runtime: its connections belong to the runtime's
     /// reactor.)
-    pub fn start(store: Store, on_commit: impl Fn() + Send + 'static) -> Self {
+    pub fn start(store: Store, on_commit: impl Fn(Vec<(i64, pb::Message)>) + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         if store.engine() == Engine::Sqlite {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the writer");
@@ -51,7 +51,7 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, Reply)>, on_commit: impl Fn()) {
+async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, Reply)>, on_commit: impl Fn(Vec<(i64, pb::Message)>)) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|(m, owner, reply)| ((m, owner), reply)).unzip();
@@ -59,11 +59,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, 
         let outcome = store.add_messages(items).await;
         tracing::debug!(size = replies.len(), micros = started.elapsed().as_micros() as u64, "message batch");
         match outcome {
-            Ok(results) => {
-                if results.iter().any(|r| matches!(r, Ok(Added::New(_)))) {
-                    on_commit();
+            Ok(committed) => {
+                if !committed.messages.is_empty() {
+                    on_commit(committed.messages);
                 }
-                for (reply, result) in replies.into_iter().zip(results) {
+                for (reply, result) in replies.into_iter().zip(committed.results) {
                     let _ = reply.send(result);
                 }
             }
