@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt as _;
 use jack_proto::edge::v1 as pb;
 use jack_proto::edge::v1::edge_service_server::{EdgeService, EdgeServiceServer};
 use jack_proto::tonic::{self, Request, Response, Status};
@@ -85,7 +86,13 @@ impl EdgeServer {
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
         let app = crate::http::router(edge.clone());
-        let result = axum::serve(self.http, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
+        let listener = self.http.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY not set");
+            }
+        });
+        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
         for link in links {
             let _ = link.await;
         }
