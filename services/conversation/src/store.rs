@@ -171,10 +171,6 @@ impl Store {
         Self { db, owners: Arc::default() }
     }
 
-    pub fn engine(&self) -> Engine {
-        self.db.engine
-    }
-
     pub async fn conversation(&self, conversation_id: &str) -> Result<Option<pb::Conversation>> {
         let row = sqlx::query(select_conversation!("conversation_id = $1")).bind(conversation_id).fetch_optional(&self.db.read).await?;
         row.as_ref().map(conversation_from_row).transpose()

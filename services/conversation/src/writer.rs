@@ -3,13 +3,12 @@
 //! commit (one disk sync); when idle a message is committed alone, at once.
 
 use jack_proto::conversation::v1 as pb;
-use jack_runtime::db::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ConversationError;
 use crate::store::{Added, Store};
 
-/// At most this many messages share one transaction.
+/// At most this many messages share one transaction (one INSERT statement's worth).
 const MAX_BATCH: usize = 128;
 const QUEUE: usize = 4096;
 
@@ -22,24 +21,9 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writing task; it ends when every `Writer` handle is dropped.
-    ///
-    /// On SQLite the task has a thread of its own. Every statement is a round trip to sqlx's
-    /// SQLite thread, and that thread wakes the writer from outside the runtime, which queues
-    /// it behind every session task that is ready: under load each round trip waited for
-    /// hundreds of them. On its own thread the writer runs the moment its answer arrives.
-    /// (On PostgreSQL it stays on the runtime: its connections belong to the runtime's
-    /// reactor.)
     pub fn start(store: Store, on_commit: impl Fn(Vec<(i64, pb::Message)>) + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        if store.engine() == Engine::Sqlite {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the writer");
-            std::thread::Builder::new()
-                .name("conversation-writer".into())
-                .spawn(move || runtime.block_on(run(store, rx, on_commit)))
-                .expect("a thread for the writer");
-        } else {
-            tokio::spawn(run(store, rx, on_commit));
-        }
+        tokio::spawn(run(store, rx, on_commit));
         Self { queue: tx }
     }
 
