@@ -59,6 +59,11 @@ export interface UserIdentity {
 
 /** A retryable error (rate limited, backend busy) waits about this long before the resend. */
 const RETRY_AFTER_MS = 2_000;
+/** Messages go out at most this many a second after a burst of `SEND_BURST`: half the edge's
+ * default frame limit (`EDGE_RATE_LIMIT`, 20 a second, bursts of 40), leaving room for typing
+ * and read frames, so that a burst from the SDK is paced here rather than refused there. */
+const SEND_RATE = 10;
+const SEND_BURST = 20;
 /** Waiting for an answer (identified, an ack) this long with nothing at all from the server
  * means the socket is dead without knowing it (laptop sleep, a Wi-Fi switch): start over. */
 export const ANSWER_TIMEOUT_MS = 15_000;
@@ -89,6 +94,10 @@ export class ChatClient {
   /** The unsent message being sent: one at a time, so they are stored in the order typed. */
   private inFlight: string | null = null;
   private retryTimer: unknown = null;
+  /** Sends left in the current burst, refilled at `SEND_RATE` a second. */
+  private sendTokens = SEND_BURST;
+  private tokensAt = 0;
+  private paceTimer: unknown = null;
 
   constructor(
     url: string,
@@ -246,10 +255,22 @@ export class ChatClient {
   /** Sends the oldest unsent message when none is awaiting its ack: one at a time, so a
    * rate-limited or retried message cannot be overtaken by a later one. */
   private pump(): void {
-    if (!this.identified || this.inFlight !== null || this.retryTimer !== null) return;
+    if (!this.identified || this.inFlight !== null || this.retryTimer !== null || this.paceTimer !== null) return;
     const next = this.timeline.pending().find((e) => e.status === 'queued' || e.status === 'sending');
     if (!next?.frame) return;
+    const now = this.deps.now();
+    this.sendTokens = Math.min(SEND_BURST, this.sendTokens + ((now - this.tokensAt) / 1000) * SEND_RATE);
+    this.tokensAt = now;
+    if (this.sendTokens < 1) {
+      const wait = Math.ceil(((1 - this.sendTokens) / SEND_RATE) * 1000);
+      this.paceTimer = this.deps.setTimeout(() => {
+        this.paceTimer = null;
+        this.pump();
+      }, wait);
+      return;
+    }
     if (!this.send(next.frame)) return;
+    this.sendTokens -= 1;
     this.inFlight = next.clientMessageId!;
     this.setStatus(next, 'sending');
     this.arm();

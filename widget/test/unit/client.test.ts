@@ -224,3 +224,26 @@ test('typing is not sent before the session is identified', () => {
   client.typing(true);
   assert.deepEqual(world.socket.ofType('typing'), []);
 });
+
+test('a burst from the SDK is paced under the edge\'s frame limit: 20 at once, then 10 a second', () => {
+  const { client, world } = setup();
+  client.start();
+  handshake(world);
+  const ack = (id: string, seq: number) =>
+    world.socket.receive({ type: 'message_ack', clientMessageId: id, messageId: `m${seq}`, seq, conversationId: 'cnv_1', timestamp: 'x' });
+  const ids = Array.from({ length: 30 }, (_, i) => client.sendText(`burst ${i + 1}`));
+  // Acks come back at once: the first 20 go without waiting.
+  for (let i = 0; i < 20; i++) ack(ids[i], i + 1);
+  assert.equal(world.socket.ofType('message').length, 20);
+  // The 21st waits for the bucket to refill (100 ms a message), then they go one by one.
+  world.advance(99);
+  assert.equal(world.socket.ofType('message').length, 20);
+  world.advance(1);
+  assert.equal(world.socket.ofType('message').length, 21);
+  for (let i = 20; i < 30; i++) {
+    ack(ids[i], i + 1);
+    world.advance(100);
+  }
+  assert.deepEqual(world.socket.ofType('message').map((f) => f.clientMessageId), ids, 'all of them, in order, each once');
+  assert.ok(client.timeline.pending().length === 0);
+});
