@@ -50,9 +50,9 @@ impl ConversationApi {
         let committed = watch::Sender::new(0u64);
         let writer = {
             let (relay, committed) = (relay.clone(), committed.clone());
-            Writer::start(store.clone(), move |messages| {
+            Writer::start(store.clone(), move |batch| {
                 // The relay gets the new messages themselves: no need to read them back.
-                relay.messages_committed(messages);
+                relay.messages_committed(batch);
                 committed.send_modify(|n| *n = n.wrapping_add(1));
             })
         };

@@ -2,14 +2,14 @@
 //!
 //! Messages are their own outbox: the relay publishes them in `position` order after its
 //! cursor, and moves the cursor only once delivery answered. The writer hands the relay each
-//! batch it committed, with positions, so in the common case nothing is read back from the
-//! database; the relay reads from its cursor instead whenever what it was handed does not
-//! follow on from the cursor (at start, after a failed publish, when the handed queue
-//! overflowed, when another replica of this service wrote in between) and once a second
-//! (rows another replica wrote). Other durable events (read receipts) come from the outbox
-//! table, deleted once published. After a crash it resends from the stored cursor; edges
-//! drop seqs they already sent, so a resend is harmless. Typing is ephemeral: it rides along
-//! best effort.
+//! batch it committed, with the positions the batch took (a [`Handoff`]); while each batch
+//! follows on from the last one the relay has covered, nothing is read back from the
+//! database. The relay reads from its cursor instead at start, after a failed publish, on a
+//! break in the chain (the writer's first batch, a failed batch, another replica's rows in
+//! between), when the handed queue overflowed, and once a second (rows another replica
+//! wrote). Other durable events (read receipts) come from the outbox table, deleted once
+//! published. After a crash it resends from the stored cursor; edges drop seqs they already
+//! sent, so a resend is harmless. Typing is ephemeral: it rides along best effort.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,12 +34,27 @@ const EPHEMERAL_QUEUE: usize = 4096;
 /// Committed messages the relay may hold in memory; beyond that it reads them back instead.
 const HANDED_MAX: usize = 8192;
 
-/// What the writer hands over: committed messages with their positions, in commit order.
+/// One committed batch as the writer hands it over.
+#[derive(Debug, Clone, Default)]
+pub struct Handoff {
+    /// The new messages with their positions, in commit order.
+    pub messages: Vec<(i64, conv::Message)>,
+    /// The batch took every position after `after` up to `through` (padding rows take
+    /// positions too): `after` is the previous batch's `through`. `None` when the writer
+    /// cannot vouch for that (its first batch, after a failure, another writer in between).
+    pub after: Option<i64>,
+    pub through: Option<i64>,
+}
+
 #[derive(Debug, Default)]
 struct Handed {
-    messages: VecDeque<(i64, conv::Message)>,
+    batches: VecDeque<Handoff>,
+    count: usize,
     /// Some were dropped (the queue was full): read from the cursor.
     overflowed: bool,
+    /// `through` of the latest batch handed (queued or dropped), if any was handed since the
+    /// relay last looked.
+    latest: Option<Option<i64>>,
 }
 
 /// What the API uses to reach the relay.
@@ -58,14 +73,16 @@ impl RelayHandle {
         self.wake.notify_one();
     }
 
-    /// Messages were committed (with their positions, in commit order).
-    pub fn messages_committed(&self, messages: Vec<(i64, conv::Message)>) {
+    /// A batch was committed.
+    pub fn messages_committed(&self, batch: Handoff) {
         {
             let mut handed = self.handed.lock().expect("relay queue lock");
-            if handed.messages.len() + messages.len() > HANDED_MAX {
+            handed.latest = Some(batch.through);
+            if handed.count + batch.messages.len() > HANDED_MAX {
                 handed.overflowed = true;
             } else {
-                handed.messages.extend(messages);
+                handed.count += batch.messages.len();
+                handed.batches.push_back(batch);
             }
         }
         self.wake.notify_one();
@@ -86,6 +103,11 @@ pub struct Relay {
     ephemeral: mpsc::Receiver<events::Event>,
     handed: Arc<Mutex<Handed>>,
     outbox_written: Arc<AtomicBool>,
+    /// Every position up to this one is published (or was taken by padding): a handed batch
+    /// whose `after` is this follows on.
+    covered: Option<i64>,
+    /// `through` of the latest batch taken from the queue.
+    last_taken: Option<i64>,
 }
 
 impl Relay {
@@ -96,40 +118,60 @@ impl Relay {
         // The outbox may hold rows from before a restart.
         let outbox_written = Arc::new(AtomicBool::new(true));
         let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone() };
-        (Self { store, clients, wake, ephemeral: rx, handed, outbox_written }, handle)
+        (Self { store, clients, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None }, handle)
     }
 
-    /// The messages to publish next, after `cursor`: what the writer handed over when it
-    /// follows on from the cursor, else (or when `read` asks) what the database holds.
-    async fn next_messages(&self, cursor: i64, read: bool) -> Vec<(i64, conv::Message)> {
-        let (handed, overflowed) = {
+    /// The messages to publish next, after `cursor`: what the writer handed over while its
+    /// batches follow on from what is covered, else (or when `read` asks) what the database
+    /// holds after the cursor.
+    async fn next_messages(&mut self, cursor: i64, read: bool) -> Vec<(i64, conv::Message)> {
+        let (mut batches, overflowed) = {
             let mut h = self.handed.lock().expect("relay queue lock");
-            (std::mem::take(&mut h.messages), std::mem::take(&mut h.overflowed))
-        };
-        let mut fresh: Vec<_> = handed.into_iter().skip_while(|(p, _)| *p <= cursor).collect();
-        if !read && !overflowed {
-            if fresh.is_empty() {
-                return fresh;
+            if let Some(latest) = h.latest.take() {
+                self.last_taken = latest;
             }
-            // One writer's commits take positions that follow each other; anything else
-            // (another replica's rows in between, a position lost to a rollback) is read.
-            let follows_on = fresh[0].0 == cursor + 1 && fresh.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+            h.count = 0;
+            (std::mem::take(&mut h.batches), std::mem::take(&mut h.overflowed))
+        };
+        if !read && !overflowed {
+            let follows_on = {
+                let mut covered = self.covered;
+                batches.iter().all(|b| {
+                    let linked = b.after.is_some() && b.after == covered;
+                    covered = b.through;
+                    linked
+                })
+            };
             if follows_on {
-                if fresh.len() > BATCH as usize {
-                    let rest = fresh.split_off(BATCH as usize);
-                    let mut h = self.handed.lock().expect("relay queue lock");
-                    for item in rest.into_iter().rev() {
-                        h.messages.push_front(item);
+                // At most about BATCH messages in one publish; the rest stay queued, in order.
+                let mut out = Vec::new();
+                while let Some(batch) = batches.pop_front() {
+                    self.covered = batch.through;
+                    out.extend(batch.messages.into_iter().filter(|(p, _)| *p > cursor));
+                    if out.len() >= BATCH as usize {
+                        break;
                     }
                 }
-                return fresh;
+                if !batches.is_empty() {
+                    let mut h = self.handed.lock().expect("relay queue lock");
+                    h.count += batches.iter().map(|b| b.messages.len()).sum::<usize>();
+                    while let Some(batch) = batches.pop_back() {
+                        h.batches.push_front(batch);
+                    }
+                }
+                return out;
             }
         }
+        // Everything handed so far was committed before this read, so a read that reaches
+        // the end covers it all.
+        self.covered = None;
         match self.store.messages_after_position(cursor, &[], None, BATCH).await {
             Ok((messages, _)) => {
                 if messages.len() == BATCH as usize {
                     // There may be more: read again next time.
                     self.handed.lock().expect("relay queue lock").overflowed = true;
+                } else {
+                    self.covered = self.last_taken;
                 }
                 messages
             }
@@ -292,22 +334,33 @@ mod tests {
         messages.iter().map(|(p, m)| (*p, m.content.as_str())).collect()
     }
 
-    #[tokio::test]
-    async fn handed_messages_that_follow_the_cursor_are_published_without_a_read() {
-        let (relay, handle, _store, _dir) = relay().await;
-        // Not in the database: only the handed copy can produce these.
-        handle.messages_committed(vec![(1, message("one")), (2, message("two"))]);
-        handle.messages_committed(vec![(3, message("three"))]);
-        assert_eq!(contents(&relay.next_messages(0, false).await), [(1, "one"), (2, "two"), (3, "three")]);
-        // Already published ones are skipped; nothing new, nothing read.
-        handle.messages_committed(vec![(3, message("three")), (4, message("four"))]);
-        assert_eq!(contents(&relay.next_messages(3, false).await), [(4, "four")]);
-        assert!(relay.next_messages(4, false).await.is_empty());
+    fn handoff(after: Option<i64>, through: Option<i64>, messages: Vec<(i64, conv::Message)>) -> Handoff {
+        Handoff { messages, after, through }
     }
 
     #[tokio::test]
-    async fn a_gap_an_overflow_or_a_request_reads_from_the_database() {
-        let (relay, handle, store, _dir) = relay().await;
+    async fn batches_that_follow_on_are_published_without_a_read() {
+        let (mut relay, handle, _store, _dir) = relay().await;
+        // The writer's first batch cannot vouch for what came before it: a read (of an empty
+        // database here) covers it.
+        handle.messages_committed(handoff(None, Some(2), vec![(1, message("one")), (2, message("two"))]));
+        assert!(relay.next_messages(0, false).await.is_empty());
+        // These are not in the database: only the handed copies can produce them. Padding
+        // took positions 4 to 8.
+        handle.messages_committed(handoff(Some(2), Some(8), vec![(3, message("three"))]));
+        handle.messages_committed(handoff(Some(8), Some(9), vec![(9, message("nine"))]));
+        assert_eq!(contents(&relay.next_messages(2, false).await), [(3, "three"), (9, "nine")]);
+        handle.messages_committed(handoff(Some(9), Some(10), vec![(10, message("ten"))]));
+        assert_eq!(contents(&relay.next_messages(9, false).await), [(10, "ten")]);
+        assert!(relay.next_messages(10, false).await.is_empty());
+        // A break in the chain (another writer in between): read instead.
+        handle.messages_committed(handoff(Some(12), Some(13), vec![(13, message("not stored"))]));
+        assert!(relay.next_messages(10, false).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_break_an_overflow_or_a_request_reads_from_the_database() {
+        let (mut relay, handle, store, _dir) = relay().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
         let guest = |id: &str| {
             let m = conv::Message { conversation_id: c.clone(), role: conv::Role::Guest as i32, content: id.into(), client_message_id: Some(id.into()), ..Default::default() };
@@ -315,14 +368,16 @@ mod tests {
         };
         let committed = store.add_messages(vec![guest("a"), guest("b"), guest("c")]).await.unwrap();
         let positions: Vec<i64> = committed.messages.iter().map(|(p, _)| *p).collect();
-        // Handed only the last one: the two before it are missing from what was handed.
-        handle.messages_committed(committed.messages[2..].to_vec());
+        let through = committed.span.map(|(_, t)| t);
+        // Handed only the last one, with no link: the database has all three.
+        handle.messages_committed(handoff(None, through, committed.messages[2..].to_vec()));
         assert_eq!(relay.next_messages(0, false).await.iter().map(|(p, _)| *p).collect::<Vec<_>>(), positions);
         // Asked to read (at start, after a failed publish): the database, whatever was handed.
-        handle.messages_committed(vec![(positions[2] + 1, message("not stored"))]);
+        handle.messages_committed(handoff(through, through.map(|t| t + 1), vec![(through.unwrap() + 1, message("not stored"))]));
         assert_eq!(relay.next_messages(positions[0], true).await.iter().map(|(p, _)| *p).collect::<Vec<_>>(), positions[1..]);
         // The queue overflowed: what was handed is incomplete, so read.
-        handle.messages_committed((0..HANDED_MAX as i64 + 1).map(|i| (positions[2] + 1 + i, message("lost"))).collect());
+        let last = through.unwrap() + 1;
+        handle.messages_committed(handoff(Some(last), Some(last + HANDED_MAX as i64 + 1), (0..HANDED_MAX as i64 + 1).map(|i| (last + 1 + i, message("lost"))).collect()));
         assert!(relay.next_messages(positions[2], false).await.is_empty(), "nothing beyond the last stored message");
     }
 }

@@ -37,6 +37,9 @@ const OWNERS_CACHED: usize = 100_000;
 pub struct Committed {
     pub results: Vec<Result<Added>>,
     pub messages: Vec<(i64, pb::Message)>,
+    /// The positions the batch took, first and last (padding rows take positions too), when
+    /// they follow each other; `None` when they do not or nothing was inserted.
+    pub span: Option<(i64, i64)>,
 }
 
 /// What `add_guest_message` did.
@@ -285,7 +288,7 @@ impl Store {
             }
         }
         let new_messages: Vec<&pb::Message> = finals.iter().flatten().collect();
-        let positions = Self::insert_messages(engine, &mut tx, &new_messages).await?;
+        let (positions, span) = Self::insert_messages(engine, &mut tx, &new_messages).await?;
         tx.commit().await?;
         let mut committed: Vec<(i64, pb::Message)> = new_messages.into_iter().zip(positions).map(|(m, p)| (p, m.clone())).collect();
         committed.sort_by_key(|(p, _)| *p);
@@ -298,7 +301,7 @@ impl Store {
                 Plan::SameAs(first) => Ok(Added::Duplicate(finals[first].clone().expect("numbered"))),
             });
         }
-        Ok(Committed { results, messages: committed })
+        Ok(Committed { results, messages: committed, span })
     }
 
     /// Stored messages whose (conversation, client id) matches an item's.
@@ -406,10 +409,15 @@ impl Store {
     /// out would make SQLite re-prepare the statement on every use: the planner looks at bound
     /// values in it.)
     ///
-    /// Returns each message's position (the relay's cursor), in the order of `messages`.
-    async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<Vec<i64>> {
+    /// Returns each message's position (the relay's cursor), in the order of `messages`, and
+    /// the span of positions the statements took when it has no holes: each padding row
+    /// takes the position after the rows before it (SQLite's AUTOINCREMENT and PostgreSQL's
+    /// sequence both count it), so a chunk's span runs from its first row to its last row
+    /// plus its padding.
+    async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<(Vec<i64>, Option<(i64, i64)>)> {
         const COLUMNS: usize = 13;
         let mut positions = Vec::with_capacity(messages.len());
+        let mut span: Option<Option<(i64, i64)>> = None;
         for chunk in messages.chunks(INSERT_ROWS) {
             let rows = chunk.len().next_multiple_of(8);
             let mut params = Params::new(engine);
@@ -438,19 +446,28 @@ impl Store {
                     .bind(m.guest_id.as_str())
                     .bind(m.created_at_ms);
             }
-            let rows = query.fetch_all(&mut **tx).await?;
-            if rows.len() != chunk.len() {
-                return Err(ConversationError::Corrupt(format!("{} of {} messages inserted: a seq or id collided", rows.len(), chunk.len())));
+            let returned = query.fetch_all(&mut **tx).await?;
+            if returned.len() != chunk.len() {
+                return Err(ConversationError::Corrupt(format!("{} of {} messages inserted: a seq or id collided", returned.len(), chunk.len())));
             }
-            let mut by_id = HashMap::with_capacity(rows.len());
-            for row in &rows {
+            let mut by_id = HashMap::with_capacity(returned.len());
+            for row in &returned {
                 by_id.insert(row.try_get::<String, _>("message_id")?, row.try_get::<i64, _>("position")?);
             }
+            let start = positions.len();
             for m in chunk {
                 positions.push(by_id.get(&m.message_id).copied().ok_or_else(|| ConversationError::Corrupt(format!("no position for {}", m.message_id)))?);
             }
+            let taken = &positions[start..];
+            let in_order = taken.windows(2).all(|w| w[1] == w[0] + 1);
+            let (first, end) = (taken[0], taken[taken.len() - 1] + (rows - chunk.len()) as i64);
+            span = Some(match span {
+                None if in_order => Some((first, end)),
+                Some(Some((from, to))) if in_order && first == to + 1 => Some((from, end)),
+                _ => None,
+            });
         }
-        Ok(positions)
+        Ok((positions, span.flatten()))
     }
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`.
@@ -585,6 +602,26 @@ mod tests {
         assert_eq!(padded(vec![1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
         assert_eq!(Params::new(Engine::Postgres).list(3), "$1, $2, $3");
         assert_eq!(Params::new(Engine::Sqlite).list(2), "?, ?");
+    }
+
+    #[tokio::test]
+    async fn padding_rows_take_positions_and_the_span_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        // Two new messages padded to eight rows: the padding takes positions too, so the
+        // batch's span ends six after its last message, and the next batch starts after it
+        // (the relay relies on this to follow the writer's batches without reading).
+        let first = store.add_messages(vec![guest_message(&c, "p1", "x"), guest_message(&c, "p2", "y")]).await.unwrap();
+        let (from, end) = first.span.expect("a span");
+        assert_eq!((from, end), (first.messages[0].0, first.messages[1].0 + 6));
+        let next = store.add_messages(vec![guest_message(&c, "p3", "z")]).await.unwrap();
+        assert_eq!(next.span, Some((end + 1, end + 8)));
+        assert_eq!(next.messages[0].0, end + 1);
+        // Only resends: nothing inserted, no span.
+        let resend = store.add_messages(vec![guest_message(&c, "p3", "z")]).await.unwrap();
+        assert_eq!((resend.span, resend.messages.len()), (None, 0));
     }
 
     #[tokio::test]

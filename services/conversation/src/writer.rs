@@ -6,6 +6,7 @@ use jack_proto::conversation::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ConversationError;
+use crate::relay::Handoff;
 use crate::store::{Added, Store};
 
 /// At most this many messages share one transaction (one INSERT statement's worth).
@@ -21,7 +22,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writing task; it ends when every `Writer` handle is dropped.
-    pub fn start(store: Store, on_commit: impl Fn(Vec<(i64, pb::Message)>) + Send + 'static) -> Self {
+    pub fn start(store: Store, on_commit: impl Fn(Handoff) + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(store, rx, on_commit));
         Self { queue: tx }
@@ -35,8 +36,10 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, Reply)>, on_commit: impl Fn(Vec<(i64, pb::Message)>)) {
+async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, Reply)>, on_commit: impl Fn(Handoff)) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The last position taken by this writer's batches, while they follow each other.
+    let mut chain: Option<i64> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|(m, owner, reply)| ((m, owner), reply)).unzip();
         let started = std::time::Instant::now();
@@ -45,13 +48,20 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, 
         match outcome {
             Ok(committed) => {
                 if !committed.messages.is_empty() {
-                    on_commit(committed.messages);
+                    let after = match (chain, committed.span) {
+                        (Some(last), Some((first, _))) if first == last + 1 => Some(last),
+                        _ => None,
+                    };
+                    chain = committed.span.map(|(_, through)| through);
+                    on_commit(Handoff { messages: committed.messages, after, through: chain });
                 }
                 for (reply, result) in replies.into_iter().zip(committed.results) {
                     let _ = reply.send(result);
                 }
             }
             Err(err) => {
+                // What a failed transaction did to the positions is not known.
+                chain = None;
                 tracing::error!(error = %err, size = replies.len(), "message batch failed");
                 for reply in replies {
                     let _ = reply.send(Err(ConversationError::Unavailable));
