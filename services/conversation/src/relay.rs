@@ -316,16 +316,13 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jack_runtime::db::Database;
 
     fn message(content: &str) -> conv::Message {
         conv::Message { content: content.into(), ..Default::default() }
     }
 
     async fn relay() -> (Relay, RelayHandle, Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("c.db").display());
-        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let (store, dir) = crate::store::tests::sqlite_store().await;
         let (relay, handle) = Relay::new(store.clone(), Vec::new());
         (relay, handle, store, dir)
     }

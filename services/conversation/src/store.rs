@@ -582,8 +582,15 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A store on a SQLite file in a fresh folder (kept while the folder lives).
+    pub(crate) async fn sqlite_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        (Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap()), dir)
+    }
 
     fn guest_message(conversation: &str, client_id: &str, content: &str) -> (pb::Message, Option<String>) {
         let m = pb::Message {
@@ -606,9 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn padding_rows_take_positions_and_the_span_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("c.db").display());
-        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let (store, _dir) = sqlite_store().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
         // Two new messages padded to eight rows: the padding takes positions too, so the
         // batch's span ends six after its last message, and the next batch starts after it
@@ -626,9 +631,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_big_batch_is_stored_whole_and_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("c.db").display());
-        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let (store, _dir) = sqlite_store().await;
         let a = store.active_conversation("h", "ga", "webchat", true).await.unwrap().unwrap().conversation_id;
         let b = store.active_conversation("h", "gb", "webchat", true).await.unwrap().unwrap().conversation_id;
         // More than one INSERT statement's worth, and not a multiple of the padding.
@@ -652,9 +655,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_numbers_new_messages_and_answers_resends_and_refusals_one_by_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("c.db").display());
-        let store = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let (store, _dir) = sqlite_store().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
         let results = store
             .add_messages(vec![
