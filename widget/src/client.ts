@@ -59,11 +59,10 @@ export interface UserIdentity {
 
 /** A retryable error (rate limited, backend busy) waits about this long before the resend. */
 const RETRY_AFTER_MS = 2_000;
-/** Messages go out at most this many a second after a burst of `SEND_BURST`: half the edge's
- * default frame limit (`EDGE_RATE_LIMIT`, 20 a second, bursts of 40), leaving room for typing
+/** Messages go out at most half as fast as the edge accepts frames (`limits.maxFramesPerSecond`,
+ * bursts of twice that; 20 a second unless the edge says otherwise), leaving room for typing
  * and read frames, so that a burst from the SDK is paced here rather than refused there. */
-const SEND_RATE = 10;
-const SEND_BURST = 20;
+const DEFAULT_FRAMES_PER_SECOND = 20;
 /** Waiting for an answer (identified, an ack) this long with nothing at all from the server
  * means the socket is dead without knowing it (laptop sleep, a Wi-Fi switch): start over. */
 export const ANSWER_TIMEOUT_MS = 15_000;
@@ -94,8 +93,8 @@ export class ChatClient {
   /** The unsent message being sent: one at a time, so they are stored in the order typed. */
   private inFlight: string | null = null;
   private retryTimer: unknown = null;
-  /** Sends left in the current burst, refilled at `SEND_RATE` a second. */
-  private sendTokens = SEND_BURST;
+  /** Sends left in the current burst, refilled at half the edge's frame rate. */
+  private sendTokens = DEFAULT_FRAMES_PER_SECOND;
   private tokensAt = 0;
   private paceTimer: unknown = null;
 
@@ -259,10 +258,11 @@ export class ChatClient {
     const next = this.timeline.pending().find((e) => e.status === 'queued' || e.status === 'sending');
     if (!next?.frame) return;
     const now = this.deps.now();
-    this.sendTokens = Math.min(SEND_BURST, this.sendTokens + ((now - this.tokensAt) / 1000) * SEND_RATE);
+    const rate = Math.max(0.5, (this.limits.maxFramesPerSecond ?? DEFAULT_FRAMES_PER_SECOND) / 2);
+    this.sendTokens = Math.min(rate * 2, this.sendTokens + ((now - this.tokensAt) / 1000) * rate);
     this.tokensAt = now;
     if (this.sendTokens < 1) {
-      const wait = Math.ceil(((1 - this.sendTokens) / SEND_RATE) * 1000);
+      const wait = Math.ceil(((1 - this.sendTokens) / rate) * 1000);
       this.paceTimer = this.deps.setTimeout(() => {
         this.paceTimer = null;
         this.pump();

@@ -50,6 +50,8 @@ export interface Limits {
   maxFileSize: number;
   /** What the upload service accepts, once the edge knows it. */
   allowedFileTypes?: string[];
+  /** Frames a second the edge accepts from this connection (bursts of twice that). */
+  maxFramesPerSecond?: number;
 }
 
 export type ServerFrame =

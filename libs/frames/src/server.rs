@@ -41,6 +41,9 @@ pub struct Limits {
     /// The content types guests may upload (from the upload service, once the edge has heard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_file_types: Option<Vec<String>>,
+    /// Frames a second this connection may send (bursts of twice that); beyond it,
+    /// `RATE_LIMITED`. A client paces itself under it.
+    pub max_frames_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -105,6 +105,7 @@ impl Session {
                 max_message_size: self.edge.settings.max_message_size as u64,
                 max_file_size: self.edge.settings.max_file_size,
                 allowed_file_types: self.edge.upload_types.read().expect("upload types").clone(),
+                max_frames_per_second: self.edge.settings.rate_limit,
             },
         })
     }

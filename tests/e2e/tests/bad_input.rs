@@ -53,7 +53,10 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_open() {
 #[tokio::test]
 async fn a_flood_is_rate_limited_without_closing_the_socket() {
     let stack = TestStack::start_with(&[("EDGE_RATE_LIMIT", "5")]).await;
-    let mut guest = stack.guest("hotel_1").await;
+    // The limit is announced, so that a client can pace itself under it.
+    let mut guest = jack_e2e::Guest::open(&stack.ws_url("hotel_1")).await;
+    let connected = guest.next().await;
+    assert_eq!((connected["type"].as_str(), connected["limits"]["maxFramesPerSecond"].as_u64()), (Some("connected"), Some(5)));
     guest.identify(json!({"visitorId": "v_flood"})).await;
     for _ in 0..30 {
         guest.send(json!({"type": "typing", "isTyping": true})).await;

@@ -247,3 +247,20 @@ test('a burst from the SDK is paced under the edge\'s frame limit: 20 at once, t
   assert.deepEqual(world.socket.ofType('message').map((f) => f.clientMessageId), ids, 'all of them, in order, each once');
   assert.ok(client.timeline.pending().length === 0);
 });
+
+test('the pace follows the limit the edge announces', () => {
+  const { client, world } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x', protocol: 1, limits: { maxMessageSize: 100, maxFileSize: 100, maxFramesPerSecond: 4 } });
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [], hasMore: false });
+  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'v_1', visitorToken: 'tok', conversationId: 'cnv_1' });
+  const ids = Array.from({ length: 6 }, (_, i) => client.sendText(`m${i}`));
+  for (let i = 0; i < 4; i++) world.socket.receive({ type: 'message_ack', clientMessageId: ids[i], messageId: `m${i}`, seq: i + 1, conversationId: 'cnv_1', timestamp: 'x' });
+  // 4 frames a second: bursts of 4 messages, then 2 a second (half, for typing and reads).
+  assert.equal(world.socket.ofType('message').length, 4);
+  world.advance(499);
+  assert.equal(world.socket.ofType('message').length, 4);
+  world.advance(1);
+  assert.equal(world.socket.ofType('message').length, 5);
+});
