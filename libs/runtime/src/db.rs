@@ -114,6 +114,10 @@ fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
                 conn.execute("PRAGMA synchronous = FULL").await?;
                 conn.execute("PRAGMA busy_timeout = 5000").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
+                // Temporary data — above all the statement journal, which every page a
+                // multi-row INSERT changes inside a transaction is copied to first — in memory
+                // rather than in a temporary file: a file costs a write() a page.
+                conn.execute("PRAGMA temp_store = MEMORY").await?;
                 if role == Role::Write {
                     // A checkpoint run by the writer happens inside a commit, holding up every
                     // message queued behind it: the background task checkpoints instead, and
