@@ -12,9 +12,9 @@ use jack_runtime::db::{Database, Engine};
 use jack_runtime::{ids, time};
 use sqlx::any::AnyRow;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use sqlx::{Any, AssertSqlSafe, Row as _, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Connection as _, Row as _, Transaction};
 
 use crate::error::ConversationError;
 
@@ -23,13 +23,67 @@ type Result<T, E = ConversationError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
-    /// conversation → (guest, hotel): they never change once a conversation exists, so the
-    /// writer looks each conversation up once rather than in every batch.
-    owners: Arc<Mutex<HashMap<String, (String, String)>>>,
+    /// The conversations the message writer has written to; held for a whole batch, which
+    /// also keeps batches one at a time.
+    known: Arc<tokio::sync::Mutex<HashMap<String, Known>>>,
 }
 
-/// Conversations whose owners are remembered; the map starts afresh beyond this.
-const OWNERS_CACHED: usize = 100_000;
+/// A conversation as the message writer sees it. Its owner never changes. Its last seq is
+/// kept up to date by the writer on SQLite (the only one adding messages there) and read
+/// again for every batch on PostgreSQL (replicas share the table).
+#[derive(Debug, Clone)]
+struct Known {
+    guest_id: String,
+    hotel_id: String,
+    last_seq: i64,
+}
+
+/// Conversations the writer remembers; the map starts afresh beyond this.
+const CONVERSATIONS_KNOWN: usize = 100_000;
+
+/// How an item of a batch is answered.
+enum Plan {
+    Done(Box<Result<Added>>),
+    New,
+    SameAs(usize),
+}
+
+/// A batch decided and numbered, before its INSERT.
+struct Planned {
+    plans: Vec<Plan>,
+    /// The new messages, numbered, at their items' places.
+    finals: Vec<Option<pb::Message>>,
+}
+
+impl Planned {
+    fn new_messages(&self) -> Vec<&pb::Message> {
+        self.finals.iter().flatten().collect()
+    }
+
+    /// The batch's answers once its messages are stored with these positions; the stored
+    /// seqs become their conversations' last.
+    fn committed(self, known: &mut HashMap<String, Known>, (positions, span): (Vec<i64>, Option<(i64, i64)>)) -> Committed {
+        let mut messages: Vec<(i64, pb::Message)> = self.finals.iter().flatten().zip(positions).map(|(m, p)| (p, m.clone())).collect();
+        messages.sort_by_key(|(p, _)| *p);
+        for (_, m) in &messages {
+            if let Some(k) = known.get_mut(&m.conversation_id) {
+                k.last_seq = k.last_seq.max(m.seq);
+            }
+        }
+        let finals = self.finals;
+        let results = self
+            .plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| match plan {
+                Plan::Done(result) => *result,
+                Plan::New => Ok(Added::New(finals[i].clone().expect("numbered"))),
+                Plan::SameAs(first) => Ok(Added::Duplicate(finals[first].clone().expect("numbered"))),
+            })
+            .collect();
+        Committed { results, messages, span }
+    }
+}
 
 /// What a batch of [`Store::add_messages`] did: an answer per item, and the new messages
 /// with their positions, in commit order (for the relay).
@@ -49,10 +103,20 @@ pub enum Added {
     Duplicate(pb::Message),
 }
 
+/// A conversation's last seq: the highest seq among its messages (0 before the first), one
+/// index seek. `$conversations` names the conversations table in the query.
+macro_rules! last_seq {
+    ($conversations:literal) => {
+        concat!("COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conversation_id = ", $conversations, ".conversation_id), 0)")
+    };
+}
+
 macro_rules! select_conversation {
     ($where:literal) => {
         concat!(
-            "SELECT conversation_id, hotel_id, guest_id, channel, last_seq, guest_read_seq, butler_read_seq, created_at_ms FROM conversations WHERE ",
+            "SELECT conversation_id, hotel_id, guest_id, channel, ",
+            last_seq!("conversations"),
+            " AS last_seq, guest_read_seq, butler_read_seq, created_at_ms FROM conversations WHERE ",
             $where
         )
     };
@@ -171,7 +235,7 @@ pub fn event_for(conversation: &str, hotel_id: &str, guest_id: &str, kind: event
 
 impl Store {
     pub fn new(db: Database) -> Self {
-        Self { db, owners: Arc::default() }
+        Self { db, known: Arc::default() }
     }
 
     pub async fn conversation(&self, conversation_id: &str) -> Result<Option<pb::Conversation>> {
@@ -215,32 +279,75 @@ impl Store {
         Ok(tx)
     }
 
-    /// Commits messages in one transaction (one disk sync for the whole batch): each gets the
-    /// next seq of its conversation and a `position` after every committed message, which is
-    /// how the relay and WatchMessages find it. Each item is `(message, owner)`:
-    /// `message` carries everything but ids, seq, owner and time, which are filled in here;
-    /// when `owner` is given the conversation must belong to that guest. An item refused for
-    /// its own reasons (a reused client id, a conversation not found) writes nothing and does
-    /// not affect the others; a storage failure fails the whole batch.
+    /// Commits messages: each gets the next seq of its conversation and a `position` after
+    /// every committed message, which is how the relay and WatchMessages find it. Each item
+    /// is `(message, owner)`: `message` carries everything but ids, seq, owner and time,
+    /// which are filled in here; when `owner` is given the conversation must belong to that
+    /// guest. An item refused for its own reasons (a reused client id, a conversation not
+    /// found) writes nothing and does not affect the others; a storage failure fails the
+    /// whole batch.
     ///
     /// The batch costs a fixed number of statements, not a few per message: one lookup of
-    /// resends, one of the conversations, one update of their seqs, one insert of the
-    /// messages.
+    /// resends, one of the conversations (skipped on SQLite for conversations seen before),
+    /// one insert of the messages. A conversation's last seq is the highest seq among its
+    /// messages, so nothing else is written.
+    ///
+    /// On PostgreSQL this runs in one transaction under the message lock (replicas share the
+    /// table). On SQLite this store's writer is the only one adding messages, so its reads
+    /// need no transaction and it remembers each conversation's last seq; a batch that fits
+    /// one INSERT is committed by that statement alone. That is one round trip to SQLite's
+    /// thread instead of BEGIN, INSERT and COMMIT, and no statement journal. Should the
+    /// remembered seqs ever be wrong (another process writing the same file), the INSERT
+    /// meets the `(conversation_id, seq)` constraint and fails whole, and the seqs are read
+    /// again.
     pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
-        let mut tx = self.begin().await?;
-        let engine = self.db.engine;
-        let existing = Self::stored_by_client_id(engine, &mut tx, &items).await?;
-        let owners = self.conversation_owners(&mut tx, &items).await?;
-
-        // Decide each item: a resend, a refusal, or a new message (counted per conversation).
-        enum Plan {
-            Done(Box<Result<Added>>),
-            New,
-            SameAs(usize),
+        // Held for the whole batch: batches are written one at a time.
+        let mut known = self.known.lock().await;
+        let outcome = match self.db.engine {
+            Engine::Postgres => self.add_in_transaction(&mut known, items).await,
+            Engine::Sqlite => self.add_as_only_writer(&mut known, items).await,
+        };
+        if outcome.is_err() {
+            // What a failed write did is not certain: read the seqs from the table again.
+            known.clear();
         }
+        outcome
+    }
+
+    async fn add_in_transaction(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
+        let mut tx = self.begin().await?;
+        let planned = Self::plan(Engine::Postgres, &mut tx, known, items, true).await?;
+        let inserted = Self::insert_messages(Engine::Postgres, &mut tx, &planned.new_messages()).await?;
+        tx.commit().await?;
+        Ok(planned.committed(known, inserted))
+    }
+
+    async fn add_as_only_writer(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
+        let mut conn = self.db.write.acquire().await?;
+        let planned = Self::plan(Engine::Sqlite, &mut conn, known, items, false).await?;
+        let new = planned.new_messages();
+        let inserted = if new.len() <= INSERT_ROWS {
+            Self::insert_messages(Engine::Sqlite, &mut conn, &new).await?
+        } else {
+            // Several statements: they must commit together.
+            let mut tx = conn.begin().await?;
+            let inserted = Self::insert_messages(Engine::Sqlite, &mut tx, &new).await?;
+            tx.commit().await?;
+            inserted
+        };
+        drop(new);
+        Ok(planned.committed(known, inserted))
+    }
+
+    /// Decides each item of a batch — a resend, a refusal, or a new message — and numbers
+    /// the new ones in batch order. `fresh` reads every conversation's last seq from the
+    /// table (PostgreSQL); otherwise remembered conversations are not read again.
+    async fn plan(engine: Engine, conn: &mut AnyConnection, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>, fresh: bool) -> Result<Planned> {
+        let existing = Self::stored_by_client_id(engine, conn, &items).await?;
+        Self::learn_conversations(engine, conn, known, &items, fresh).await?;
+
         let mut plans = Vec::with_capacity(items.len());
         let mut new_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut counts: HashMap<String, i64> = HashMap::new();
         for (i, (message, owner)) in items.iter().enumerate() {
             let conversation = message.conversation_id.as_str();
             let key = message.client_message_id.as_deref().map(|c| (conversation, c));
@@ -255,11 +362,10 @@ impl Store {
                     Ok(()) => Plan::SameAs(first),
                     Err(e) => Plan::Done(Box::new(Err(e))),
                 },
-                (None, None) => match owners.get(conversation) {
-                    Some((guest, _)) if owner.as_deref().is_none_or(|o| o == guest) => {
-                        *counts.entry(conversation.to_owned()).or_default() += 1;
-                        if let Some(k) = key {
-                            new_in_batch.insert(k, i);
+                (None, None) => match known.get(conversation) {
+                    Some(k) if owner.as_deref().is_none_or(|o| o == k.guest_id) => {
+                        if let Some(key) = key {
+                            new_in_batch.insert(key, i);
                         }
                         Plan::New
                     }
@@ -268,44 +374,30 @@ impl Store {
             };
             plans.push(plan);
         }
+        drop(new_in_batch);
 
-        // Reserve the seqs, then number the new messages in batch order.
-        let mut next_seq = Self::reserve_seqs(engine, &mut tx, &counts).await?;
         let now = time::now_ms();
+        let mut next_seq: HashMap<&str, i64> = HashMap::new();
         let mut finals: Vec<Option<pb::Message>> = vec![None; items.len()];
-        for (i, ((message, _), plan)) in items.into_iter().zip(&plans).enumerate() {
-            if let Plan::New = plan {
-                let mut message = message;
-                let seq = next_seq.get_mut(&message.conversation_id).expect("seq reserved");
-                message.seq = *seq;
+        for (i, (message, _)) in items.iter().enumerate() {
+            if let Plan::New = plans[i] {
+                let k = &known[message.conversation_id.as_str()];
+                let seq = next_seq.entry(message.conversation_id.as_str()).or_insert(k.last_seq);
                 *seq += 1;
-                let (guest, hotel) = &owners[message.conversation_id.as_str()];
-                message.guest_id = guest.clone();
-                message.hotel_id = hotel.clone();
+                let mut message = message.clone();
+                message.seq = *seq;
+                message.guest_id = k.guest_id.clone();
+                message.hotel_id = k.hotel_id.clone();
                 message.message_id = ids::new_id("msg");
                 message.created_at_ms = now;
                 finals[i] = Some(message);
             }
         }
-        let new_messages: Vec<&pb::Message> = finals.iter().flatten().collect();
-        let (positions, span) = Self::insert_messages(engine, &mut tx, &new_messages).await?;
-        tx.commit().await?;
-        let mut committed: Vec<(i64, pb::Message)> = new_messages.into_iter().zip(positions).map(|(m, p)| (p, m.clone())).collect();
-        committed.sort_by_key(|(p, _)| *p);
-
-        let mut results = Vec::with_capacity(plans.len());
-        for (i, plan) in plans.into_iter().enumerate() {
-            results.push(match plan {
-                Plan::Done(result) => *result,
-                Plan::New => Ok(Added::New(finals[i].clone().expect("numbered"))),
-                Plan::SameAs(first) => Ok(Added::Duplicate(finals[first].clone().expect("numbered"))),
-            });
-        }
-        Ok(Committed { results, messages: committed, span })
+        Ok(Planned { plans, finals })
     }
 
     /// Stored messages whose (conversation, client id) matches an item's.
-    async fn stored_by_client_id(engine: Engine, tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<(String, String), pb::Message>> {
+    async fn stored_by_client_id(engine: Engine, conn: &mut AnyConnection, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<(String, String), pb::Message>> {
         let keyed: Vec<(&str, &str)> = items.iter().filter_map(|(m, _)| Some((m.conversation_id.as_str(), m.client_message_id.as_deref()?))).collect();
         if keyed.is_empty() {
             return Ok(HashMap::new());
@@ -320,7 +412,7 @@ impl Store {
             query = query.bind(*conversation).bind(*client_id);
         }
         let mut found = HashMap::new();
-        for row in query.fetch_all(&mut **tx).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let (_, message) = message_from_row(&row)?;
             if let Some(client_id) = message.client_message_id.clone() {
                 found.insert((message.conversation_id.clone(), client_id), message);
@@ -329,83 +421,40 @@ impl Store {
         Ok(found)
     }
 
-    /// conversation → (guest, hotel) for the items' conversations that exist (from the cache,
-    /// or one query for those it lacks).
-    async fn conversation_owners(&self, tx: &mut Transaction<'static, Any>, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<String, (String, String)>> {
-        let mut owners = HashMap::new();
-        let mut unknown = HashSet::new();
-        {
-            let cache = self.owners.lock().expect("owners lock");
-            for (message, _) in items {
-                let id = message.conversation_id.as_str();
-                match cache.get(id) {
-                    Some(owner) => {
-                        owners.insert(id.to_owned(), owner.clone());
-                    }
-                    None => {
-                        unknown.insert(id);
-                    }
-                }
-            }
+    /// Makes `known` hold every item's conversation that exists: one query for those it
+    /// lacks (or, with `fresh`, for all of them).
+    async fn learn_conversations(engine: Engine, conn: &mut AnyConnection, known: &mut HashMap<String, Known>, items: &[(pb::Message, Option<String>)], fresh: bool) -> Result<()> {
+        let wanted: HashSet<&str> = items.iter().map(|(m, _)| m.conversation_id.as_str()).filter(|id| fresh || !known.contains_key(*id)).collect();
+        if wanted.is_empty() {
+            return Ok(());
         }
-        if unknown.is_empty() {
-            return Ok(owners);
-        }
-        let ids = padded(unknown.into_iter().collect::<Vec<_>>());
-        let sql = format!("SELECT conversation_id, guest_id, hotel_id FROM conversations WHERE conversation_id IN ({})", Params::new(self.db.engine).list(ids.len()));
+        let ids = padded(wanted.into_iter().collect::<Vec<_>>());
+        let sql = format!(
+            concat!("SELECT c.conversation_id, c.guest_id, c.hotel_id, ", last_seq!("c"), " AS last_seq FROM conversations c WHERE c.conversation_id IN ({})"),
+            Params::new(engine).list(ids.len())
+        );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in &ids {
             query = query.bind(*id);
         }
-        let rows = query.fetch_all(&mut **tx).await?;
-        let mut cache = self.owners.lock().expect("owners lock");
-        if cache.len() + rows.len() > OWNERS_CACHED {
-            cache.clear();
+        let rows = query.fetch_all(&mut *conn).await?;
+        if known.len() + rows.len() > CONVERSATIONS_KNOWN {
+            known.clear();
         }
         for row in rows {
-            let (id, owner): (String, (String, String)) = (row.try_get("conversation_id")?, (row.try_get("guest_id")?, row.try_get("hotel_id")?));
-            cache.insert(id.clone(), owner.clone());
-            owners.insert(id, owner);
+            let k = Known { guest_id: row.try_get("guest_id")?, hotel_id: row.try_get("hotel_id")?, last_seq: row.try_get("last_seq")? };
+            known.insert(row.try_get("conversation_id")?, k);
         }
-        Ok(owners)
-    }
-
-    /// Advances each conversation's `last_seq` by its count; returns the first new seq of each.
-    async fn reserve_seqs(engine: Engine, tx: &mut Transaction<'static, Any>, counts: &HashMap<String, i64>) -> Result<HashMap<String, i64>> {
-        if counts.is_empty() {
-            return Ok(HashMap::new());
-        }
-        // A join with a VALUES list: one primary-key lookup per conversation (a CASE over all
-        // of them would compare every row with every case).
-        let entries = padded(counts.iter().collect::<Vec<_>>());
-        let mut params = Params::new(engine);
-        let rows: Vec<String> = (0..entries.len()).map(|_| format!("({})", params.list(2))).collect();
-        let sql = format!(
-            "UPDATE conversations SET last_seq = conversations.last_seq + v.column2 FROM (VALUES {}) AS v
-             WHERE conversations.conversation_id = v.column1 RETURNING conversations.conversation_id, conversations.last_seq",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (id, n) in &entries {
-            query = query.bind(id.as_str()).bind(**n);
-        }
-        let mut first = HashMap::new();
-        for row in query.fetch_all(&mut **tx).await? {
-            let id: String = row.try_get("conversation_id")?;
-            let last: i64 = row.try_get("last_seq")?;
-            if let Some(n) = counts.get(&id) {
-                first.insert(id, last - n + 1);
-            }
-        }
-        Ok(first)
+        Ok(())
     }
 
     /// Inserts the messages, a statement per [`INSERT_ROWS`] of them. (The messages are their
     /// own outbox: the relay publishes them from its cursor.) Every statement is a round trip
     /// to the database's thread, and a new statement shape is a new prepared statement, so
     /// each statement's row list is padded to a multiple of eight by repeating its last row:
-    /// a repeat collides with the row it copies and `ON CONFLICT DO NOTHING` skips it. Every
-    /// real row must then be inserted, or the batch fails. (A `WHERE` that filtered padding
+    /// a repeat collides with the row it copies and `ON CONFLICT (message_id) DO NOTHING`
+    /// skips it (any other collision — a seq or a client id taken — fails the statement).
+    /// Every real row must then be inserted, or the batch fails. (A `WHERE` that filtered padding
     /// out would make SQLite re-prepare the statement on every use: the planner looks at bound
     /// values in it.)
     ///
@@ -414,7 +463,7 @@ impl Store {
     /// takes the position after the rows before it (SQLite's AUTOINCREMENT and PostgreSQL's
     /// sequence both count it), so a chunk's span runs from its first row to its last row
     /// plus its padding.
-    async fn insert_messages(engine: Engine, tx: &mut Transaction<'static, Any>, messages: &[&pb::Message]) -> Result<(Vec<i64>, Option<(i64, i64)>)> {
+    async fn insert_messages(engine: Engine, conn: &mut AnyConnection, messages: &[&pb::Message]) -> Result<(Vec<i64>, Option<(i64, i64)>)> {
         const COLUMNS: usize = 13;
         let mut positions = Vec::with_capacity(messages.len());
         let mut span: Option<Option<(i64, i64)>> = None;
@@ -425,7 +474,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
                      reply_to_message_id, rich, hotel_id, guest_id, created_at_ms)
-                 VALUES {} ON CONFLICT DO NOTHING RETURNING position, message_id",
+                 VALUES {} ON CONFLICT (message_id) DO NOTHING RETURNING position, message_id",
                 values.join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -446,7 +495,7 @@ impl Store {
                     .bind(m.guest_id.as_str())
                     .bind(m.created_at_ms);
             }
-            let returned = query.fetch_all(&mut **tx).await?;
+            let returned = query.fetch_all(&mut *conn).await?;
             if returned.len() != chunk.len() {
                 return Err(ConversationError::Corrupt(format!("{} of {} messages inserted: a seq or id collided", returned.len(), chunk.len())));
             }
@@ -523,9 +572,9 @@ impl Store {
         let guest_side = reader == pb::Role::Guest;
         let mut tx = self.begin().await?;
         let sql = if guest_side {
-            "UPDATE conversations SET guest_read_seq = $2 WHERE conversation_id = $1 AND guest_read_seq < $2 AND last_seq >= $2"
+            concat!("UPDATE conversations SET guest_read_seq = $2 WHERE conversation_id = $1 AND guest_read_seq < $2 AND ", last_seq!("conversations"), " >= $2")
         } else {
-            "UPDATE conversations SET butler_read_seq = $2 WHERE conversation_id = $1 AND butler_read_seq < $2 AND last_seq >= $2"
+            concat!("UPDATE conversations SET butler_read_seq = $2 WHERE conversation_id = $1 AND butler_read_seq < $2 AND ", last_seq!("conversations"), " >= $2")
         };
         let changed = sqlx::query(sql).bind(&conversation.conversation_id).bind(up_to_seq).execute(&mut *tx).await?.rows_affected() == 1;
         if changed {
@@ -627,6 +676,40 @@ pub(crate) mod tests {
         // Only resends: nothing inserted, no span.
         let resend = store.add_messages(vec![guest_message(&c, "p3", "z")]).await.unwrap();
         assert_eq!((resend.span, resend.messages.len()), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn the_last_seq_is_the_highest_stored_and_read_marks_stop_there() {
+        let (store, _dir) = sqlite_store().await;
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap();
+        assert_eq!(c.last_seq, 0);
+        store.add_messages(vec![guest_message(&c.conversation_id, "a", "x"), guest_message(&c.conversation_id, "b", "y")]).await.unwrap();
+        let now = store.conversation(&c.conversation_id).await.unwrap().unwrap();
+        assert_eq!(now.last_seq, 2);
+        // Not past the last message; then up to it.
+        assert_eq!(store.mark_read(&now, pb::Role::Guest, 3).await.unwrap(), 0);
+        assert_eq!(store.mark_read(&now, pb::Role::Guest, 2).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_remembered_seq_is_stale_fails_whole_and_then_reads_it_again() {
+        let (store, dir) = sqlite_store().await;
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        store.add_messages(vec![guest_message(&c, "a", "first")]).await.unwrap();
+        // Another writer on the same file (not a supported setup, but it must not corrupt):
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        let other = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
+        let theirs = other.add_messages(vec![guest_message(&c, "b", "second")]).await.unwrap();
+        assert!(matches!(&theirs.results[0], Ok(Added::New(m)) if m.seq == 2));
+        // This writer still believes seq 1 is the last: its batch fails whole…
+        let stale = store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await;
+        assert!(stale.is_err());
+        // …and the retry reads the seq again: no gap, no duplicate.
+        let retried = store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await.unwrap();
+        assert!(retried.results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
+        let (all, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|m| (m.seq, m.content.as_str())).collect::<Vec<_>>(), [(1, "first"), (2, "second"), (3, "third"), (4, "fourth")]);
+        other.close().await;
     }
 
     #[tokio::test]
