@@ -25,6 +25,7 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber. Safe to call more than once (later calls keep the first).
 pub fn init(service: &str) -> anyhow::Result<Telemetry> {
+    crate::no_transparent_huge_pages();
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
