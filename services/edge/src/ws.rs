@@ -25,13 +25,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::context::Edge;
+use crate::hub::Mailbox;
 use crate::session::Session;
 
 /// A write that takes longer than this means the peer stopped reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-connection read buffer, sized for tens of thousands of mostly idle connections (it
 /// grows for a larger frame). tungstenite's default is 128 KiB.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -115,10 +116,13 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
             .max_write_buffer_size(task_edge.settings.max_frame_size * 4)
             .max_message_size(Some(task_edge.settings.max_frame_size))
             .max_frame_size(Some(task_edge.settings.max_frame_size));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        // This task lives as long as the connection, and its future is as large as the
+        // largest thing it ever waits on: what is waited on once (setting the socket up,
+        // refusing it) is boxed, so that the task keeps only the connection loop's state.
+        let ws = Box::pin(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))).await;
         match (close_with, hotel_id) {
-            (None, Some(hotel_id)) => serve(task_edge.clone(), ws, hotel_id).await,
-            (Some((code, reason)), _) => refuse(ws, code, reason).await,
+            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id).serve().await,
+            (Some((code, reason)), _) => Box::pin(refuse(ws, code, reason)).await,
             (None, None) => {}
         }
         task_edge.connections.fetch_sub(1, Ordering::AcqRel);
@@ -157,77 +161,111 @@ async fn write_all(ws: &mut Ws, frames: &mut Vec<ServerFrame>) -> Result<(), tun
     }
 }
 
-/// The connection loop of an accepted guest connection.
-async fn serve(edge: Arc<Edge>, mut ws: Ws, hotel_id: String) {
-    let started = Instant::now();
-    let session_id = format!("ws_{}", jack_runtime::ids::random_hex());
-    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let (mut session, mailbox) = Session::new(edge.clone(), session_id.clone(), hotel_id.clone(), id);
-    let gauge = edge.metrics.connections_active.with_label_values(&[hotel_id.as_str()]);
-    gauge.inc();
-    tracing::debug!(%session_id, %hotel_id, "webchat connection established");
+/// An accepted guest connection. Tens of thousands of them sit idle at once, so everything
+/// they keep lives in this one allocation, and the task that serves one holds only a pointer
+/// to it and the futures it waits on. (An async fn keeps its arguments twice — as passed
+/// and as locals — so passing the socket and session by value made every idle
+/// connection's task about 2 KiB.)
+struct Connection {
+    edge: Arc<Edge>,
+    ws: Ws,
+    session: Session,
+    mailbox: Arc<Mailbox>,
+    out: Vec<ServerFrame>,
+    ping: tokio::time::Interval,
+    heard_since_ping: bool,
+    started: Instant,
+}
 
-    let mut out = vec![session.connected_frame()];
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
-    let mut heard_since_ping = true;
-    let reason: &'static str = loop {
-        if Session::wants_urls(&out) {
-            Box::pin(session.sign_attachments(&mut out)).await;
-        }
-        if let Err(err) = write_all(&mut ws, &mut out).await {
-            tracing::debug!(%session_id, error = %err, "write failed");
-            break "write_error";
-        }
-        tokio::select! {
-            incoming = ws.next() => {
-                heard_since_ping = true;
-                match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        // One span per frame: the backend calls it makes continue its trace.
-                        let span = tracing::info_span!("ws.frame", session = %session_id, hotel = %hotel_id);
-                        // Boxed: the connection's own future stays small while it is idle;
-                        // the handler's (larger) state exists only while a frame is handled.
-                        Box::pin(session.on_text(text.as_str(), &mut out).instrument(span)).await;
-                    }
-                    Some(Ok(Message::Binary(_))) => out.push(ServerFrame::Error(jack_frames::server::Error::new(
-                        ErrorCode::InvalidJson, "frames must be JSON text", None))),
-                    Some(Ok(Message::Close(_))) | None => break "client_close",
-                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
-                    Some(Err(tungstenite::Error::Capacity(_))) => {
-                        let frame = CloseFrame { code: CloseCode::from(close::MESSAGE_TOO_BIG), reason: "Frame too large".into() };
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
-                        break "message_too_big";
-                    }
-                    Some(Err(err)) => {
-                        tracing::debug!(%session_id, error = %err, "read failed");
-                        break "error";
+impl Connection {
+    fn open(edge: Arc<Edge>, ws: Ws, hotel_id: String) -> Box<Self> {
+        let session_id = format!("ws_{}", jack_runtime::ids::random_hex());
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, id);
+        let out = vec![session.connected_frame()];
+        let ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
+        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now() })
+    }
+
+    /// The connection loop: reads frames, writes answers and live events, pings.
+    async fn serve(mut self: Box<Self>) {
+        let gauge = self.edge.metrics.connections_active.with_label_values(&[self.session.hotel_id.as_str()]);
+        gauge.inc();
+        tracing::debug!(session_id = %self.session.session_id, hotel_id = %self.session.hotel_id, "webchat connection established");
+        let reason = self.run().await;
+        self.session.close();
+        gauge.dec();
+        self.edge.metrics.connection_duration.with_label_values(&[reason]).observe(self.started.elapsed().as_secs_f64());
+        tracing::debug!(session_id = %self.session.session_id, reason, "webchat connection closed");
+    }
+
+    /// Runs until the connection ends; returns why.
+    async fn run(&mut self) -> &'static str {
+        // Waits before retrying a catch-up that failed; exists only while one is pending.
+        let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            if Session::wants_urls(&self.out) {
+                Box::pin(self.session.sign_attachments(&mut self.out)).await;
+            }
+            if let Err(err) = write_all(&mut self.ws, &mut self.out).await {
+                tracing::debug!(session_id = %self.session.session_id, error = %err, "write failed");
+                return "write_error";
+            }
+            // Frames are large and an idle connection has none to write: keep no room for them.
+            self.out = Vec::new();
+            match (self.session.catch_up_pending, retry.is_some()) {
+                (true, false) => retry = Some(Box::pin(tokio::time::sleep(Duration::from_secs(1)))),
+                (false, true) => retry = None,
+                _ => {}
+            }
+            tokio::select! {
+                incoming = self.ws.next() => {
+                    self.heard_since_ping = true;
+                    match incoming {
+                        Some(Ok(Message::Text(text))) => {
+                            // One span per frame: the backend calls it makes continue its trace.
+                            let span = tracing::info_span!("ws.frame", session = %self.session.session_id, hotel = %self.session.hotel_id);
+                            // Boxed: the connection's own future stays small while it is idle;
+                            // the handler's (larger) state exists only while a frame is handled.
+                            Box::pin(self.session.on_text(text.as_str(), &mut self.out).instrument(span)).await;
+                        }
+                        Some(Ok(Message::Binary(_))) => self.out.push(ServerFrame::Error(jack_frames::server::Error::new(
+                            ErrorCode::InvalidJson, "frames must be JSON text", None))),
+                        Some(Ok(Message::Close(_))) | None => return "client_close",
+                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                        Some(Err(tungstenite::Error::Capacity(_))) => {
+                            let frame = CloseFrame { code: CloseCode::from(close::MESSAGE_TOO_BIG), reason: "Frame too large".into() };
+                            let _ = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.ws.close(Some(frame)))).await;
+                            return "message_too_big";
+                        }
+                        Some(Err(err)) => {
+                            tracing::debug!(session_id = %self.session.session_id, error = %err, "read failed");
+                            return "error";
+                        }
                     }
                 }
-            }
-            _ = mailbox.wake.notified() => Box::pin(session.on_mail(&mut out)).await,
-            _ = tokio::time::sleep(Duration::from_secs(1)), if session.catch_up_pending => {
-                let _ = Box::pin(session.catch_up(&mut out)).await;
-            }
-            _ = ping.tick() => {
-                if !heard_since_ping {
-                    break "ping_timeout";
+                _ = self.mailbox.wake.notified() => Box::pin(self.session.on_mail(&mut self.out)).await,
+                _ = async { retry.as_mut().expect("a retry is pending").await }, if retry.is_some() => {
+                    retry = None;
+                    let _ = Box::pin(self.session.catch_up(&mut self.out)).await;
                 }
-                heard_since_ping = false;
-                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
-                    break "write_error";
+                _ = self.ping.tick() => {
+                    if !self.heard_since_ping {
+                        return "ping_timeout";
+                    }
+                    self.heard_since_ping = false;
+                    if Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::Ping(Default::default())))).await.map_or(true, |r| r.is_err()) {
+                        return "write_error";
+                    }
                 }
-            }
-            _ = edge.shutdown.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::from(close::GOING_AWAY), reason: "Server shutting down".into() };
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
-                break "shutdown";
+                _ = self.edge.shutdown.cancelled() => {
+                    let frame = CloseFrame { code: CloseCode::from(close::GOING_AWAY), reason: "Server shutting down".into() };
+                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame)))).await;
+                    return "shutdown";
+                }
             }
         }
-    };
-    session.close();
-    gauge.dec();
-    edge.metrics.connection_duration.with_label_values(&[reason]).observe(started.elapsed().as_secs_f64());
-    tracing::debug!(%session_id, reason, "webchat connection closed");
+    }
 }
 
 #[cfg(test)]
