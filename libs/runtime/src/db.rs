@@ -30,6 +30,12 @@ pub struct Database {
 impl Database {
     /// Connects and migrates. `url` is `sqlite:path/to/file.db` or `postgres://…`.
     pub async fn open(url: &str, sqlite: &Migrator, postgres: &Migrator) -> anyhow::Result<Self> {
+        Self::open_with_writer_cache(url, sqlite, postgres, DEFAULT_WRITER_CACHE_KIB).await
+    }
+
+    /// [`Database::open`] with a larger page cache for the SQLite writer, in KiB, for a
+    /// service whose batches touch many pages at once (the conversation service's messages).
+    pub async fn open_with_writer_cache(url: &str, sqlite: &Migrator, postgres: &Migrator, writer_cache_kib: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -42,7 +48,7 @@ impl Database {
             Engine::Sqlite => {
                 let url = sqlite_url(url)?;
                 let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
-                let write = sqlite_pool(1, Role::Write).connect_with(options.clone()).await.with_context(|| format!("failed to open {url}"))?;
+                let write = sqlite_pool(1, Role::Write { cache_kib: writer_cache_kib }).connect_with(options.clone()).await.with_context(|| format!("failed to open {url}"))?;
                 sqlite.run(&write).await.context("failed to migrate the database")?;
                 let read = sqlite_pool(4, Role::Read).connect_with(options).await.with_context(|| format!("failed to open {url}"))?;
                 tokio::spawn(checkpoint_in_background(read.clone()));
@@ -86,7 +92,7 @@ impl Database {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Read,
-    Write,
+    Write { cache_kib: u32 },
 }
 
 /// How often the WAL is copied back into the database file, off the writer's path.
@@ -94,10 +100,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Pages the WAL may grow to before the writer checkpoints by itself (the background
 /// checkpoint normally keeps it far below): 16,384 pages of 4 KiB, 64 MiB.
 const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
-/// The writer's page cache, in KiB (SQLite's default is 2 MiB). Messages are indexed by
-/// conversation, so a busy batch touches a page per active conversation; with too small a
-/// cache each of them is read back from the file.
-const WRITER_CACHE_KIB: u32 = 32 * 1024;
+/// The writer's page cache, in KiB, unless the service asks for more: SQLite's default. (A
+/// writer keeps every page it wrote up to this, so a larger cache grows with the data.)
+const DEFAULT_WRITER_CACHE_KIB: u32 = 2 * 1024;
 
 /// Each reader's page cache, in KiB (SQLite's default is 2 MiB). Readers look up rows here
 /// and there (a guest at identify, a page of history), which the operating system's file
@@ -127,12 +132,12 @@ fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
                 if role == Role::Read {
                     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{READER_CACHE_KIB}"))).await?;
                 }
-                if role == Role::Write {
+                if let Role::Write { cache_kib } = role {
                     // A checkpoint run by the writer happens inside a commit, holding up every
                     // message queued behind it: the background task checkpoints instead, and
                     // copies a page touched by many commits once.
                     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"))).await?;
-                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))).await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{cache_kib}"))).await?;
                 }
                 Ok(())
             })

@@ -16,6 +16,11 @@ use crate::store::Store;
 pub(crate) static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 pub(crate) static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The SQLite message writer's page cache, in KiB (SQLite's default is 2 MiB). Messages are
+/// indexed by conversation, so a busy batch touches a page per active conversation; with
+/// too small a cache each of them is read back from the file.
+const MESSAGE_WRITER_CACHE_KIB: u32 = 32 * 1024;
+
 /// A bound, migrated conversation service, ready to serve.
 pub struct ConversationServer {
     listener: TcpListener,
@@ -26,7 +31,7 @@ pub struct ConversationServer {
 impl ConversationServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = grpc::bind("the conversation gRPC API", settings.grpc_addr).await?;
-        let db = Database::open(&settings.database_url, &SQLITE, &POSTGRES).await?;
+        let db = Database::open_with_writer_cache(&settings.database_url, &SQLITE, &POSTGRES, MESSAGE_WRITER_CACHE_KIB).await?;
         Ok(Self { listener, store: Store::new(db), settings })
     }
 
