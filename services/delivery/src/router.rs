@@ -83,7 +83,8 @@ impl Router {
         let ack = pb::DeliveryMessage { kind: Some(pb::delivery_message::Kind::Attached(pb::Attached { token })) };
         let acked = edge.tx.try_send(Ok(ack)).is_ok();
         if first {
-            s.by_conversation.entry(conversation_id.to_owned()).or_default().push(link);
+            // Most conversations are served by one edge: room for one (a Vec's first growth makes four).
+            s.by_conversation.entry(conversation_id.to_owned()).or_insert_with(|| Vec::with_capacity(1)).push(link);
         }
         if !acked {
             remove_edge_locked(&mut s, link);

@@ -146,7 +146,8 @@ impl Hub {
     /// Registers a session for a conversation's events and waits until every live delivery
     /// stream routes them here. Call before replaying from conversation.
     pub async fn attach(&self, conversation_id: &str, session: SessionHandle) {
-        self.sessions.lock().expect("sessions lock").entry(conversation_id.to_owned()).or_default().push(session);
+        // Most conversations have one tab open: room for one (a Vec's first growth makes four).
+        self.sessions.lock().expect("sessions lock").entry(conversation_id.to_owned()).or_insert_with(|| Vec::with_capacity(1)).push(session);
         self.session_count.fetch_add(1, Ordering::Relaxed);
         let mut acks = Vec::new();
         for link in &self.links {

@@ -150,8 +150,9 @@ async fn write_all(ws: &mut Ws, frames: &mut Vec<ServerFrame>) -> Result<(), tun
         return Ok(());
     }
     let sending = async {
-        for frame in frames.drain(..) {
-            ws.feed(Message::text(frame.to_json())).await?;
+        // Each frame becomes its JSON before the await, so no frame is kept across it.
+        for json in frames.drain(..).map(|frame| frame.to_json()) {
+            ws.feed(Message::text(json)).await?;
         }
         ws.flush().await
     };
@@ -207,7 +208,11 @@ impl Connection {
             if Session::wants_urls(&self.out) {
                 Box::pin(self.session.sign_attachments(&mut self.out)).await;
             }
-            if let Err(err) = write_all(&mut self.ws, &mut self.out).await {
+            // Boxed, and only when there is something to write: a write's state (its timer,
+            // the frame on its way) would otherwise be part of every idle connection's task.
+            if !self.out.is_empty()
+                && let Err(err) = Box::pin(write_all(&mut self.ws, &mut self.out)).await
+            {
                 tracing::debug!(session_id = %self.session.session_id, error = %err, "write failed");
                 return "write_error";
             }
