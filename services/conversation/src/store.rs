@@ -377,14 +377,13 @@ impl Store {
         drop(new_in_batch);
 
         let now = time::now_ms();
-        let mut next_seq: HashMap<&str, i64> = HashMap::new();
+        let mut next_seq: HashMap<String, i64> = HashMap::new();
         let mut finals: Vec<Option<pb::Message>> = vec![None; items.len()];
-        for (i, (message, _)) in items.iter().enumerate() {
+        for (i, (mut message, _)) in items.into_iter().enumerate() {
             if let Plan::New = plans[i] {
                 let k = &known[message.conversation_id.as_str()];
-                let seq = next_seq.entry(message.conversation_id.as_str()).or_insert(k.last_seq);
+                let seq = next_seq.entry(message.conversation_id.clone()).or_insert(k.last_seq);
                 *seq += 1;
-                let mut message = message.clone();
                 message.seq = *seq;
                 message.guest_id = k.guest_id.clone();
                 message.hotel_id = k.hotel_id.clone();

@@ -146,9 +146,6 @@ async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
 }
 
 async fn write_all(ws: &mut Ws, frames: &mut Vec<ServerFrame>) -> Result<(), tungstenite::Error> {
-    if frames.is_empty() {
-        return Ok(());
-    }
     let sending = async {
         // Each frame becomes its JSON before the await, so no frame is kept across it.
         for json in frames.drain(..).map(|frame| frame.to_json()) {
