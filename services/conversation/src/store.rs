@@ -48,6 +48,17 @@ enum Plan {
     SameAs(usize),
 }
 
+/// What a batch's plan reads before it numbers the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Stored messages with the batch's client ids (resends), and every conversation's last
+    /// seq from the table.
+    Stored,
+    /// Neither: no client id is taken to be stored, and remembered conversations are not
+    /// read again (the INSERT's constraints catch either being wrong).
+    Remembered,
+}
+
 /// A batch decided and numbered, before its INSERT.
 struct Planned {
     plans: Vec<Plan>,
@@ -293,13 +304,14 @@ impl Store {
     /// messages, so nothing else is written.
     ///
     /// On PostgreSQL this runs in one transaction under the message lock (replicas share the
-    /// table). On SQLite this store's writer is the only one adding messages, so its reads
-    /// need no transaction and it remembers each conversation's last seq; a batch that fits
-    /// one INSERT is committed by that statement alone. That is one round trip to SQLite's
-    /// thread instead of BEGIN, INSERT and COMMIT, and no statement journal. Should the
-    /// remembered seqs ever be wrong (another process writing the same file), the INSERT
-    /// meets the `(conversation_id, seq)` constraint and fails whole, and the seqs are read
-    /// again.
+    /// table). On SQLite this store's writer is the only one adding messages, so it
+    /// remembers each conversation's last seq, and it first writes a batch as if none of its
+    /// client ids were stored: a batch that fits one INSERT is then committed by that
+    /// statement alone — one round trip to SQLite's thread instead of a lookup, BEGIN,
+    /// INSERT and COMMIT, and no statement journal. A resend (its client id is stored) or a
+    /// remembered seq that is wrong (another process writing the same file) makes the INSERT
+    /// fail whole on a unique constraint; the batch is then planned again with the resend
+    /// lookup and the seqs read from the table.
     pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
         // Held for the whole batch: batches are written one at a time.
         let mut known = self.known.lock().await;
@@ -316,7 +328,7 @@ impl Store {
 
     async fn add_in_transaction(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
         let mut tx = self.begin().await?;
-        let planned = Self::plan(Engine::Postgres, &mut tx, known, items, true).await?;
+        let planned = Self::plan(Engine::Postgres, &mut tx, known, &items, Lookup::Stored).await?;
         let inserted = Self::insert_messages(Engine::Postgres, &mut tx, &planned.new_messages()).await?;
         tx.commit().await?;
         Ok(planned.committed(known, inserted))
@@ -324,27 +336,43 @@ impl Store {
 
     async fn add_as_only_writer(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
         let mut conn = self.db.write.acquire().await?;
-        let planned = Self::plan(Engine::Sqlite, &mut conn, known, items, false).await?;
-        let new = planned.new_messages();
-        let inserted = if new.len() <= INSERT_ROWS {
-            Self::insert_messages(Engine::Sqlite, &mut conn, &new).await?
-        } else {
-            // Several statements: they must commit together.
-            let mut tx = conn.begin().await?;
-            let inserted = Self::insert_messages(Engine::Sqlite, &mut tx, &new).await?;
-            tx.commit().await?;
-            inserted
-        };
-        drop(new);
+        // Resends are rare and remembered seqs are right: first write the batch as if no
+        // client id were stored, which costs the INSERT alone. A stored client id (or a seq
+        // another writer took) makes that statement fail whole, writing nothing; then the
+        // batch is planned again with the resend lookup and its conversations' seqs read.
+        let planned = Self::plan(Engine::Sqlite, &mut conn, known, &items, Lookup::Remembered).await?;
+        match Self::insert_alone(&mut conn, &planned.new_messages()).await {
+            Ok(inserted) => return Ok(planned.committed(known, inserted)),
+            Err(ConversationError::Storage(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                tracing::debug!(error = %e, "a batch met a stored client id or seq; planning it again");
+            }
+            Err(e) => return Err(e),
+        }
+        let planned = Self::plan(Engine::Sqlite, &mut conn, known, &items, Lookup::Stored).await?;
+        let inserted = Self::insert_alone(&mut conn, &planned.new_messages()).await?;
         Ok(planned.committed(known, inserted))
     }
 
+    /// The SQLite writer's INSERT: one statement commits itself (no BEGIN/COMMIT, no
+    /// statement journal); several must commit together.
+    async fn insert_alone(conn: &mut AnyConnection, new: &[&pb::Message]) -> Result<(Vec<i64>, Option<(i64, i64)>)> {
+        if new.len() <= INSERT_ROWS {
+            return Self::insert_messages(Engine::Sqlite, conn, new).await;
+        }
+        let mut tx = conn.begin().await?;
+        let inserted = Self::insert_messages(Engine::Sqlite, &mut tx, new).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
     /// Decides each item of a batch — a resend, a refusal, or a new message — and numbers
-    /// the new ones in batch order. `fresh` reads every conversation's last seq from the
-    /// table (PostgreSQL); otherwise remembered conversations are not read again.
-    async fn plan(engine: Engine, conn: &mut AnyConnection, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>, fresh: bool) -> Result<Planned> {
-        let existing = Self::stored_by_client_id(engine, conn, &items).await?;
-        Self::learn_conversations(engine, conn, known, &items, fresh).await?;
+    /// the new ones in batch order (see [`Lookup`] for what is read first).
+    async fn plan(engine: Engine, conn: &mut AnyConnection, known: &mut HashMap<String, Known>, items: &[(pb::Message, Option<String>)], lookup: Lookup) -> Result<Planned> {
+        let existing = match lookup {
+            Lookup::Stored => Self::stored_by_client_id(engine, conn, items).await?,
+            Lookup::Remembered => HashMap::new(),
+        };
+        Self::learn_conversations(engine, conn, known, items, lookup == Lookup::Stored).await?;
 
         let mut plans = Vec::with_capacity(items.len());
         let mut new_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
@@ -379,8 +407,9 @@ impl Store {
         let now = time::now_ms();
         let mut next_seq: HashMap<String, i64> = HashMap::new();
         let mut finals: Vec<Option<pb::Message>> = vec![None; items.len()];
-        for (i, (mut message, _)) in items.into_iter().enumerate() {
+        for (i, (message, _)) in items.iter().enumerate() {
             if let Plan::New = plans[i] {
+                let mut message = message.clone();
                 let k = &known[message.conversation_id.as_str()];
                 let seq = next_seq.entry(message.conversation_id.clone()).or_insert(k.last_seq);
                 *seq += 1;
@@ -691,7 +720,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_whose_remembered_seq_is_stale_fails_whole_and_then_reads_it_again() {
+    async fn a_writer_whose_remembered_seq_is_stale_reads_it_again_and_leaves_no_gap() {
         let (store, dir) = sqlite_store().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
         store.add_messages(vec![guest_message(&c, "a", "first")]).await.unwrap();
@@ -700,14 +729,14 @@ pub(crate) mod tests {
         let other = Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap());
         let theirs = other.add_messages(vec![guest_message(&c, "b", "second")]).await.unwrap();
         assert!(matches!(&theirs.results[0], Ok(Added::New(m)) if m.seq == 2));
-        // This writer still believes seq 1 is the last: its batch fails whole…
-        let stale = store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await;
-        assert!(stale.is_err());
-        // …and the retry reads the seq again: no gap, no duplicate.
-        let retried = store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await.unwrap();
-        assert!(retried.results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
+        // This writer still believes seq 1 is the last: its first INSERT meets seq 2 and
+        // writes nothing, and the batch is numbered again from the table.
+        let batch = store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await.unwrap();
+        assert!(batch.results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
         let (all, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
         assert_eq!(all.iter().map(|m| (m.seq, m.content.as_str())).collect::<Vec<_>>(), [(1, "first"), (2, "second"), (3, "third"), (4, "fourth")]);
+        // The relay is handed positions that follow each other.
+        assert_eq!(batch.messages.iter().map(|(p, _)| *p).collect::<Vec<_>>().windows(2).filter(|w| w[1] != w[0] + 1).count(), 0);
         other.close().await;
     }
 
@@ -766,11 +795,14 @@ pub(crate) mod tests {
         assert_eq!(again.messages.iter().map(|(p, m)| (*p, m.content.as_str())).collect::<Vec<_>>(), [(after_first[2].0, "third")]);
         let again = again.results;
         assert_eq!(again.iter().map(seq).collect::<Vec<_>>(), [("dup", 1), ("new", 3)]);
+        // A stored client id sent with other content is refused; the rest of its batch is not.
+        let reused = store.add_messages(vec![guest_message(&c, "d", "fourth"), guest_message(&c, "b", "not second")]).await.unwrap().results;
+        assert_eq!(reused.iter().map(seq).collect::<Vec<_>>(), [("new", 4), ("reused", 0)]);
         let (messages, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
-        assert_eq!(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["hello", "second", "third"]);
+        assert_eq!(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["hello", "second", "third", "fourth"]);
         // Messages are their own outbox: nothing extra is written for them.
         assert_eq!(store.outbox(10).await.unwrap().len(), 0);
         let (after_cursor, _) = store.messages_after_position(0, &[], None, 10).await.unwrap();
-        assert_eq!(after_cursor.len(), 3);
+        assert_eq!(after_cursor.len(), 4);
     }
 }
