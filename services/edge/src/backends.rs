@@ -48,8 +48,13 @@ impl Backends {
 type Pending = (conv::AddGuestMessageRequest, oneshot::Sender<Result<conv::AddMessageResponse, Status>>);
 
 /// The most guest messages in one call, and how many calls may be on their way at once.
+/// Few calls: the conversation service commits one batch at a time anyway, so a call beyond
+/// a few only waits there, and every message that found a call free went alone. With 64 in
+/// flight, 96 % of the calls at 6,000 messages/s carried one message (1.3 on average) and the
+/// process spent ~200 µs of CPU a message; with 8, ~9 a call and ~170 µs, at the same ack
+/// latency.
 const GUEST_BATCH: usize = 64;
-const CALLS_IN_FLIGHT: usize = 64;
+const CALLS_IN_FLIGHT: usize = 8;
 
 /// Batches the guest messages of every session of this edge: while calls are on their way,
 /// what other sessions send queues for the next one, so under load one gRPC call carries many
