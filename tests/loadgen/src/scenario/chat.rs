@@ -2,13 +2,14 @@
 //! down when the server does). Reports achieved throughput and `message_ack` latency measured
 //! from each message's scheduled time, then verifies the stored history (protocol v1).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -197,31 +198,48 @@ pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// One guest: sends what the schedule gives it, matches acks to sends.
+/// The fields of a server frame the chat client reads, borrowed from the frame's text where
+/// it can be (the client shares the machine with the server it measures, so it parses no
+/// more than it needs).
+#[derive(serde::Deserialize)]
+struct Reply<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "clientMessageId", default, borrow)]
+    client_message_id: Option<Cow<'a, str>>,
+    #[serde(rename = "messageId", default)]
+    message_id: Option<String>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+/// One guest: sends what the schedule gives it, matches acks to sends. Message `n` goes out
+/// with the client message id `m{n}`.
 async fn guest_loop(mut ws: client::Ws, mut commands: mpsc::UnboundedReceiver<(u64, Instant)>, latency: Arc<Mutex<Histogram<u64>>>, content: String) -> GuestOutcome {
     let mut outcome = GuestOutcome::default();
-    let mut pending: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut pending: HashMap<u64, Instant> = HashMap::new();
     let mut open = true;
-    let mut grace: Option<tokio::time::Instant> = None;
+    // Armed once the schedule ends: how long to wait for the last acks.
+    let grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(grace);
     loop {
         if !open && pending.is_empty() {
             break;
         }
-        let deadline = grace.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             command = commands.recv(), if open => match command {
                 Some((n, at)) => {
-                    let id = format!("m{n}");
-                    let frame = json!({"type": "message", "clientMessageId": id, "content": format!("{n:08}{content}")});
-                    if client::send(&mut ws, &frame).await.is_err() {
+                    // The content is the message number and filler: nothing to escape.
+                    let frame = format!(r#"{{"type":"message","clientMessageId":"m{n}","content":"{n:08}{content}"}}"#);
+                    if ws.send(Message::text(frame)).await.is_err() {
                         *outcome.errors.entry("SEND_FAILED".into()).or_default() += 1;
                         break;
                     }
-                    pending.insert(id, (n, at));
+                    pending.insert(n, at);
                 }
                 None => {
                     open = false;
-                    grace = Some(tokio::time::Instant::now() + Duration::from_secs(15));
+                    grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(15));
                 }
             },
             frame = ws.next() => {
@@ -230,25 +248,27 @@ async fn guest_loop(mut ws: client::Ws, mut commands: mpsc::UnboundedReceiver<(u
                     *outcome.errors.entry("CONNECTION_LOST".into()).or_default() += 1;
                     break;
                 };
-                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-                let id = frame["clientMessageId"].as_str().unwrap_or_default();
-                match frame["type"].as_str() {
-                    Some("message_ack") => {
-                        if let Some((n, at)) = pending.remove(id) {
+                let Ok(reply) = serde_json::from_str::<Reply<'_>>(text.as_str()) else { continue };
+                let n = reply.client_message_id.as_deref().and_then(|id| id.strip_prefix('m')?.parse::<u64>().ok());
+                match reply.kind.as_ref() {
+                    "message_ack" => {
+                        if let Some((n, at)) = n.and_then(|n| Some((n, pending.remove(&n)?))) {
                             let now = Instant::now();
                             let _ = latency.lock().expect("latency lock").record(now.duration_since(at).as_micros() as u64);
-                            outcome.acked.push((n, frame["messageId"].as_str().unwrap_or_default().to_owned()));
+                            outcome.acked.push((n, reply.message_id.unwrap_or_default()));
                             outcome.last_ack = Some(now);
                         }
                     }
-                    Some("error") => {
-                        pending.remove(id);
-                        *outcome.errors.entry(frame["code"].as_str().unwrap_or("ERROR").to_owned()).or_default() += 1;
+                    "error" => {
+                        if let Some(n) = n {
+                            pending.remove(&n);
+                        }
+                        *outcome.errors.entry(reply.code.as_deref().unwrap_or("ERROR").to_owned()).or_default() += 1;
                     }
                     _ => {}
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => break,
+            () = &mut grace, if !open => break,
         }
     }
     outcome.unacked = pending.len() as u64;
