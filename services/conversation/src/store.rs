@@ -38,6 +38,19 @@ struct Known {
     last_seq: i64,
 }
 
+/// The SQLite write connection as the message writer keeps it between batches that follow
+/// each other: taking it from the pool and giving it back cost a round trip to SQLite's
+/// thread each (the pool pings a connection it gets back), on the path of every batch.
+#[derive(Debug)]
+pub struct Held {
+    conn: sqlx::pool::PoolConnection<Any>,
+    since: std::time::Instant,
+}
+
+/// The longest the message writer keeps the write connection while batches keep coming:
+/// the service's other writes wait for it meanwhile.
+const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Conversations the writer remembers; the map starts afresh beyond this.
 const CONVERSATIONS_KNOWN: usize = 100_000;
 
@@ -313,15 +326,22 @@ impl Store {
     /// fail whole on a unique constraint; the batch is then planned again with the resend
     /// lookup and the seqs read from the table.
     pub async fn add_messages(&self, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
+        self.add_messages_holding(items, &mut None).await
+    }
+
+    /// [`Store::add_messages`] for the message writer, which keeps the SQLite write
+    /// connection in `held` between batches that follow each other (see [`Held`]).
+    pub async fn add_messages_holding(&self, items: Vec<(pb::Message, Option<String>)>, held: &mut Option<Held>) -> Result<Committed> {
         // Held for the whole batch: batches are written one at a time.
         let mut known = self.known.lock().await;
         let outcome = match self.db.engine {
             Engine::Postgres => self.add_in_transaction(&mut known, items).await,
-            Engine::Sqlite => self.add_as_only_writer(&mut known, items).await,
+            Engine::Sqlite => self.add_as_only_writer(&mut known, items, held).await,
         };
         if outcome.is_err() {
             // What a failed write did is not certain: read the seqs from the table again.
             known.clear();
+            *held = None;
         }
         outcome
     }
@@ -334,22 +354,29 @@ impl Store {
         Ok(planned.committed(known, inserted))
     }
 
-    async fn add_as_only_writer(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
-        let mut conn = self.db.write.acquire().await?;
+    async fn add_as_only_writer(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>, held: &mut Option<Held>) -> Result<Committed> {
+        if held.as_ref().is_some_and(|h| h.since.elapsed() >= HOLD_AT_MOST) {
+            // Let the service's other writes (new conversations, read marks) in.
+            *held = None;
+        }
+        let conn = match held {
+            Some(h) => &mut h.conn,
+            None => &mut held.insert(Held { conn: self.db.write.acquire().await?, since: std::time::Instant::now() }).conn,
+        };
         // Resends are rare and remembered seqs are right: first write the batch as if no
         // client id were stored, which costs the INSERT alone. A stored client id (or a seq
         // another writer took) makes that statement fail whole, writing nothing; then the
         // batch is planned again with the resend lookup and its conversations' seqs read.
-        let planned = Self::plan(Engine::Sqlite, &mut conn, known, &items, Lookup::Remembered).await?;
-        match Self::insert_alone(&mut conn, &planned.new_messages()).await {
+        let planned = Self::plan(Engine::Sqlite, conn, known, &items, Lookup::Remembered).await?;
+        match Self::insert_alone(conn, &planned.new_messages()).await {
             Ok(inserted) => return Ok(planned.committed(known, inserted)),
             Err(ConversationError::Storage(sqlx::Error::Database(e))) if e.is_unique_violation() => {
                 tracing::debug!(error = %e, "a batch met a stored client id or seq; planning it again");
             }
             Err(e) => return Err(e),
         }
-        let planned = Self::plan(Engine::Sqlite, &mut conn, known, &items, Lookup::Stored).await?;
-        let inserted = Self::insert_alone(&mut conn, &planned.new_messages()).await?;
+        let planned = Self::plan(Engine::Sqlite, conn, known, &items, Lookup::Stored).await?;
+        let inserted = Self::insert_alone(conn, &planned.new_messages()).await?;
         Ok(planned.committed(known, inserted))
     }
 
@@ -669,7 +696,7 @@ pub(crate) mod tests {
         (Store::new(Database::open(&url, &crate::startup::SQLITE, &crate::startup::POSTGRES).await.unwrap()), dir)
     }
 
-    fn guest_message(conversation: &str, client_id: &str, content: &str) -> (pb::Message, Option<String>) {
+    pub(crate) fn guest_message(conversation: &str, client_id: &str, content: &str) -> (pb::Message, Option<String>) {
         let m = pb::Message {
             conversation_id: conversation.into(),
             role: pb::Role::Guest as i32,

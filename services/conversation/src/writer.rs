@@ -40,10 +40,12 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, 
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The last position taken by this writer's batches, while they follow each other.
     let mut chain: Option<i64> = None;
+    // The write connection, kept while batches follow each other.
+    let mut held = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|(m, owner, reply)| ((m, owner), reply)).unzip();
         let started = std::time::Instant::now();
-        let outcome = store.add_messages(items).await;
+        let outcome = store.add_messages_holding(items, &mut held).await;
         tracing::debug!(size = replies.len(), micros = started.elapsed().as_micros() as u64, "message batch");
         match outcome {
             Ok(committed) => {
@@ -68,5 +70,54 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(pb::Message, Option<String>, 
                 }
             }
         }
+        if rx.is_empty() {
+            // Nothing follows: give the connection back for the service's other writes.
+            held = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{guest_message, sqlite_store};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_lets_other_writes_in_while_messages_keep_coming() {
+        let (store, _dir) = sqlite_store().await;
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        let writer = Writer::start(store.clone(), |_| {});
+        // Guests keep the writer busy, batch after batch, so it keeps its connection…
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for s in 0..16 {
+            let (writer, c, stop) = (writer.clone(), c.clone(), stop.clone());
+            senders.push(tokio::spawn(async move {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (m, owner) = guest_message(&c, &format!("s{s}-{sent}"), "busy");
+                    writer.add(m, owner).await.unwrap();
+                    sent += 1;
+                }
+                sent
+            }));
+        }
+        // …and meanwhile new guests get their conversations, and read marks are stored.
+        for g in 0..20 {
+            let created = tokio::time::timeout(std::time::Duration::from_secs(10), store.active_conversation("h", &format!("other-{g}"), "webchat", true)).await;
+            assert!(matches!(created, Ok(Ok(Some(_)))), "a new conversation waited behind the message writer");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for s in senders {
+            total += s.await.unwrap();
+        }
+        // Every message the writer acknowledged is stored once, numbered without a gap.
+        let (stored, more) = store.list_messages(&c, Some(0), None, 10_000).await.unwrap();
+        assert!(!more);
+        assert_eq!(stored.len() as u64, total);
+        assert!(stored.iter().enumerate().all(|(i, m)| m.seq == i as i64 + 1));
     }
 }
