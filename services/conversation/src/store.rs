@@ -312,8 +312,8 @@ impl Store {
     /// whole batch.
     ///
     /// The batch costs a fixed number of statements, not a few per message: one lookup of
-    /// resends, one of the conversations (skipped on SQLite for conversations seen before),
-    /// one insert of the messages. A conversation's last seq is the highest seq among its
+    /// resends, one of the conversations, one insert of the messages (on SQLite usually the
+    /// insert alone, see below). A conversation's last seq is the highest seq among its
     /// messages, so nothing else is written.
     ///
     /// On PostgreSQL this runs in one transaction under the message lock (replicas share the

@@ -104,7 +104,7 @@ mod tests {
                 sent
             }));
         }
-        // …and meanwhile new guests get their conversations, and read marks are stored.
+        // …and meanwhile new guests still get their conversations (a write of their own).
         for g in 0..20 {
             let created = tokio::time::timeout(std::time::Duration::from_secs(10), store.active_conversation("h", &format!("other-{g}"), "webchat", true)).await;
             assert!(matches!(created, Ok(Ok(Some(_)))), "a new conversation waited behind the message writer");
