@@ -37,6 +37,7 @@ describe('a guest on the demo hotel page', () => {
     assert.equal(await page.evaluate(() => document.querySelector('[data-jack-chat]').shadowRoot.activeElement?.tagName), 'TEXTAREA', 'focus goes to the input');
     await w.$('.greeting').filter({ hasText: 'Hello! How can I help you today?' }).waitFor();
     await w.online();
+    await w.watchTyping();
 
     await w.send('Hello!');
     const mine = w.own('Hello!');
@@ -45,9 +46,11 @@ describe('a guest on the demo hotel page', () => {
     assert.equal(await w.input.inputValue(), '', 'the input is cleared');
 
     // The butler types, then greets with quick replies.
-    await w.typing.waitFor({ state: 'visible' });
     await w.replies().filter({ hasText: "I'm Jack, your virtual butler" }).waitFor();
     await w.typing.waitFor({ state: 'hidden' });
+    const typing = await w.typingSeen();
+    assert.deepEqual(typing.slice(0, 2).map((t) => t.shown), [true, false], `the dots came and went: ${JSON.stringify(typing)}`);
+    assert.equal(typing[0].replies, 0, 'the dots showed before the answer');
     assert.deepEqual(await w.chips.allInnerTexts(), ['Room Service', 'Housekeeping', 'Concierge', 'Other']);
 
     // A tap sends the postback, shows it as the guest's message, and the chips go away.

@@ -78,6 +78,24 @@ export function widget(page) {
       await this.input.fill(text);
       await this.input.press('Enter');
     },
+    /** From now on, records every time the butler's typing dots appear or go away, with how
+     * many butler messages were shown at that moment. Polling could miss dots that show for
+     * half a second; the page's own MutationObserver cannot. */
+    async watchTyping() {
+      await page.evaluate(() => {
+        const root = document.querySelector('[data-jack-chat]').shadowRoot;
+        const typing = root.querySelector('.typing');
+        const seen = (window.__jackTypingSeen = []);
+        new MutationObserver(() => {
+          const shown = !typing.hidden;
+          if ((seen.at(-1)?.shown ?? false) !== shown) seen.push({ shown, replies: root.querySelectorAll('.log .msg.assistant[data-key]').length });
+        }).observe(typing, { attributes: true, attributeFilter: ['hidden'] });
+      });
+    },
+    /** What `watchTyping` recorded: [{shown, replies}]. */
+    typingSeen() {
+      return page.evaluate(() => window.__jackTypingSeen);
+    },
     /** The guest's own message with this text, once. */
     own(text) {
       return $(`.msg.guest`).filter({ hasText: text });
