@@ -46,7 +46,7 @@ fn required(what: &str, value: &str) -> Result<(), ConversationError> {
 }
 
 impl ConversationApi {
-    pub fn new(store: Store, relay: RelayHandle, shutdown: CancellationToken) -> Self {
+    pub fn new(store: Store, relay: RelayHandle, shutdown: CancellationToken) -> std::io::Result<Self> {
         let committed = watch::Sender::new(0u64);
         let writer = {
             let (relay, committed) = (relay.clone(), committed.clone());
@@ -54,9 +54,9 @@ impl ConversationApi {
                 // The relay gets the new messages themselves: no need to read them back.
                 relay.messages_committed(batch);
                 committed.send_modify(|n| *n = n.wrapping_add(1));
-            })
+            })?
         };
-        Self { store, writer, relay, committed, shutdown }
+        Ok(Self { store, writer, relay, committed, shutdown })
     }
 
     fn committed(&self) {

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use anyhow::Context as _;
+
 use jack_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_runtime::db::Database;
@@ -51,8 +53,8 @@ impl ConversationServer {
             .map(|url| grpc::channel(url, self.settings.publish_timeout).map(DeliveryServiceClient::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (relay, handle) = Relay::new(self.store.clone(), clients);
+        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?;
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone());
         let router = grpc::server()
             .add_service(grpc::health("jack.conversation.v1.ConversationService").await)
             .add_service(ConversationServiceServer::new(api));

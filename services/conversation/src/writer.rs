@@ -21,11 +21,19 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writing task; it ends when every `Writer` handle is dropped.
-    pub fn start(store: Store, on_commit: impl Fn(Handoff) + Send + 'static) -> Self {
+    /// Starts the writer on a thread of its own; it ends when every `Writer` handle is
+    /// dropped.
+    ///
+    /// Every message waits for this one task, so it does not share the service's runtime:
+    /// there, each time SQLite's thread woke it, the wake-up queued behind every other task
+    /// (under `jack up`, thousands of WebSocket sessions and HTTP/2 connections), and at the
+    /// chat ceiling a full batch took twice as long as one a few messages smaller. On its own
+    /// thread the operating system runs it as soon as it is woken.
+    pub fn start(store: Store, on_commit: impl Fn(Handoff) + Send + 'static) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, rx, on_commit));
-        Self { queue: tx }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("message-writer".into()).spawn(move || runtime.block_on(run(store, rx, on_commit)))?;
+        Ok(Self { queue: tx })
     }
 
     /// Commits a message (see [`Store::add_messages`]).
@@ -88,7 +96,7 @@ mod tests {
     async fn the_writer_lets_other_writes_in_while_messages_keep_coming() {
         let (store, _dir) = sqlite_store().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
-        let writer = Writer::start(store.clone(), |_| {});
+        let writer = Writer::start(store.clone(), |_| {}).unwrap();
         // Guests keep the writer busy, batch after batch, so it keeps its connection…
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
