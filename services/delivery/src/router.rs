@@ -5,7 +5,7 @@
 //! catches up from conversation, so nothing is lost; a dashboard re-subscribes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use jack_proto::delivery::v1 as pb;
 use jack_proto::tonic::Status;
@@ -23,8 +23,9 @@ pub struct Router {
 struct State {
     next_id: u64,
     edges: HashMap<u64, EdgeLink>,
-    /// conversation → edge link ids serving it.
-    by_conversation: HashMap<String, Vec<u64>>,
+    /// conversation → edge link ids serving it. (Its keys share their text with the edges'
+    /// `conversations`: a routed conversation's id is stored once.)
+    by_conversation: HashMap<Arc<str>, Vec<u64>>,
     subscribers: HashMap<u64, Subscriber>,
 }
 
@@ -33,7 +34,7 @@ struct EdgeLink {
     edge_id: String,
     tx: EdgeSender,
     /// conversation → number of sessions of this edge attached to it.
-    conversations: HashMap<String, u32>,
+    conversations: HashMap<Arc<str>, u32>,
 }
 
 #[derive(Debug)]
@@ -77,14 +78,22 @@ impl Router {
     pub fn attach(&self, link: u64, conversation_id: &str, token: u64) -> bool {
         let mut s = self.state.lock().expect("router lock");
         let Some(edge) = s.edges.get_mut(&link) else { return false };
-        let count = edge.conversations.entry(conversation_id.to_owned()).or_insert(0);
-        *count += 1;
-        let first = *count == 1;
+        let first = match edge.conversations.get_mut(conversation_id) {
+            Some(count) => {
+                *count += 1;
+                None
+            }
+            None => {
+                let key: Arc<str> = conversation_id.into();
+                edge.conversations.insert(key.clone(), 1);
+                Some(key)
+            }
+        };
         let ack = pb::DeliveryMessage { kind: Some(pb::delivery_message::Kind::Attached(pb::Attached { token })) };
         let acked = edge.tx.try_send(Ok(ack)).is_ok();
-        if first {
+        if let Some(key) = first {
             // Most conversations are served by one edge: room for one (a Vec's first growth makes four).
-            s.by_conversation.entry(conversation_id.to_owned()).or_insert_with(|| Vec::with_capacity(1)).push(link);
+            s.by_conversation.entry(key).or_insert_with(|| Vec::with_capacity(1)).push(link);
         }
         if !acked {
             remove_edge_locked(&mut s, link);
@@ -122,7 +131,7 @@ impl Router {
         let mut per_edge: HashMap<u64, Vec<pb::Event>> = HashMap::new();
         let mut routed = 0;
         for event in &events {
-            if let Some(links) = s.by_conversation.get(&event.conversation_id) {
+            if let Some(links) = s.by_conversation.get(event.conversation_id.as_str()) {
                 routed += 1;
                 for link in links {
                     per_edge.entry(*link).or_default().push(event.clone());
@@ -161,7 +170,7 @@ impl Router {
     }
 }
 
-fn unroute(by_conversation: &mut HashMap<String, Vec<u64>>, conversation_id: &str, link: u64) {
+fn unroute(by_conversation: &mut HashMap<Arc<str>, Vec<u64>>, conversation_id: &str, link: u64) {
     if let Some(links) = by_conversation.get_mut(conversation_id) {
         links.retain(|l| *l != link);
         if links.is_empty() {

@@ -103,7 +103,8 @@ impl Link {
 #[derive(Debug)]
 pub struct Hub {
     edge_id: String,
-    sessions: Mutex<HashMap<String, Vec<SessionHandle>>>,
+    /// Sessions by conversation; a key is the text its sessions' identities hold.
+    sessions: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
     links: Vec<Arc<Link>>,
     next_token: AtomicU64,
     session_count: AtomicUsize,
@@ -145,9 +146,9 @@ impl Hub {
 
     /// Registers a session for a conversation's events and waits until every live delivery
     /// stream routes them here. Call before replaying from conversation.
-    pub async fn attach(&self, conversation_id: &str, session: SessionHandle) {
+    pub async fn attach(&self, conversation_id: &Arc<str>, session: SessionHandle) {
         // Most conversations have one tab open: room for one (a Vec's first growth makes four).
-        self.sessions.lock().expect("sessions lock").entry(conversation_id.to_owned()).or_insert_with(|| Vec::with_capacity(1)).push(session);
+        self.sessions.lock().expect("sessions lock").entry(conversation_id.clone()).or_insert_with(|| Vec::with_capacity(1)).push(session);
         self.session_count.fetch_add(1, Ordering::Relaxed);
         let mut acks = Vec::new();
         for link in &self.links {
@@ -199,7 +200,7 @@ impl Hub {
     fn route(&self, events: Vec<pb::Event>) {
         let sessions = self.sessions.lock().expect("sessions lock");
         for event in events {
-            if let Some(list) = sessions.get(&event.conversation_id) {
+            if let Some(list) = sessions.get(event.conversation_id.as_str()) {
                 let event = Arc::new(event);
                 for session in list {
                     session.push(SessionEvent::Event(event.clone()));

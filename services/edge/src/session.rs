@@ -38,7 +38,8 @@ type Out = Vec<ServerFrame>;
 #[derive(Debug, Clone)]
 struct Identity {
     guest_id: String,
-    conversation_id: String,
+    /// Shared with the hub's key for this session.
+    conversation_id: Arc<str>,
 }
 
 /// A token bucket: `rate` frames a second, bursts of twice that.
@@ -199,7 +200,7 @@ impl Session {
         // Re-identifying on the same connection: leave the old conversation first.
         self.close();
         self.own.clear();
-        let conversation_id = conversation.conversation_id.clone();
+        let conversation_id: Arc<str> = conversation.conversation_id.as_str().into();
         // Subscribe first, then replay: nothing committed in between can be missed.
         self.edge.hub.attach(&conversation_id, self.handle.clone()).await;
         self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone() });
@@ -223,14 +224,14 @@ impl Session {
             guest_id: g.guest_id,
             visitor_id: g.visitor_id,
             visitor_token: identified.visitor_token,
-            conversation_id: Some(conversation_id),
+            conversation_id: Some(conversation_id.to_string()),
         }));
     }
 
     async fn list(&self, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<conv::ListMessagesResponse, jack_proto::tonic::Status> {
         let identity = self.identity.as_ref().expect("listing needs an identity");
         let request = conv::ListMessagesRequest {
-            conversation_id: identity.conversation_id.clone(),
+            conversation_id: identity.conversation_id.to_string(),
             after_seq,
             before_seq,
             limit,
@@ -241,7 +242,7 @@ impl Session {
 
     /// `history` frames with every message after `last_seq`.
     async fn replay_after(&mut self, last_seq: i64, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
-        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.clone()).unwrap_or_default();
+        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.to_string()).unwrap_or_default();
         self.high = last_seq.max(0);
         loop {
             let page = self.list(Some(self.high), None, REPLAY_PAGE).await?;
@@ -263,7 +264,7 @@ impl Session {
     async fn replay_latest(&mut self, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
         let page = self.list(None, None, LATEST_PAGE).await?;
         self.high = page.messages.last().map_or(0, |m| m.seq);
-        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.clone()).unwrap_or_default();
+        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.to_string()).unwrap_or_default();
         out.push(ServerFrame::History(frames::History {
             conversation_id,
             messages: page.messages.iter().map(convert::message).collect(),
@@ -332,7 +333,7 @@ impl Session {
         let mut ids: Vec<String> = attachments(out).filter(|a| a.url.is_none()).map(|a| a.id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let request = upload::SignDownloadsRequest { conversation_id: identity.conversation_id.clone(), attachment_ids: ids };
+        let request = upload::SignDownloadsRequest { conversation_id: identity.conversation_id.to_string(), attachment_ids: ids };
         let signed = match self.edge.backends.upload.clone().sign_downloads(request).await {
             Ok(r) => r.into_inner().downloads,
             Err(status) => {
@@ -366,7 +367,7 @@ impl Session {
             SessionEvent::Event(event) => event,
         };
         let Some(identity) = &self.identity else { return };
-        if event.conversation_id != identity.conversation_id {
+        if *event.conversation_id != *identity.conversation_id {
             return;
         }
         match &event.kind {
@@ -418,7 +419,7 @@ impl Session {
                 hotel_id: self.hotel_id.clone(),
                 guest_id: identity.guest_id.clone(),
                 attachment_ids: ids,
-                conversation_id: identity.conversation_id.clone(),
+                conversation_id: identity.conversation_id.to_string(),
             };
             match self.edge.backends.upload.clone().resolve_attachments(resolve).await {
                 Ok(r) => {
@@ -444,7 +445,7 @@ impl Session {
                 Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
             }
         }
-        request.conversation_id = identity.conversation_id.clone();
+        request.conversation_id = identity.conversation_id.to_string();
         request.guest_id = identity.guest_id.clone();
         let stored = match self.edge.backends.guest_messages.add(request).await {
             Ok(stored) => stored,
@@ -474,7 +475,7 @@ impl Session {
             return out.push(error(ErrorCode::NotIdentified, "Please identify first", None));
         };
         let event = events::Event {
-            conversation_id: identity.conversation_id.clone(),
+            conversation_id: identity.conversation_id.to_string(),
             hotel_id: self.hotel_id.clone(),
             guest_id: identity.guest_id.clone(),
             at_ms: now_ms(),
@@ -492,7 +493,7 @@ impl Session {
             return out.push(error(ErrorCode::InvalidFrame, "upToSeq must not be negative", None));
         }
         let request = conv::MarkReadRequest {
-            conversation_id: identity.conversation_id.clone(),
+            conversation_id: identity.conversation_id.to_string(),
             role: conv::Role::Guest as i32,
             up_to_seq: read.up_to_seq,
             guest_id: Some(identity.guest_id.clone()),
@@ -512,7 +513,7 @@ impl Session {
         let limit = req.limit.unwrap_or(LATEST_PAGE).clamp(1, MAX_HISTORY_PAGE);
         match self.list(None, Some(req.before_seq), limit).await {
             Ok(page) => out.push(ServerFrame::History(frames::History {
-                conversation_id: identity.conversation_id,
+                conversation_id: identity.conversation_id.to_string(),
                 messages: page.messages.iter().map(convert::message).collect(),
                 has_more: page.has_more,
             })),
