@@ -526,10 +526,19 @@ impl Store {
             let rows = chunk.len().next_multiple_of(8);
             let mut params = Params::new(engine);
             let values: Vec<String> = (0..rows).map(|_| format!("({})", params.list(COLUMNS))).collect();
+            // PostgreSQL says which position each row took. On SQLite, `RETURNING` would send
+            // every row back through sqlx's row channel (a wake-up of the writer each); there
+            // the rows of one statement take consecutive positions in VALUES order (the
+            // padding after them too), so the last one and the count of rows written say
+            // it all, in one row.
+            let returning = match engine {
+                Engine::Postgres => " RETURNING position, message_id",
+                Engine::Sqlite => "; SELECT last_insert_rowid() AS last, changes() AS inserted",
+            };
             let sql = format!(
                 "INSERT INTO messages (message_id, conversation_id, seq, role, kind, content, client_message_id, payload,
                      reply_to_message_id, rich, hotel_id, guest_id, created_at_ms)
-                 VALUES {} ON CONFLICT (message_id) DO NOTHING RETURNING position, message_id",
+                 VALUES {} ON CONFLICT (message_id) DO NOTHING{returning}",
                 values.join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -551,16 +560,29 @@ impl Store {
                     .bind(m.created_at_ms);
             }
             let returned = query.fetch_all(&mut *conn).await?;
-            if returned.len() != chunk.len() {
-                return Err(ConversationError::Corrupt(format!("{} of {} messages inserted: a seq or id collided", returned.len(), chunk.len())));
-            }
-            let mut by_id = HashMap::with_capacity(returned.len());
-            for row in &returned {
-                by_id.insert(row.try_get::<String, _>("message_id")?, row.try_get::<i64, _>("position")?);
-            }
+            let collided = |inserted: usize| ConversationError::Corrupt(format!("{inserted} of {} messages inserted: an id collided", chunk.len()));
             let start = positions.len();
-            for m in chunk {
-                positions.push(by_id.get(&m.message_id).copied().ok_or_else(|| ConversationError::Corrupt(format!("no position for {}", m.message_id)))?);
+            match engine {
+                Engine::Postgres => {
+                    if returned.len() != chunk.len() {
+                        return Err(collided(returned.len()));
+                    }
+                    let mut by_id = HashMap::with_capacity(returned.len());
+                    for row in &returned {
+                        by_id.insert(row.try_get::<String, _>("message_id")?, row.try_get::<i64, _>("position")?);
+                    }
+                    for m in chunk {
+                        positions.push(by_id.get(&m.message_id).copied().ok_or_else(|| ConversationError::Corrupt(format!("no position for {}", m.message_id)))?);
+                    }
+                }
+                Engine::Sqlite => {
+                    let row = returned.first().ok_or_else(|| ConversationError::Corrupt("no position after an insert".into()))?;
+                    let (last, inserted): (i64, i64) = (row.try_get("last")?, row.try_get("inserted")?);
+                    if inserted != chunk.len() as i64 {
+                        return Err(collided(inserted as usize));
+                    }
+                    positions.extend(last - inserted + 1..=last);
+                }
             }
             let taken = &positions[start..];
             let in_order = taken.windows(2).all(|w| w[1] == w[0] + 1);
@@ -774,8 +796,8 @@ pub(crate) mod tests {
         let b = store.active_conversation("h", "gb", "webchat", true).await.unwrap().unwrap().conversation_id;
         // More than one INSERT statement's worth, and not a multiple of the padding.
         let items: Vec<_> = (0..INSERT_ROWS + 11).map(|i| guest_message(if i % 3 == 0 { &b } else { &a }, &format!("m{i}"), &format!("text {i}"))).collect();
-        let results = store.add_messages(items).await.unwrap().results;
-        assert!(results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
+        let committed = store.add_messages(items).await.unwrap();
+        assert!(committed.results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
         let (in_a, _) = store.list_messages(&a, Some(0), None, 500).await.unwrap();
         let (in_b, _) = store.list_messages(&b, Some(0), None, 500).await.unwrap();
         assert_eq!(in_a.len() + in_b.len(), INSERT_ROWS + 11);
@@ -786,6 +808,10 @@ pub(crate) mod tests {
         let (all, _) = store.messages_after_position(0, &[], None, 500).await.unwrap();
         let contents: Vec<String> = all.iter().map(|(_, m)| m.content.clone()).collect();
         assert_eq!(contents, (0..INSERT_ROWS + 11).map(|i| format!("text {i}")).collect::<Vec<_>>());
+        // The positions handed to the relay are the ones stored, message by message.
+        let stored: Vec<(i64, String)> = all.iter().map(|(p, m)| (*p, m.message_id.clone())).collect();
+        let handed: Vec<(i64, String)> = committed.messages.iter().map(|(p, m)| (*p, m.message_id.clone())).collect();
+        assert_eq!(handed, stored);
         // A page smaller than what is there says there is more.
         let (page, more) = store.list_messages(&a, Some(0), None, 5).await.unwrap();
         assert_eq!((page.len(), more), (5, true));
