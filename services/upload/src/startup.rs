@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use jack_proto::upload::v1::upload_service_server::UploadServiceServer;
 use jack_runtime::db::Database;
 use jack_runtime::{CancellationToken, grpc};
@@ -73,7 +74,14 @@ impl UploadServer {
             Storage::S3(_) => None,
         };
         let state = HttpState { disk, downloads: self.downloads, store: self.store.clone(), storage: self.storage.clone(), max_file_size: self.settings.max_file_size };
-        let http = axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
+        // browser's delayed ACK, as on the edge's listener.
+        let listener = self.http.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY not set");
+            }
+        });
+        let http = axum::serve(listener, crate::http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http = tokio::spawn(async move { http.await });
         let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, shutdown.clone()));
         let router = grpc::server()
