@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { EDGE, SCREENSHOTS, butler, conversationOf, guestContext, launch, proxy, recordConnected, widget } from './harness.mjs';
+import { EDGE, SCREENSHOTS, butler, conversationOf, guestContext, launch, proxy, recordConnected, recordSdkEvents, widget } from './harness.mjs';
 
 let browser;
 before(async () => (browser = await launch()));
@@ -275,20 +275,7 @@ describe('the SDK on a hotel page', () => {
     const edge = await proxy();
     const context = await guestContext(browser);
     // A hotel's own script listens from the start (registered the moment the SDK exists).
-    await context.addInitScript(() => {
-      window.__events = [];
-      let sdk;
-      Object.defineProperty(window, 'JackChat', {
-        configurable: true,
-        get: () => sdk,
-        set: (value) => {
-          sdk = value;
-          for (const name of ['connected', 'disconnected', 'message', 'typing', 'message_sent', 'error', 'opened', 'closed']) {
-            value.on(name, (data) => window.__events.push([name, data ?? null]));
-          }
-        },
-      });
-    });
+    await recordSdkEvents(context, ['connected', 'disconnected', 'message', 'typing', 'message_sent', 'error', 'opened', 'closed']);
     const page = await context.newPage();
     await page.goto(`${edge.url}/`);
     const w = widget(page);

@@ -189,10 +189,13 @@ export function butler() {
   };
 }
 
-/** Records, in every page of the context, the SDK's `connected` event as `window.__jack`
- * (a listener registered the moment the widget script defines `window.JackChat`). */
-export async function recordConnected(context) {
-  await context.addInitScript(() => {
+/** Listens, in every page of the context, to the SDK from the moment the widget script
+ * defines `window.JackChat` (as a hotel's own script would): each event in `names` is
+ * recorded in `window.__events` as [name, data], and the latest `connected` event is
+ * `window.__jack`. */
+export async function recordSdkEvents(context, names = []) {
+  await context.addInitScript((names) => {
+    window.__events = [];
     let sdk;
     Object.defineProperty(window, 'JackChat', {
       configurable: true,
@@ -200,9 +203,15 @@ export async function recordConnected(context) {
       set: (value) => {
         sdk = value;
         value.on('connected', (event) => (window.__jack = event));
+        for (const name of names) value.on(name, (data) => window.__events.push([name, data ?? null]));
       },
     });
-  });
+  }, names);
+}
+
+/** Records the SDK's `connected` event as `window.__jack` (see `recordSdkEvents`). */
+export async function recordConnected(context) {
+  await recordSdkEvents(context);
 }
 
 /** The conversation the page's widget is in. */
