@@ -6,10 +6,13 @@
 //   JACK_URL                  the edge, e.g. http://127.0.0.1:3001 (required)
 //   JACK_CONVERSATION_ADDR    ConversationService, e.g. 127.0.0.1:50052 (default)
 //   CHROMIUM                  the browser (default /usr/bin/chromium)
+//   JACK_SCREENSHOTS          where screenshots go (default: a temporary folder)
 import { existsSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import http from 'node:http';
 import zlib from 'node:zlib';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import grpc from '@grpc/grpc-js';
@@ -19,7 +22,9 @@ export const EDGE = process.env.JACK_URL?.replace(/\/$/, '');
 if (!EDGE) throw new Error('set JACK_URL to the edge under test (e.g. http://127.0.0.1:3001 from `jack up`)');
 const CONVERSATION = process.env.JACK_CONVERSATION_ADDR ?? '127.0.0.1:50052';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-export const SCREENSHOTS = fileURLToPath(new URL('../../screenshots/', import.meta.url));
+/** Where the tests save their screenshots: a temporary folder, so that a test run leaves the
+ * checkout as it was; `JACK_SCREENSHOTS=$PWD/widget/screenshots` refreshes the README's. */
+export const SCREENSHOTS = `${process.env.JACK_SCREENSHOTS ?? join(tmpdir(), 'jack-widget-screenshots')}/`;
 /** How long any awaited thing in the page may take before the test fails. */
 export const WAIT = 15_000;
 
