@@ -26,7 +26,8 @@ use tokio::sync::{Notify, mpsc};
 use crate::store::{Store, event_for};
 
 const BATCH: u32 = 500;
-/// How often, at most, the relay stores its cursor while busy.
+/// How often, at most, the relay stores its cursor (an idle relay stores it this long after
+/// the last store, and at shutdown).
 const CURSOR_EVERY: Duration = Duration::from_millis(500);
 /// How often the relay looks for rows it was not handed (another replica's) while idle.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -183,6 +184,16 @@ impl Relay {
         }
     }
 
+    /// Stores the cursor that is not stored yet (kept for later if the store fails).
+    async fn store_cursor(&self, unstored: &mut Option<i64>) {
+        if let Some(position) = unstored.take()
+            && let Err(err) = self.store.set_relay_cursor(position).await
+        {
+            tracing::warn!(error = %err, "relay cursor not stored");
+            *unstored = Some(position);
+        }
+    }
+
     /// Runs until shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut cursor = loop {
@@ -238,22 +249,27 @@ impl Relay {
             let last_position = rows.last().map(|(p, _)| *p);
             batch.extend(rows.into_iter().map(|(_, e)| e));
             if batch.is_empty() {
-                // Idle: store the cursor now rather than leave it behind.
-                if let Some(position) = unstored.take() {
-                    if self.store.set_relay_cursor(position).await.is_err() {
-                        unstored = Some(position);
-                    }
-                    stored_at = std::time::Instant::now();
-                }
+                // Idle: the cursor is stored rather than left behind — but no sooner than
+                // CURSOR_EVERY after the last store: under a steady stream of messages the
+                // relay is idle for a moment between any two commits, and a store each time
+                // was a commit (and a disk sync) for every few batches of messages.
+                let store_at = tokio::time::Instant::from_std(stored_at + CURSOR_EVERY);
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     Some(event) = self.ephemeral.recv() => self.publish_best_effort(&mut target, event).await,
+                    _ = tokio::time::sleep_until(store_at), if unstored.is_some() => {
+                        self.store_cursor(&mut unstored).await;
+                        stored_at = std::time::Instant::now();
+                    }
                     _ = tokio::time::sleep(POLL_EVERY) => {
                         // Rows this relay was not handed: another replica's, or the outbox's.
                         read = true;
                         self.outbox_written.store(true, Ordering::Release);
                     }
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        self.store_cursor(&mut unstored).await;
+                        return;
+                    }
                 }
                 continue;
             }
@@ -265,13 +281,10 @@ impl Relay {
                         // Stored at most every CURSOR_EVERY: each store is a commit that the
                         // message writer would wait for. After a crash the relay resends at
                         // most that much again, which edges drop.
+                        unstored = Some(position);
                         if stored_at.elapsed() >= CURSOR_EVERY {
                             stored_at = std::time::Instant::now();
-                            if let Err(err) = self.store.set_relay_cursor(position).await {
-                                tracing::warn!(error = %err, "relay cursor not stored");
-                            }
-                        } else {
-                            unstored = Some(position);
+                            self.store_cursor(&mut unstored).await;
                         }
                     }
                     if let Some(position) = last_position
@@ -316,6 +329,90 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jack_proto::delivery::v1::delivery_service_server::{DeliveryService, DeliveryServiceServer};
+    use jack_proto::tonic::{self, Request, Response, Status, Streaming};
+    use std::sync::atomic::AtomicUsize;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    /// A delivery service that accepts every publish and counts the events.
+    #[derive(Clone, Default)]
+    struct Delivery {
+        published: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl DeliveryService for Delivery {
+        type EdgeStreamStream = ReceiverStream<Result<events::DeliveryMessage, Status>>;
+        type SubscribeStream = ReceiverStream<Result<events::Event, Status>>;
+
+        async fn edge_stream(&self, _: Request<Streaming<events::EdgeMessage>>) -> Result<Response<Self::EdgeStreamStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn publish(&self, request: Request<events::PublishRequest>) -> Result<Response<events::PublishResponse>, Status> {
+            self.published.fetch_add(request.into_inner().events.len(), Ordering::SeqCst);
+            Ok(Response::new(events::PublishResponse::default()))
+        }
+
+        async fn subscribe(&self, _: Request<events::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        for _ in 0..200 {
+            if done().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within 10 s");
+    }
+
+    #[tokio::test]
+    async fn the_cursor_is_stored_once_the_relay_is_idle_and_at_shutdown() {
+        let delivery = Delivery::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let serving = CancellationToken::new();
+        let server = jack_runtime::grpc::server().add_service(DeliveryServiceServer::new(delivery.clone()));
+        tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
+
+        let (store, _dir) = crate::store::tests::sqlite_store().await;
+        let client = DeliveryServiceClient::new(jack_runtime::grpc::channel(&url, Duration::from_secs(5)).unwrap());
+        let (relay, handle) = Relay::new(store.clone(), vec![client]);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(relay.run(shutdown.clone()));
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        let (mut chain, mut sent) = (None, 0);
+        let mut commit = async |n: usize| {
+            let items = (0..n).map(|_| {
+                sent += 1;
+                crate::store::tests::guest_message(&c, &format!("c{sent}"), &format!("m{sent}"))
+            });
+            let items = items.collect();
+            let committed = store.add_messages(items).await.unwrap();
+            let through = committed.span.map(|(_, t)| t);
+            handle.messages_committed(Handoff { messages: committed.messages.clone(), after: chain, through });
+            chain = through;
+            committed.messages.last().unwrap().0
+        };
+        // Batch after batch, each published before the next: the relay is idle in between.
+        let mut last = 0;
+        for round in 1..=5 {
+            last = commit(3).await;
+            until("published", async || delivery.published.load(Ordering::SeqCst) >= 3 * round).await;
+        }
+        // Idle: the cursor is stored (no later than CURSOR_EVERY after the last store).
+        until("the cursor stored while idle", async || store.relay_cursor().await.unwrap() == last).await;
+        // Published, then shut down at once: the cursor is stored on the way out.
+        let last = commit(2).await;
+        until("published", async || delivery.published.load(Ordering::SeqCst) >= 17).await;
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(store.relay_cursor().await.unwrap(), last);
+        serving.cancel();
+    }
 
     fn message(content: &str) -> conv::Message {
         conv::Message { content: content.into(), ..Default::default() }
