@@ -19,6 +19,15 @@ pub mod trace_context;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// Turns Nagle's algorithm off on an accepted HTTP connection (for axum's
+/// `listener.tap_io(jack_runtime::no_delay)`): a small answer or frame must not wait for the
+/// peer's delayed ACK, about 40 ms. (gRPC listeners get the same in [`grpc::serve`].)
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %err, "TCP_NODELAY not set");
+    }
+}
+
 /// mimalloc instead of the system allocator: the message path allocates and frees many
 /// small buffers across threads, where glibc's malloc spent about a sixth of the CPU.
 #[cfg(not(feature = "system-allocator"))]

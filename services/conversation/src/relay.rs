@@ -209,7 +209,7 @@ impl Relay {
             }
         };
         let mut target = 0usize;
-        let mut stored_at = std::time::Instant::now();
+        let mut stored_at = tokio::time::Instant::now();
         let mut unstored: Option<i64> = None;
         let mut backoff = Duration::from_millis(50);
         // Read from the cursor at first: rows may be waiting from before a restart.
@@ -253,13 +253,13 @@ impl Relay {
                 // CURSOR_EVERY after the last store: under a steady stream of messages the
                 // relay is idle for a moment between any two commits, and a store each time
                 // was a commit (and a disk sync) for every few batches of messages.
-                let store_at = tokio::time::Instant::from_std(stored_at + CURSOR_EVERY);
+                let store_at = stored_at + CURSOR_EVERY;
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     Some(event) = self.ephemeral.recv() => self.publish_best_effort(&mut target, event).await,
                     _ = tokio::time::sleep_until(store_at), if unstored.is_some() => {
                         self.store_cursor(&mut unstored).await;
-                        stored_at = std::time::Instant::now();
+                        stored_at = tokio::time::Instant::now();
                     }
                     _ = tokio::time::sleep(POLL_EVERY) => {
                         // Rows this relay was not handed: another replica's, or the outbox's.
@@ -283,7 +283,7 @@ impl Relay {
                         // most that much again, which edges drop.
                         unstored = Some(position);
                         if stored_at.elapsed() >= CURSOR_EVERY {
-                            stored_at = std::time::Instant::now();
+                            stored_at = tokio::time::Instant::now();
                             self.store_cursor(&mut unstored).await;
                         }
                     }

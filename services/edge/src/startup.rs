@@ -87,11 +87,7 @@ impl EdgeServer {
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
-        let listener = self.http.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "TCP_NODELAY not set");
-            }
-        });
+        let listener = self.http.tap_io(jack_runtime::no_delay);
         let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
         for link in links {
             let _ = link.await;

@@ -76,11 +76,7 @@ impl UploadServer {
         let state = HttpState { disk, downloads: self.downloads, store: self.store.clone(), storage: self.storage.clone(), max_file_size: self.settings.max_file_size };
         // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
         // browser's delayed ACK, as on the edge's listener.
-        let listener = self.http.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "TCP_NODELAY not set");
-            }
-        });
+        let listener = self.http.tap_io(jack_runtime::no_delay);
         let http = axum::serve(listener, crate::http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http = tokio::spawn(async move { http.await });
         let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, shutdown.clone()));
