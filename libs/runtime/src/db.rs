@@ -165,6 +165,9 @@ fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
 async fn checkpoint_in_background(read: AnyPool, write: AnyPool, path: PathBuf) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The WAL's size when a round last finished on the writer: the same size at the next
+    // round means nothing was written since (any write grows it or starts it over).
+    let mut finished_at = -1;
     'rounds: loop {
         tick.tick().await;
         if read.is_closed() || write.is_closed() {
@@ -175,7 +178,8 @@ async fn checkpoint_in_background(read: AnyPool, write: AnyPool, path: PathBuf) 
         for _ in 0..2 {
             match checkpoint(&read).await {
                 // Small WALs need no help: they are copied whole whenever the writer pauses.
-                Ok(frames) if frames >= FINISH_ON_WRITER_FRAMES => {}
+                // Nor does one that nothing was written to since the last round finished it.
+                Ok(frames) if frames >= FINISH_ON_WRITER_FRAMES && frames != finished_at => {}
                 Ok(_) => continue 'rounds,
                 Err(err) => {
                     if read.is_closed() {
@@ -192,11 +196,18 @@ async fn checkpoint_in_background(read: AnyPool, write: AnyPool, path: PathBuf) 
                 Err(err) => tracing::debug!(error = %err, "syncing the database file failed"),
             }
         }
-        if let Err(err) = checkpoint(&write).await {
-            if write.is_closed() {
-                return;
+        let started = std::time::Instant::now();
+        match checkpoint(&write).await {
+            Ok(frames) => {
+                finished_at = frames;
+                tracing::debug!(frames, micros = started.elapsed().as_micros() as u64, path = %path.display(), "checkpoint finished on the write connection");
             }
-            tracing::debug!(error = %err, "checkpoint on the write connection failed");
+            Err(err) => {
+                if write.is_closed() {
+                    return;
+                }
+                tracing::debug!(error = %err, "checkpoint on the write connection failed");
+            }
         }
     }
 }
