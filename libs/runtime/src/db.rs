@@ -158,9 +158,10 @@ fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
 /// until the writer's own automatic checkpoint ([`WRITER_CHECKPOINT_PAGES`]) copies the rest
 /// and syncs every page written since the last sync, inside a commit: a 10–35 ms stall about
 /// every 800 ms at 6,000 messages a second. So each round, once the WAL is large:
-/// 1. copies from a reader (the bulk, beside the writer);
-/// 2. syncs the database file from a blocking thread (the slow part, beside the writer);
-/// 3. finishes on the write connection, between two of the writer's transactions: copies what
+/// 1. copies from a reader (the bulk, beside the writer), then syncs the database file from
+///    a blocking thread (the slow part, beside the writer); twice, the second time only what
+///    was committed during the first;
+/// 2. finishes on the write connection, between two of the writer's transactions: copies what
 ///    was committed meanwhile and syncs those few pages; the next write starts the WAL over.
 async fn checkpoint_in_background(read: AnyPool, write: AnyPool, path: PathBuf) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -243,8 +244,12 @@ mod tests {
     /// The WAL header's checkpoint sequence number, which SQLite raises each time it starts
     /// the WAL over from its beginning.
     fn wal_restarts(db: &std::path::Path) -> u32 {
-        let wal = std::fs::read(db.with_extension("db-wal")).unwrap_or_default();
-        wal.get(12..16).map_or(0, |n| u32::from_be_bytes(n.try_into().unwrap()))
+        use std::io::Read as _;
+        let mut header = [0u8; 16];
+        match std::fs::File::open(db.with_extension("db-wal")).and_then(|mut wal| wal.read_exact(&mut header)) {
+            Ok(()) => u32::from_be_bytes([header[12], header[13], header[14], header[15]]),
+            Err(_) => 0,
+        }
     }
 
     /// Under commits that never pause, a reader's checkpoint never copies the whole WAL, so
