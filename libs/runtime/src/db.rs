@@ -2,7 +2,7 @@
 //! sqlx's `Any` driver so that one store module serves both. Each service brings its own
 //! migrations for each engine; SQL in the stores sticks to what both understand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -193,11 +193,8 @@ async fn checkpoint_in_background(read: AnyPool, write: AnyPool, path: PathBuf) 
                     continue 'rounds;
                 }
             }
-            let file = path.clone();
-            match tokio::task::spawn_blocking(move || std::fs::File::open(file)?.sync_data()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::debug!(error = %err, path = %path.display(), "syncing the database file failed"),
-                Err(err) => tracing::debug!(error = %err, "syncing the database file failed"),
+            if let Err(err) = sync_file(&path).await {
+                tracing::debug!(error = %err, path = %path.display(), "syncing the database file failed");
             }
         }
         let started = std::time::Instant::now();
@@ -216,6 +213,12 @@ async fn checkpoint_in_background(read: AnyPool, write: AnyPool, path: PathBuf) 
     }
 }
 
+/// Flushes a file's written pages to the disk, from a blocking thread.
+async fn sync_file(path: &Path) -> std::io::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data()).await.map_err(std::io::Error::other)?
+}
+
 /// Runs a passive checkpoint on a connection of `pool`; returns the WAL's size in frames.
 async fn checkpoint(pool: &AnyPool) -> Result<i64, sqlx::Error> {
     let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
@@ -230,7 +233,7 @@ fn sqlite_url(url: &str) -> anyhow::Result<(PathBuf, String)> {
     if path.is_empty() || path == ":memory:" {
         anyhow::bail!("a SQLite database needs a file path, got {url:?}");
     }
-    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     }
     let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() { "mode=rwc".to_owned() } else { format!("{query}&mode=rwc") };
@@ -246,7 +249,7 @@ mod tests {
 
     /// The WAL header's checkpoint sequence number, which SQLite raises each time it starts
     /// the WAL over from its beginning.
-    fn wal_restarts(db: &std::path::Path) -> u32 {
+    fn wal_restarts(db: &Path) -> u32 {
         use std::io::Read as _;
         let mut header = [0u8; 16];
         match std::fs::File::open(db.with_extension("db-wal")).and_then(|mut wal| wal.read_exact(&mut header)) {
