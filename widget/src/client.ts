@@ -85,6 +85,8 @@ export class ChatClient {
   private profile: UserIdentity = {};
   private sentIdentify: IdentifyFrame | null = null;
   private loadingOlder = false;
+  /** Asks for the older page again if the request was refused by the edge's rate limit. */
+  private olderTimer: unknown = null;
   private readSent = 0;
   private typingSince = 0;
   private typingTimer: unknown = null;
@@ -465,10 +467,24 @@ export class ChatClient {
     if (!this.identified || frame.code === 'NOT_IDENTIFIED') {
       // The identify did not go through (a backend is down): start over on a fresh socket.
       this.connection.restart();
-    } else if (this.loadingOlder && frame.code !== 'RATE_LIMITED') {
-      // The older page will not come (a `read` or `typing` refused does not count).
+    } else if (this.loadingOlder && frame.code === 'RATE_LIMITED') {
+      // The refused frame may have been the `load_history` or a `read` or `typing` beside it:
+      // ask again shortly unless the page comes meanwhile (a second copy would change nothing).
+      this.askOlderAgain();
+    } else if (this.loadingOlder) {
+      // The older page will not come.
       this.loadingOlder = false;
     }
+  }
+
+  private askOlderAgain(): void {
+    if (this.olderTimer !== null) return;
+    const delay = RETRY_AFTER_MS / 2 + (RETRY_AFTER_MS / 2) * this.deps.random();
+    this.olderTimer = this.deps.setTimeout(() => {
+      this.olderTimer = null;
+      if (!this.loadingOlder || !this.identified) return;
+      this.loadingOlder = this.send({ type: 'load_history', beforeSeq: this.timeline.lowestSeq(), limit: HISTORY_PAGE });
+    }, delay);
   }
 
   private setLink(link: Link): void {

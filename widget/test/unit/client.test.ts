@@ -264,3 +264,34 @@ test('the pace follows the limit the edge announces', () => {
   world.advance(1);
   assert.equal(world.socket.ofType('message').length, 5);
 });
+
+test('an older page refused by the rate limit is asked for again; one that comes anyway is not', () => {
+  const { client, world } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(51), message(52)], hasMore: true });
+  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'v_1', visitorToken: 'tok_v_1', conversationId: 'cnv_1' });
+  const asked = () => world.socket.ofType('load_history').map((f) => f.beforeSeq);
+  assert.equal(client.more, true);
+  assert.ok(client.loadOlder());
+  assert.equal(client.loadOlder(), false, 'one page at a time');
+  assert.deepEqual(asked(), [51]);
+
+  // The edge refused the request: without an answer the guest could never scroll further back.
+  world.socket.receive({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', retryable: true });
+  assert.equal(client.loadOlder(), false, 'still waiting for it');
+  world.advance(2_000);
+  assert.deepEqual(asked(), [51, 51], 'asked again for the same page');
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(49), message(50)], hasMore: true });
+  assert.deepEqual(client.timeline.entries.map((e) => e.seq), [49, 50, 51, 52]);
+
+  // A `read` or `typing` refused while a page is on its way: the page comes, nothing is asked twice.
+  assert.ok(client.loadOlder());
+  world.socket.receive({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', retryable: true });
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(47), message(48)], hasMore: false });
+  world.advance(2_000);
+  assert.deepEqual(asked(), [51, 51, 49]);
+  assert.deepEqual(client.timeline.entries.map((e) => e.seq), [47, 48, 49, 50, 51, 52]);
+  assert.equal(client.more, false);
+});
