@@ -20,7 +20,9 @@ use jack_frames::{ErrorCode, ServerFrame, close};
 use tracing::Instrument as _;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio::io::AsyncWriteExt as _;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -145,13 +147,25 @@ async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
+/// Writes the frames to the socket in one write.
+///
+/// They are encoded here (with tungstenite's own frame encoder) and written past tungstenite,
+/// into a buffer that lives only as long as this write: tungstenite's write buffer keeps the
+/// capacity of the largest frame it ever held for the life of the connection, so one page of
+/// history (tens of KiB) would have stayed with every idle guest who was ever sent one.
+/// What tungstenite itself writes (pongs, pings, close frames) is flushed first, so nothing
+/// interleaves; the connection loop never reads while it writes.
 async fn write_all(ws: &mut Ws, frames: &mut Vec<ServerFrame>) -> Result<(), tungstenite::Error> {
     let sending = async {
-        // Each frame becomes its JSON before the await, so no frame is kept across it.
+        ws.flush().await?;
+        let mut bytes = Vec::new();
         for json in frames.drain(..).map(|frame| frame.to_json()) {
-            ws.feed(Message::text(json)).await?;
+            Frame::message(json, OpCode::Data(Data::Text), true).format(&mut bytes)?;
         }
-        ws.flush().await
+        let socket = ws.get_mut();
+        socket.write_all(&bytes).await?;
+        socket.flush().await?;
+        Ok(())
     };
     match tokio::time::timeout(WRITE_TIMEOUT, sending).await {
         Ok(result) => result,
