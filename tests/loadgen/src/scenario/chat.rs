@@ -44,7 +44,7 @@ impl Traffic {
         let target = Target::parse(&self.url)?;
         let sources = client::parse_sources(&self.sources)?;
         let prefix = format!("{name}-{}", &jack_runtime::ids::random_hex()[..8]);
-        let connected = connect_many(&target, &sources, self.clients, &prefix).await?;
+        let connected = connect_many(&target, &sources, self.clients, &prefix, None).await?;
         if let Some(err) = &connected.first_error {
             anyhow::bail!("{} of {} guests could not connect: {err}", connected.failures, self.clients);
         }
@@ -89,17 +89,22 @@ pub struct Connected {
 }
 
 /// Connects and identifies `count` guests, 256 at a time.
-pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str) -> anyhow::Result<Connected> {
+/// Opens and identifies `count` guests: fresh visitors named after `prefix`, or, with
+/// `resume` (a visitor id and token), tabs of that one visitor that ask for its whole history.
+pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str, resume: Option<&(String, String)>) -> anyhow::Result<Connected> {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(256));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let (target, gate) = (target.clone(), gate.clone());
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-        let visitor = format!("{prefix}-{i}");
+        let identify = match resume {
+            Some((visitor, token)) => json!({"type": "identify", "visitorId": visitor, "visitorToken": token, "lastSeq": 0}),
+            None => client::identify_frame(&format!("{prefix}-{i}")),
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
-            client::connect_and_identify(&target, source, client::identify_frame(&visitor)).await.map(|(ws, id, _)| (ws, id, source))
+            client::connect_and_identify(&target, source, identify).await.map(|(ws, id, _)| (ws, id, source))
         }));
     }
     let mut connected = Connected { guests: Vec::with_capacity(count), failures: 0, first_error: None, took: Duration::ZERO };

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
@@ -39,6 +40,11 @@ pub struct IdleArgs {
     pub target_pid: Option<u32>,
     #[arg(long, default_value = "127.0.0.1-127.0.0.8")]
     pub sources: String,
+    /// Hold guests that were each sent this many messages of history: one visitor sends
+    /// them first, then every guest is a tab of that visitor resuming from the start (what
+    /// a returning guest costs once idle, rather than a new one).
+    #[arg(long, default_value_t = 0)]
+    pub history: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -51,13 +57,17 @@ pub struct WorkerArgs {
     pub prefix: String,
     #[arg(long)]
     pub sources: String,
+    /// Identify as tabs of this visitor (`VISITOR_ID TOKEN`) resuming from the start.
+    #[arg(long, num_args = 2, value_names = ["VISITOR_ID", "TOKEN"])]
+    pub resume: Option<Vec<String>>,
 }
 
 /// A worker: connects, prints `READY {...}`, holds until a line on stdin, prints `DONE {...}`.
 pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.url)?;
     let sources = client::parse_sources(&args.sources)?;
-    let connected = connect_many(&target, &sources, args.clients, &args.prefix).await?;
+    let resume = args.resume.as_ref().map(|r| (r[0].clone(), r[1].clone()));
+    let connected = connect_many(&target, &sources, args.clients, &args.prefix, resume.as_ref()).await?;
     let alive = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(connected.guests.len() as u64));
     let ready = json!({"connected": connected.guests.len(), "failed": connected.failures, "error": connected.first_error, "seconds": connected.took.as_secs_f64()});
     for (mut ws, _, _) in connected.guests {
@@ -89,12 +99,16 @@ type Worker = (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<toki
 
 /// Starts worker processes holding `clients` guests between them and waits until all are
 /// identified; returns the workers and how many guests they hold.
-async fn spawn_workers(args: &IdleArgs, clients: usize, processes: usize, prefix: &str) -> anyhow::Result<(Vec<Worker>, u64, u64, Option<String>)> {
+async fn spawn_workers(args: &IdleArgs, clients: usize, processes: usize, prefix: &str, resume: Option<&(String, String)>) -> anyhow::Result<(Vec<Worker>, u64, u64, Option<String>)> {
     let mut workers = Vec::new();
     for w in 0..processes {
         let share = clients / processes + usize::from(w < clients % processes);
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["idle-worker", "--url", &args.url, "--clients", &share.to_string(), "--prefix", &format!("{prefix}-{w}"), "--sources", &args.sources])
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["idle-worker", "--url", &args.url, "--clients", &share.to_string(), "--prefix", &format!("{prefix}-{w}"), "--sources", &args.sources]);
+        if let Some((visitor, token)) = resume {
+            command.args(["--resume", visitor, token]);
+        }
+        let mut child = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -121,22 +135,53 @@ fn per_connection(before: Option<u64>, after: Option<u64>, connections: u64) -> 
     }
 }
 
+/// One visitor sends `count` messages (paced under the edge's rate limit, each acknowledged)
+/// and stays connected; returns it with its id and token.
+async fn visitor_with_history(target: &Target, count: usize, run_id: &str) -> anyhow::Result<(client::Ws, (String, String), u64)> {
+    let (mut ws, identity, _) = client::connect_and_identify(target, None, client::identify_frame(&format!("history-{run_id}"))).await?;
+    let token = identity.visitor_token.clone().context("identified without a visitor token")?;
+    let content = "x".repeat(180);
+    let mut bytes = 0;
+    for i in 0..count {
+        let text = format!("history {i} {content}");
+        bytes += text.len() as u64;
+        client::send(&mut ws, &json!({"type": "message", "clientMessageId": format!("h{i}"), "content": text})).await?;
+        loop {
+            let frame = client::recv(&mut ws).await?;
+            match frame["type"].as_str() {
+                Some("message_ack") => break,
+                Some("error") => anyhow::bail!("a history message was refused: {frame}"),
+                _ => {}
+            }
+        }
+        // Under the edge's 20 frames a second.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    Ok((ws, (identity.visitor_id, token), bytes))
+}
+
 pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     let target = Target::parse(&args.url)?;
     let pid = args.target_pid.or_else(|| procfs::pid_listening_on(target.addr.port()));
     let rss = || pid.and_then(|p| procfs::rss_kib(p).ok());
     let run_id = jack_runtime::ids::random_hex();
+    let (_owner, resume, history_bytes) = if args.history > 0 {
+        let (ws, resume, bytes) = visitor_with_history(&target, args.history, &run_id[..8]).await?;
+        (Some(ws), Some(resume), bytes)
+    } else {
+        (None, None, 0)
+    };
     let warmup = args.warmup.min(args.clients / 2);
     let rest = args.clients - warmup;
     let per_process = 9000;
     let rss_before = rss();
     let (mut workers, warm, warm_failed, warm_error) =
-        if warmup > 0 { spawn_workers(args, warmup, warmup.div_ceil(per_process), &format!("warm-{}", &run_id[..8])).await? } else { (Vec::new(), 0, 0, None) };
+        if warmup > 0 { spawn_workers(args, warmup, warmup.div_ceil(per_process), &format!("warm-{}", &run_id[..8]), resume.as_ref()).await? } else { (Vec::new(), 0, 0, None) };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_warm = rss();
     let started = Instant::now();
     let processes = args.processes.unwrap_or(rest.div_ceil(per_process)).max(1);
-    let (main, connected, failed, error) = spawn_workers(args, rest, processes, &format!("idle-{}", &run_id[..8])).await?;
+    let (main, connected, failed, error) = spawn_workers(args, rest, processes, &format!("idle-{}", &run_id[..8]), resume.as_ref()).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     workers.extend(main);
     // Let the target settle, then measure.
@@ -162,6 +207,10 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     report.add("rss_after_kib", rss_after.map_or(Value::Null, Value::from));
     report.add("kib_per_connection_from_cold", per_connection(rss_before, rss_after, held));
     report.add("kib_per_connection_marginal", per_connection(rss_warm, rss_after, connected));
+    if args.history > 0 {
+        report.add("history_messages_each", args.history as u64);
+        report.add("history_content_bytes", history_bytes);
+    }
     report.add("hold_seconds", args.hold);
     report.add("alive_after_hold", alive);
     Ok(report)
