@@ -160,6 +160,30 @@ async fn load_history_pages_backwards() {
 }
 
 #[tokio::test]
+async fn a_history_larger_than_64_kib_arrives_whole_and_the_frames_after_it_too() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_long_history"})).await;
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    let long: Vec<String> = (0..24).map(|i| format!("{i:02} {}", "x".repeat(3_500))).collect();
+    for text in &long {
+        stack.assistant_says(&conversation_id, text).await;
+    }
+    // A second tab resumes from the start: one history frame of ~85 KB (a 64-bit length).
+    let mut tab = Guest::connect(&stack.ws_url("hotel_1")).await;
+    tab.identify(json!({"visitorId": "v_long_history", "visitorToken": token, "lastSeq": 0})).await;
+    let history: Vec<&Value> = tab.seen.iter().filter(|f| f["type"] == "history").collect();
+    assert_eq!(history.len(), 1);
+    assert_eq!(contents(history[0]["messages"].as_array().unwrap()), long);
+    // The connection carries on: a live message and an acknowledgement after it.
+    stack.assistant_says(&conversation_id, "after the long page").await;
+    assert_eq!(tab.expect("message").await["content"], "after the long page");
+    let ack = tab.say("tab-1", "thanks").await;
+    assert_eq!(ack["seq"], 26);
+}
+
+#[tokio::test]
 async fn a_resuming_guest_without_last_seq_gets_the_latest_page() {
     let stack = TestStack::start().await;
     let mut guest = stack.guest("hotel_1").await;
