@@ -88,9 +88,9 @@ pub struct Connected {
     pub took: Duration,
 }
 
-/// Connects and identifies `count` guests, 256 at a time.
-/// Opens and identifies `count` guests: fresh visitors named after `prefix`, or, with
-/// `resume` (a visitor id and token), tabs of that one visitor that ask for its whole history.
+/// Connects and identifies `count` guests, 256 at a time: fresh visitors named after
+/// `prefix`, or, with `resume` (a visitor id and token), tabs of that one visitor that ask for
+/// its whole history.
 pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str, resume: Option<&(String, String)>) -> anyhow::Result<Connected> {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(256));

@@ -136,8 +136,8 @@ fn per_connection(before: Option<u64>, after: Option<u64>, connections: u64) -> 
 }
 
 /// One visitor sends `count` messages (paced under the edge's rate limit, each acknowledged)
-/// and stays connected; returns it with its id and token.
-async fn visitor_with_history(target: &Target, count: usize, run_id: &str) -> anyhow::Result<(client::Ws, (String, String), u64)> {
+/// and leaves; returns its id and token, and the bytes of content sent.
+async fn visitor_with_history(target: &Target, count: usize, run_id: &str) -> anyhow::Result<((String, String), u64)> {
     let (mut ws, identity, _) = client::connect_and_identify(target, None, client::identify_frame(&format!("history-{run_id}"))).await?;
     let token = identity.visitor_token.clone().context("identified without a visitor token")?;
     let content = "x".repeat(180);
@@ -157,7 +157,7 @@ async fn visitor_with_history(target: &Target, count: usize, run_id: &str) -> an
         // Under the edge's 20 frames a second.
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    Ok((ws, (identity.visitor_id, token), bytes))
+    Ok(((identity.visitor_id, token), bytes))
 }
 
 pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
@@ -165,11 +165,11 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     let pid = args.target_pid.or_else(|| procfs::pid_listening_on(target.addr.port()));
     let rss = || pid.and_then(|p| procfs::rss_kib(p).ok());
     let run_id = jack_runtime::ids::random_hex();
-    let (_owner, resume, history_bytes) = if args.history > 0 {
-        let (ws, resume, bytes) = visitor_with_history(&target, args.history, &run_id[..8]).await?;
-        (Some(ws), Some(resume), bytes)
+    let (resume, history_bytes) = if args.history > 0 {
+        let (resume, bytes) = visitor_with_history(&target, args.history, &run_id[..8]).await?;
+        (Some(resume), bytes)
     } else {
-        (None, None, 0)
+        (None, 0)
     };
     let warmup = args.warmup.min(args.clients / 2);
     let rest = args.clients - warmup;
