@@ -15,22 +15,37 @@ function assertOnceInOrder(shown) {
   for (let i = 1; i < shown.length; i++) assert.ok(shown[i].seq > shown[i - 1].seq, `out of order: ${JSON.stringify(shown)}`);
 }
 
-/** Scrolls the log up until the first message of the conversation is shown. */
+/** Scrolls the log up until the first message of the conversation is shown. Each older page is
+ * awaited by what the guest sees change at the top (the first message, or "Show earlier
+ * messages" going away): the butler's answers still arriving at the bottom must not pass for
+ * one. */
 async function scrollToStart(w) {
-  for (let i = 0; i < 20 && (await w.$('.more').isVisible()); i++) {
-    const count = await w.messages.count();
+  const page = w.log.page();
+  const top = () => w.log.evaluate((log) => ({ first: log.querySelector('.msg[data-key]')?.dataset.key ?? null, more: !log.querySelector('.more').hidden }));
+  const landed = (first, timeout) =>
+    page.waitForFunction(
+      (first) => {
+        const log = document.querySelector('[data-jack-chat]').shadowRoot.querySelector('.log');
+        return log.querySelector('.more').hidden || (log.querySelector('.msg[data-key]')?.dataset.key ?? null) !== first;
+      },
+      first,
+      { timeout },
+    );
+  for (let i = 0; i < 20; i++) {
+    // One read of both: an older page hides the button and lands above in the same task.
+    const { first, more } = await top();
+    if (!more) break;
     await w.log.evaluate((log) => (log.scrollTop = 0));
-    const older = w.$('.log .msg[data-key]').nth(count);
     try {
-      await older.waitFor({ state: 'attached', timeout: 5_000 });
+      await landed(first, 5_000);
     } catch {
-      // A scroll that ends where the log already was fires no scroll event (seen once in CI,
-      // at 120 of ~121 messages); the guest's other way is the "Show earlier messages" button.
-      // A load that is stuck, or never answered, still fails below.
-      const top = await w.log.evaluate((log) => log.scrollTop);
-      console.log(`scrollToStart: no older page 5 s after scrolling up (scrollTop ${top}, ${count} shown); clicking "Show earlier messages"`);
-      await w.$('.more').click();
-      await older.waitFor({ state: 'attached' });
+      // A scroll that ends where the log already was fires no scroll event; the guest's other
+      // way is the "Show earlier messages" button. A load that is stuck, or never answered,
+      // still fails below.
+      const scrollTop = await w.log.evaluate((log) => log.scrollTop);
+      console.log(`scrollToStart: no older page 5 s after scrolling up (scrollTop ${scrollTop}, ${await w.messages.count()} shown); clicking "Show earlier messages"`);
+      await w.$('.more').click({ timeout: 2_000 }).catch(() => {});
+      await landed(first, 15_000);
     }
   }
   assert.equal(await w.$('.more').isVisible(), false, 'the whole conversation is loaded');
