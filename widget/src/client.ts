@@ -392,11 +392,14 @@ export class ChatClient {
       this.changes.emit('reset', undefined);
     }
     if (conversationId) this.conversationId = conversationId;
-    const older = this.loadingOlder;
-    // The answer to `load_history`, or the latest page of a first identify, says whether older
-    // pages exist; a replay after `lastSeq` says nothing about them.
+    // The answer to `load_history` ends before the first message shown; a second answer to a
+    // page asked for twice (see `askOlderAgain`) brings nothing new and is not it.
+    const lowest = this.timeline.lowestSeq();
+    const older = this.loadingOlder && (messages.length === 0 || lowest === 0 || messages[messages.length - 1]!.seq < lowest);
+    // That answer, or the latest page of a first identify, says whether older pages exist; a
+    // replay after `lastSeq` says nothing about them.
     if (older || this.timeline.highestSeq() === 0) this.setMore(hasMore);
-    this.loadingOlder = false;
+    if (older) this.loadingOlder = false;
     // Newest first for an older page, so each lands above the one after it.
     for (const message of older ? [...messages].reverse() : messages) this.onMessage(message);
   }

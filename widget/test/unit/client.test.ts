@@ -295,3 +295,28 @@ test('an older page refused by the rate limit is asked for again; one that comes
   assert.deepEqual(client.timeline.entries.map((e) => e.seq), [47, 48, 49, 50, 51, 52]);
   assert.equal(client.more, false);
 });
+
+test('a second answer to a page asked for twice is not taken for the next page', () => {
+  const { client, world } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(51), message(52)], hasMore: true });
+  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'v_1', visitorToken: 'tok_v_1', conversationId: 'cnv_1' });
+  const asked = () => world.socket.ofType('load_history').map((f) => f.beforeSeq);
+  // A `read` beside the request is refused: the page is asked for again, and both answers come.
+  assert.ok(client.loadOlder());
+  world.socket.receive({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', retryable: true });
+  world.advance(2_000);
+  assert.deepEqual(asked(), [51, 51]);
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(49), message(50)], hasMore: true });
+  assert.ok(client.loadOlder(), 'the guest scrolls on');
+  assert.deepEqual(asked(), [51, 51, 49]);
+  // The copy of the first answer is not the answer to the second request...
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(49), message(50)], hasMore: true });
+  assert.equal(client.loadOlder(), false, 'still waiting for the page before 49');
+  // ...this is, and it says there is nothing older: "Show earlier messages" goes away.
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(48)], hasMore: false });
+  assert.deepEqual(client.timeline.entries.map((e) => e.seq), [48, 49, 50, 51, 52]);
+  assert.equal(client.more, false);
+});
