@@ -30,8 +30,8 @@ impl GuestApi {
         if let Some(email) = req.email.as_deref().filter(|e| !e.is_empty()) {
             domain::check_email(email)?;
         }
-        let hotel = self.store.hotel(&req.hotel_id).await?;
-        if hotel.is_none() && self.store.hotel_count().await? > 0 {
+        let (hotel, registry_enabled) = self.store.hotel_in_registry(&req.hotel_id).await?;
+        if hotel.is_none() && registry_enabled {
             return Err(GuestError::UnknownHotel);
         }
         let requested = req.visitor_id.filter(|v| !v.is_empty());
@@ -133,8 +133,7 @@ impl GuestService for GuestApi {
 
     async fn get_hotel_policy(&self, request: Request<pb::GetHotelPolicyRequest>) -> Result<Response<pb::HotelPolicy>, Status> {
         let hotel_id = request.into_inner().hotel_id;
-        let registry_enabled = self.store.hotel_count().await.map_err(GuestError::from)? > 0;
-        let hotel = if registry_enabled { self.store.hotel(&hotel_id).await.map_err(GuestError::from)? } else { None };
+        let (hotel, registry_enabled) = self.store.hotel_in_registry(&hotel_id).await.map_err(GuestError::from)?;
         Ok(Response::new(pb::HotelPolicy {
             registry_enabled,
             known: hotel.is_some(),

@@ -20,6 +20,16 @@ pub struct HotelRecord {
     pub identity_secret: Option<String>,
 }
 
+fn hotel_from_row(hotel_id: String, row: &AnyRow) -> Result<HotelRecord, sqlx::Error> {
+    let origins: String = row.try_get("allowed_origins")?;
+    Ok(HotelRecord {
+        hotel_id,
+        name: row.try_get("name")?,
+        allowed_origins: origins.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        identity_secret: row.try_get("identity_secret")?,
+    })
+}
+
 /// `SELECT` of every guest column; a macro so that queries stay `&'static str` literals.
 macro_rules! select_guest {
     ($where:literal) => {
@@ -95,8 +105,24 @@ impl Store {
         row.as_ref().map(guest_from_row).transpose()
     }
 
-    pub async fn hotel_count(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query("SELECT COUNT(*) AS n FROM hotels").fetch_one(&self.db.read).await?.try_get("n")
+    /// A hotel, and whether the registry is in use (any hotel registered), in one read: an
+    /// identify needs both, and for the unregistered hotels of an open deployment both answers
+    /// are "no". The registry check stops at its first row, however many hotels there are.
+    pub async fn hotel_in_registry(&self, hotel_id: &str) -> Result<(Option<HotelRecord>, bool), sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT h.hotel_id, h.name, h.allowed_origins, h.identity_secret,
+                    (SELECT COUNT(*) FROM (SELECT 1 FROM hotels LIMIT 1) AS first_hotel) AS registry
+             FROM (SELECT 1 AS one) AS lookup LEFT JOIN hotels AS h ON h.hotel_id = $1",
+        )
+        .bind(hotel_id)
+        .fetch_one(&self.db.read)
+        .await?;
+        let registry = row.try_get::<i64, _>("registry")? > 0;
+        let hotel = match row.try_get::<Option<String>, _>("hotel_id")? {
+            Some(hotel_id) => Some(hotel_from_row(hotel_id, &row)?),
+            None => None,
+        };
+        Ok((hotel, registry))
     }
 
     pub async fn hotel(&self, hotel_id: &str) -> Result<Option<HotelRecord>, sqlx::Error> {
@@ -104,16 +130,7 @@ impl Store {
             .bind(hotel_id)
             .fetch_optional(&self.db.read)
             .await?;
-        row.map(|row| {
-            let origins: String = row.try_get("allowed_origins")?;
-            Ok(HotelRecord {
-                hotel_id: row.try_get("hotel_id")?,
-                name: row.try_get("name")?,
-                allowed_origins: origins.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-                identity_secret: row.try_get("identity_secret")?,
-            })
-        })
-        .transpose()
+        row.map(|row| hotel_from_row(row.try_get("hotel_id")?, &row)).transpose()
     }
 
     pub async fn upsert_hotel(&self, hotel: &HotelRecord, now_ms: i64) -> Result<(), sqlx::Error> {

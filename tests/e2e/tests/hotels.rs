@@ -1,7 +1,9 @@
 //! The hotel registry: where hotels are registered, unknown hotels are refused and each
 //! hotel's own allowed origins apply.
 
-use jack_e2e::{Guest, TestStack, upgrade_status};
+use jack_e2e::{Guest, Svc, TestStack, WAIT, upgrade_status};
+use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
+use jack_proto::guest::v1::{GetHotelPolicyRequest, IdentifyRequest, UpsertHotelRequest};
 
 #[tokio::test]
 async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_with_4004() {
@@ -16,6 +18,33 @@ async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_
     let path = "/ws/chat?hotelId=grand_hotel";
     assert_eq!(upgrade_status(&stack.http_base(), path, "https://evil.example").await, 403);
     assert_eq!(upgrade_status(&stack.http_base(), path, "https://grand.example").await, 101);
+}
+
+#[tokio::test]
+async fn the_guest_service_serves_every_hotel_until_one_is_registered_then_only_registered_ones() {
+    let stack = TestStack::start().await;
+    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT).unwrap());
+    let identify = |hotel_id: &str| IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
+    let policy = |hotel_id: &str| GetHotelPolicyRequest { hotel_id: hotel_id.into() };
+
+    // No registry: any hotel id is served (the spec's behaviour).
+    let open = guests.get_hotel_policy(policy("any_hotel")).await.unwrap().into_inner();
+    assert!(!open.registry_enabled && !open.known);
+    guests.identify(identify("any_hotel")).await.expect("served without a registry");
+
+    // One hotel registered: it is known and served; every other hotel id is refused.
+    let hotel = UpsertHotelRequest { hotel_id: "grand_hotel".into(), name: "The Grand".into(), allowed_origins: vec!["https://grand.example".into()], identity_secret: None };
+    guests.upsert_hotel(hotel).await.unwrap();
+    let known = guests.get_hotel_policy(policy("grand_hotel")).await.unwrap().into_inner();
+    assert!(known.registry_enabled && known.known);
+    assert_eq!(known.allowed_origins, vec!["https://grand.example".to_owned()]);
+    let unknown = guests.get_hotel_policy(policy("any_hotel")).await.unwrap().into_inner();
+    assert!(unknown.registry_enabled && !unknown.known);
+    assert!(unknown.allowed_origins.is_empty());
+    guests.identify(identify("grand_hotel")).await.expect("a registered hotel is served");
+    let refused = guests.identify(identify("any_hotel")).await.expect_err("an unregistered hotel is refused");
+    assert_eq!(refused.code(), jack_proto::tonic::Code::NotFound);
+    assert_eq!(refused.message(), "unknown hotel");
 }
 
 #[tokio::test]
