@@ -1,7 +1,7 @@
 //! The `attachments` table.
 
 use jack_proto::upload::v1 as pb;
-use jack_runtime::db::Database;
+use jack_runtime::db::{Database, Engine};
 use sqlx::Row as _;
 
 /// `SELECT` of every column of `attachments`, with a `WHERE` clause: still a static string.
@@ -27,6 +27,12 @@ fn attachment(row: &sqlx::any::AnyRow) -> Result<pb::Attachment, sqlx::Error> {
         conversation_id: row.try_get::<Option<String>, _>("conversation_id")?.unwrap_or_default(),
         has_thumbnail: row.try_get::<i64, _>("has_thumbnail")? != 0,
     })
+}
+
+/// Ids as one JSON array, bound as a single parameter: one statement (and one read) for any
+/// number of ids — a page of history can carry dozens of attachments.
+fn id_list(ids: &[String]) -> String {
+    serde_json::to_string(ids).expect("a list of strings is JSON")
 }
 
 #[derive(Debug, Clone)]
@@ -61,35 +67,22 @@ impl Store {
 
     /// The guest's attachments among `ids`, whatever their status.
     pub async fn of_guest(&self, hotel_id: &str, guest_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
-        let mut found = Vec::new();
-        for id in ids {
-            let row = sqlx::query(select_where!("attachment_id = $1 AND hotel_id = $2 AND guest_id = $3"))
-                .bind(id)
-                .bind(hotel_id)
-                .bind(guest_id)
-                .fetch_optional(&self.db.read)
-                .await?;
-            if let Some(row) = row {
-                found.push(attachment(&row)?);
-            }
-        }
-        Ok(found)
+        let sql = match self.db.engine {
+            Engine::Sqlite => select_where!("attachment_id IN (SELECT value FROM json_each($1)) AND hotel_id = $2 AND guest_id = $3"),
+            Engine::Postgres => select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND hotel_id = $2 AND guest_id = $3"),
+        };
+        let rows = sqlx::query(sql).bind(id_list(ids)).bind(hotel_id).bind(guest_id).fetch_all(&self.db.read).await?;
+        rows.iter().map(attachment).collect()
     }
 
     /// The stored attachments among `ids` that messages of this conversation carry.
     pub async fn of_conversation(&self, conversation_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
-        let mut found = Vec::new();
-        for id in ids {
-            let row = sqlx::query(select_where!("attachment_id = $1 AND conversation_id = $2 AND status = 'stored'"))
-                .bind(id)
-                .bind(conversation_id)
-                .fetch_optional(&self.db.read)
-                .await?;
-            if let Some(row) = row {
-                found.push(attachment(&row)?);
-            }
-        }
-        Ok(found)
+        let sql = match self.db.engine {
+            Engine::Sqlite => select_where!("attachment_id IN (SELECT value FROM json_each($1)) AND conversation_id = $2 AND status = 'stored'"),
+            Engine::Postgres => select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND conversation_id = $2 AND status = 'stored'"),
+        };
+        let rows = sqlx::query(sql).bind(id_list(ids)).bind(conversation_id).fetch_all(&self.db.read).await?;
+        rows.iter().map(attachment).collect()
     }
 
     /// One attachment by id (for a signed download).

@@ -6,31 +6,10 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::guest::v1 as guest_pb;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
 use serde_json::json;
-use sqlx::Connection as _;
-
-async fn fresh_databases() -> Vec<(String, String)> {
-    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&admin).await.expect("PostgreSQL is reachable (set JACK_TEST_POSTGRES_URL)");
-    // Databases of earlier runs are dropped here (those still in use refuse, which is fine).
-    let old: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'jack_test_%'").fetch_all(&mut conn).await.unwrap();
-    for name in old {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
-    }
-    let run = jack_runtime::ids::random_hex();
-    let mut vars = Vec::new();
-    for service in ["guest", "conversation", "upload"] {
-        let name = format!("jack_test_{}_{service}", &run[..12]);
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        vars.push((format!("{}_DATABASE_URL", service.to_uppercase()), format!("{base}/{name}")));
-    }
-    vars
-}
 
 #[tokio::test]
 async fn the_spine_runs_on_postgresql() {
-    let vars = fresh_databases().await;
+    let vars = jack_e2e::postgres_databases().await;
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let stack = TestStack::start_with(&pairs).await;
 

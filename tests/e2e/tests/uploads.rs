@@ -346,6 +346,14 @@ async fn uploads_on_the_local_disk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_with_postgresql() {
+    let vars = jack_e2e::postgres_databases().await;
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (stack, files) = local_stack(&vars).await;
+    full_upload(&stack, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_on_an_s3_compatible_store() {
     let s3 = S3Server::start().await;
     let (stack, files) = s3_stack(&s3, &[]).await;
