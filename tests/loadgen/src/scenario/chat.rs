@@ -138,10 +138,8 @@ pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     let start = Instant::now();
     let total = args.rate * args.duration;
     let mut scheduled = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while scheduled < total {
-        tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+    let mut ticks = super::schedule(start, args.rate, total);
+    while let Some(due) = ticks.recv().await {
         while scheduled < due {
             let at = start + Duration::from_secs_f64(scheduled as f64 / args.rate as f64);
             let guest = &guests[(scheduled % guests.len() as u64) as usize];

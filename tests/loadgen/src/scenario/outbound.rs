@@ -74,14 +74,12 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     let send_start = Instant::now();
     let mut scheduled = 0u64;
     let mut dropped_at = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while scheduled < total {
-        tick.tick().await;
+    let mut ticks = crate::scenario::schedule(send_start, args.rate, total);
+    while let Some(due) = ticks.recv().await {
         if drop_midway && dropped_at.is_none() && send_start.elapsed() >= Duration::from_secs(args.duration) / 2 {
             dropped_at = Some(Instant::now());
             epoch_tx.send_replace(1);
         }
-        let due = ((send_start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
         while scheduled < due {
             let at = send_start + Duration::from_secs_f64(scheduled as f64 / args.rate as f64);
             let offset_us = at.duration_since(shared.start).as_micros();
