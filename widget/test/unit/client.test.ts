@@ -16,11 +16,11 @@ function setup(kv: KeyValue = memory(), world = new FakeWorld()) {
 }
 
 /** Opens the socket and completes the handshake, replaying `history` before `identified`. */
-function handshake(world: FakeWorld, history: Record<string, unknown>[] = [], visitorId = 'v_1') {
+function handshake(world: FakeWorld, history: Record<string, unknown>[] = [], visitorId = 'v_1', hasMore = false) {
   world.socket.accept();
   world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x', protocol: 1, limits: { maxMessageSize: 20, maxFileSize: 100 } });
   const identify = world.socket.ofType('identify').at(-1)!;
-  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: history, hasMore: false });
+  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: history, hasMore });
   world.socket.receive({ type: 'identified', guestId: 'g1', visitorId, visitorToken: `tok_${visitorId}`, conversationId: 'cnv_1' });
   return identify;
 }
@@ -268,10 +268,7 @@ test('the pace follows the limit the edge announces', () => {
 test('an older page refused by the rate limit is asked for again; one that comes anyway is not', () => {
   const { client, world } = setup();
   client.start();
-  world.socket.accept();
-  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
-  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(51), message(52)], hasMore: true });
-  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'v_1', visitorToken: 'tok_v_1', conversationId: 'cnv_1' });
+  handshake(world, [message(51), message(52)], 'v_1', true);
   const asked = () => world.socket.ofType('load_history').map((f) => f.beforeSeq);
   assert.equal(client.more, true);
   assert.ok(client.loadOlder());
@@ -299,10 +296,7 @@ test('an older page refused by the rate limit is asked for again; one that comes
 test('a second answer to a page asked for twice is not taken for the next page', () => {
   const { client, world } = setup();
   client.start();
-  world.socket.accept();
-  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x' });
-  world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(51), message(52)], hasMore: true });
-  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'v_1', visitorToken: 'tok_v_1', conversationId: 'cnv_1' });
+  handshake(world, [message(51), message(52)], 'v_1', true);
   const asked = () => world.socket.ofType('load_history').map((f) => f.beforeSeq);
   // A `read` beside the request is refused: the page is asked for again, and both answers come.
   assert.ok(client.loadOlder());
