@@ -6,11 +6,22 @@ use sqlx::Row as _;
 
 /// `SELECT` of every column of `attachments`, with a `WHERE` clause: still a static string.
 macro_rules! select_where {
-    ($condition:literal) => {
+    ($($condition:literal),+) => {
         concat!(
             "SELECT attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail FROM attachments WHERE ",
-            $condition
+            $($condition),+
         )
+    };
+}
+
+/// [`select_where!`] for the attachments among a JSON array of ids bound as `$1` (see
+/// [`id_list`]), in each engine's words, and then `$condition`.
+macro_rules! select_among_ids {
+    ($engine:expr, $condition:literal) => {
+        match $engine {
+            Engine::Sqlite => select_where!("attachment_id IN (SELECT value FROM json_each($1)) AND ", $condition),
+            Engine::Postgres => select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND ", $condition),
+        }
     };
 }
 
@@ -67,20 +78,14 @@ impl Store {
 
     /// The guest's attachments among `ids`, whatever their status.
     pub async fn of_guest(&self, hotel_id: &str, guest_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
-        let sql = match self.db.engine {
-            Engine::Sqlite => select_where!("attachment_id IN (SELECT value FROM json_each($1)) AND hotel_id = $2 AND guest_id = $3"),
-            Engine::Postgres => select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND hotel_id = $2 AND guest_id = $3"),
-        };
+        let sql = select_among_ids!(self.db.engine, "hotel_id = $2 AND guest_id = $3");
         let rows = sqlx::query(sql).bind(id_list(ids)).bind(hotel_id).bind(guest_id).fetch_all(&self.db.read).await?;
         rows.iter().map(attachment).collect()
     }
 
     /// The stored attachments among `ids` that messages of this conversation carry.
     pub async fn of_conversation(&self, conversation_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
-        let sql = match self.db.engine {
-            Engine::Sqlite => select_where!("attachment_id IN (SELECT value FROM json_each($1)) AND conversation_id = $2 AND status = 'stored'"),
-            Engine::Postgres => select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND conversation_id = $2 AND status = 'stored'"),
-        };
+        let sql = select_among_ids!(self.db.engine, "conversation_id = $2 AND status = 'stored'");
         let rows = sqlx::query(sql).bind(id_list(ids)).bind(conversation_id).fetch_all(&self.db.read).await?;
         rows.iter().map(attachment).collect()
     }
