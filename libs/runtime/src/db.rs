@@ -11,6 +11,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+mod group;
+pub use group::WriteFuture;
+
 /// Which engine a [`Database`] runs on; a few statements differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -20,12 +23,16 @@ pub enum Engine {
 
 /// A service's database: a pool for reads and one for writes. On SQLite the write pool has a
 /// single connection (SQLite has one writer anyway, and this way writers queue in-process
-/// instead of spinning on SQLITE_BUSY); on PostgreSQL both are the same pool.
+/// instead of spinning on SQLITE_BUSY); on PostgreSQL both are the same pool. Small writes
+/// that come in storms (a new guest, a read receipt) go through [`Database::write_grouped`],
+/// which on SQLite commits those queued together in one transaction.
 #[derive(Debug, Clone)]
 pub struct Database {
     pub engine: Engine,
     pub read: AnyPool,
     pub write: AnyPool,
+    /// SQLite's group commit for small writes (see [`Database::write_grouped`]).
+    groups: Option<group::Groups>,
 }
 
 impl Database {
@@ -53,7 +60,8 @@ impl Database {
                 sqlite.run(&write).await.context("failed to migrate the database")?;
                 let read = sqlite_pool(4, Role::Read).connect_with(options).await.with_context(|| format!("failed to open {url}"))?;
                 tokio::spawn(checkpoint_in_background(read.clone(), write.clone(), path));
-                Self { engine, read, write }
+                let groups = Some(group::Groups::start(write.clone()));
+                Self { engine, read, write, groups }
             }
             Engine::Postgres => {
                 let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
@@ -64,7 +72,7 @@ impl Database {
                     .await
                     .context("failed to connect to PostgreSQL")?;
                 postgres.run(&pool).await.context("failed to migrate the database")?;
-                Self { engine, read: pool.clone(), write: pool }
+                Self { engine, read: pool.clone(), write: pool, groups: None }
             }
         };
         Ok(db)

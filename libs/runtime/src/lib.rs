@@ -4,7 +4,8 @@
 //! - [`telemetry`]: `tracing` to stderr (`RUST_LOG`) and, when `OTEL_*` asks for it, OTLP.
 //! - [`shutdown`]: SIGTERM and SIGINT mean the same graceful drain.
 //! - [`grpc`]: server and client setup with the deadlines and keep-alives we want everywhere.
-//! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it.
+//! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it;
+//!   group commit for small writes.
 //! - [`trace_context`]: W3C trace context carried across gRPC calls.
 //! - [`ids`] and [`time`]: identifiers and timestamps in one format across services.
 

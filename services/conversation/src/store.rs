@@ -247,6 +247,10 @@ fn rich_blob(message: &pb::Message) -> Option<Vec<u8>> {
     (rich != pb::Message::default()).then(|| rich.encode_to_vec())
 }
 
+/// On PostgreSQL, the lock every transaction that takes message or outbox positions holds
+/// (see [`Store::begin`]).
+const MESSAGE_LOCK: &str = "SELECT pg_advisory_xact_lock(7143001)";
+
 pub fn event_for(conversation: &str, hotel_id: &str, guest_id: &str, kind: events::event::Kind) -> events::Event {
     events::Event {
         conversation_id: conversation.to_owned(),
@@ -277,18 +281,28 @@ impl Store {
         if !create {
             return Ok(None);
         }
-        sqlx::query(
-            "INSERT INTO conversations (conversation_id, hotel_id, guest_id, channel, status, created_at_ms)
-             VALUES ($1, $2, $3, $4, 'active', $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(ids::new_id("cnv"))
-        .bind(hotel_id)
-        .bind(guest_id)
-        .bind(channel)
-        .bind(time::now_ms())
-        .execute(&self.db.write)
-        .await?;
-        let row = sqlx::query(find).bind(guest_id).bind(channel).fetch_optional(&self.db.write).await?;
+        // Committed together with the other writes of the moment: new guests share disk syncs.
+        let (hotel_id, guest_id, channel) = (hotel_id.to_owned(), guest_id.to_owned(), channel.to_owned());
+        let row = self
+            .db
+            .write_grouped(move |conn| {
+                let (hotel_id, guest_id, channel) = (hotel_id.clone(), guest_id.clone(), channel.clone());
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO conversations (conversation_id, hotel_id, guest_id, channel, status, created_at_ms)
+                         VALUES ($1, $2, $3, $4, 'active', $5) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(ids::new_id("cnv"))
+                    .bind(hotel_id)
+                    .bind(&guest_id)
+                    .bind(&channel)
+                    .bind(time::now_ms())
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query(find).bind(guest_id).bind(channel).fetch_optional(&mut *conn).await
+                })
+            })
+            .await?;
         row.as_ref().map(conversation_from_row).transpose()
     }
 
@@ -298,7 +312,7 @@ impl Store {
             // Message and outbox positions must become visible in order, or a watcher (or
             // the relay, which deletes up to what it published) could pass over a row
             // committed late with a smaller position: serialize these writes.
-            sqlx::query("SELECT pg_advisory_xact_lock(7143001)").execute(&mut *tx).await?;
+            sqlx::query(MESSAGE_LOCK).execute(&mut *tx).await?;
         }
         Ok(tx)
     }
@@ -647,20 +661,32 @@ impl Store {
     /// announces the change. Returns the position after the call.
     pub async fn mark_read(&self, conversation: &pb::Conversation, reader: pb::Role, up_to_seq: i64) -> Result<i64> {
         let guest_side = reader == pb::Role::Guest;
-        let mut tx = self.begin().await?;
         let sql = if guest_side {
             concat!("UPDATE conversations SET guest_read_seq = $2 WHERE conversation_id = $1 AND guest_read_seq < $2 AND ", last_seq!("conversations"), " >= $2")
         } else {
             concat!("UPDATE conversations SET butler_read_seq = $2 WHERE conversation_id = $1 AND butler_read_seq < $2 AND ", last_seq!("conversations"), " >= $2")
         };
-        let changed = sqlx::query(sql).bind(&conversation.conversation_id).bind(up_to_seq).execute(&mut *tx).await?.rows_affected() == 1;
-        if changed {
-            let read = events::Read { role: reader as i32, up_to_seq };
-            let event = event_for(&conversation.conversation_id, &conversation.hotel_id, &conversation.guest_id, events::event::Kind::Read(read));
-            sqlx::query("INSERT INTO outbox (event) VALUES ($1)").bind(event.encode_to_vec()).execute(&mut *tx).await?;
-        }
-        let row = sqlx::query(select_conversation!("conversation_id = $1")).bind(&conversation.conversation_id).fetch_one(&mut *tx).await?;
-        tx.commit().await?;
+        let engine = self.db.engine;
+        let (conversation_id, hotel_id, guest_id) = (conversation.conversation_id.clone(), conversation.hotel_id.clone(), conversation.guest_id.clone());
+        // Committed together with the other writes of the moment: read receipts share disk syncs.
+        let row = self
+            .db
+            .write_grouped(move |conn| {
+                let (conversation_id, hotel_id, guest_id) = (conversation_id.clone(), hotel_id.clone(), guest_id.clone());
+                Box::pin(async move {
+                    if engine == Engine::Postgres {
+                        sqlx::query(MESSAGE_LOCK).execute(&mut *conn).await?;
+                    }
+                    let changed = sqlx::query(sql).bind(&conversation_id).bind(up_to_seq).execute(&mut *conn).await?.rows_affected() == 1;
+                    if changed {
+                        let read = events::Read { role: reader as i32, up_to_seq };
+                        let event = event_for(&conversation_id, &hotel_id, &guest_id, events::event::Kind::Read(read));
+                        sqlx::query("INSERT INTO outbox (event) VALUES ($1)").bind(event.encode_to_vec()).execute(&mut *conn).await?;
+                    }
+                    sqlx::query(select_conversation!("conversation_id = $1")).bind(conversation_id).fetch_one(&mut *conn).await
+                })
+            })
+            .await?;
         let now = conversation_from_row(&row)?;
         Ok(if guest_side { now.guest_read_seq } else { now.butler_read_seq })
     }

@@ -68,41 +68,58 @@ impl Store {
     }
 
     /// Inserts the guest unless its visitor id is taken; returns whether it was inserted.
+    /// Committed together with the other writes of the moment (a storm of new visitors
+    /// shares disk syncs).
     pub async fn insert_guest(&self, guest: &pb::Guest) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (hotel_id, channel, visitor_id) DO NOTHING",
-        )
-        .bind(&guest.guest_id)
-        .bind(&guest.hotel_id)
-        .bind(&guest.channel)
-        .bind(&guest.visitor_id)
-        .bind(&guest.name)
-        .bind(&guest.email)
-        .bind(i64::from(guest.verified))
-        .bind(guest.created_at_ms)
-        .execute(&self.db.write)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let guest = guest.clone();
+        self.db
+            .write_grouped(move |conn| {
+                let guest = guest.clone();
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (hotel_id, channel, visitor_id) DO NOTHING",
+                    )
+                    .bind(guest.guest_id)
+                    .bind(guest.hotel_id)
+                    .bind(guest.channel)
+                    .bind(guest.visitor_id)
+                    .bind(guest.name)
+                    .bind(guest.email)
+                    .bind(i64::from(guest.verified))
+                    .bind(guest.created_at_ms)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     /// Sets name, email and/or verified where given; returns the guest after the change.
     pub async fn update_guest(&self, guest_id: &str, name: Option<&str>, email: Option<&str>, verified: bool) -> Result<Option<pb::Guest>, sqlx::Error> {
-        sqlx::query(
-            "UPDATE guests SET name = COALESCE($2, name), email = COALESCE($3, email),
-                 verified = CASE WHEN $4 = 1 THEN 1 ELSE verified END
-             WHERE guest_id = $1",
-        )
-        .bind(guest_id)
-        .bind(name)
-        .bind(email)
-        .bind(i64::from(verified))
-        .execute(&self.db.write)
-        .await?;
-        let sql = select_guest!("guest_id = $1");
-        let row = sqlx::query(sql).bind(guest_id).fetch_optional(&self.db.write).await?;
-        row.as_ref().map(guest_from_row).transpose()
+        let (guest_id, name, email) = (guest_id.to_owned(), name.map(str::to_owned), email.map(str::to_owned));
+        self.db
+            .write_grouped(move |conn| {
+                let (guest_id, name, email) = (guest_id.clone(), name.clone(), email.clone());
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE guests SET name = COALESCE($2, name), email = COALESCE($3, email),
+                             verified = CASE WHEN $4 = 1 THEN 1 ELSE verified END
+                         WHERE guest_id = $1",
+                    )
+                    .bind(&guest_id)
+                    .bind(name)
+                    .bind(email)
+                    .bind(i64::from(verified))
+                    .execute(&mut *conn)
+                    .await?;
+                    let row = sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
+                    row.as_ref().map(guest_from_row).transpose()
+                })
+            })
+            .await
     }
 
     /// A hotel, and whether the registry is in use (any hotel registered), in one read: an
