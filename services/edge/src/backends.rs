@@ -28,7 +28,20 @@ pub struct Backends {
     pub upload: UploadServiceClient<Traced>,
     /// Guest messages of all sessions, batched into AddGuestMessages calls.
     pub guest_messages: GuestMessages,
+    /// Turns to identify (see [`IDENTIFIES_IN_FLIGHT`]).
+    pub identifies: Turns,
 }
+
+/// How many identifies may be under way in the backends at once; the rest wait here, for at
+/// most [`IDENTIFY_WAIT`]. When a Wi-Fi blip drops thousands of guests at once, they all
+/// identify again together: let into the backends at once, they queued there for SQLite's
+/// few read connections until calls ran past the backends' deadline, came back as
+/// `UNAVAILABLE`, were retried — and the work done for a call that timed out was lost. Queued
+/// here, an identify costs nothing while it waits, and every call that starts finishes.
+const IDENTIFIES_IN_FLIGHT: usize = 64;
+/// Longer than this in the queue and the guest is told to retry: the widget gives up on an
+/// answer after 15 s (`ANSWER_TIMEOUT_MS`).
+const IDENTIFY_WAIT: Duration = Duration::from_secs(10);
 
 impl Backends {
     /// Clients of every backend (connecting lazily). Call inside the runtime: it starts the
@@ -41,7 +54,26 @@ impl Backends {
             guest_messages: GuestMessages::start(conversation.clone()),
             conversation,
             upload: UploadServiceClient::new(grpc::channel(&settings.upload_url, deadline)?),
+            identifies: Turns::new(IDENTIFIES_IN_FLIGHT, IDENTIFY_WAIT),
         })
+    }
+}
+
+/// A limited number of slots with a queue in front whose wait is bounded.
+#[derive(Debug, Clone)]
+pub struct Turns {
+    slots: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Turns {
+    pub fn new(slots: usize, wait: Duration) -> Self {
+        Self { slots: Arc::new(Semaphore::new(slots)), wait }
+    }
+
+    /// A slot, held until dropped; `None` when none came free within the wait.
+    pub async fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await.ok()?.ok()
     }
 }
 
@@ -177,5 +209,23 @@ impl HotelPolicies {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_turn_waits_for_a_free_slot_and_gives_up_after_the_wait() {
+        let turns = Turns::new(1, Duration::from_millis(50));
+        let first = turns.take().await.expect("a free slot");
+        assert!(turns.take().await.is_none(), "the only slot is taken: the second gives up");
+        let waiting = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.take().await.is_some() }
+        });
+        drop(first);
+        assert!(waiting.await.unwrap(), "a freed slot goes to the one waiting");
     }
 }

@@ -185,6 +185,10 @@ impl Session {
             name: req.name.clone(),
             email: req.email.clone(),
         };
+        // Held until the guest is identified: every backend call of an identify.
+        let Some(_turn) = self.edge.backends.identifies.take().await else {
+            return out.push(error(ErrorCode::Unavailable, "too many guests are connecting at once; retry shortly", None));
+        };
         let identified = match self.edge.backends.guest.clone().identify(request).await {
             Ok(r) => r.into_inner(),
             Err(status) => return out.push(ServerFrame::Error(error_frame(&status, None))),

@@ -6,6 +6,7 @@
 //! Each message says which one it is and when it was scheduled (`out K T`), so a guest can
 //! measure send→received latency and spot a loss, a duplicate or a reordering by itself.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,8 @@ struct Shared {
     received: AtomicU64,
     reconnect_failures: AtomicU64,
     reconnect_retries: AtomicU64,
+    /// Why reconnect attempts failed, with how often.
+    retry_reasons: Mutex<BTreeMap<String, u64>>,
 }
 
 pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<Report> {
@@ -56,6 +59,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
         received: AtomicU64::new(0),
         reconnect_failures: AtomicU64::new(0),
         reconnect_retries: AtomicU64::new(0),
+        retry_reasons: Mutex::default(),
     });
     let (epoch_tx, epoch_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -127,6 +131,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
         report.latency("reconnect_to_identified", &shared.reconnect.lock().expect("lock"));
         report.add("reconnect_failures", shared.reconnect_failures.load(Ordering::Relaxed));
         report.add("reconnect_retries", shared.reconnect_retries.load(Ordering::Relaxed));
+        report.add("reconnect_retry_reasons", json!(*shared.retry_reasons.lock().expect("lock")));
         let hist = shared.reconnect.lock().expect("lock");
         report.add("all_live_again_after_s", if hist.is_empty() { Value::Null } else { json!(hist.max() as f64 / 1e6) });
         let _ = dropped_at;
@@ -183,8 +188,9 @@ async fn receive(
                 let resumed = loop {
                     match client::connect_and_identify(&target, source, identify.clone()).await {
                         Ok(resumed) => break Some(resumed),
-                        Err(_) if dropped.elapsed() < Duration::from_secs(60) => {
+                        Err(err) if dropped.elapsed() < Duration::from_secs(60) => {
                             shared.reconnect_retries.fetch_add(1, Ordering::Relaxed);
+                            *shared.retry_reasons.lock().expect("lock").entry(format!("{err:#}")).or_default() += 1;
                             let jitter = Duration::from_millis(u64::from(jack_runtime::ids::random_hex().as_bytes()[0]) % 100);
                             tokio::time::sleep(backoff + jitter).await;
                             backoff = (backoff * 2).min(Duration::from_secs(2));
