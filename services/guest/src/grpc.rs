@@ -30,13 +30,14 @@ impl GuestApi {
         if let Some(email) = req.email.as_deref().filter(|e| !e.is_empty()) {
             domain::check_email(email)?;
         }
-        let (hotel, registry_enabled) = self.store.hotel_in_registry(&req.hotel_id).await?;
-        if hotel.is_none() && registry_enabled {
-            return Err(GuestError::UnknownHotel);
-        }
         let requested = req.visitor_id.filter(|v| !v.is_empty());
         if let Some(visitor_id) = &requested {
             domain::check_id("visitorId", visitor_id)?;
+        }
+        let lookup = self.store.lookup(&req.hotel_id, requested.as_deref().map(|v| (channel.as_str(), v))).await?;
+        let hotel = lookup.hotel;
+        if hotel.is_none() && lookup.registry_enabled {
+            return Err(GuestError::UnknownHotel);
         }
 
         let mut replaced_visitor = false;
@@ -50,7 +51,7 @@ impl GuestApi {
             // A user hash that does not match is no proof at all, so such a visitor id
             // is never bound to the caller.
             let hash_refused = req.user_hash.is_some() && !by_hash;
-            match self.store.find_guest(&req.hotel_id, &channel, visitor_id).await? {
+            match lookup.guest {
                 Some(guest) if by_token || by_hash => result = Some((guest, false, by_hash)),
                 Some(_) => replaced_visitor = true,
                 None if hash_refused => replaced_visitor = true,
@@ -133,11 +134,11 @@ impl GuestService for GuestApi {
 
     async fn get_hotel_policy(&self, request: Request<pb::GetHotelPolicyRequest>) -> Result<Response<pb::HotelPolicy>, Status> {
         let hotel_id = request.into_inner().hotel_id;
-        let (hotel, registry_enabled) = self.store.hotel_in_registry(&hotel_id).await.map_err(GuestError::from)?;
+        let lookup = self.store.lookup(&hotel_id, None).await.map_err(GuestError::from)?;
         Ok(Response::new(pb::HotelPolicy {
-            registry_enabled,
-            known: hotel.is_some(),
-            allowed_origins: hotel.map(|h| h.allowed_origins).unwrap_or_default(),
+            registry_enabled: lookup.registry_enabled,
+            known: lookup.hotel.is_some(),
+            allowed_origins: lookup.hotel.map(|h| h.allowed_origins).unwrap_or_default(),
         }))
     }
 

@@ -6,6 +6,14 @@ use sqlx::any::AnyRow;
 
 use jack_proto::guest::v1 as pb;
 
+/// What an identify reads first (see [`Store::lookup`]).
+#[derive(Debug)]
+pub struct Lookup {
+    pub hotel: Option<HotelRecord>,
+    pub registry_enabled: bool,
+    pub guest: Option<pb::Guest>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
@@ -122,24 +130,42 @@ impl Store {
             .await
     }
 
-    /// A hotel, and whether the registry is in use (any hotel registered), in one read: an
-    /// identify needs both, and for the unregistered hotels of an open deployment both answers
-    /// are "no". The registry check stops at its first row, however many hotels there are.
-    pub async fn hotel_in_registry(&self, hotel_id: &str) -> Result<(Option<HotelRecord>, bool), sqlx::Error> {
+    /// A hotel, whether the registry is in use (any hotel registered), and — given a channel
+    /// and visitor id — that visitor's guest, in one read: an identify needs all three, and for
+    /// the unregistered hotels of an open deployment the first two answers are "no". The
+    /// registry check stops at its first row, however many hotels there are.
+    pub async fn lookup(&self, hotel_id: &str, visitor: Option<(&str, &str)>) -> Result<Lookup, sqlx::Error> {
         let row = sqlx::query(
             "SELECT h.hotel_id, h.name, h.allowed_origins, h.identity_secret,
-                    (SELECT COUNT(*) FROM (SELECT 1 FROM hotels LIMIT 1) AS first_hotel) AS registry
-             FROM (SELECT 1 AS one) AS lookup LEFT JOIN hotels AS h ON h.hotel_id = $1",
+                    (SELECT COUNT(*) FROM (SELECT 1 FROM hotels LIMIT 1) AS first_hotel) AS registry,
+                    g.guest_id, g.channel, g.visitor_id, g.name AS guest_name, g.email, g.verified, g.created_at_ms
+             FROM (SELECT 1 AS one) AS lookup
+             LEFT JOIN hotels AS h ON h.hotel_id = $1
+             LEFT JOIN guests AS g ON g.hotel_id = $1 AND g.channel = $2 AND g.visitor_id = $3",
         )
         .bind(hotel_id)
+        .bind(visitor.map(|(channel, _)| channel))
+        .bind(visitor.map(|(_, visitor_id)| visitor_id))
         .fetch_one(&self.db.read)
         .await?;
-        let registry = row.try_get::<i64, _>("registry")? > 0;
         let hotel = match row.try_get::<Option<String>, _>("hotel_id")? {
             Some(hotel_id) => Some(hotel_from_row(hotel_id, &row)?),
             None => None,
         };
-        Ok((hotel, registry))
+        let guest = match row.try_get::<Option<String>, _>("guest_id")? {
+            Some(guest_id) => Some(pb::Guest {
+                guest_id,
+                hotel_id: hotel_id.to_owned(),
+                channel: row.try_get("channel")?,
+                visitor_id: row.try_get("visitor_id")?,
+                name: row.try_get("guest_name")?,
+                email: row.try_get("email")?,
+                verified: row.try_get::<i64, _>("verified")? != 0,
+                created_at_ms: row.try_get("created_at_ms")?,
+            }),
+            None => None,
+        };
+        Ok(Lookup { hotel, registry_enabled: row.try_get::<i64, _>("registry")? > 0, guest })
     }
 
     pub async fn hotel(&self, hotel_id: &str) -> Result<Option<HotelRecord>, sqlx::Error> {
