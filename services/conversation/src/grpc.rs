@@ -168,7 +168,7 @@ impl ConversationService for ConversationApi {
 
     async fn list_messages(&self, request: Request<pb::ListMessagesRequest>) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let req = request.into_inner();
-        let conversation = self.conversation_of(&req.conversation_id, req.guest_id.as_deref()).await?;
+        required("conversation_id", &req.conversation_id)?;
         if req.after_seq.is_some() && req.before_seq.is_some() {
             return Err(Status::invalid_argument("give after_seq or before_seq, not both"));
         }
@@ -176,8 +176,10 @@ impl ConversationService for ConversationApi {
             return Err(Status::invalid_argument("seq must not be negative"));
         }
         let limit = domain::page_size(req.limit);
-        let (messages, has_more) = self.store.list_messages(&conversation.conversation_id, req.after_seq, req.before_seq, limit).await?;
-        Ok(Response::new(pb::ListMessagesResponse { messages, has_more, last_seq: conversation.last_seq }))
+        let page = self.store.page(&req.conversation_id, req.after_seq, req.before_seq, limit).await?;
+        // Another guest's conversation looks exactly like one that does not exist.
+        let page = page.filter(|p| req.guest_id.as_deref().is_none_or(|g| g == p.guest_id)).ok_or(ConversationError::ConversationNotFound)?;
+        Ok(Response::new(pb::ListMessagesResponse { messages: page.messages, has_more: page.has_more, last_seq: page.last_seq }))
     }
 
     async fn set_typing(&self, request: Request<pb::SetTypingRequest>) -> Result<Response<pb::SetTypingResponse>, Status> {

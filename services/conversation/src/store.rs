@@ -247,6 +247,17 @@ fn rich_blob(message: &pb::Message) -> Option<Vec<u8>> {
     (rich != pb::Message::default()).then(|| rich.encode_to_vec())
 }
 
+/// A page of a conversation's messages (see [`Store::page`]).
+#[derive(Debug)]
+pub struct Page {
+    /// The conversation's guest.
+    pub guest_id: String,
+    pub last_seq: i64,
+    pub messages: Vec<pb::Message>,
+    /// Whether more messages lie beyond the page, in its direction.
+    pub has_more: bool,
+}
+
 /// On PostgreSQL, the lock every transaction that takes message or outbox positions holds
 /// (see [`Store::begin`]).
 const MESSAGE_LOCK: &str = "SELECT pg_advisory_xact_lock(7143001)";
@@ -610,31 +621,61 @@ impl Store {
         Ok((positions, span.flatten()))
     }
 
-    /// Messages after `after_seq` (oldest first) or the page before `before_seq`.
+    /// Messages after `after_seq` (oldest first) or the page before `before_seq`; none for a
+    /// conversation that does not exist.
     pub async fn list_messages(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<(Vec<pb::Message>, bool)> {
+        let page = self.page(conversation_id, after_seq, before_seq, limit).await?;
+        Ok(page.map(|p| (p.messages, p.has_more)).unwrap_or_default())
+    }
+
+    /// [`Store::list_messages`] with the conversation's owner and last seq, in one read (a
+    /// history request needs all three): `None` when the conversation does not exist.
+    pub async fn page(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<Option<Page>> {
+        // The page is joined onto the conversation's row, so that a conversation without
+        // (such) messages still answers, with one row of NULL message columns.
+        macro_rules! page_of {
+            ($messages:literal, $order:literal) => {
+                concat!(
+                    "SELECT c.guest_id AS owner, ",
+                    last_seq!("c"),
+                    " AS conversation_last_seq, page.* FROM conversations AS c LEFT JOIN (",
+                    select_message!($messages),
+                    ") AS page ON TRUE WHERE c.conversation_id = $1 ORDER BY page.seq ",
+                    $order
+                )
+            };
+        }
         let fetch = limit_shape(limit + 1);
         let rows = match after_seq {
             Some(after) => {
-                sqlx::query(AssertSqlSafe(format!(select_message!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}"), fetch)))
+                sqlx::query(AssertSqlSafe(format!(page_of!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}", "ASC"), fetch)))
                     .bind(conversation_id)
                     .bind(after)
                     .fetch_all(&self.db.read)
                     .await?
             }
             None => {
-                sqlx::query(AssertSqlSafe(format!(select_message!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}"), fetch)))
+                sqlx::query(AssertSqlSafe(format!(page_of!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}", "DESC"), fetch)))
                     .bind(conversation_id)
                     .bind(before_seq.unwrap_or(i64::MAX))
                     .fetch_all(&self.db.read)
                     .await?
             }
         };
-        let has_more = rows.len() > limit as usize;
-        let mut messages = rows.iter().take(limit as usize).map(|r| message_from_row(r).map(|(_, m)| m)).collect::<Result<Vec<_>>>()?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let (guest_id, last_seq) = (first.try_get("owner")?, first.try_get("conversation_last_seq")?);
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("position")?.is_some() {
+                messages.push(message_from_row(row)?.1);
+            }
+        }
+        let has_more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
         if after_seq.is_none() {
             messages.reverse();
         }
-        Ok((messages, has_more))
+        Ok(Some(Page { guest_id, last_seq, messages, has_more }))
     }
 
     /// Messages after a global position, for WatchMessages, and the last position scanned

@@ -228,3 +228,42 @@ async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
     let (invalid, not_found) = (jack_proto::tonic::Code::InvalidArgument as i32, jack_proto::tonic::Code::NotFound as i32);
     assert_eq!(outcome, ["seq 1".to_owned(), format!("code {invalid}"), format!("code {not_found}"), "seq 2".to_owned()]);
 }
+
+/// `ListMessages` answers a conversation's pages with its last seq, and only to its own guest:
+/// another guest's conversation, like one that does not exist, is NOT_FOUND.
+#[tokio::test]
+async fn history_is_listed_for_the_conversations_own_guest_only() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_owner"})).await;
+    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let mut other = stack.guest("hotel_1").await;
+    let other_id = other.identify(json!({"visitorId": "v_other"})).await["guestId"].as_str().unwrap().to_owned();
+    let list = |guest_id: Option<&str>, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32| {
+        let request = conv::ListMessagesRequest { conversation_id: conversation_id.clone(), after_seq, before_seq, limit, guest_id: guest_id.map(str::to_owned) };
+        let mut client = stack.conversation();
+        async move { client.list_messages(request).await }
+    };
+
+    let empty = list(Some(&guest_id), Some(0), None, 10).await.unwrap().into_inner();
+    assert_eq!((empty.messages.len(), empty.has_more, empty.last_seq), (0, false, 0), "a new conversation has no history");
+    for n in 1..=3 {
+        guest.say(&format!("c{n}"), &format!("message {n}")).await;
+    }
+    let page = list(Some(&guest_id), Some(1), None, 1).await.unwrap().into_inner();
+    assert_eq!((contents_of(&page.messages), page.has_more, page.last_seq), (vec!["message 2".to_owned()], true, 3));
+    let older = list(Some(&guest_id), None, Some(3), 10).await.unwrap().into_inner();
+    assert_eq!((contents_of(&older.messages), older.has_more), (vec!["message 1".to_owned(), "message 2".to_owned()], false));
+    let past_the_end = list(None, Some(3), None, 10).await.unwrap().into_inner();
+    assert_eq!((past_the_end.messages.len(), past_the_end.last_seq), (0, 3), "after the last message: none, and the last seq");
+
+    let stolen = list(Some(&other_id), Some(0), None, 10).await.expect_err("another guest's history");
+    assert_eq!(stolen.code(), jack_proto::tonic::Code::NotFound);
+    let request = conv::ListMessagesRequest { conversation_id: "cnv_nope".into(), after_seq: Some(0), ..Default::default() };
+    let unknown = stack.conversation().list_messages(request).await.expect_err("no such conversation");
+    assert_eq!(unknown.code(), jack_proto::tonic::Code::NotFound);
+}
+
+fn contents_of(messages: &[conv::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
