@@ -32,7 +32,7 @@ fn hotel_from_row(hotel_id: String, row: &AnyRow) -> Result<HotelRecord, sqlx::E
     let origins: String = row.try_get("allowed_origins")?;
     Ok(HotelRecord {
         hotel_id,
-        name: row.try_get("name")?,
+        name: row.try_get("hotel_name")?,
         allowed_origins: origins.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         identity_secret: row.try_get("identity_secret")?,
     })
@@ -136,9 +136,9 @@ impl Store {
     /// registry check stops at its first row, however many hotels there are.
     pub async fn lookup(&self, hotel_id: &str, visitor: Option<(&str, &str)>) -> Result<Lookup, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT h.hotel_id, h.name, h.allowed_origins, h.identity_secret,
+            "SELECT h.hotel_id AS registered_hotel_id, h.name AS hotel_name, h.allowed_origins, h.identity_secret,
                     (SELECT COUNT(*) FROM (SELECT 1 FROM hotels LIMIT 1) AS first_hotel) AS registry,
-                    g.guest_id, g.channel, g.visitor_id, g.name AS guest_name, g.email, g.verified, g.created_at_ms
+                    g.guest_id, g.hotel_id, g.channel, g.visitor_id, g.name, g.email, g.verified, g.created_at_ms
              FROM (SELECT 1 AS one) AS lookup
              LEFT JOIN hotels AS h ON h.hotel_id = $1
              LEFT JOIN guests AS g ON g.hotel_id = $1 AND g.channel = $2 AND g.visitor_id = $3",
@@ -148,28 +148,16 @@ impl Store {
         .bind(visitor.map(|(_, visitor_id)| visitor_id))
         .fetch_one(&self.db.read)
         .await?;
-        let hotel = match row.try_get::<Option<String>, _>("hotel_id")? {
+        let hotel = match row.try_get::<Option<String>, _>("registered_hotel_id")? {
             Some(hotel_id) => Some(hotel_from_row(hotel_id, &row)?),
             None => None,
         };
-        let guest = match row.try_get::<Option<String>, _>("guest_id")? {
-            Some(guest_id) => Some(pb::Guest {
-                guest_id,
-                hotel_id: hotel_id.to_owned(),
-                channel: row.try_get("channel")?,
-                visitor_id: row.try_get("visitor_id")?,
-                name: row.try_get("guest_name")?,
-                email: row.try_get("email")?,
-                verified: row.try_get::<i64, _>("verified")? != 0,
-                created_at_ms: row.try_get("created_at_ms")?,
-            }),
-            None => None,
-        };
+        let guest = if row.try_get::<Option<String>, _>("guest_id")?.is_some() { Some(guest_from_row(&row)?) } else { None };
         Ok(Lookup { hotel, registry_enabled: row.try_get::<i64, _>("registry")? > 0, guest })
     }
 
     pub async fn hotel(&self, hotel_id: &str) -> Result<Option<HotelRecord>, sqlx::Error> {
-        let row = sqlx::query("SELECT hotel_id, name, allowed_origins, identity_secret FROM hotels WHERE hotel_id = $1")
+        let row = sqlx::query("SELECT hotel_id, name AS hotel_name, allowed_origins, identity_secret FROM hotels WHERE hotel_id = $1")
             .bind(hotel_id)
             .fetch_optional(&self.db.read)
             .await?;
