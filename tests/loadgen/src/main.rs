@@ -23,13 +23,17 @@ enum Command {
     Outbound(scenario::outbound::OutboundArgs),
     /// Like outbound, and every guest drops and resumes with lastSeq midway.
     Reconnect(scenario::outbound::OutboundArgs),
-    /// The chat client against a bare tokio-tungstenite echo server: the transport ceiling.
-    Echo(scenario::chat::ChatArgs),
+    /// The chat client against a bare tokio-tungstenite echo server: the transport ceiling
+    /// (with --durable, the ceiling for messages synced to disk before their ack).
+    Echo(scenario::echo::EchoArgs),
     /// (internal) the echo server of `echo`.
     #[command(hide = true)]
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// Keep acknowledged messages in this file, synced before each ack.
+        #[arg(long)]
+        log: Option<std::path::PathBuf>,
     },
     /// (internal) one process of `idle`.
     #[command(hide = true)]
@@ -45,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Outbound(args) => scenario::outbound::run(args, false).await?,
         Command::Reconnect(args) => scenario::outbound::run(args, true).await?,
         Command::Echo(args) => scenario::echo::run(args).await?,
-        Command::EchoServer { listen } => return scenario::echo::serve(listen).await,
+        Command::EchoServer { listen, log } => return scenario::echo::serve(listen, log.as_deref()).await,
         Command::IdleWorker(args) => return scenario::idle::worker(args).await,
     };
     report.print(cli.json);

@@ -45,3 +45,44 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     clean(&report);
     shutdown.cancel();
 }
+
+/// The durable echo baseline acknowledges a message only once its frame is in the log file.
+#[tokio::test]
+async fn the_durable_echo_acknowledges_only_what_its_log_holds() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::AsyncBufReadExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("echo.log");
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_jack-loadgen"))
+        .args(["echo-server", "--listen", "127.0.0.1:0", "--log"])
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let addr = first.strip_prefix("listening ").unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/chat?hotelId=echo")).await.unwrap();
+    let Message::Text(connected) = ws.next().await.unwrap().unwrap() else { panic!("no connected frame") };
+    assert!(connected.as_str().contains(r#""type":"connected""#), "{connected}");
+    ws.send(Message::text(r#"{"type":"identify","visitorId":"v1"}"#)).await.unwrap();
+    for i in 0..3 {
+        ws.send(Message::text(format!(r#"{{"type":"message","content":"towels {i}","clientMessageId":"c{i}"}}"#))).await.unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 3 {
+        let Message::Text(text) = ws.next().await.unwrap().unwrap() else { continue };
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+        if frame["type"] == "message_ack" {
+            let client_id = frame["clientMessageId"].as_str().unwrap().to_owned();
+            // Read when the ack arrives: the frame is already in the file.
+            let kept = std::fs::read_to_string(&log).unwrap();
+            assert!(kept.contains(&format!(r#""clientMessageId":"{client_id}""#)), "acked {client_id} but the log holds {kept:?}");
+            acked.push(client_id);
+        }
+    }
+    assert_eq!(acked, ["c0", "c1", "c2"]);
+}
