@@ -48,46 +48,79 @@ pub async fn serve(listen: &str, log: Option<&Path>) -> anyhow::Result<()> {
         let log = log.clone();
         tokio::spawn(async move {
             let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(crate::client::config())).await else { return };
-            let (mut sink, mut stream) = ws.split();
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            // Answers leave in the order their frames came, each once its message is kept.
-            let (answers, mut outbox) = mpsc::unbounded_channel::<(Value, Option<oneshot::Receiver<()>>)>();
-            let writer = tokio::spawn(async move {
-                while let Some((answer, kept)) = outbox.recv().await {
-                    if let Some(kept) = kept
-                        && kept.await.is_err()
-                    {
-                        return;
-                    }
-                    if sink.send(Message::text(answer.to_string())).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let connected = json!({"type": "connected", "sessionId": format!("echo_{n}"), "timestamp": jack_runtime::time::now_rfc3339()});
-            let _ = answers.send((connected, None));
-            let mut seq = 0u64;
-            while let Some(Ok(message)) = stream.next().await {
-                let Message::Text(text) = message else { continue };
-                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-                let answer = match frame["type"].as_str() {
-                    Some("identify") => (json!({"type": "identified", "guestId": format!("echo_guest_{n}")}), None),
-                    Some("message") => {
-                        seq += 1;
-                        let kept = log.as_ref().map(|log| log.append(text.as_str()));
-                        let ack = json!({"type": "message_ack", "clientMessageId": frame["clientMessageId"], "messageId": format!("echo_{n}_{seq}"), "timestamp": jack_runtime::time::now_rfc3339()});
-                        (ack, kept)
-                    }
-                    _ => continue,
-                };
-                if answers.send(answer).is_err() {
-                    break;
-                }
+            match log {
+                None => answer_at_once(ws, n).await,
+                Some(log) => answer_once_kept(ws, n, log).await,
             }
-            drop(answers);
-            let _ = writer.await;
         });
     }
+}
+
+type ServerWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+fn connected(n: u64) -> Value {
+    json!({"type": "connected", "sessionId": format!("echo_{n}"), "timestamp": jack_runtime::time::now_rfc3339()})
+}
+
+/// The answer to a client frame, if it gets one; `seq` counts the connection's messages.
+fn answer(n: u64, seq: &mut u64, frame: &Value) -> Option<Value> {
+    match frame["type"].as_str() {
+        Some("identify") => Some(json!({"type": "identified", "guestId": format!("echo_guest_{n}")})),
+        Some("message") => {
+            *seq += 1;
+            Some(json!({"type": "message_ack", "clientMessageId": frame["clientMessageId"], "messageId": format!("echo_{n}_{seq}"), "timestamp": jack_runtime::time::now_rfc3339()}))
+        }
+        _ => None,
+    }
+}
+
+/// The bare echo: one task reads a frame and writes its answer.
+async fn answer_at_once(mut ws: ServerWs, n: u64) {
+    if ws.send(Message::text(connected(n).to_string())).await.is_err() {
+        return;
+    }
+    let mut seq = 0u64;
+    while let Some(Ok(message)) = ws.next().await {
+        let Message::Text(text) = message else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+        let Some(answer) = answer(n, &mut seq, &frame) else { continue };
+        if ws.send(Message::text(answer.to_string())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The durable echo: a message's ack waits for its frame to be synced to the log, while the
+/// connection goes on reading; answers leave in the order their frames came.
+async fn answer_once_kept(ws: ServerWs, n: u64, log: Log) {
+    let (mut sink, mut stream) = ws.split();
+    let (answers, mut outbox) = mpsc::unbounded_channel::<(Value, Option<oneshot::Receiver<()>>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((answer, kept)) = outbox.recv().await {
+            if let Some(kept) = kept
+                && kept.await.is_err()
+            {
+                return;
+            }
+            if sink.send(Message::text(answer.to_string())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _ = answers.send((connected(n), None));
+    let mut seq = 0u64;
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Text(text) = message else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+        let Some(answer) = answer(n, &mut seq, &frame) else { continue };
+        let kept = (frame["type"] == "message").then(|| log.append(text.as_str()));
+        if answers.send((answer, kept)).is_err() {
+            break;
+        }
+    }
+    drop(answers);
+    let _ = writer.await;
 }
 
 /// An append-only log with group commit: one thread writes every frame queued during the
