@@ -5,7 +5,9 @@ use std::time::Duration;
 use jack_proto::conversation::v1 as pb;
 use jack_proto::conversation::v1::conversation_service_server::ConversationService;
 use jack_proto::delivery::v1 as events;
-use jack_proto::tonic::{self, Request, Response, Status};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use jack_proto::tonic::{self, Request, Response, Status, Streaming};
 use jack_runtime::CancellationToken;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,8 +19,10 @@ use crate::store::{Added, Store, event_for};
 use crate::writer::Writer;
 
 const WATCH_BATCH: u32 = 256;
-/// The most guest messages one AddGuestMessages call may carry.
+/// The most guest messages one batch of AddGuestMessageBatches may carry.
 const MAX_GUEST_BATCH: usize = 512;
+/// How many batches of one AddGuestMessageBatches stream may be under way at once.
+const BATCHES_IN_FLIGHT: usize = 16;
 /// How often a watcher looks for messages committed by another replica of this service.
 const WATCH_POLL: Duration = Duration::from_millis(500);
 
@@ -97,6 +101,25 @@ impl ConversationApi {
         Ok(Self::stored(added))
     }
 
+    /// A batch of guest messages, each answered on its own. All of them queue for the writer
+    /// at once, so they share its next transactions.
+    async fn add_guest_batch(&self, batch: pb::GuestMessageBatch) -> pb::GuestMessageResults {
+        let results = futures_util::future::join_all(batch.messages.into_iter().map(|m| self.add_guest(m))).await;
+        let results = results
+            .into_iter()
+            .map(|r| pb::AddGuestMessageResult {
+                result: Some(match r {
+                    Ok(added) => pb::add_guest_message_result::Result::Added(added),
+                    Err(err) => {
+                        let status = Status::from(err);
+                        pb::add_guest_message_result::Result::Failure(pb::Failure { code: status.code() as i32, message: status.message().to_owned() })
+                    }
+                }),
+            })
+            .collect();
+        pb::GuestMessageResults { batch_id: batch.batch_id, results }
+    }
+
     fn stored(added: Added) -> pb::AddMessageResponse {
         match added {
             Added::New(message) => pb::AddMessageResponse { message: Some(message), duplicate: false },
@@ -124,26 +147,38 @@ impl ConversationService for ConversationApi {
         Ok(Response::new(self.add_guest(request.into_inner()).await?))
     }
 
-    async fn add_guest_messages(&self, request: Request<pb::AddGuestMessagesRequest>) -> Result<Response<pb::AddGuestMessagesResponse>, Status> {
-        let messages = request.into_inner().messages;
-        if messages.len() > MAX_GUEST_BATCH {
-            return Err(Status::invalid_argument(format!("at most {MAX_GUEST_BATCH} messages per call")));
-        }
-        // All of them queue for the writer at once, so they share its next transactions.
-        let results = futures_util::future::join_all(messages.into_iter().map(|m| self.add_guest(m))).await;
-        let results = results
-            .into_iter()
-            .map(|r| pb::AddGuestMessageResult {
-                result: Some(match r {
-                    Ok(added) => pb::add_guest_message_result::Result::Added(added),
-                    Err(err) => {
-                        let status = Status::from(err);
-                        pb::add_guest_message_result::Result::Failure(pb::Failure { code: status.code() as i32, message: status.message().to_owned() })
+    type AddGuestMessageBatchesStream = ReceiverStream<Result<pb::GuestMessageResults, Status>>;
+
+    async fn add_guest_message_batches(&self, request: Request<Streaming<pb::GuestMessageBatch>>) -> Result<Response<Self::AddGuestMessageBatchesStream>, Status> {
+        let mut batches = request.into_inner();
+        let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let api = self.clone();
+        tokio::spawn(async move {
+            // Every batch read is answered, also at shutdown; beyond BATCHES_IN_FLIGHT
+            // unanswered ones the stream is not read (the sender waits on HTTP/2 flow control).
+            let mut working = FuturesUnordered::new();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    Some(results) = working.next() => {
+                        if tx.send(Ok(results)).await.is_err() {
+                            return; // the edge is gone: what it sent is committed all the same
+                        }
                     }
-                }),
-            })
-            .collect();
-        Ok(Response::new(pb::AddGuestMessagesResponse { results }))
+                    batch = batches.message(), if reading && working.len() < BATCHES_IN_FLIGHT => match batch {
+                        Ok(Some(batch)) if batch.messages.len() > MAX_GUEST_BATCH => {
+                            let _ = tx.send(Err(Status::invalid_argument(format!("at most {MAX_GUEST_BATCH} messages per batch")))).await;
+                            return;
+                        }
+                        Ok(Some(batch)) => working.push(api.add_guest_batch(batch)),
+                        Ok(None) | Err(_) => reading = false,
+                    },
+                    _ = api.shutdown.cancelled(), if reading => reading = false,
+                    else => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {

@@ -1,9 +1,10 @@
 //! The edge's gRPC clients, and how a backend's answer becomes what the guest sees.
 //!
-//! Every call carries the edge's deadline (`EDGE_BACKEND_TIMEOUT_MS`); a backend that is down
-//! or slow becomes a retryable `UNAVAILABLE` error frame, never a hang.
+//! Every call, and every batch on the guest-message stream, carries the edge's deadline
+//! (`EDGE_BACKEND_TIMEOUT_MS`); a backend that is down or slow becomes a retryable `UNAVAILABLE`
+//! error frame, never a hang.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,11 @@ use jack_proto::conversation::v1::conversation_service_client::ConversationServi
 use jack_proto::guest::v1 as guest_pb;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
 use jack_runtime::grpc::Traced;
-use jack_proto::tonic::{Code, Status};
+use jack_proto::tonic::{Code, Status, Streaming};
 use jack_proto::upload::v1::upload_service_client::UploadServiceClient;
 use jack_runtime::grpc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::Settings;
 
@@ -26,7 +28,7 @@ pub struct Backends {
     pub guest: GuestServiceClient<Traced>,
     pub conversation: ConversationServiceClient<Traced>,
     pub upload: UploadServiceClient<Traced>,
-    /// Guest messages of all sessions, batched into AddGuestMessages calls.
+    /// Guest messages of all sessions, batched onto an AddGuestMessageBatches stream.
     pub guest_messages: GuestMessages,
     /// Turns to identify (see [`IDENTIFIES_IN_FLIGHT`]).
     pub identifies: Turns,
@@ -48,11 +50,11 @@ impl Backends {
     /// guest-message batcher.
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let deadline = settings.backend_timeout;
-        let conversation = ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline)?);
+        let streams = ConversationServiceClient::new(grpc::stream_channel(&settings.conversation_url)?);
         Ok(Self {
             guest: GuestServiceClient::new(grpc::channel(&settings.guest_url, deadline)?),
-            guest_messages: GuestMessages::start(conversation.clone()),
-            conversation,
+            guest_messages: GuestMessages::start(streams, deadline),
+            conversation: ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline)?),
             upload: UploadServiceClient::new(grpc::channel(&settings.upload_url, deadline)?),
             identifies: Turns::new(IDENTIFIES_IN_FLIGHT, IDENTIFY_WAIT),
         })
@@ -77,30 +79,33 @@ impl Turns {
     }
 }
 
-type Pending = (conv::AddGuestMessageRequest, oneshot::Sender<Result<conv::AddMessageResponse, Status>>);
+type Reply = oneshot::Sender<Result<conv::AddMessageResponse, Status>>;
+type Pending = (conv::AddGuestMessageRequest, Reply);
 
-/// The most guest messages in one call, and how many calls may be on their way at once.
-/// Few calls: the conversation service commits one batch at a time anyway, so a call beyond
-/// a few only waits there, and every message that found a call free went alone. With 64 in
-/// flight, 96 % of the calls at 6,000 messages/s carried one message (1.3 on average) and the
-/// process spent ~200 µs of CPU a message; with 8, ~9 a call and ~170 µs, at the same ack
+/// The most guest messages in one batch, and how many batches may be unanswered at once.
+/// Few batches: the conversation service commits one batch at a time anyway, so a batch
+/// beyond a few only waits there, and every message that found room went alone. With 64 in
+/// flight, 96 % of the batches at 6,000 messages/s carried one message (1.3 on average) and
+/// the process spent ~200 µs of CPU a message; with 8, ~9 a batch and ~170 µs, at the same ack
 /// latency.
 const GUEST_BATCH: usize = 64;
-const CALLS_IN_FLIGHT: usize = 8;
+const BATCHES_IN_FLIGHT: usize = 8;
 
-/// Batches the guest messages of every session of this edge: while calls are on their way,
-/// what other sessions send queues for the next one, so under load one gRPC call carries many
-/// messages; an idle edge sends a message at once, alone. Each message still gets its own
-/// answer, exactly as a single AddGuestMessage call would give it.
+/// Batches the guest messages of every session of this edge and sends them to conversation
+/// over one long-lived `AddGuestMessageBatches` stream (a unary call per batch cost an HTTP/2
+/// stream, its headers and a task on both ends). While batches are unanswered, what other
+/// sessions send queues for the next one, so under load a batch carries many messages; an
+/// idle edge sends a message at once, alone. Each message still gets its own answer, exactly
+/// as a single AddGuestMessage call would give it, within the edge's backend deadline.
 #[derive(Debug, Clone)]
 pub struct GuestMessages {
     queue: mpsc::Sender<Pending>,
 }
 
 impl GuestMessages {
-    fn start(client: ConversationServiceClient<Traced>) -> Self {
+    fn start(client: ConversationServiceClient<Traced>, deadline: Duration) -> Self {
         let (tx, rx) = mpsc::channel(GUEST_BATCH * 16);
-        tokio::spawn(batch_guest_messages(client, rx));
+        tokio::spawn(batch_guest_messages(client, deadline, rx));
         Self { queue: tx }
     }
 
@@ -111,41 +116,113 @@ impl GuestMessages {
     }
 }
 
-async fn batch_guest_messages(client: ConversationServiceClient<Traced>, mut queue: mpsc::Receiver<Pending>) {
-    let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+/// Opens a stream for the first batch and keeps it until it breaks; the next batch opens
+/// another. A conversation service that is down fails each batch at once (its guests get a
+/// retryable error and resend with the same `clientMessageId`, stored once).
+async fn batch_guest_messages(mut client: ConversationServiceClient<Traced>, deadline: Duration, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(GUEST_BATCH);
+    let mut next_id = 0u64;
     while queue.recv_many(&mut batch, GUEST_BATCH).await > 0 {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        // What queued while waiting for a free call rides along.
-        while batch.len() < GUEST_BATCH {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
+        let (requests, outgoing) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let mut link = Link { requests, in_flight: VecDeque::with_capacity(BATCHES_IN_FLIGHT), next_id: &mut next_id, deadline };
+        // The first batch goes with the stream's headers.
+        link.send(&mut batch);
+        let opened = tokio::time::timeout(deadline, client.add_guest_message_batches(ReceiverStream::new(outgoing))).await;
+        match opened {
+            Ok(Ok(response)) => link.run(response.into_inner(), &mut queue, &mut batch).await,
+            Ok(Err(status)) => link.fail_all(&status),
+            Err(_) => link.fail_all(&Status::deadline_exceeded("conversation did not answer in time")),
+        }
+    }
+}
+
+/// One open stream and the batches on it that are not answered yet, oldest first.
+struct Link<'a> {
+    requests: mpsc::Sender<conv::GuestMessageBatch>,
+    in_flight: VecDeque<InFlight>,
+    next_id: &'a mut u64,
+    deadline: Duration,
+}
+
+struct InFlight {
+    id: u64,
+    due: tokio::time::Instant,
+    replies: Vec<Reply>,
+}
+
+impl Link<'_> {
+    /// Sends what is in `batch` (and what queued meanwhile rides along, up to a full batch).
+    fn send(&mut self, batch: &mut Vec<Pending>) {
+        let (messages, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        *self.next_id += 1;
+        let id = *self.next_id;
+        // Never full: at most BATCHES_IN_FLIGHT are unanswered. Closed: the stream is broken,
+        // and the batch fails with the others when that is noticed.
+        let _ = self.requests.try_send(conv::GuestMessageBatch { batch_id: id, messages });
+        self.in_flight.push_back(InFlight { id, due: tokio::time::Instant::now() + self.deadline, replies });
+    }
+
+    /// Answers batches as their results come and sends new ones while there is room, until
+    /// the stream breaks (every unanswered batch fails) or the edge shuts down.
+    async fn run(mut self, mut results: Streaming<conv::GuestMessageResults>, queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
+        let timer = tokio::time::sleep(self.deadline);
+        tokio::pin!(timer);
+        loop {
+            if let Some(oldest) = self.in_flight.front()
+                && oldest.due != timer.deadline()
+            {
+                timer.as_mut().reset(oldest.due);
+            }
+            tokio::select! {
+                biased;
+                answer = results.message() => match answer {
+                    Ok(Some(answer)) => self.answer(answer),
+                    Ok(None) => return self.fail_all(&Status::unavailable("conversation ended the stream")),
+                    Err(status) => return self.fail_all(&status),
+                },
+                () = &mut timer, if !self.in_flight.is_empty() => {
+                    // Its answer, should it still come, is dropped; a resend is stored once.
+                    if let Some(late) = self.in_flight.pop_front() {
+                        fail(late.replies, &Status::deadline_exceeded("conversation did not answer in time"));
+                    }
+                }
+                received = queue.recv_many(batch, GUEST_BATCH), if self.in_flight.len() < BATCHES_IN_FLIGHT => {
+                    if received == 0 {
+                        return self.fail_all(&Status::unavailable("edge shutting down"));
+                    }
+                    while batch.len() < GUEST_BATCH && let Ok(pending) = queue.try_recv() {
+                        batch.push(pending);
+                    }
+                    self.send(batch);
+                }
             }
         }
-        let (messages, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
-        let mut client = client.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match client.add_guest_messages(conv::AddGuestMessagesRequest { messages }).await {
-                Ok(response) => {
-                    let mut results = response.into_inner().results.into_iter();
-                    for reply in replies {
-                        let answer = match results.next().and_then(|r| r.result) {
-                            Some(conv::add_guest_message_result::Result::Added(added)) => Ok(added),
-                            Some(conv::add_guest_message_result::Result::Failure(f)) => Err(Status::new(Code::from_i32(f.code), f.message)),
-                            None => Err(Status::internal("missing result")),
-                        };
-                        let _ = reply.send(answer);
-                    }
-                }
-                Err(status) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(status.clone()));
-                    }
-                }
-            }
-        });
+    }
+
+    fn answer(&mut self, answer: conv::GuestMessageResults) {
+        let Some(at) = self.in_flight.iter().position(|b| b.id == answer.batch_id) else { return };
+        let Some(answered) = self.in_flight.remove(at) else { return };
+        let mut results = answer.results.into_iter();
+        for reply in answered.replies {
+            let result = match results.next().and_then(|r| r.result) {
+                Some(conv::add_guest_message_result::Result::Added(added)) => Ok(added),
+                Some(conv::add_guest_message_result::Result::Failure(f)) => Err(Status::new(Code::from_i32(f.code), f.message)),
+                None => Err(Status::internal("missing result")),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn fail_all(self, status: &Status) {
+        for batch in self.in_flight {
+            fail(batch.replies, status);
+        }
+    }
+}
+
+fn fail(replies: Vec<Reply>, status: &Status) {
+    for reply in replies {
+        let _ = reply.send(Err(status.clone()));
     }
 }
 

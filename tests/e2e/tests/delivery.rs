@@ -199,6 +199,9 @@ async fn a_resuming_guest_without_last_seq_gets_the_latest_page() {
     assert_eq!(history[0]["messages"][0]["clientMessageId"], "a");
 }
 
+/// The edge's batches of guest messages: each answered with its own id, a result per message
+/// in order, as AddGuestMessage would answer it — also the last ones, sent as the edge closes
+/// its side of the stream.
 #[tokio::test]
 async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
     let stack = TestStack::start().await;
@@ -213,20 +216,54 @@ async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
         content: content.to_owned(),
         ..Default::default()
     };
-    let batch = conv::AddGuestMessagesRequest {
-        messages: vec![message("b1", "first", &guest_id), message("b2", "   ", &guest_id), message("b3", "not yours", "gst_someone_else"), message("b4", "second", &guest_id)],
-    };
-    let results = stack.conversation().add_guest_messages(batch).await.unwrap().into_inner().results;
-    let outcome: Vec<String> = results
-        .iter()
-        .map(|r| match &r.result {
-            Some(conv::add_guest_message_result::Result::Added(a)) => format!("seq {}", a.message.as_ref().unwrap().seq),
-            Some(conv::add_guest_message_result::Result::Failure(f)) => format!("code {}", f.code),
-            None => "none".into(),
+    let batches = vec![
+        conv::GuestMessageBatch { batch_id: 7, messages: vec![message("b1", "first", &guest_id), message("b2", "   ", &guest_id), message("b3", "not yours", "gst_someone_else")] },
+        conv::GuestMessageBatch { batch_id: 8, messages: vec![message("b4", "second", &guest_id), message("b1", "first", &guest_id)] },
+    ];
+    let mut answers = stack.conversation().add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
+    let mut outcome = std::collections::BTreeMap::new();
+    while let Some(answer) = answers.message().await.expect("the stream ends cleanly") {
+        let results: Vec<String> = answer
+            .results
+            .iter()
+            .map(|r| match &r.result {
+                Some(conv::add_guest_message_result::Result::Added(a)) => format!("seq {}{}", a.message.as_ref().unwrap().seq, if a.duplicate { " again" } else { "" }),
+                Some(conv::add_guest_message_result::Result::Failure(f)) => format!("code {}", f.code),
+                None => "none".into(),
+            })
+            .collect();
+        outcome.insert(answer.batch_id, results);
+    }
+    let (invalid, not_found) = (jack_proto::tonic::Code::InvalidArgument as i32, jack_proto::tonic::Code::NotFound as i32);
+    assert_eq!(outcome[&7], ["seq 1".to_owned(), format!("code {invalid}"), format!("code {not_found}")]);
+    assert_eq!(outcome[&8], ["seq 2", "seq 1 again"]);
+    assert_eq!(outcome.len(), 2);
+}
+
+/// A batch over the limit is refused: the stream ends with INVALID_ARGUMENT, nothing of it stored.
+#[tokio::test]
+async fn a_batch_of_guest_messages_over_the_limit_ends_the_stream() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_big_batch"})).await;
+    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let messages = (0..513)
+        .map(|i| conv::AddGuestMessageRequest {
+            conversation_id: conversation_id.clone(),
+            guest_id: guest_id.clone(),
+            client_message_id: format!("big{i}"),
+            kind: conv::MessageKind::Text as i32,
+            content: "hello".into(),
+            ..Default::default()
         })
         .collect();
-    let (invalid, not_found) = (jack_proto::tonic::Code::InvalidArgument as i32, jack_proto::tonic::Code::NotFound as i32);
-    assert_eq!(outcome, ["seq 1".to_owned(), format!("code {invalid}"), format!("code {not_found}"), "seq 2".to_owned()]);
+    let batch = conv::GuestMessageBatch { batch_id: 1, messages };
+    let mut answers = stack.conversation().add_guest_message_batches(futures_util::stream::iter([batch])).await.unwrap().into_inner();
+    let refused = answers.message().await.expect_err("refused");
+    assert_eq!(refused.code(), jack_proto::tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("512"), "{refused:?}");
+    let list = stack.conversation().list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() }).await.unwrap().into_inner();
+    assert!(list.messages.is_empty(), "nothing of the refused batch is stored: {:?}", list.messages);
 }
 
 /// `ListMessages` answers a conversation's pages with its last seq, and only to its own guest:

@@ -80,3 +80,71 @@ async fn a_guest_whose_edge_restarts_resumes_exactly_once() {
     guest.until(|f| f["content"] == "four").await;
     assert_eq!(butler_contents(&guest.seen_messages()), ["two", "three"]);
 }
+
+/// A TCP proxy that can hold its traffic, both ways, with its connections left open: a network
+/// path that stops passing packets (the target is set once the stack has bound it).
+struct Stall {
+    addr: std::net::SocketAddr,
+    target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+impl Stall {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (target, targets) = tokio::sync::watch::channel(None);
+        let (held, holds) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (mut targets, holds) = (targets.clone(), holds.clone());
+                tokio::spawn(async move {
+                    let Ok(to) = targets.wait_for(Option::is_some).await.map(|t| t.unwrap()) else { return };
+                    let Ok(outbound) = tokio::net::TcpStream::connect(to).await else { return };
+                    let ((from_in, to_in), (from_out, to_out)) = (inbound.into_split(), outbound.into_split());
+                    tokio::join!(Self::pass(from_in, to_out, holds.clone()), Self::pass(from_out, to_in, holds));
+                });
+            }
+        });
+        Self { addr, target, held }
+    }
+
+    async fn pass(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut held: tokio::sync::watch::Receiver<bool>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = vec![0; 16 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            if held.wait_for(|held| !held).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+}
+
+/// A conversation service that stops answering (the path to it passes nothing, its connections
+/// stay open) costs the guest a retryable error after the edge's deadline, not a hang; once it
+/// answers again, the resend is acknowledged and the message is stored once.
+#[tokio::test]
+async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and_the_resend_is_stored_once() {
+    let stall = Stall::start().await;
+    let stack = TestStack::start_with(&[("EDGE_CONVERSATION_URL", &format!("http://{}", stall.addr))]).await;
+    stall.target.send_replace(Some(stack.stack.addr(Svc::Conversation)));
+    let mut guest = stack.guest("hotel_1").await;
+    let conversation_id = guest.identify(json!({"visitorId": "v_stalled"})).await["conversationId"].as_str().unwrap().to_owned();
+    let first = guest.say("s1", "one").await;
+    assert_eq!(first["type"], "message_ack");
+
+    stall.held.send_replace(true);
+    let refused = guest.say("s2", "two").await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str(), refused["retryable"].as_bool()), (Some("error"), Some("UNAVAILABLE"), Some(true)), "{refused}");
+
+    stall.held.send_replace(false);
+    let ack = guest.say("s2", "two").await;
+    assert_eq!(ack["type"], "message_ack", "{ack}");
+    assert_eq!(ack["seq"], first["seq"].as_i64().unwrap() + 1);
+    let third = guest.say("s3", "three").await;
+    assert_eq!(third["seq"], first["seq"].as_i64().unwrap() + 2, "{third}");
+    let request = jack_proto::conversation::v1::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() };
+    let stored: Vec<String> = stack.conversation().list_messages(request).await.unwrap().into_inner().messages.into_iter().filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32).map(|m| m.content).collect();
+    assert_eq!(stored, ["one", "two", "three"]);
+}
