@@ -19,9 +19,11 @@ use std::time::Duration;
 use jack_proto::conversation::v1 as conv;
 use jack_proto::delivery::v1 as events;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
+use jack_proto::tonic::{Status, Streaming};
 use jack_runtime::grpc::Traced;
 use jack_runtime::CancellationToken;
 use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::store::{Store, event_for};
 
@@ -99,7 +101,7 @@ impl RelayHandle {
 
 pub struct Relay {
     store: Store,
-    clients: Vec<DeliveryServiceClient<Traced>>,
+    publisher: Publisher,
     wake: Arc<Notify>,
     ephemeral: mpsc::Receiver<events::Event>,
     handed: Arc<Mutex<Handed>>,
@@ -112,14 +114,17 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(store: Store, clients: Vec<DeliveryServiceClient<Traced>>) -> (Self, RelayHandle) {
+    /// A relay publishing to these delivery replicas (the first, then the next after a
+    /// failure), each publish answered within `deadline`.
+    pub fn new(store: Store, clients: Vec<DeliveryServiceClient<Traced>>, deadline: Duration) -> (Self, RelayHandle) {
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(EPHEMERAL_QUEUE);
         let handed = Arc::new(Mutex::new(Handed::default()));
         // The outbox may hold rows from before a restart.
         let outbox_written = Arc::new(AtomicBool::new(true));
         let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone() };
-        (Self { store, clients, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None }, handle)
+        let publisher = Publisher { clients, target: 0, deadline, link: None };
+        (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None }, handle)
     }
 
     /// The messages to publish next, after `cursor`: what the writer handed over while its
@@ -208,7 +213,6 @@ impl Relay {
                 }
             }
         };
-        let mut target = 0usize;
         let mut stored_at = tokio::time::Instant::now();
         let mut unstored: Option<i64> = None;
         let mut backoff = Duration::from_millis(50);
@@ -256,7 +260,7 @@ impl Relay {
                 let store_at = stored_at + CURSOR_EVERY;
                 tokio::select! {
                     _ = self.wake.notified() => {}
-                    Some(event) = self.ephemeral.recv() => self.publish_best_effort(&mut target, event).await,
+                    Some(event) = self.ephemeral.recv() => self.publisher.best_effort(event).await,
                     _ = tokio::time::sleep_until(store_at), if unstored.is_some() => {
                         self.store_cursor(&mut unstored).await;
                         stored_at = tokio::time::Instant::now();
@@ -273,7 +277,7 @@ impl Relay {
                 }
                 continue;
             }
-            match self.publish(&mut target, batch).await {
+            match self.publisher.publish(batch).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     if let Some(position) = message_cursor {
@@ -308,19 +312,55 @@ impl Relay {
             }
         }
     }
+}
 
-    /// Publishes to one delivery replica; on failure the next attempt goes to the next one.
-    async fn publish(&self, target: &mut usize, events: Vec<events::Event>) -> Result<(), jack_proto::tonic::Status> {
-        let mut client = self.clients[*target % self.clients.len()].clone();
-        let result = client.publish(events::PublishRequest { events }).await;
+/// Publishes over one `PublishStream` to a delivery replica, opened with the first publish
+/// and again after a failure — then to the next replica. (A unary call per publish cost an
+/// HTTP/2 stream, its headers and a task on both ends, for every few messages.)
+struct Publisher {
+    clients: Vec<DeliveryServiceClient<Traced>>,
+    target: usize,
+    deadline: Duration,
+    link: Option<(mpsc::Sender<events::PublishRequest>, Streaming<events::PublishResponse>)>,
+}
+
+impl Publisher {
+    /// Publishes, answered by delivery within the deadline; on failure the stream is dropped.
+    async fn publish(&mut self, events: Vec<events::Event>) -> Result<(), Status> {
+        let answered = tokio::time::timeout(self.deadline, self.send(events::PublishRequest { events })).await;
+        let result = answered.unwrap_or_else(|_| Err(Status::deadline_exceeded("delivery did not answer in time")));
         if result.is_err() {
-            *target = target.wrapping_add(1);
+            self.link = None;
+            self.target = self.target.wrapping_add(1);
         }
-        result.map(drop)
+        result
     }
 
-    async fn publish_best_effort(&self, target: &mut usize, event: events::Event) {
-        if let Err(status) = self.publish(target, vec![event]).await {
+    async fn send(&mut self, request: events::PublishRequest) -> Result<(), Status> {
+        let answers = match &mut self.link {
+            Some((requests, answers)) => {
+                requests.send(request).await.map_err(|_| Status::unavailable("the publish stream is closed"))?;
+                answers
+            }
+            None => {
+                let Some(client) = self.clients.get(self.target % self.clients.len().max(1)) else {
+                    return Err(Status::unavailable("no delivery service configured"));
+                };
+                // The first request goes with the stream's headers.
+                let (requests, outgoing) = mpsc::channel(1);
+                let _ = requests.try_send(request);
+                let answers = client.clone().publish_stream(ReceiverStream::new(outgoing)).await?.into_inner();
+                &mut self.link.insert((requests, answers)).1
+            }
+        };
+        match answers.message().await? {
+            Some(_) => Ok(()),
+            None => Err(Status::unavailable("delivery ended the publish stream")),
+        }
+    }
+
+    async fn best_effort(&mut self, event: events::Event) {
+        if let Err(status) = self.publish(vec![event]).await {
             tracing::debug!(code = ?status.code(), "ephemeral event not delivered");
         }
     }
@@ -357,6 +397,17 @@ mod tests {
         async fn subscribe(&self, _: Request<events::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        type PublishStreamStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<events::PublishResponse, Status>> + Send>>;
+
+        async fn publish_stream(&self, request: Request<Streaming<events::PublishRequest>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+            let published = self.published.clone();
+            let answers = tokio_stream::StreamExt::map(request.into_inner(), move |request| {
+                published.fetch_add(request?.events.len(), Ordering::SeqCst);
+                Ok(events::PublishResponse::default())
+            });
+            Ok(Response::new(Box::pin(answers)))
+        }
     }
 
     async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -380,7 +431,7 @@ mod tests {
 
         let (store, _dir) = crate::store::tests::sqlite_store().await;
         let client = DeliveryServiceClient::new(jack_runtime::grpc::channel(&url, Duration::from_secs(5)).unwrap());
-        let (relay, handle) = Relay::new(store.clone(), vec![client]);
+        let (relay, handle) = Relay::new(store.clone(), vec![client], Duration::from_secs(5));
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(relay.run(shutdown.clone()));
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
@@ -420,7 +471,7 @@ mod tests {
 
     async fn relay() -> (Relay, RelayHandle, Store, tempfile::TempDir) {
         let (store, dir) = crate::store::tests::sqlite_store().await;
-        let (relay, handle) = Relay::new(store.clone(), Vec::new());
+        let (relay, handle) = Relay::new(store.clone(), Vec::new(), Duration::from_secs(5));
         (relay, handle, store, dir)
     }
 

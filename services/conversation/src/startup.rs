@@ -50,9 +50,9 @@ impl ConversationServer {
             .settings
             .delivery_urls
             .iter()
-            .map(|url| grpc::channel(url, self.settings.publish_timeout).map(DeliveryServiceClient::new))
+            .map(|url| grpc::stream_channel(url).map(DeliveryServiceClient::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (relay, handle) = Relay::new(self.store.clone(), clients);
+        let (relay, handle) = Relay::new(self.store.clone(), clients, self.settings.publish_timeout);
         let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?;
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
         let router = grpc::server()

@@ -1,6 +1,9 @@
 //! `DeliveryService` over gRPC.
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt as _};
 
 use jack_proto::delivery::v1 as pb;
 use jack_proto::delivery::v1::delivery_service_server::DeliveryService;
@@ -23,6 +26,14 @@ impl DeliveryApi {
     pub fn new(router: Arc<Router>, edge_queue: usize, subscriber_queue: usize, shutdown: CancellationToken) -> Self {
         Self { router, edge_queue, subscriber_queue, shutdown }
     }
+}
+
+/// Routes published events; every event needs a conversation and a kind.
+fn route(router: &Router, events: Vec<pb::Event>) -> Result<pb::PublishResponse, Status> {
+    if events.iter().any(|e| e.conversation_id.is_empty() || e.kind.is_none()) {
+        return Err(Status::invalid_argument("every event needs a conversation_id and a kind"));
+    }
+    Ok(pb::PublishResponse { routed: router.publish(events) })
 }
 
 #[tonic::async_trait]
@@ -72,12 +83,17 @@ impl DeliveryService for DeliveryApi {
     }
 
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
-        let events = request.into_inner().events;
-        if events.iter().any(|e| e.conversation_id.is_empty() || e.kind.is_none()) {
-            return Err(Status::invalid_argument("every event needs a conversation_id and a kind"));
-        }
-        let routed = self.router.publish(events);
-        Ok(Response::new(pb::PublishResponse { routed }))
+        Ok(Response::new(route(&self.router, request.into_inner().events)?))
+    }
+
+    type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<pb::PublishResponse, Status>> + Send>>;
+
+    async fn publish_stream(&self, request: Request<Streaming<pb::PublishRequest>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let router = self.router.clone();
+        // Each request is routed and answered as the connection reads it: no task or queue of
+        // its own. An error ends the stream; so does shutdown, between two requests.
+        let answers = request.into_inner().map(move |request| route(&router, request?.events));
+        Ok(Response::new(Box::pin(answers.take_until(self.shutdown.clone().cancelled_owned()))))
     }
 
     type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;

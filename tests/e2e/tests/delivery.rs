@@ -304,3 +304,44 @@ async fn history_is_listed_for_the_conversations_own_guest_only() {
 fn contents_of(messages: &[conv::Message]) -> Vec<String> {
     messages.iter().map(|m| m.content.clone()).collect()
 }
+
+/// Delivery's publish stream answers each request in order with how many of its events
+/// reached a live session (and the guest sees them); an event without a conversation or a
+/// kind ends the stream with INVALID_ARGUMENT — as the unary Publish refuses it.
+#[tokio::test]
+async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() {
+    use jack_proto::delivery::v1 as events;
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_publish"})).await;
+    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let typing = |conversation_id: &str, is_typing: bool| events::Event {
+        conversation_id: conversation_id.to_owned(),
+        hotel_id: "hotel_1".into(),
+        guest_id: guest_id.clone(),
+        kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Staff as i32, is_typing })),
+        ..Default::default()
+    };
+    let invalid = events::Event { kind: None, ..typing(&conversation_id, true) };
+    let refused = stack.delivery().publish(events::PublishRequest { events: vec![invalid.clone()] }).await.expect_err("refused");
+    assert_eq!(refused.code(), jack_proto::tonic::Code::InvalidArgument);
+
+    let requests = vec![
+        events::PublishRequest { events: vec![typing(&conversation_id, true), typing("cnv_nobody_listens", true)] },
+        events::PublishRequest { events: vec![typing(&conversation_id, false)] },
+        events::PublishRequest { events: vec![invalid] },
+        events::PublishRequest { events: vec![typing(&conversation_id, true)] },
+    ];
+    let mut answers = stack.delivery().publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1), "one of two events had a live session");
+    assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1));
+    let ended = answers.message().await.expect_err("an invalid event ends the stream");
+    assert_eq!(ended.code(), jack_proto::tonic::Code::InvalidArgument);
+    // A marker published after the stream ended: nothing of the request after the invalid one
+    // reaches the guest before it.
+    let marker = events::Event { kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Assistant as i32, is_typing: true })), ..typing(&conversation_id, true) };
+    stack.delivery().publish(events::PublishRequest { events: vec![marker] }).await.unwrap();
+    guest.until(|f| f["type"] == "typing" && f["role"] == "assistant").await;
+    let staff_typing: Vec<bool> = guest.seen.iter().filter(|f| f["type"] == "typing" && f["role"] == "staff").map(|f| f["isTyping"].as_bool().unwrap()).collect();
+    assert_eq!(staff_typing, [true, false], "each request's events in order, and nothing after the invalid one");
+}
