@@ -374,10 +374,13 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tokio_stream::wrappers::ReceiverStream;
 
-    /// A delivery service that accepts every publish and counts the events.
+    /// A delivery service that accepts every publish and counts the events — or, `stuck`,
+    /// takes publish streams and never answers on them.
     #[derive(Clone, Default)]
     struct Delivery {
         published: Arc<AtomicUsize>,
+        streams: Arc<AtomicUsize>,
+        stuck: bool,
     }
 
     #[tonic::async_trait]
@@ -401,6 +404,16 @@ mod tests {
         type PublishStreamStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<events::PublishResponse, Status>> + Send>>;
 
         async fn publish_stream(&self, request: Request<Streaming<events::PublishRequest>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+            self.streams.fetch_add(1, Ordering::SeqCst);
+            if self.stuck {
+                let requests = request.into_inner();
+                // Holds the stream open, answering nothing.
+                let never = futures_util::stream::once(async move {
+                    let _open = requests;
+                    std::future::pending::<Result<events::PublishResponse, Status>>().await
+                });
+                return Ok(Response::new(Box::pin(never)));
+            }
             let published = self.published.clone();
             let answers = tokio_stream::StreamExt::map(request.into_inner(), move |request| {
                 published.fetch_add(request?.events.len(), Ordering::SeqCst);
@@ -420,17 +433,22 @@ mod tests {
         panic!("{what}: not within 10 s");
     }
 
+    /// Serves `delivery` on a loopback port until `serving` is cancelled; a client of it as the
+    /// service makes one.
+    async fn serve(delivery: &Delivery, serving: &CancellationToken) -> DeliveryServiceClient<Traced> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = jack_runtime::grpc::server().add_service(DeliveryServiceServer::new(delivery.clone()));
+        tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
+        DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&url).unwrap())
+    }
+
     #[tokio::test]
     async fn the_cursor_is_stored_once_the_relay_is_idle_and_at_shutdown() {
         let delivery = Delivery::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let serving = CancellationToken::new();
-        let server = jack_runtime::grpc::server().add_service(DeliveryServiceServer::new(delivery.clone()));
-        tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
-
+        let client = serve(&delivery, &serving).await;
         let (store, _dir) = crate::store::tests::sqlite_store().await;
-        let client = DeliveryServiceClient::new(jack_runtime::grpc::channel(&url, Duration::from_secs(5)).unwrap());
         let (relay, handle) = Relay::new(store.clone(), vec![client], Duration::from_secs(5));
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(relay.run(shutdown.clone()));
@@ -462,6 +480,27 @@ mod tests {
         shutdown.cancel();
         running.await.unwrap();
         assert_eq!(store.relay_cursor().await.unwrap(), last);
+        serving.cancel();
+    }
+
+    /// A publish that delivery takes but never answers is given up after the deadline and
+    /// tried again on a new stream: one stuck stream must not hold every later event up.
+    #[tokio::test]
+    async fn a_publish_not_answered_in_time_is_tried_again_on_a_new_stream() {
+        let delivery = Delivery { stuck: true, ..Default::default() };
+        let serving = CancellationToken::new();
+        let client = serve(&delivery, &serving).await;
+        let (store, _dir) = crate::store::tests::sqlite_store().await;
+        let (relay, handle) = Relay::new(store.clone(), vec![client], Duration::from_millis(100));
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(relay.run(shutdown.clone()));
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        let committed = store.add_messages(vec![crate::store::tests::guest_message(&c, "c1", "m1")]).await.unwrap();
+        handle.messages_committed(Handoff { messages: committed.messages.clone(), after: None, through: committed.span.map(|(_, t)| t) });
+        until("a second stream after the first publish's deadline", async || delivery.streams.load(Ordering::SeqCst) >= 2).await;
+        assert_eq!(store.relay_cursor().await.unwrap(), 0, "nothing was answered: the cursor stays");
+        shutdown.cancel();
+        running.await.unwrap();
         serving.cancel();
     }
 
