@@ -102,21 +102,21 @@ impl ConversationApi {
     }
 
     /// A batch of guest messages, each answered on its own. All of them queue for the writer
-    /// at once, so they share its next transactions.
+    /// at once, so they share its next transactions. A batch over [`MAX_GUEST_BATCH`] is
+    /// refused whole, each of its messages with `INVALID_ARGUMENT`.
     async fn add_guest_batch(&self, batch: pb::GuestMessageBatch) -> pb::GuestMessageResults {
-        let results = futures_util::future::join_all(batch.messages.into_iter().map(|m| self.add_guest(m))).await;
-        let results = results
-            .into_iter()
-            .map(|r| pb::AddGuestMessageResult {
-                result: Some(match r {
-                    Ok(added) => pb::add_guest_message_result::Result::Added(added),
-                    Err(err) => {
-                        let status = Status::from(err);
-                        pb::add_guest_message_result::Result::Failure(pb::Failure { code: status.code() as i32, message: status.message().to_owned() })
-                    }
-                }),
-            })
-            .collect();
+        let failure = |status: Status| pb::add_guest_message_result::Result::Failure(pb::Failure { code: status.code() as i32, message: status.message().to_owned() });
+        let results = if batch.messages.len() > MAX_GUEST_BATCH {
+            let refused = Status::invalid_argument(format!("at most {MAX_GUEST_BATCH} messages per batch"));
+            batch.messages.iter().map(|_| pb::AddGuestMessageResult { result: Some(failure(refused.clone())) }).collect()
+        } else {
+            let results = futures_util::future::join_all(batch.messages.into_iter().map(|m| self.add_guest(m))).await;
+            let result = |r: Result<pb::AddMessageResponse, ConversationError>| match r {
+                Ok(added) => pb::add_guest_message_result::Result::Added(added),
+                Err(err) => failure(Status::from(err)),
+            };
+            results.into_iter().map(|r| pb::AddGuestMessageResult { result: Some(result(r)) }).collect()
+        };
         pb::GuestMessageResults { batch_id: batch.batch_id, results }
     }
 
@@ -166,12 +166,12 @@ impl ConversationService for ConversationApi {
                         }
                     }
                     batch = batches.message(), if reading && working.len() < BATCHES_IN_FLIGHT => match batch {
-                        Ok(Some(batch)) if batch.messages.len() > MAX_GUEST_BATCH => {
-                            let _ = tx.send(Err(Status::invalid_argument(format!("at most {MAX_GUEST_BATCH} messages per batch")))).await;
-                            return;
-                        }
                         Ok(Some(batch)) => working.push(api.add_guest_batch(batch)),
-                        Ok(None) | Err(_) => reading = false,
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            tracing::warn!(code = ?status.code(), message = status.message(), "guest message stream broke");
+                            reading = false;
+                        }
                     },
                     _ = api.shutdown.cancelled(), if reading => reading = false,
                     else => return,

@@ -96,7 +96,8 @@ const BATCHES_IN_FLIGHT: usize = 8;
 /// stream, its headers and a task on both ends). While batches are unanswered, what other
 /// sessions send queues for the next one, so under load a batch carries many messages; an
 /// idle edge sends a message at once, alone. Each message still gets its own answer, exactly
-/// as a single AddGuestMessage call would give it, within the edge's backend deadline.
+/// as a single AddGuestMessage call would give it; a batch not answered within the edge's
+/// backend deadline from when it is sent fails with a retryable error.
 #[derive(Debug, Clone)]
 pub struct GuestMessages {
     queue: mpsc::Sender<Pending>,
@@ -116,22 +117,24 @@ impl GuestMessages {
     }
 }
 
-/// Opens a stream for the first batch and keeps it until it breaks; the next batch opens
-/// another. A conversation service that is down fails each batch at once (its guests get a
-/// retryable error and resend with the same `clientMessageId`, stored once).
+/// Opens a stream for the first batch and keeps it until it breaks or a batch misses its
+/// deadline; the next batch opens another. A conversation service that is down fails each
+/// batch at once. Whatever fails the stream, its unanswered batches get a retryable
+/// `UNAVAILABLE` (never the stream's own status: an `INVALID_ARGUMENT` ending it says nothing
+/// about each message), and their guests resend with the same `clientMessageId`, stored once.
 async fn batch_guest_messages(mut client: ConversationServiceClient<Traced>, deadline: Duration, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(GUEST_BATCH);
     let mut next_id = 0u64;
     while queue.recv_many(&mut batch, GUEST_BATCH).await > 0 {
         let (requests, outgoing) = mpsc::channel(BATCHES_IN_FLIGHT);
         let mut link = Link { requests, in_flight: VecDeque::with_capacity(BATCHES_IN_FLIGHT), next_id: &mut next_id, deadline };
-        // The first batch goes with the stream's headers.
+        // The first batch goes with the stream's headers (into a new channel: it has room).
         link.send(&mut batch);
         let opened = tokio::time::timeout(deadline, client.add_guest_message_batches(ReceiverStream::new(outgoing))).await;
         match opened {
             Ok(Ok(response)) => link.run(response.into_inner(), &mut queue, &mut batch).await,
-            Ok(Err(status)) => link.fail_all(&status),
-            Err(_) => link.fail_all(&Status::deadline_exceeded("conversation did not answer in time")),
+            Ok(Err(status)) => link.fail_all(&format!("the stream did not open: {status}")),
+            Err(_) => link.fail_all("the stream did not open in time"),
         }
     }
 }
@@ -151,19 +154,22 @@ struct InFlight {
 }
 
 impl Link<'_> {
-    /// Sends what is in `batch` (and what queued meanwhile rides along, up to a full batch).
-    fn send(&mut self, batch: &mut Vec<Pending>) {
+    /// Sends what is in `batch` as one batch; `false` when the stream cannot take it (closed:
+    /// the stream broke).
+    fn send(&mut self, batch: &mut Vec<Pending>) -> bool {
         let (messages, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         *self.next_id += 1;
         let id = *self.next_id;
-        // Never full: at most BATCHES_IN_FLIGHT are unanswered. Closed: the stream is broken,
-        // and the batch fails with the others when that is noticed.
-        let _ = self.requests.try_send(conv::GuestMessageBatch { batch_id: id, messages });
         self.in_flight.push_back(InFlight { id, due: tokio::time::Instant::now() + self.deadline, replies });
+        // Never full while the stream lives: only unanswered batches can still be waiting in
+        // the channel (a batch is answered only once sent), at most BATCHES_IN_FLIGHT of them.
+        self.requests.try_send(conv::GuestMessageBatch { batch_id: id, messages }).is_ok()
     }
 
     /// Answers batches as their results come and sends new ones while there is room, until
-    /// the stream breaks (every unanswered batch fails) or the edge shuts down.
+    /// the stream breaks or a batch misses its deadline (then every unanswered batch fails,
+    /// and dropping the stream makes conversation drop what it had not read of it) or the
+    /// edge shuts down.
     async fn run(mut self, mut results: Streaming<conv::GuestMessageResults>, queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
         let timer = tokio::time::sleep(self.deadline);
         tokio::pin!(timer);
@@ -177,23 +183,19 @@ impl Link<'_> {
                 biased;
                 answer = results.message() => match answer {
                     Ok(Some(answer)) => self.answer(answer),
-                    Ok(None) => return self.fail_all(&Status::unavailable("conversation ended the stream")),
-                    Err(status) => return self.fail_all(&status),
+                    Ok(None) => return self.fail_all("conversation ended the stream"),
+                    Err(status) => return self.fail_all(&format!("the stream broke: {status}")),
                 },
-                () = &mut timer, if !self.in_flight.is_empty() => {
-                    // Its answer, should it still come, is dropped; a resend is stored once.
-                    if let Some(late) = self.in_flight.pop_front() {
-                        fail(late.replies, &Status::deadline_exceeded("conversation did not answer in time"));
-                    }
-                }
+                // A stream that let a batch miss its deadline is not waited on any longer: what
+                // it still holds would be committed after its guests were told to resend.
+                () = &mut timer, if !self.in_flight.is_empty() => return self.fail_all("conversation did not answer in time"),
                 received = queue.recv_many(batch, GUEST_BATCH), if self.in_flight.len() < BATCHES_IN_FLIGHT => {
                     if received == 0 {
-                        return self.fail_all(&Status::unavailable("edge shutting down"));
+                        return self.fail_all("edge shutting down");
                     }
-                    while batch.len() < GUEST_BATCH && let Ok(pending) = queue.try_recv() {
-                        batch.push(pending);
+                    if !self.send(batch) {
+                        return self.fail_all("the stream is closed");
                     }
-                    self.send(batch);
                 }
             }
         }
@@ -213,16 +215,13 @@ impl Link<'_> {
         }
     }
 
-    fn fail_all(self, status: &Status) {
-        for batch in self.in_flight {
-            fail(batch.replies, status);
+    /// Fails every unanswered batch with a retryable `UNAVAILABLE` that says why (the session
+    /// logs it with the error frame).
+    fn fail_all(self, why: &str) {
+        let status = Status::unavailable(format!("guest messages: {why}"));
+        for reply in self.in_flight.into_iter().flat_map(|batch| batch.replies) {
+            let _ = reply.send(Err(status.clone()));
         }
-    }
-}
-
-fn fail(replies: Vec<Reply>, status: &Status) {
-    for reply in replies {
-        let _ = reply.send(Err(status.clone()));
     }
 }
 

@@ -240,30 +240,43 @@ async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
     assert_eq!(outcome.len(), 2);
 }
 
-/// A batch over the limit is refused: the stream ends with INVALID_ARGUMENT, nothing of it stored.
+/// A batch over the limit is refused whole — each of its messages with INVALID_ARGUMENT,
+/// nothing of it stored — and the stream goes on: the next batch is stored.
 #[tokio::test]
-async fn a_batch_of_guest_messages_over_the_limit_ends_the_stream() {
+async fn a_batch_of_guest_messages_over_the_limit_is_refused_and_the_stream_goes_on() {
     let stack = TestStack::start().await;
     let mut guest = stack.guest("hotel_1").await;
     let identified = guest.identify(json!({"visitorId": "v_big_batch"})).await;
     let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
-    let messages = (0..513)
-        .map(|i| conv::AddGuestMessageRequest {
-            conversation_id: conversation_id.clone(),
-            guest_id: guest_id.clone(),
-            client_message_id: format!("big{i}"),
-            kind: conv::MessageKind::Text as i32,
-            content: "hello".into(),
-            ..Default::default()
-        })
-        .collect();
-    let batch = conv::GuestMessageBatch { batch_id: 1, messages };
-    let mut answers = stack.conversation().add_guest_message_batches(futures_util::stream::iter([batch])).await.unwrap().into_inner();
-    let refused = answers.message().await.expect_err("refused");
-    assert_eq!(refused.code(), jack_proto::tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("512"), "{refused:?}");
+    let message = |client_id: String| conv::AddGuestMessageRequest {
+        conversation_id: conversation_id.clone(),
+        guest_id: guest_id.clone(),
+        client_message_id: client_id,
+        kind: conv::MessageKind::Text as i32,
+        content: "hello".into(),
+        ..Default::default()
+    };
+    let batches = [
+        conv::GuestMessageBatch { batch_id: 1, messages: (0..513).map(|i| message(format!("big{i}"))).collect() },
+        conv::GuestMessageBatch { batch_id: 2, messages: vec![message("after".into())] },
+    ];
+    let mut answers = stack.conversation().add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
+    let mut by_batch = std::collections::BTreeMap::new();
+    while let Some(answer) = answers.message().await.expect("the stream ends cleanly") {
+        by_batch.insert(answer.batch_id, answer.results);
+    }
+    let refused = &by_batch[&1];
+    assert_eq!(refused.len(), 513, "a result for every message");
+    for result in refused {
+        let Some(conv::add_guest_message_result::Result::Failure(f)) = &result.result else { panic!("refused: {result:?}") };
+        assert_eq!(f.code, jack_proto::tonic::Code::InvalidArgument as i32);
+        assert!(f.message.contains("512"), "{f:?}");
+    }
+    let Some(conv::add_guest_message_result::Result::Added(added)) = &by_batch[&2][0].result else { panic!("stored: {:?}", by_batch[&2]) };
+    assert_eq!(added.message.as_ref().unwrap().seq, 1);
     let list = stack.conversation().list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() }).await.unwrap().into_inner();
-    assert!(list.messages.is_empty(), "nothing of the refused batch is stored: {:?}", list.messages);
+    let stored: Vec<_> = list.messages.iter().map(|m| m.client_message_id.as_deref().unwrap_or_default()).collect();
+    assert_eq!(stored, ["after"], "nothing of the refused batch is stored");
 }
 
 /// `ListMessages` answers a conversation's pages with its last seq, and only to its own guest:

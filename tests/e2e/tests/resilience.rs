@@ -87,6 +87,8 @@ struct Stall {
     addr: std::net::SocketAddr,
     target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
     held: tokio::sync::watch::Sender<bool>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Stall {
@@ -95,8 +97,11 @@ impl Stall {
         let addr = listener.local_addr().unwrap();
         let (target, targets) = tokio::sync::watch::channel(None);
         let (held, holds) = tokio::sync::watch::channel(false);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (mut targets, holds) = (targets.clone(), holds.clone());
                 tokio::spawn(async move {
                     let Ok(to) = targets.wait_for(Option::is_some).await.map(|t| t.unwrap()) else { return };
@@ -106,7 +111,7 @@ impl Stall {
                 });
             }
         });
-        Self { addr, target, held }
+        Self { addr, target, held, accepted }
     }
 
     async fn pass(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut held: tokio::sync::watch::Receiver<bool>) {
@@ -123,7 +128,9 @@ impl Stall {
 
 /// A conversation service that stops answering (the path to it passes nothing, its connections
 /// stay open) costs the guest a retryable error after the edge's deadline, not a hang; once it
-/// answers again, the resend is acknowledged and the message is stored once.
+/// answers again, the resend is acknowledged and the message is stored once. The edge's own
+/// deadline gave up, not a dead connection: it opens no new connection (HTTP/2 keep-alive
+/// would have dropped the held one only after 10 s).
 #[tokio::test]
 async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and_the_resend_is_stored_once() {
     let stall = Stall::start().await;
@@ -133,6 +140,7 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     let conversation_id = guest.identify(json!({"visitorId": "v_stalled"})).await["conversationId"].as_str().unwrap().to_owned();
     let first = guest.say("s1", "one").await;
     assert_eq!(first["type"], "message_ack");
+    let connections = stall.accepted.load(std::sync::atomic::Ordering::SeqCst);
 
     stall.held.send_replace(true);
     let refused = guest.say("s2", "two").await;
@@ -147,4 +155,5 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     let request = jack_proto::conversation::v1::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() };
     let stored: Vec<String> = stack.conversation().list_messages(request).await.unwrap().into_inner().messages.into_iter().filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32).map(|m| m.content).collect();
     assert_eq!(stored, ["one", "two", "three"]);
+    assert_eq!(stall.accepted.load(std::sync::atomic::Ordering::SeqCst), connections, "the edge kept its connections to conversation");
 }
