@@ -1,5 +1,5 @@
-//! What /proc says about the process under test: its resident memory, and which process
-//! listens on a port (so the memory of the target can be measured without asking for its pid).
+//! What /proc says about the process under test: its resident memory, its CPU time, and which
+//! process listens on a port (so the target can be measured without asking for its pid).
 
 use anyhow::Context as _;
 
@@ -11,6 +11,21 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS line")
+}
+
+/// `/proc/PID/stat` counts CPU time in USER_HZ ticks, 100 a second on Linux whatever the
+/// kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time the process has used so far, user and system, in seconds (10 ms resolution).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count fields after its end.
+    let (_, fields) = stat.rsplit_once(')').context("no command name in stat")?;
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; field 3 comes first after the name.
+    let ticks = |field: usize| -> anyhow::Result<u64> { fields.get(field - 3).and_then(|f| f.parse().ok()).with_context(|| format!("no field {field} in stat")) };
+    Ok((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
 }
 
 /// The process listening on this TCP port on this machine, if any.

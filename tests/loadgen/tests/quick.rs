@@ -28,11 +28,14 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     let (stack, shutdown) = stack(dir.path()).await;
     let url = format!("ws://{}/ws/chat?hotelId=bench", stack.addr(Service::Edge));
 
-    let traffic = |clients, duration, sources: &str| chat::Traffic { url: url.clone(), clients, rate: 200, duration, sources: sources.into() };
+    let traffic = |clients, duration, sources: &str| chat::Traffic { url: url.clone(), clients, rate: 200, duration, sources: sources.into(), target_pid: None };
     let args = chat::ChatArgs { traffic: traffic(20, 2, "127.0.0.1-127.0.0.4"), size: 64, no_verify: false };
     let report = chat::run(&args, "chat").await.unwrap().to_json();
     assert_eq!(report["acked"], report["scheduled"], "{report}");
     clean(&report);
+    // The target (this process: the stack runs in it) is found by its port and measured.
+    assert_eq!(report["target_pid"], std::process::id(), "{report}");
+    assert!(report["target_cpu_us_per_message"].as_f64().is_some_and(|us| us > 0.0), "{report}");
 
     let args = outbound::OutboundArgs { traffic: traffic(20, 2, "127.0.0.1"), conversation: stack.url(Service::Conversation) };
     let report = outbound::run(&args, false).await.unwrap().to_json();

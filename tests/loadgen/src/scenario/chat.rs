@@ -35,6 +35,10 @@ pub struct Traffic {
     /// Source addresses to spread connections over.
     #[arg(long, default_value = "127.0.0.1-127.0.0.8")]
     pub sources: String,
+    /// The process under test, for its CPU time during the run (default: whoever listens on
+    /// the URL's port, when it is on this machine).
+    #[arg(long)]
+    pub target_pid: Option<u32>,
 }
 
 impl Traffic {
@@ -135,6 +139,7 @@ pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     }
 
     // The open-loop schedule: message k is due at start + k / rate, whatever happens.
+    let cpu = super::CpuMeter::start(args.target_pid, target.addr.port());
     let start = Instant::now();
     let total = args.rate * args.duration;
     let mut scheduled = 0u64;
@@ -163,6 +168,8 @@ pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
             *errors.entry(code.clone()).or_default() += n;
         }
     }
+    // From the first message due to the last answer: the CPU the run's messages cost.
+    let cpu = cpu.stop();
     let last_ack = outcomes.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
     let elapsed = last_ack.duration_since(start).as_secs_f64().max(args.duration as f64);
 
@@ -177,6 +184,7 @@ pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     report.add("unacked", unacked);
     report.add("errors", json!(errors));
     report.latency("ack_latency", &latency.lock().expect("latency lock"));
+    cpu.report(&mut report, acked);
 
     let v1 = identities.first().is_some_and(|(i, _)| i.protocol == Some(1) && i.visitor_token.is_some());
     if !chat.no_verify && v1 {

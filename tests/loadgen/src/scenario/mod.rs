@@ -7,7 +7,49 @@ pub mod outbound;
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::sync::mpsc;
+
+use crate::procfs;
+use crate::report::Report;
+
+/// The CPU time the process under test spends during a run, read from /proc when it runs on
+/// this machine: per message, the figure to compare builds (or servers) by at a fixed rate.
+pub struct CpuMeter {
+    pid: Option<u32>,
+    at_start: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring `pid` (or, when not given, whoever listens on `port` here).
+    pub fn start(pid: Option<u32>, port: u16) -> Self {
+        let pid = pid.or_else(|| procfs::pid_listening_on(port));
+        Self { pid, at_start: pid.and_then(|p| procfs::cpu_seconds(p).ok()) }
+    }
+
+    /// What the target has used since the start.
+    pub fn stop(self) -> CpuUsed {
+        let now = self.pid.and_then(|p| procfs::cpu_seconds(p).ok());
+        CpuUsed { pid: self.pid, seconds: now.zip(self.at_start).map(|(now, start)| now - start) }
+    }
+}
+
+/// The CPU time a [`CpuMeter`] measured; `None` when the target could not be measured (not on
+/// this machine, or gone).
+pub struct CpuUsed {
+    pid: Option<u32>,
+    seconds: Option<f64>,
+}
+
+impl CpuUsed {
+    /// Adds `target_pid`, `target_cpu_s` and `target_cpu_us_per_message` (over `messages`).
+    pub fn report(&self, report: &mut Report, messages: u64) {
+        report.add("target_pid", self.pid.map_or(Value::Null, Value::from));
+        report.add("target_cpu_s", self.seconds.map_or(Value::Null, |s| Value::from((s * 100.0).round() / 100.0)));
+        let per_message = self.seconds.filter(|_| messages > 0).map(|s| (s * 1e6 / messages as f64).round());
+        report.add("target_cpu_us_per_message", per_message.map_or(Value::Null, Value::from));
+    }
+}
 
 /// The shortest gap between two ticks of a schedule: at higher rates a tick hands out several
 /// messages, so that the ticking thread does not wake tens of thousands of times a second on

@@ -52,6 +52,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     if connections.iter().any(|(_, id, _)| id.conversation_id.is_none() || id.visitor_token.is_none()) {
         anyhow::bail!("{title} needs a target that speaks protocol v1 (conversationId and visitorToken in identified)");
     }
+    let cpu = super::CpuMeter::start(args.target_pid, target.addr.port());
     let shared = Arc::new(Shared {
         start: Instant::now(),
         latency: Mutex::new(report::histogram()),
@@ -108,6 +109,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     while shared.received.load(Ordering::Relaxed) + send_errors.load(Ordering::Relaxed) < total && Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = cpu.stop();
     stop_tx.send_replace(true);
 
     let mut verdict = Verdict::default();
@@ -127,6 +129,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     report.add("send_errors", send_errors.load(Ordering::Relaxed));
     report.add("received", shared.received.load(Ordering::Relaxed));
     report.latency("send_to_received_latency", &shared.latency.lock().expect("lock"));
+    cpu.report(&mut report, total);
     if drop_midway {
         report.latency("reconnect_to_identified", &shared.reconnect.lock().expect("lock"));
         report.add("reconnect_failures", shared.reconnect_failures.load(Ordering::Relaxed));
