@@ -35,7 +35,8 @@ pub struct Settings {
     pub upload_url: String,
     /// `EDGE_DELIVERY_URLS`: every delivery replica; the edge keeps a stream to each.
     pub delivery_urls: Vec<String>,
-    /// `EDGE_BACKEND_TIMEOUT_MS` (3000): the deadline of every backend call.
+    /// `EDGE_BACKEND_TIMEOUT_MS` (3000): the deadline of every backend call, and of each batch of
+    /// guest messages on their stream.
     pub backend_timeout: Duration,
     /// `EDGE_ID`: names this edge in delivery's logs (default: random).
     pub edge_id: String,
