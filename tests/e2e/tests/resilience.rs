@@ -157,3 +157,66 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     assert_eq!(stored, ["one", "two", "three"]);
     assert_eq!(stall.accepted.load(std::sync::atomic::Ordering::SeqCst), connections, "the edge kept its connections to conversation");
 }
+
+/// Conversation stops while guests' messages are on their way to it: every message is
+/// answered — acknowledged, or refused with a retryable error — and once it is back, every
+/// acknowledged message is stored, a resend of every refused one is stored, each exactly once.
+#[tokio::test]
+async fn conversation_stopping_under_traffic_answers_every_message_and_loses_none() {
+    const GUESTS: usize = 20;
+    const EACH: usize = 10;
+    let mut stack = TestStack::start().await;
+    let mut guests = Vec::new();
+    for g in 0..GUESTS {
+        let mut guest = stack.guest("hotel_1").await;
+        let conversation_id = guest.identify(json!({"visitorId": format!("v_busy_{g}")})).await["conversationId"].as_str().unwrap().to_owned();
+        guests.push((guest, conversation_id));
+    }
+    // Every guest sends all its messages at once; conversation stops once half of them have
+    // and the first answer is back, while the rest of theirs wait at the edge or are on their
+    // way (a session passes a guest's next message on once the last one is answered).
+    let mut answered = vec![std::collections::HashSet::new(); GUESTS];
+    let mut refused = Vec::new();
+    let mut note = |g: usize, f: &Value, answered: &mut std::collections::HashSet<String>| {
+        if f["type"] == "message_ack" || f["type"] == "error" {
+            let id = f["clientMessageId"].as_str().unwrap_or_default().to_owned();
+            if f["type"] == "error" {
+                assert_eq!((f["code"].as_str(), f["retryable"].as_bool()), (Some("UNAVAILABLE"), Some(true)), "{f}");
+                refused.push((g, id.clone()));
+            }
+            assert!(answered.insert(id), "one answer per message: {f}");
+        }
+        answered.len()
+    };
+    for g in 0..GUESTS {
+        if g == GUESTS / 2 {
+            guests[0].0.until(|f| note(0, f, &mut answered[0]) > 0).await;
+            stack.stop(Svc::Conversation).await;
+        }
+        for k in 0..EACH {
+            guests[g].0.send(json!({"type": "message", "clientMessageId": format!("m{k}"), "content": format!("m{k}")})).await;
+        }
+    }
+    for (g, (guest, _)) in guests.iter_mut().enumerate() {
+        if answered[g].len() < EACH {
+            guest.until(|f| note(g, f, &mut answered[g]) == EACH).await;
+        }
+    }
+
+    stack.restart(Svc::Conversation).await;
+    for (g, id) in &refused {
+        let ack = guests[*g].0.say(id, id).await;
+        assert_eq!(ack["type"], "message_ack", "{ack}");
+    }
+    for (_, conversation_id) in &guests {
+        let request = jack_proto::conversation::v1::ListMessagesRequest { conversation_id: conversation_id.clone(), after_seq: Some(0), ..Default::default() };
+        let stored = stack.conversation().list_messages(request).await.unwrap().into_inner().messages;
+        let mut contents: Vec<String> = stored.iter().filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32).map(|m| m.content.clone()).collect();
+        contents.sort_by_key(|c| c[1..].parse::<usize>().unwrap());
+        let expected: Vec<String> = (0..EACH).map(|k| format!("m{k}")).collect();
+        assert_eq!(contents, expected, "each message stored exactly once");
+        let seqs: Vec<i64> = stored.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=stored.len() as i64).collect::<Vec<_>>(), "seqs without gaps");
+    }
+    eprintln!("{} of {} messages were refused while conversation stopped", refused.len(), GUESTS * EACH);
+}
