@@ -184,7 +184,7 @@ pub async fn run(chat: &ChatArgs, title: &str) -> anyhow::Result<Report> {
     report.add("unacked", unacked);
     report.add("errors", json!(errors));
     report.latency("ack_latency", &latency.lock().expect("latency lock"));
-    cpu.report(&mut report, acked);
+    cpu.report(&mut report, acked, "message");
 
     let v1 = identities.first().is_some_and(|(i, _)| i.protocol == Some(1) && i.visitor_token.is_some());
     if !chat.no_verify && v1 {

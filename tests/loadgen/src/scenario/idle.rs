@@ -179,10 +179,13 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
         if warmup > 0 { spawn_workers(args, warmup, warmup.div_ceil(per_process), &format!("warm-{}", &run_id[..8]), resume.as_ref()).await? } else { (Vec::new(), 0, 0, None) };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_warm = rss();
+    let cpu = super::CpuMeter::start(pid, target.addr.port());
     let started = Instant::now();
     let processes = args.processes.unwrap_or(rest.div_ceil(per_process)).max(1);
     let (main, connected, failed, error) = spawn_workers(args, rest, processes, &format!("idle-{}", &run_id[..8]), resume.as_ref()).await?;
     let connect_secs = started.elapsed().as_secs_f64();
+    // What the target spent connecting and identifying the guests after the warm-up.
+    let cpu = cpu.stop();
     workers.extend(main);
     // Let the target settle, then measure.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -196,7 +199,6 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     let held = warm + connected;
     let mut report = Report::new("idle");
     report.add("target", args.url.clone());
-    report.add("target_pid", pid.map_or(Value::Null, Value::from));
     report.add("client_processes", workers.len() as u64);
     report.add("connections_held", held);
     report.add("connect_identify_per_sec", (connected as f64 / connect_secs).round());
@@ -207,6 +209,7 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     report.add("rss_after_kib", rss_after.map_or(Value::Null, Value::from));
     report.add("kib_per_connection_from_cold", per_connection(rss_before, rss_after, held));
     report.add("kib_per_connection_marginal", per_connection(rss_warm, rss_after, connected));
+    cpu.report(&mut report, connected, "connect");
     if args.history > 0 {
         report.add("history_messages_each", args.history as u64);
         report.add("history_content_bytes", history_bytes);

@@ -42,12 +42,12 @@ pub struct CpuUsed {
 }
 
 impl CpuUsed {
-    /// Adds `target_pid`, `target_cpu_s` and `target_cpu_us_per_message` (over `messages`).
-    pub fn report(&self, report: &mut Report, messages: u64) {
+    /// Adds `target_pid`, `target_cpu_s` and `target_cpu_us_per_{what}` (over `count` of them).
+    pub fn report(&self, report: &mut Report, count: u64, what: &str) {
         report.add("target_pid", self.pid.map_or(Value::Null, Value::from));
         report.add("target_cpu_s", self.seconds.map_or(Value::Null, |s| Value::from((s * 100.0).round() / 100.0)));
-        let per_message = self.seconds.filter(|_| messages > 0).map(|s| (s * 1e6 / messages as f64).round());
-        report.add("target_cpu_us_per_message", per_message.map_or(Value::Null, Value::from));
+        let each = self.seconds.filter(|_| count > 0).map(|s| (s * 1e6 / count as f64).round());
+        report.add(&format!("target_cpu_us_per_{what}"), each.map_or(Value::Null, Value::from));
     }
 }
 

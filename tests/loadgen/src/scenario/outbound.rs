@@ -129,7 +129,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     report.add("send_errors", send_errors.load(Ordering::Relaxed));
     report.add("received", shared.received.load(Ordering::Relaxed));
     report.latency("send_to_received_latency", &shared.latency.lock().expect("lock"));
-    cpu.report(&mut report, total);
+    cpu.report(&mut report, total, "message");
     if drop_midway {
         report.latency("reconnect_to_identified", &shared.reconnect.lock().expect("lock"));
         report.add("reconnect_failures", shared.reconnect_failures.load(Ordering::Relaxed));
