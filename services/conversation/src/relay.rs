@@ -433,31 +433,54 @@ mod tests {
         panic!("{what}: not within 10 s");
     }
 
-    /// Serves `delivery` on a loopback port until `serving` is cancelled; a client of it as the
-    /// service makes one.
-    async fn serve(delivery: &Delivery, serving: &CancellationToken) -> DeliveryServiceClient<Traced> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = jack_runtime::grpc::server().add_service(DeliveryServiceServer::new(delivery.clone()));
-        tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
-        DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&url).unwrap())
+    /// A relay running against `delivery` (served on a loopback port, reached as the service
+    /// reaches it) with this publish deadline, over a fresh store holding one conversation.
+    struct Running {
+        store: Store,
+        _dir: tempfile::TempDir,
+        handle: RelayHandle,
+        conversation: String,
+        shutdown: CancellationToken,
+        relay: tokio::task::JoinHandle<()>,
+        serving: CancellationToken,
+    }
+
+    impl Running {
+        async fn start(delivery: &Delivery, deadline: Duration) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let serving = CancellationToken::new();
+            let server = jack_runtime::grpc::server().add_service(DeliveryServiceServer::new(delivery.clone()));
+            tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
+            let client = DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&url).unwrap());
+            let (store, _dir) = crate::store::tests::sqlite_store().await;
+            let (relay, handle) = Relay::new(store.clone(), vec![client], deadline);
+            let shutdown = CancellationToken::new();
+            let relay = tokio::spawn(relay.run(shutdown.clone()));
+            let conversation = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+            Self { store, _dir, handle, conversation, shutdown, relay, serving }
+        }
+
+        /// Shuts the relay down and waits for it, then stops serving delivery; the store (and
+        /// its folder) outlive it, to be looked at.
+        async fn stop(self) -> (Store, tempfile::TempDir) {
+            self.shutdown.cancel();
+            self.relay.await.unwrap();
+            self.serving.cancel();
+            (self.store, self._dir)
+        }
     }
 
     #[tokio::test]
     async fn the_cursor_is_stored_once_the_relay_is_idle_and_at_shutdown() {
         let delivery = Delivery::default();
-        let serving = CancellationToken::new();
-        let client = serve(&delivery, &serving).await;
-        let (store, _dir) = crate::store::tests::sqlite_store().await;
-        let (relay, handle) = Relay::new(store.clone(), vec![client], Duration::from_secs(5));
-        let shutdown = CancellationToken::new();
-        let running = tokio::spawn(relay.run(shutdown.clone()));
-        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        let running = Running::start(&delivery, Duration::from_secs(5)).await;
+        let (store, handle, c) = (&running.store, &running.handle, &running.conversation);
         let (mut chain, mut sent) = (None, 0);
         let mut commit = async |n: usize| {
             let items = (0..n).map(|_| {
                 sent += 1;
-                crate::store::tests::guest_message(&c, &format!("c{sent}"), &format!("m{sent}"))
+                crate::store::tests::guest_message(c, &format!("c{sent}"), &format!("m{sent}"))
             });
             let items = items.collect();
             let committed = store.add_messages(items).await.unwrap();
@@ -477,10 +500,8 @@ mod tests {
         // Published, then shut down at once: the cursor is stored on the way out.
         let last = commit(2).await;
         until("published", async || delivery.published.load(Ordering::SeqCst) >= 17).await;
-        shutdown.cancel();
-        running.await.unwrap();
+        let (store, _dir) = running.stop().await;
         assert_eq!(store.relay_cursor().await.unwrap(), last);
-        serving.cancel();
     }
 
     /// A publish that delivery takes but never answers is given up after the deadline and
@@ -488,20 +509,13 @@ mod tests {
     #[tokio::test]
     async fn a_publish_not_answered_in_time_is_tried_again_on_a_new_stream() {
         let delivery = Delivery { stuck: true, ..Default::default() };
-        let serving = CancellationToken::new();
-        let client = serve(&delivery, &serving).await;
-        let (store, _dir) = crate::store::tests::sqlite_store().await;
-        let (relay, handle) = Relay::new(store.clone(), vec![client], Duration::from_millis(100));
-        let shutdown = CancellationToken::new();
-        let running = tokio::spawn(relay.run(shutdown.clone()));
-        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
-        let committed = store.add_messages(vec![crate::store::tests::guest_message(&c, "c1", "m1")]).await.unwrap();
+        let running = Running::start(&delivery, Duration::from_millis(100)).await;
+        let (store, handle) = (&running.store, &running.handle);
+        let committed = store.add_messages(vec![crate::store::tests::guest_message(&running.conversation, "c1", "m1")]).await.unwrap();
         handle.messages_committed(Handoff { messages: committed.messages.clone(), after: None, through: committed.span.map(|(_, t)| t) });
         until("a second stream after the first publish's deadline", async || delivery.streams.load(Ordering::SeqCst) >= 2).await;
         assert_eq!(store.relay_cursor().await.unwrap(), 0, "nothing was answered: the cursor stays");
-        shutdown.cancel();
-        running.await.unwrap();
-        serving.cancel();
+        running.stop().await;
     }
 
     fn message(content: &str) -> conv::Message {

@@ -199,23 +199,34 @@ async fn a_resuming_guest_without_last_seq_gets_the_latest_page() {
     assert_eq!(history[0]["messages"][0]["clientMessageId"], "a");
 }
 
+/// A guest of hotel_1 identified as `visitor`, with its conversation id and guest id.
+async fn identified(stack: &TestStack, visitor: &str) -> (Guest, String, String) {
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": visitor})).await;
+    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    (guest, conversation_id, guest_id)
+}
+
+/// A text message from `guest_id` into `conversation_id`, as the edge sends it to conversation.
+fn text(conversation_id: &str, guest_id: &str, client_message_id: &str, content: &str) -> conv::AddGuestMessageRequest {
+    conv::AddGuestMessageRequest {
+        conversation_id: conversation_id.to_owned(),
+        guest_id: guest_id.to_owned(),
+        client_message_id: client_message_id.to_owned(),
+        kind: conv::MessageKind::Text as i32,
+        content: content.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// The edge's batches of guest messages: each answered with its own id, a result per message
 /// in order, as AddGuestMessage would answer it — also the last ones, sent as the edge closes
 /// its side of the stream.
 #[tokio::test]
 async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
     let stack = TestStack::start().await;
-    let mut guest = stack.guest("hotel_1").await;
-    let identified = guest.identify(json!({"visitorId": "v_batch"})).await;
-    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
-    let message = |client_id: &str, content: &str, guest_id: &str| conv::AddGuestMessageRequest {
-        conversation_id: conversation_id.clone(),
-        guest_id: guest_id.to_owned(),
-        client_message_id: client_id.to_owned(),
-        kind: conv::MessageKind::Text as i32,
-        content: content.to_owned(),
-        ..Default::default()
-    };
+    let (_guest, conversation_id, guest_id) = identified(&stack, "v_batch").await;
+    let message = |client_id: &str, content: &str, guest_id: &str| text(&conversation_id, guest_id, client_id, content);
     let batches = vec![
         conv::GuestMessageBatch { batch_id: 7, messages: vec![message("b1", "first", &guest_id), message("b2", "   ", &guest_id), message("b3", "not yours", "gst_someone_else")] },
         conv::GuestMessageBatch { batch_id: 8, messages: vec![message("b4", "second", &guest_id), message("b1", "first", &guest_id)] },
@@ -245,17 +256,8 @@ async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
 #[tokio::test]
 async fn a_batch_of_guest_messages_over_the_limit_is_refused_and_the_stream_goes_on() {
     let stack = TestStack::start().await;
-    let mut guest = stack.guest("hotel_1").await;
-    let identified = guest.identify(json!({"visitorId": "v_big_batch"})).await;
-    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
-    let message = |client_id: String| conv::AddGuestMessageRequest {
-        conversation_id: conversation_id.clone(),
-        guest_id: guest_id.clone(),
-        client_message_id: client_id,
-        kind: conv::MessageKind::Text as i32,
-        content: "hello".into(),
-        ..Default::default()
-    };
+    let (_guest, conversation_id, guest_id) = identified(&stack, "v_big_batch").await;
+    let message = |client_id: String| text(&conversation_id, &guest_id, &client_id, "hello");
     let batches = [
         conv::GuestMessageBatch { batch_id: 1, messages: (0..513).map(|i| message(format!("big{i}"))).collect() },
         conv::GuestMessageBatch { batch_id: 2, messages: vec![message("after".into())] },
@@ -284,9 +286,7 @@ async fn a_batch_of_guest_messages_over_the_limit_is_refused_and_the_stream_goes
 #[tokio::test]
 async fn history_is_listed_for_the_conversations_own_guest_only() {
     let stack = TestStack::start().await;
-    let mut guest = stack.guest("hotel_1").await;
-    let identified = guest.identify(json!({"visitorId": "v_owner"})).await;
-    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let (mut guest, conversation_id, guest_id) = identified(&stack, "v_owner").await;
     let mut other = stack.guest("hotel_1").await;
     let other_id = other.identify(json!({"visitorId": "v_other"})).await["guestId"].as_str().unwrap().to_owned();
     let list = |guest_id: Option<&str>, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32| {
@@ -325,9 +325,7 @@ fn contents_of(messages: &[conv::Message]) -> Vec<String> {
 async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() {
     use jack_proto::delivery::v1 as events;
     let stack = TestStack::start().await;
-    let mut guest = stack.guest("hotel_1").await;
-    let identified = guest.identify(json!({"visitorId": "v_publish"})).await;
-    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let (mut guest, conversation_id, guest_id) = identified(&stack, "v_publish").await;
     let typing = |conversation_id: &str, is_typing: bool| events::Event {
         conversation_id: conversation_id.to_owned(),
         hotel_id: "hotel_1".into(),
