@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -21,10 +21,27 @@ fn traced(channel: Channel) -> Traced {
 /// The deadline of a unary call when the caller sets none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The accept queue asked for by [`bind`]; the kernel caps it at `net.core.somaxconn`
+/// (4096 by default on Linux).
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
 /// Binds a listener, with an error that names what failed to bind.
+///
+/// Its accept queue is as long as the kernel allows, not tokio's 128: when thousands of
+/// guests reconnect at once (an edge restart, a hotel's Wi-Fi coming back), the handshakes
+/// the queue cannot hold are dropped and each such guest waits for its SYN to be sent again,
+/// a second or more later.
 pub async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    TcpListener::bind(addr).await.with_context(|| format!("failed to bind {what} on {addr}"))
+    let listen = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // As `TcpListener::bind` does: a restarted service can bind while old connections
+        // to its port are still in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("failed to bind {what} on {addr}"))
 }
 
 /// A server builder with our transport settings: no Nagle, HTTP/2 keep-alives so dead peers
@@ -82,4 +99,35 @@ pub fn stream_channel(url: &str) -> anyhow::Result<Traced> {
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     Ok(traced(endpoint.connect_lazy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accept queue the kernel gave a listening socket (`ss` shows it as Send-Q).
+    fn backlog_of(addr: SocketAddr) -> u32 {
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{}", addr.port())])
+            .output()
+            .expect("`ss` (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().next().unwrap_or_else(|| panic!("ss lists no listener on {addr}: {text:?}"));
+        line.split_whitespace().nth(2).and_then(|q| q.parse().ok()).unwrap_or_else(|| panic!("no Send-Q in {line:?}"))
+    }
+
+    #[tokio::test]
+    async fn listeners_take_as_many_pending_connections_as_the_kernel_allows() {
+        let listener = bind("a test listener", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+        assert_eq!(backlog_of(listener.local_addr().unwrap()), LISTEN_BACKLOG.min(somaxconn));
+    }
+
+    #[tokio::test]
+    async fn binding_a_taken_port_names_what_failed() {
+        let taken = bind("a test listener", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind("the edge gRPC API", addr).await.unwrap_err();
+        assert_eq!(err.to_string(), format!("failed to bind the edge gRPC API on {addr}"));
+    }
 }

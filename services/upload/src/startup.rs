@@ -33,9 +33,7 @@ pub struct UploadServer {
 impl UploadServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = grpc::bind("the upload gRPC API", settings.grpc_addr).await?;
-        let http = TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (UPLOAD_HTTP_ADDR): {e}", settings.http_addr))?;
+        let http = grpc::bind("the upload HTTP endpoint (UPLOAD_HTTP_ADDR)", settings.http_addr).await?;
         let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
         let store = Store::new(db);
         let secret = match &settings.signing_secret {
