@@ -22,14 +22,13 @@ use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_proto::tonic::{Status, Streaming};
 use jack_runtime::grpc::Traced;
 use jack_runtime::CancellationToken;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::store::{Store, event_for};
 
 const BATCH: u32 = 500;
-/// How often, at most, the relay stores its cursor (an idle relay stores it this long after
-/// the last store, and at shutdown).
+/// How often, at most, the relay's cursor is stored (and once more at shutdown).
 const CURSOR_EVERY: Duration = Duration::from_millis(500);
 /// How often the relay looks for rows it was not handed (another replica's) while idle.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -189,16 +188,6 @@ impl Relay {
         }
     }
 
-    /// Stores the cursor that is not stored yet (kept for later if the store fails).
-    async fn store_cursor(&self, unstored: &mut Option<i64>) {
-        if let Some(position) = unstored.take()
-            && let Err(err) = self.store.set_relay_cursor(position).await
-        {
-            tracing::warn!(error = %err, "relay cursor not stored");
-            *unstored = Some(position);
-        }
-    }
-
     /// Runs until shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut cursor = loop {
@@ -213,12 +202,13 @@ impl Relay {
                 }
             }
         };
-        let mut stored_at = tokio::time::Instant::now();
-        let mut unstored: Option<i64> = None;
+        // The cursor is stored by a task of its own (see `keep_cursor`), told of each move.
+        let (published, reported) = watch::channel(cursor);
+        let keeper = tokio::spawn(keep_cursor(self.store.clone(), reported, shutdown.clone()));
         let mut backoff = Duration::from_millis(50);
         // Read from the cursor at first: rows may be waiting from before a restart.
         let mut read = true;
-        loop {
+        'relay: loop {
             let mut batch = Vec::new();
             while batch.len() < 256 {
                 match self.ephemeral.try_recv() {
@@ -253,27 +243,15 @@ impl Relay {
             let last_position = rows.last().map(|(p, _)| *p);
             batch.extend(rows.into_iter().map(|(_, e)| e));
             if batch.is_empty() {
-                // Idle: the cursor is stored rather than left behind — but no sooner than
-                // CURSOR_EVERY after the last store: under a steady stream of messages the
-                // relay is idle for a moment between any two commits, and a store each time
-                // was a commit (and a disk sync) for every few batches of messages.
-                let store_at = stored_at + CURSOR_EVERY;
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     Some(event) = self.ephemeral.recv() => self.publisher.best_effort(event).await,
-                    _ = tokio::time::sleep_until(store_at), if unstored.is_some() => {
-                        self.store_cursor(&mut unstored).await;
-                        stored_at = tokio::time::Instant::now();
-                    }
                     _ = tokio::time::sleep(POLL_EVERY) => {
                         // Rows this relay was not handed: another replica's, or the outbox's.
                         read = true;
                         self.outbox_written.store(true, Ordering::Release);
                     }
-                    _ = shutdown.cancelled() => {
-                        self.store_cursor(&mut unstored).await;
-                        return;
-                    }
+                    _ = shutdown.cancelled() => break 'relay,
                 }
                 continue;
             }
@@ -282,14 +260,7 @@ impl Relay {
                     backoff = Duration::from_millis(50);
                     if let Some(position) = message_cursor {
                         cursor = position;
-                        // Stored at most every CURSOR_EVERY: each store is a commit that the
-                        // message writer would wait for. After a crash the relay resends at
-                        // most that much again, which edges drop.
-                        unstored = Some(position);
-                        if stored_at.elapsed() >= CURSOR_EVERY {
-                            stored_at = tokio::time::Instant::now();
-                            self.store_cursor(&mut unstored).await;
-                        }
+                        published.send_replace(position);
                     }
                     if let Some(position) = last_position
                         && let Err(err) = self.store.outbox_done(position).await {
@@ -305,12 +276,15 @@ impl Relay {
                     tracing::warn!(code = ?status.code(), message = status.message(), ephemeral, "publish to delivery failed; will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => break 'relay,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
+        // The keeper stores the last cursor and ends once `published` is gone.
+        drop(published);
+        let _ = keeper.await;
     }
 }
 
@@ -362,6 +336,38 @@ impl Publisher {
     async fn best_effort(&mut self, event: events::Event) {
         if let Err(status) = self.publish(vec![event]).await {
             tracing::debug!(code = ?status.code(), "ephemeral event not delivered");
+        }
+    }
+}
+
+/// Stores the cursor the relay reports, at most every CURSOR_EVERY (each store is a commit
+/// that the message writer waits for; after a crash the relay resends at most that much
+/// again, which edges drop), and once more when the relay ends (`published` dropped).
+///
+/// Off the publishing path: a store waits for the one write connection, which the message
+/// writer keeps for up to 20 ms while batches follow each other, then for a disk sync, and
+/// while the relay waited with it, nothing committed in the meantime reached guests.
+async fn keep_cursor(store: Store, mut published: watch::Receiver<i64>, shutdown: CancellationToken) {
+    let mut stored = *published.borrow_and_update();
+    loop {
+        let open = published.changed().await.is_ok();
+        let position = *published.borrow_and_update();
+        if position > stored {
+            match store.set_relay_cursor(position).await {
+                Ok(()) => stored = position,
+                Err(err) => {
+                    tracing::warn!(error = %err, "relay cursor not stored");
+                    published.mark_changed();
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CURSOR_EVERY) => {}
+            // Shutting down: store the last cursor as soon as the relay reports it.
+            _ = shutdown.cancelled() => {}
         }
     }
 }
@@ -502,6 +508,39 @@ mod tests {
         until("published", async || delivery.published.load(Ordering::SeqCst) >= 17).await;
         let (store, _dir) = running.stop().await;
         assert_eq!(store.relay_cursor().await.unwrap(), last);
+    }
+
+    /// Storing the cursor waits for the one write connection, which the message writer keeps
+    /// while batches follow each other: publishing goes on meanwhile. (It waited with the
+    /// store, and every message committed in the meantime reached guests that much later.)
+    #[tokio::test]
+    async fn publishing_goes_on_while_the_cursor_waits_for_the_write_connection() {
+        let delivery = Delivery::default();
+        let running = Running::start(&delivery, Duration::from_secs(5)).await;
+        let (store, handle, c) = (&running.store, &running.handle, &running.conversation);
+        let first = store.add_messages(vec![crate::store::tests::guest_message(c, "c1", "m1")]).await.unwrap();
+        let through = first.span.map(|(_, t)| t);
+        let writer = store.take_write_connection().await;
+        // A store is due with the first publish.
+        tokio::time::sleep(CURSOR_EVERY).await;
+        handle.messages_committed(Handoff { messages: first.messages.clone(), after: None, through });
+        until("the first published", async || delivery.published.load(Ordering::SeqCst) >= 1).await;
+        // The writer's next batch, which follows on: published as handed, without a read.
+        let next = through.unwrap() + 1;
+        let message = conv::Message { message_id: "msg_next".into(), seq: 2, ..first.messages[0].1.clone() };
+        handle.messages_committed(Handoff { messages: vec![(next, message)], after: through, through: Some(next) });
+        // Well within the 5 s a store waits for the connection before it gives up.
+        for _ in 0..50 {
+            if delivery.published.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(delivery.published.load(Ordering::SeqCst), 2, "the next batch waited for the cursor's store");
+        assert_eq!(store.relay_cursor().await.unwrap(), 0, "no store while the writer keeps the connection");
+        drop(writer);
+        until("the cursor stored once the connection is free", async || store.relay_cursor().await.unwrap() == next).await;
+        running.stop().await;
     }
 
     /// A publish that delivery takes but never answers is given up after the deadline and

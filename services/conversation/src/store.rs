@@ -778,6 +778,14 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
 
+    impl Store {
+        /// The one SQLite write connection, taken from the store's pool and kept (as the
+        /// message writer keeps it while batches follow each other).
+        pub(crate) async fn take_write_connection(&self) -> sqlx::pool::PoolConnection<sqlx::Any> {
+            self.db.write.acquire().await.unwrap()
+        }
+    }
+
     /// A store on a SQLite file in a fresh folder (kept while the folder lives).
     pub(crate) async fn sqlite_store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
