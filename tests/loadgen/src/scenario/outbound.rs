@@ -37,6 +37,9 @@ pub struct OutboundArgs {
 struct Shared {
     start: Instant,
     latency: Mutex<Histogram<u64>>,
+    /// Scheduled time → `SendMessage` answered (the message committed): the part of the
+    /// latency before the relay, delivery and the edge.
+    committed: Mutex<Histogram<u64>>,
     reconnect: Mutex<Histogram<u64>>,
     received: AtomicU64,
     reconnect_failures: AtomicU64,
@@ -56,6 +59,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     let shared = Arc::new(Shared {
         start: Instant::now(),
         latency: Mutex::new(report::histogram()),
+        committed: Mutex::new(report::histogram()),
         reconnect: Mutex::new(report::histogram()),
         received: AtomicU64::new(0),
         reconnect_failures: AtomicU64::new(0),
@@ -89,7 +93,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
             let at = send_start + Duration::from_secs_f64(scheduled as f64 / args.rate as f64);
             let offset_us = at.duration_since(shared.start).as_micros();
             let (conversation_id, k) = (conversations[(scheduled % n) as usize].clone(), scheduled / n);
-            let (mut client, errors) = (client.clone(), send_errors.clone());
+            let (mut client, errors, shared) = (client.clone(), send_errors.clone(), shared.clone());
             tokio::spawn(async move {
                 let request = conv::SendMessageRequest {
                     conversation_id,
@@ -97,8 +101,14 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
                     content: format!("out {k} {offset_us}"),
                     ..Default::default()
                 };
-                if client.send_message(request).await.is_err() {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                match client.send_message(request).await {
+                    Ok(_) => {
+                        let now_us = shared.start.elapsed().as_micros() as u64;
+                        let _ = shared.committed.lock().expect("lock").record(now_us.saturating_sub(offset_us as u64).max(1));
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
             scheduled += 1;
@@ -129,6 +139,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     report.add("send_errors", send_errors.load(Ordering::Relaxed));
     report.add("received", shared.received.load(Ordering::Relaxed));
     report.latency("send_to_received_latency", &shared.latency.lock().expect("lock"));
+    report.latency("send_to_committed_latency", &shared.committed.lock().expect("lock"));
     cpu.report(&mut report, total, "message");
     if drop_midway {
         report.latency("reconnect_to_identified", &shared.reconnect.lock().expect("lock"));
