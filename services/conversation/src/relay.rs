@@ -439,6 +439,17 @@ mod tests {
         panic!("{what}: not within 10 s");
     }
 
+    /// Whether `done` holds within 2.5 s.
+    async fn soon(done: impl Fn() -> bool) -> bool {
+        for _ in 0..50 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        done()
+    }
+
     /// A relay running against `delivery` (served on a loopback port, reached as the service
     /// reaches it) with this publish deadline, over a fresh store holding one conversation.
     struct Running {
@@ -524,19 +535,21 @@ mod tests {
         // A store is due with the first publish.
         tokio::time::sleep(CURSOR_EVERY).await;
         handle.messages_committed(Handoff { messages: first.messages.clone(), after: None, through });
-        until("the first published", async || delivery.published.load(Ordering::SeqCst) >= 1).await;
-        // The writer's next batch, which follows on: published as handed, without a read.
+        // Taken by the relay (so the next batch follows on from it) and published; each wait
+        // well within the 5 s a store waits for the connection before it gives up.
+        let taken = || {
+            let h = handle.handed.lock().unwrap();
+            h.batches.is_empty() && h.latest.is_none()
+        };
+        let published = || delivery.published.load(Ordering::SeqCst);
+        assert!(soon(|| taken() && published() >= 1).await, "the first batch waited for the cursor's store");
+        // The writer's next batch, which follows on: published as handed, without a read
+        // (it is not in the database).
         let next = through.unwrap() + 1;
         let message = conv::Message { message_id: "msg_next".into(), seq: 2, ..first.messages[0].1.clone() };
         handle.messages_committed(Handoff { messages: vec![(next, message)], after: through, through: Some(next) });
-        // Well within the 5 s a store waits for the connection before it gives up.
-        for _ in 0..50 {
-            if delivery.published.load(Ordering::SeqCst) >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(delivery.published.load(Ordering::SeqCst), 2, "the next batch waited for the cursor's store");
+        assert!(soon(|| published() >= 2).await, "the next batch waited for the cursor's store");
+        assert_eq!(published(), 2);
         assert_eq!(store.relay_cursor().await.unwrap(), 0, "no store while the writer keeps the connection");
         drop(writer);
         until("the cursor stored once the connection is free", async || store.relay_cursor().await.unwrap() == next).await;
