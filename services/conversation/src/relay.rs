@@ -357,7 +357,11 @@ async fn keep_cursor(store: Store, mut published: watch::Receiver<i64>, shutdown
                 Ok(()) => stored = position,
                 Err(err) => {
                     tracing::warn!(error = %err, "relay cursor not stored");
-                    published.mark_changed();
+                    // Tried again after CURSOR_EVERY; once shutting down (no wait any more),
+                    // only with the relay's last report, not in a loop until then.
+                    if !shutdown.is_cancelled() {
+                        published.mark_changed();
+                    }
                 }
             }
         }
