@@ -40,6 +40,7 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     let args = outbound::OutboundArgs { traffic: traffic(20, 2, "127.0.0.1"), conversation: stack.url(Service::Conversation) };
     let report = outbound::run(&args, false).await.unwrap().to_json();
     assert_eq!(report["received"], report["sent"], "{report}");
+    assert_eq!(report["send_to_committed_latency"]["count"], report["sent"], "every send answered and timed: {report}");
     clean(&report);
 
     let args = outbound::OutboundArgs { traffic: traffic(50, 3, "127.0.0.1"), ..args };
