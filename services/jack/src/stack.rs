@@ -44,6 +44,38 @@ pub struct Stack {
     upload_http: Option<SocketAddr>,
     running: HashMap<Service, Running>,
     shutdown: CancellationToken,
+    edge_threads: EdgeThreads,
+}
+
+/// The edge's own tokio threads. The edge holds every guest's socket: when a Wi-Fi blip
+/// brings thousands of guests back at once, their handshakes, identifies and replays are
+/// thousands of runnable tasks. On threads shared with the backends, a responder's
+/// `SendMessage` queued behind all of them — answered after up to 0.8 s while 10,000
+/// guests reconnected (RESULTS.md, step 66). On threads of its own the edge is as apart
+/// from the backends as in a deployment of separate processes, and the kernel shares the
+/// cores between the two.
+struct EdgeThreads(Option<tokio::runtime::Runtime>);
+
+impl EdgeThreads {
+    fn new() -> std::io::Result<Self> {
+        // As many workers as tokio's default (the cores, or TOKIO_WORKER_THREADS).
+        let runtime = tokio::runtime::Builder::new_multi_thread().thread_name("edge").enable_all().build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the edge's threads run until the stack is dropped").handle()
+    }
+}
+
+impl Drop for EdgeThreads {
+    fn drop(&mut self) {
+        // The stack is dropped inside the main runtime, where a runtime may not block on
+        // its threads; the edge has stopped by then (or the process is ending).
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn url(addr: SocketAddr) -> String {
@@ -60,7 +92,8 @@ impl Stack {
             .with_default("CONVERSATION_DATABASE_URL", db("conversation"))
             .with_default("UPLOAD_DATABASE_URL", db("upload"))
             .with_default("UPLOAD_DIR", data_dir.join("uploads").display().to_string());
-        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, upload_http: None, running: HashMap::new(), shutdown };
+        let edge_threads = EdgeThreads::new().map_err(|e| anyhow::anyhow!("cannot start the edge's threads: {e}"))?;
+        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, upload_http: None, running: HashMap::new(), shutdown, edge_threads };
         for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
             stack.start_service(service).await?;
         }
@@ -77,6 +110,11 @@ impl Stack {
 
     pub fn edge_grpc_addr(&self) -> SocketAddr {
         self.edge_grpc.expect("the edge is started")
+    }
+
+    /// The edge's own threads (see [`EdgeThreads`]).
+    pub fn edge_runtime(&self) -> &tokio::runtime::Handle {
+        self.edge_threads.handle()
     }
 
     /// Where browsers upload files to (the local storage backend).
@@ -142,9 +180,11 @@ impl Stack {
                 (server.local_addr(), tokio::spawn(server.run(token.clone())))
             }
             Service::Edge => {
-                let server = jack_edge::EdgeServer::build(jack_edge::Settings::from_env(&env)?).await?;
+                // Built on its threads too: its sockets and gRPC channels belong to them.
+                let threads = self.edge_threads.handle();
+                let server = threads.spawn(jack_edge::EdgeServer::build(jack_edge::Settings::from_env(&env)?)).await??;
                 self.edge_grpc = Some(server.grpc_addr());
-                (server.local_addr(), tokio::spawn(server.run(token.clone())))
+                (server.local_addr(), threads.spawn(server.run(token.clone())))
             }
         };
         self.addrs.insert(service, addr);

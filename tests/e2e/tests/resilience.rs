@@ -1,6 +1,10 @@
 //! Processes die at the wrong moment: no committed message is lost or duplicated.
 
-use jack_e2e::{Svc, TestStack};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use jack_e2e::{Svc, TestStack, WAIT};
 use serde_json::{Value, json};
 
 fn butler_contents(messages: &[Value]) -> Vec<String> {
@@ -97,11 +101,11 @@ impl Stall {
         let addr = listener.local_addr().unwrap();
         let (target, targets) = tokio::sync::watch::channel(None);
         let (held, holds) = tokio::sync::watch::channel(false);
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 let (mut targets, holds) = (targets.clone(), holds.clone());
                 tokio::spawn(async move {
                     let Ok(to) = targets.wait_for(Option::is_some).await.map(|t| t.unwrap()) else { return };
@@ -140,7 +144,7 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     let conversation_id = guest.identify(json!({"visitorId": "v_stalled"})).await["conversationId"].as_str().unwrap().to_owned();
     let first = guest.say("s1", "one").await;
     assert_eq!(first["type"], "message_ack");
-    let connections = stall.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let connections = stall.accepted.load(Ordering::SeqCst);
 
     stall.held.send_replace(true);
     let refused = guest.say("s2", "two").await;
@@ -155,7 +159,7 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     let request = jack_proto::conversation::v1::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() };
     let stored: Vec<String> = stack.conversation().list_messages(request).await.unwrap().into_inner().messages.into_iter().filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32).map(|m| m.content).collect();
     assert_eq!(stored, ["one", "two", "three"]);
-    assert_eq!(stall.accepted.load(std::sync::atomic::Ordering::SeqCst), connections, "the edge kept its connections to conversation");
+    assert_eq!(stall.accepted.load(Ordering::SeqCst), connections, "the edge kept its connections to conversation");
 }
 
 /// Conversation stops while guests' messages are on their way to it: every message is
@@ -219,4 +223,48 @@ async fn conversation_stopping_under_traffic_answers_every_message_and_loses_non
         assert_eq!(seqs, (1..=stored.len() as i64).collect::<Vec<_>>(), "seqs without gaps");
     }
     eprintln!("{} of {} messages were refused while conversation stopped", refused.len(), GUESTS * EACH);
+}
+
+/// While a storm of reconnecting guests keeps the edge's threads busy, a responder's reply is
+/// still stored and answered at once (the edge runs on threads of its own in `jack up`, as in
+/// a deployment of separate processes), and the guest gets it once the edge has a thread again.
+#[tokio::test]
+async fn the_responder_is_answered_while_every_edge_thread_is_busy() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let conversation_id = guest.identify(json!({"visitorId": "v_edge_busy"})).await["conversationId"].as_str().unwrap().to_owned();
+
+    // Hold every one of the edge's workers until the gate opens.
+    let edge = stack.stack.edge_runtime().clone();
+    let workers = edge.metrics().num_workers();
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let held = Arc::new(AtomicUsize::new(0));
+    for _ in 0..workers {
+        let (gate, held) = (gate.clone(), held.clone());
+        edge.spawn(async move {
+            held.fetch_add(1, Ordering::SeqCst);
+            let (open, opened) = &*gate;
+            drop(opened.wait_while(open.lock().unwrap(), |open| !*open).unwrap());
+        });
+    }
+    let all_held = async {
+        while held.load(Ordering::SeqCst) < workers {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, all_held).await.expect("every edge worker taken");
+    // The edge is stuck: a new guest is not even greeted.
+    let stuck = tokio::time::timeout(Duration::from_millis(500), stack.guest("hotel_1")).await;
+    assert!(stuck.is_err(), "the edge answered while all its threads were held");
+
+    let reply = tokio::time::timeout(WAIT, stack.assistant_says(&conversation_id, "towels are on the way"))
+        .await
+        .expect("the responder is answered while the edge is busy");
+    assert_eq!(reply.content, "towels are on the way");
+
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let received = guest.until(|f| f["type"] == "message" && f["role"] == "assistant").await;
+    assert_eq!(received["content"], "towels are on the way");
+    assert_eq!(received["seq"], reply.seq);
 }
