@@ -19,9 +19,16 @@ jack run S      runs one service alone, configured by its own variables (the sam
                 its own binary, e.g. jack-edge).
 Every service's own variables apply; see README.md.";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.first().is_some_and(|c| c == "up") && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(jack::stack::backend_workers());
+    }
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut data_dir = PathBuf::from(env.string("JACK_DATA_DIR", "data"));
     let command = args.first().cloned().unwrap_or_default();

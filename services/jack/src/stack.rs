@@ -47,6 +47,16 @@ pub struct Stack {
     edge_threads: EdgeThreads,
 }
 
+/// How many tokio workers `jack up` gives the backends (guest, conversation, delivery,
+/// upload and the demo concierge share them): half the cores, at least one. The edge has
+/// threads of its own ([`EdgeThreads`]: all the cores), and the SQLite connections each have
+/// theirs. On 2 cores, 1 + 2 workers instead of 2 + 2 cost 5 % less CPU a message at 2,000
+/// outbound messages a second, with the same chat latency and ceiling (RESULTS.md, step 66).
+/// `TOKIO_WORKER_THREADS` overrides both counts.
+pub fn backend_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// The edge's own tokio threads. The edge holds every guest's socket: when a Wi-Fi blip
 /// brings thousands of guests back at once, their handshakes, identifies and replays are
 /// thousands of runnable tasks. On threads shared with the backends, a responder's
