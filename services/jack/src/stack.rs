@@ -49,12 +49,24 @@ pub struct Stack {
 
 /// How many tokio workers `jack up` gives the backends (guest, conversation, delivery,
 /// upload and the demo concierge share them): half the cores, at least one. The edge has
-/// threads of its own ([`EdgeThreads`]: all the cores), and the SQLite connections each have
-/// theirs. On 2 cores, 1 + 2 workers instead of 2 + 2 cost 5 % less CPU a message at 2,000
+/// threads of its own ([`EdgeThreads`], [`edge_workers`]), and the SQLite connections each
+/// have theirs. On 2 cores, 1 + 2 workers instead of 2 + 2 cost 5 % less CPU a message at 2,000
 /// outbound messages a second, with the same chat latency and ceiling (RESULTS.md, step 66).
 /// `TOKIO_WORKER_THREADS` overrides both counts.
 pub fn backend_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// How many tokio workers `jack up` gives the edge: twice the cores. While thousands of
+/// guests reconnect at once, each worker's queue is thousands of handshake, identify and
+/// replay tasks, and what is due to the guests already connected — the delivery stream's
+/// batches, then each guest's socket — waits behind them: with as many workers as cores, a
+/// live message reached its guest up to 0.13–0.46 s late (p99 49–260 ms) while 10,000 guests
+/// came back; with twice as many, up to 54–132 ms (p99 27–65 ms), the storm as long, and
+/// chat, outbound and the ceiling as before (RESULTS.md, step 67). `TOKIO_WORKER_THREADS`
+/// overrides it.
+pub fn edge_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// The edge's own tokio threads. The edge holds every guest's socket: when a Wi-Fi blip
@@ -68,8 +80,11 @@ struct EdgeThreads(Option<tokio::runtime::Runtime>);
 
 impl EdgeThreads {
     fn new() -> std::io::Result<Self> {
-        // As many workers as tokio's default (the cores, or TOKIO_WORKER_THREADS).
-        let runtime = tokio::runtime::Builder::new_multi_thread().thread_name("edge").enable_all().build()?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            builder.worker_threads(edge_workers());
+        }
+        let runtime = builder.thread_name("edge").enable_all().build()?;
         Ok(Self(Some(runtime)))
     }
 
