@@ -63,8 +63,9 @@ pub fn backend_workers() -> usize {
 /// batches, then each guest's socket — waits behind them: with as many workers as cores, a
 /// live message reached its guest up to 0.13–0.46 s late (p99 49–260 ms) while 10,000 guests
 /// came back; with twice as many, up to 54–132 ms (p99 27–65 ms), the storm as long, and
-/// chat, outbound and the ceiling as before (RESULTS.md, step 67). `TOKIO_WORKER_THREADS`
-/// overrides it.
+/// chat, outbound and the ceiling as before. The price is in the storm (5–9 % more CPU, the
+/// responder's sends p99 a few ms more) and 0.1–0.3 KiB a guest from cold at 19,700 guests
+/// (RESULTS.md, step 67). `TOKIO_WORKER_THREADS` overrides it.
 pub fn edge_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
