@@ -34,6 +34,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/", get(demo_page))
         .route("/chat/upload-url", post(upload_url).layer(upload_cors()))
         .route("/chat/attachment-urls", post(attachment_urls).layer(upload_cors()))
+        .layer(axum::middleware::from_fn(crate::gate::hand_back))
         .with_state(edge)
 }
 

@@ -10,6 +10,7 @@
 //!   to every delivery replica that feed them (re-opened with backoff when they break).
 //! - [`session`]: one connection's protocol state machine — identify, resume by `lastSeq`,
 //!   messages and acks, exactly-once in-order delivery by `seq`.
+//! - [`gate`]: how many connections are set up at once (the rest wait in the accept queue).
 //! - [`ws`]: the upgrade (origin, limits, hotel id) and the per-connection loop (pings,
 //!   size limits, shutdown).
 //! - [`http`]: health, metrics, the widget bundle, the demo page and the upload-URL API.
@@ -20,6 +21,7 @@ pub mod backends;
 pub mod config;
 pub mod context;
 pub mod convert;
+pub mod gate;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -10,6 +10,8 @@ use jack_proto::edge::v1 as pb;
 use jack_proto::edge::v1::edge_service_server::{EdgeService, EdgeServiceServer};
 use jack_proto::tonic::{self, Request, Response, Status};
 use jack_runtime::{CancellationToken, grpc};
+
+use crate::gate::{self, Gated, Slot};
 use tokio::net::TcpListener;
 
 use crate::backends::{Backends, HotelPolicies};
@@ -87,8 +89,10 @@ impl EdgeServer {
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
-        let listener = self.http.tap_io(jack_runtime::no_delay);
-        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR);
+        let result = axum::serve(listener, app.into_make_service_with_connect_info::<Slot>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
         for link in links {
             let _ = link.await;
         }

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::context::Edge;
+use crate::gate::Slot;
 use crate::hub::Mailbox;
 use crate::session::Session;
 
@@ -103,7 +104,10 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
         _ => None,
     };
     let task_edge = edge.clone();
+    let slot = crate::gate::slot_of(&request);
     tokio::spawn(async move {
+        // Whatever happens to the socket, its slot is given back when this task ends.
+        let _release = Release(slot.clone());
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
@@ -123,7 +127,7 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
         // refusing it) is boxed, so that the task keeps only the connection loop's state.
         let ws = Box::pin(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))).await;
         match (close_with, hotel_id) {
-            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id).serve().await,
+            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id, slot).serve().await,
             (Some((code, reason)), _) => Box::pin(refuse(ws, code, reason)).await,
             (None, None) => {}
         }
@@ -139,6 +143,17 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Gives a connection's slot among those being set up back when dropped.
+struct Release(Option<Slot>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.0 {
+            slot.release();
+        }
+    }
+}
 
 async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
@@ -187,16 +202,18 @@ struct Connection {
     ping: tokio::time::Interval,
     heard_since_ping: bool,
     started: Instant,
+    /// Held until the first frame is handled (see [`crate::gate`]).
+    slot: Option<Slot>,
 }
 
 impl Connection {
-    fn open(edge: Arc<Edge>, ws: Ws, hotel_id: String) -> Box<Self> {
+    fn open(edge: Arc<Edge>, ws: Ws, hotel_id: String, slot: Option<Slot>) -> Box<Self> {
         let session_id = format!("ws_{}", jack_runtime::ids::random_hex());
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, id);
         let out = vec![session.connected_frame()];
         let ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
-        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now() })
+        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot })
     }
 
     /// The connection loop: reads frames, writes answers and live events, pings.
@@ -244,6 +261,9 @@ impl Connection {
                             // Boxed: the connection's own future stays small while it is idle;
                             // the handler's (larger) state exists only while a frame is handled.
                             Box::pin(self.session.on_text(text.as_str(), &mut self.out).instrument(span)).await;
+                            if let Some(slot) = self.slot.take() {
+                                slot.release();
+                            }
                         }
                         Some(Ok(Message::Binary(_))) => self.out.push(ServerFrame::Error(jack_frames::server::Error::new(
                             ErrorCode::InvalidJson, "frames must be JSON text", None))),

@@ -1,0 +1,241 @@
+//! A limit on the guests' connections being set up at once.
+//!
+//! When a Wi-Fi blip brings thousands of guests back together, every one of their handshakes,
+//! identifies and replays is a task in the edge's run queues, and what is due to the guests
+//! who stayed connected — the delivery stream's batches, then each guest's socket — waits
+//! behind all of them (RESULTS.md, step 67: a live message up to 85 ms late with the storm's
+//! connections all let in, 34–48 ms with at most 64–256 being set up at once). So the listener
+//! takes a [`Slot`] before each `accept`, and the kernel's accept queue holds the rest of the
+//! storm. A connection gives its slot back once its first frame is handled, once a plain HTTP
+//! request is answered, when it closes — and after [`HANDSHAKE_SLOT_FOR`] in any case, so
+//! that connections that send nothing cannot hold every slot.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::serve::{IncomingStream, Listener};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Connections being set up at once (the edge's identify queue lets 64 of them into the
+/// backends at a time, so this keeps it fed).
+pub const HANDSHAKES_IN_FLIGHT: usize = 256;
+/// The longest a connection keeps its slot.
+pub const HANDSHAKE_SLOT_FOR: Duration = Duration::from_secs(5);
+
+type Held = Mutex<Option<OwnedSemaphorePermit>>;
+
+/// A connection's place among those being set up; it travels with the request as
+/// `ConnectInfo<Slot>`.
+#[derive(Debug, Clone)]
+pub struct Slot(Arc<Held>);
+
+impl Slot {
+    /// Gives the slot back (once; later calls do nothing).
+    pub fn release(&self) {
+        self.0.lock().expect("slot lock").take();
+    }
+}
+
+/// A listener that accepts only while a slot is free.
+pub struct Gated<L> {
+    inner: L,
+    slots: Arc<Semaphore>,
+    hold_for: Duration,
+    /// The slots given out, oldest first: all are held as long at most, so this is also the
+    /// order in which they expire.
+    given: VecDeque<(Instant, Weak<Held>)>,
+}
+
+impl<L> Gated<L> {
+    pub fn new(inner: L, slots: usize, hold_for: Duration) -> Self {
+        Self { inner, slots: Arc::new(Semaphore::new(slots)), hold_for, given: VecDeque::new() }
+    }
+
+    /// Takes back the slots held past their time and forgets those already given back.
+    fn reap(&mut self, now: Instant) {
+        while let Some((deadline, held)) = self.given.front() {
+            match held.upgrade() {
+                Some(held) if *deadline > now && held.lock().expect("slot lock").is_some() => break,
+                Some(held) => drop(held.lock().expect("slot lock").take()),
+                None => {}
+            }
+            self.given.pop_front();
+        }
+    }
+
+    async fn slot(&mut self) -> OwnedSemaphorePermit {
+        loop {
+            self.reap(Instant::now());
+            let expires = self.given.front().map(|(deadline, _)| *deadline);
+            tokio::select! {
+                permit = self.slots.clone().acquire_owned() => return permit.expect("the slots are never closed"),
+                _ = async {
+                    match expires {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+}
+
+impl<L: Listener> Listener for Gated<L> {
+    type Io = Slotted<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = self.slot().await;
+        let (io, addr) = self.inner.accept().await;
+        let held = Arc::new(Mutex::new(Some(permit)));
+        self.given.push_back((Instant::now() + self.hold_for, Arc::downgrade(&held)));
+        (Slotted { io, slot: Slot(held) }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl<L: Listener> Connected<IncomingStream<'_, Gated<L>>> for Slot {
+    fn connect_info(stream: IncomingStream<'_, Gated<L>>) -> Self {
+        stream.io().slot.clone()
+    }
+}
+
+/// An accepted connection with its slot (given back at the latest when it closes).
+pub struct Slotted<T> {
+    io: T,
+    slot: Slot,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The slot of the connection a request came on, if it was accepted through [`Gated`].
+pub fn slot_of(request: &Request) -> Option<Slot> {
+    request.extensions().get::<ConnectInfo<Slot>>().map(|info| info.0.clone())
+}
+
+/// Middleware: a request that did not become a WebSocket gives its connection's slot back
+/// once answered (a WebSocket gives it back after its first frame, `ws`).
+pub async fn hand_back(request: Request, next: Next) -> Response {
+    let slot = slot_of(&request);
+    let response = next.run(request).await;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && let Some(slot) = slot
+    {
+        slot.release();
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    async fn gated(slots: usize, hold_for: Duration) -> (Gated<TcpListener>, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (Gated::new(listener, slots, hold_for), addr)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_accepted_once_a_slot_is_given_back() {
+        let (mut gate, addr) = gated(1, Duration::from_secs(600)).await;
+        let _first_client = TcpStream::connect(addr).await.expect("connect");
+        let (first, _) = gate.accept().await;
+        let _second_client = TcpStream::connect(addr).await.expect("connect");
+        let waiting = tokio::spawn(async move {
+            let accepted = gate.accept().await;
+            (gate, accepted)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the only slot is held: the second connection waits in the accept queue");
+        first.slot.release();
+        let (_gate, _second) = tokio::time::timeout(PATIENCE, waiting).await.expect("accepted once the slot is back").expect("task");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_gives_its_slot_back() {
+        let (mut gate, addr) = gated(1, Duration::from_secs(600)).await;
+        let _first_client = TcpStream::connect(addr).await.expect("connect");
+        let (first, _) = gate.accept().await;
+        drop(first);
+        let _second_client = TcpStream::connect(addr).await.expect("connect");
+        tokio::time::timeout(PATIENCE, gate.accept()).await.expect("the closed connection's slot is free");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_loses_its_slot_in_time() {
+        let (mut gate, addr) = gated(2, Duration::from_millis(300)).await;
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            let client = TcpStream::connect(addr).await.expect("connect");
+            silent.push((client, gate.accept().await));
+        }
+        let _guest = TcpStream::connect(addr).await.expect("connect");
+        tokio::time::timeout(PATIENCE, gate.accept()).await.expect("the silent connections' slots expire");
+        // Their sockets are still open; only the slots came back.
+        assert_eq!(silent.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answered_http_request_gives_its_slot_back() {
+        let (gate, addr) = gated(1, Duration::from_secs(600)).await;
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(hand_back));
+        tokio::spawn(async move { axum::serve(gate, app.into_make_service_with_connect_info::<Slot>()).await });
+        let get = |mut stream: TcpStream| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+            let mut answer = vec![0; 256];
+            let n = stream.read(&mut answer).await.expect("read");
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "answered: {}", String::from_utf8_lossy(&answer[..n]));
+            stream
+        };
+        // The first connection stays open (keep-alive) after its answer.
+        let _kept = tokio::time::timeout(PATIENCE, get(TcpStream::connect(addr).await.expect("connect"))).await.expect("first answered");
+        tokio::time::timeout(PATIENCE, get(TcpStream::connect(addr).await.expect("connect"))).await.expect("the second is let in");
+    }
+}
