@@ -7,8 +7,10 @@
 //! connections all let in, 34–48 ms with at most 64–256 being set up at once). So the listener
 //! takes a [`Slot`] before each `accept`, and the kernel's accept queue holds the rest of the
 //! storm. A connection gives its slot back once its first frame is handled, once a plain HTTP
-//! request is answered, when it closes — and after [`HANDSHAKE_SLOT_FOR`] in any case, so
-//! that connections that send nothing cannot hold every slot.
+//! request is answered, when it closes — and after [`HANDSHAKE_SLOT_FOR`] in any case. The
+//! limit smooths a storm; it must never be a way to stop the edge: connections that send
+//! nothing could hold every slot, so when none comes free within [`HANDSHAKE_SLOT_WAIT`] the
+//! edge accepts without one until one does (as it would without the limit).
 
 use std::collections::VecDeque;
 use std::io;
@@ -32,6 +34,9 @@ use tokio::time::Instant;
 pub const HANDSHAKES_IN_FLIGHT: usize = 256;
 /// The longest a connection keeps its slot.
 pub const HANDSHAKE_SLOT_FOR: Duration = Duration::from_secs(5);
+/// The longest `accept` waits for a slot. In a storm one comes free every fraction of a
+/// millisecond; waiting longer means the slots are held by connections that are not moving.
+pub const HANDSHAKE_SLOT_WAIT: Duration = Duration::from_millis(250);
 
 type Held = Mutex<Option<OwnedSemaphorePermit>>;
 
@@ -52,14 +57,17 @@ pub struct Gated<L> {
     inner: L,
     slots: Arc<Semaphore>,
     hold_for: Duration,
+    wait: Duration,
+    /// No slot came free within `wait`: accept without one until one does.
+    open: bool,
     /// The slots given out, oldest first: all are held as long at most, so this is also the
     /// order in which they expire.
     given: VecDeque<(Instant, Weak<Held>)>,
 }
 
 impl<L> Gated<L> {
-    pub fn new(inner: L, slots: usize, hold_for: Duration) -> Self {
-        Self { inner, slots: Arc::new(Semaphore::new(slots)), hold_for, given: VecDeque::new() }
+    pub fn new(inner: L, slots: usize, hold_for: Duration, wait: Duration) -> Self {
+        Self { inner, slots: Arc::new(Semaphore::new(slots)), hold_for, wait, open: false, given: VecDeque::new() }
     }
 
     /// Takes back the slots held past their time and forgets those already given back.
@@ -74,18 +82,33 @@ impl<L> Gated<L> {
         }
     }
 
-    async fn slot(&mut self) -> OwnedSemaphorePermit {
+    /// A free slot, waiting for one for at most `wait`; `None` while none comes free.
+    async fn slot(&mut self) -> Option<OwnedSemaphorePermit> {
+        let give_up = Instant::now() + self.wait;
         loop {
             self.reap(Instant::now());
-            let expires = self.given.front().map(|(deadline, _)| *deadline);
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                self.open = false;
+                return Some(permit);
+            }
+            if self.open {
+                return None;
+            }
+            // Wake when a slot is given back, when the oldest expires, or when it is time to
+            // stop waiting.
+            let until = self.given.front().map_or(give_up, |(deadline, _)| (*deadline).min(give_up));
             tokio::select! {
-                permit = self.slots.clone().acquire_owned() => return permit.expect("the slots are never closed"),
-                _ = async {
-                    match expires {
-                        Some(deadline) => tokio::time::sleep_until(deadline).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
+                permit = self.slots.clone().acquire_owned() => return permit.ok(),
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            if Instant::now() >= give_up {
+                self.reap(Instant::now());
+                if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                    return Some(permit);
+                }
+                tracing::warn!(wait_ms = self.wait.as_millis() as u64, "no connection slot came free; accepting without one until one does");
+                self.open = true;
+                return None;
             }
         }
     }
@@ -98,8 +121,10 @@ impl<L: Listener> Listener for Gated<L> {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let permit = self.slot().await;
         let (io, addr) = self.inner.accept().await;
-        let held = Arc::new(Mutex::new(Some(permit)));
-        self.given.push_back((Instant::now() + self.hold_for, Arc::downgrade(&held)));
+        let held = Arc::new(Mutex::new(permit));
+        if held.lock().expect("slot lock").is_some() {
+            self.given.push_back((Instant::now() + self.hold_for, Arc::downgrade(&held)));
+        }
         (Slotted { io, slot: Slot(held) }, addr)
     }
 
@@ -173,15 +198,17 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(10);
 
-    async fn gated(slots: usize, hold_for: Duration) -> (Gated<TcpListener>, std::net::SocketAddr) {
+    const LONG: Duration = Duration::from_secs(600);
+
+    async fn gated(slots: usize, hold_for: Duration, wait: Duration) -> (Gated<TcpListener>, std::net::SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        (Gated::new(listener, slots, hold_for), addr)
+        (Gated::new(listener, slots, hold_for, wait), addr)
     }
 
     #[tokio::test]
     async fn a_connection_is_accepted_once_a_slot_is_given_back() {
-        let (mut gate, addr) = gated(1, Duration::from_secs(600)).await;
+        let (mut gate, addr) = gated(1, LONG, LONG).await;
         let _first_client = TcpStream::connect(addr).await.expect("connect");
         let (first, _) = gate.accept().await;
         let _second_client = TcpStream::connect(addr).await.expect("connect");
@@ -197,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_connection_gives_its_slot_back() {
-        let (mut gate, addr) = gated(1, Duration::from_secs(600)).await;
+        let (mut gate, addr) = gated(1, LONG, LONG).await;
         let _first_client = TcpStream::connect(addr).await.expect("connect");
         let (first, _) = gate.accept().await;
         drop(first);
@@ -207,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_sends_nothing_loses_its_slot_in_time() {
-        let (mut gate, addr) = gated(2, Duration::from_millis(300)).await;
+        let (mut gate, addr) = gated(2, Duration::from_millis(300), LONG).await;
         let mut silent = Vec::new();
         for _ in 0..2 {
             let client = TcpStream::connect(addr).await.expect("connect");
@@ -220,8 +247,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn slots_held_by_stuck_connections_do_not_stop_the_edge() {
+        let (mut gate, addr) = gated(1, LONG, Duration::from_millis(100)).await;
+        let _stuck_client = TcpStream::connect(addr).await.expect("connect");
+        let (stuck, _) = gate.accept().await;
+        // The only slot stays held: after the wait, connections are let in without one.
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.expect("connect"));
+            let (io, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("let in without a slot");
+            assert!(io.slot.0.lock().expect("slot lock").is_none(), "no slot was free");
+        }
+        // Once the slot is back, the next connection takes it again.
+        stuck.slot.release();
+        clients.push(TcpStream::connect(addr).await.expect("connect"));
+        let (io, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted");
+        assert!(io.slot.0.lock().expect("slot lock").is_some(), "the free slot is taken");
+    }
+
+    #[tokio::test]
     async fn an_answered_http_request_gives_its_slot_back() {
-        let (gate, addr) = gated(1, Duration::from_secs(600)).await;
+        let (gate, addr) = gated(1, LONG, LONG).await;
         let app = axum::Router::new()
             .route("/", axum::routing::get(|| async { "ok" }))
             .layer(axum::middleware::from_fn(hand_back));

@@ -89,7 +89,7 @@ impl EdgeServer {
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
-        let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR);
+        let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
         let result = axum::serve(listener, app.into_make_service_with_connect_info::<Slot>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
