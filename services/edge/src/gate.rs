@@ -9,8 +9,9 @@
 //! storm. A connection gives its slot back once its first frame is handled, once a plain HTTP
 //! request is answered, when it closes — and after [`HANDSHAKE_SLOT_FOR`] in any case. The
 //! limit smooths a storm; it must never be a way to stop the edge: connections that send
-//! nothing could hold every slot, so when none comes free within [`HANDSHAKE_SLOT_WAIT`] the
-//! edge accepts without one until one does (as it would without the limit).
+//! nothing could hold every slot, so when a slot has to be taken back from a connection that
+//! kept it too long, or none comes free within [`HANDSHAKE_SLOT_WAIT`], the edge accepts
+//! without waiting for one (as it would without the limit) for [`HANDSHAKE_SLOT_FOR`].
 
 use std::collections::VecDeque;
 use std::io;
@@ -58,8 +59,8 @@ pub struct Gated<L> {
     slots: Arc<Semaphore>,
     hold_for: Duration,
     wait: Duration,
-    /// No slot came free within `wait`: accept without one until one does.
-    open: bool,
+    /// Accept without waiting for a slot until then: connections were not giving theirs back.
+    open_until: Option<Instant>,
     /// The slots given out, oldest first: all are held as long at most, so this is also the
     /// order in which they expire.
     given: VecDeque<(Instant, Weak<Held>)>,
@@ -67,31 +68,53 @@ pub struct Gated<L> {
 
 impl<L> Gated<L> {
     pub fn new(inner: L, slots: usize, hold_for: Duration, wait: Duration) -> Self {
-        Self { inner, slots: Arc::new(Semaphore::new(slots)), hold_for, wait, open: false, given: VecDeque::new() }
+        Self { inner, slots: Arc::new(Semaphore::new(slots)), hold_for, wait, open_until: None, given: VecDeque::new() }
     }
 
-    /// Takes back the slots held past their time and forgets those already given back.
+    /// Takes back the slots held past their time (and then stops waiting for slots for a
+    /// while) and forgets those already given back.
     fn reap(&mut self, now: Instant) {
+        let mut expired = false;
         while let Some((deadline, held)) = self.given.front() {
-            match held.upgrade() {
-                Some(held) if *deadline > now && held.lock().expect("slot lock").is_some() => break,
-                Some(held) => drop(held.lock().expect("slot lock").take()),
-                None => {}
+            if let Some(held) = held.upgrade() {
+                let mut held = held.lock().expect("slot lock");
+                if held.is_some() {
+                    if *deadline > now {
+                        break;
+                    }
+                    expired = true;
+                    held.take();
+                }
             }
             self.given.pop_front();
         }
+        if self.given.is_empty() {
+            // A storm's worth of entries need not stay allocated.
+            self.given.shrink_to_fit();
+        }
+        if expired {
+            self.open(now, "a connection kept its slot too long");
+        }
     }
 
-    /// A free slot, waiting for one for at most `wait`; `None` while none comes free.
+    fn open(&mut self, now: Instant, why: &'static str) {
+        if !self.open_until.is_some_and(|until| now < until) {
+            tracing::warn!(why, for_s = self.hold_for.as_secs_f64(), "accepting connections without waiting for a slot");
+        }
+        self.open_until = Some(now + self.hold_for);
+    }
+
+    /// A free slot, waiting for one for at most `wait` (and not at all while the gate is
+    /// open); `None` when there is none.
     async fn slot(&mut self) -> Option<OwnedSemaphorePermit> {
         let give_up = Instant::now() + self.wait;
         loop {
-            self.reap(Instant::now());
+            let now = Instant::now();
+            self.reap(now);
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                self.open = false;
                 return Some(permit);
             }
-            if self.open {
+            if self.open_until.is_some_and(|until| now < until) {
                 return None;
             }
             // Wake when a slot is given back, when the oldest expires, or when it is time to
@@ -101,13 +124,13 @@ impl<L> Gated<L> {
                 permit = self.slots.clone().acquire_owned() => return permit.ok(),
                 _ = tokio::time::sleep_until(until) => {}
             }
-            if Instant::now() >= give_up {
-                self.reap(Instant::now());
+            let now = Instant::now();
+            if now >= give_up {
+                self.reap(now);
                 if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                     return Some(permit);
                 }
-                tracing::warn!(wait_ms = self.wait.as_millis() as u64, "no connection slot came free; accepting without one until one does");
-                self.open = true;
+                self.open(now, "no connection slot came free in time");
                 return None;
             }
         }
@@ -246,23 +269,47 @@ mod tests {
         assert_eq!(silent.len(), 2);
     }
 
+    fn has_slot<T>(io: &Slotted<T>) -> bool {
+        io.slot.0.lock().expect("slot lock").is_some()
+    }
+
     #[tokio::test]
     async fn slots_held_by_stuck_connections_do_not_stop_the_edge() {
         let (mut gate, addr) = gated(1, LONG, Duration::from_millis(100)).await;
         let _stuck_client = TcpStream::connect(addr).await.expect("connect");
         let (stuck, _) = gate.accept().await;
-        // The only slot stays held: after the wait, connections are let in without one.
-        let mut clients = Vec::new();
+        // The only slot stays held: after the wait, connections are let in without one, and
+        // the next ones without waiting again (the wait here is longer than the test's patience).
+        let mut clients = vec![TcpStream::connect(addr).await.expect("connect")];
+        let (first, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("let in without a slot");
+        assert!(!has_slot(&first), "no slot was free");
+        gate.wait = LONG;
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.expect("connect"));
-            let (io, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("let in without a slot");
-            assert!(io.slot.0.lock().expect("slot lock").is_none(), "no slot was free");
+            let (io, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("let in at once while the gate is open");
+            assert!(!has_slot(&io), "no slot was free");
         }
-        // Once the slot is back, the next connection takes it again.
+        // A slot given back is taken by the next connection.
         stuck.slot.release();
         clients.push(TcpStream::connect(addr).await.expect("connect"));
         let (io, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted");
-        assert!(io.slot.0.lock().expect("slot lock").is_some(), "the free slot is taken");
+        assert!(has_slot(&io), "the free slot is taken");
+    }
+
+    #[tokio::test]
+    async fn a_trickle_of_silent_connections_opens_the_gate() {
+        // Each silent connection's slot expires and would go to the next silent one: the
+        // first expiry opens the gate instead, and who comes next does not wait for a slot.
+        let (mut gate, addr) = gated(1, Duration::from_millis(300), LONG).await;
+        let mut silent = vec![TcpStream::connect(addr).await.expect("connect")];
+        let (first, _) = gate.accept().await;
+        assert!(has_slot(&first));
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+        let (second, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted once the first slot expired");
+        assert!(has_slot(&second), "the expired slot is free again");
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+        let (third, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted");
+        assert!(!has_slot(&third), "let in without waiting for the second's slot: the gate is open");
     }
 
     #[tokio::test]

@@ -261,9 +261,6 @@ impl Connection {
                             // Boxed: the connection's own future stays small while it is idle;
                             // the handler's (larger) state exists only while a frame is handled.
                             Box::pin(self.session.on_text(text.as_str(), &mut self.out).instrument(span)).await;
-                            if let Some(slot) = self.slot.take() {
-                                slot.release();
-                            }
                         }
                         Some(Ok(Message::Binary(_))) => self.out.push(ServerFrame::Error(jack_frames::server::Error::new(
                             ErrorCode::InvalidJson, "frames must be JSON text", None))),
@@ -278,6 +275,10 @@ impl Connection {
                             tracing::debug!(session_id = %self.session.session_id, error = %err, "read failed");
                             return "error";
                         }
+                    }
+                    // Its first frame handled, the connection is set up (see `crate::gate`).
+                    if let Some(slot) = self.slot.take() {
+                        slot.release();
                     }
                 }
                 _ = self.mailbox.wake.notified() => Box::pin(self.session.on_mail(&mut self.out)).await,
