@@ -98,7 +98,7 @@ impl<L> Gated<L> {
     }
 
     fn open(&mut self, now: Instant, why: &'static str) {
-        if !self.open_until.is_some_and(|until| now < until) {
+        if self.open_until.is_none_or(|until| now >= until) {
             tracing::warn!(why, for_s = self.hold_for.as_secs_f64(), "accepting connections without waiting for a slot");
         }
         self.open_until = Some(now + self.hold_for);
