@@ -10,13 +10,12 @@ use jack_proto::edge::v1 as pb;
 use jack_proto::edge::v1::edge_service_server::{EdgeService, EdgeServiceServer};
 use jack_proto::tonic::{self, Request, Response, Status};
 use jack_runtime::{CancellationToken, grpc};
-
-use crate::gate::{self, Gated, Slot};
 use tokio::net::TcpListener;
 
 use crate::backends::{Backends, HotelPolicies};
 use crate::config::Settings;
 use crate::context::Edge;
+use crate::gate::{self, Gated, Slot};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
