@@ -88,9 +88,9 @@ impl<L> Gated<L> {
             }
             self.given.pop_front();
         }
-        if self.given.is_empty() {
+        if self.given.is_empty() && self.given.capacity() > 4 * HANDSHAKES_IN_FLIGHT {
             // A storm's worth of entries need not stay allocated.
-            self.given.shrink_to_fit();
+            self.given.shrink_to(HANDSHAKES_IN_FLIGHT);
         }
         if expired {
             self.open(now, "a connection kept its slot too long");
@@ -265,8 +265,8 @@ mod tests {
         }
         let _guest = TcpStream::connect(addr).await.expect("connect");
         tokio::time::timeout(PATIENCE, gate.accept()).await.expect("the silent connections' slots expire");
-        // Their sockets are still open; only the slots came back.
-        assert_eq!(silent.len(), 2);
+        // Their sockets were open all along: only the slots came back.
+        drop(silent);
     }
 
     fn has_slot<T>(io: &Slotted<T>) -> bool {

@@ -22,8 +22,10 @@ Every service's own variables apply; see README.md.";
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if args.first().is_some_and(|c| c == "up") && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        runtime.worker_threads(jack::stack::backend_workers());
+    if args.first().is_some_and(|c| c == "up")
+        && let Some(workers) = jack::stack::backend_workers()
+    {
+        runtime.worker_threads(workers);
     }
     runtime.enable_all().build()?.block_on(run(args))
 }

@@ -52,9 +52,9 @@ pub struct Stack {
 /// threads of its own ([`EdgeThreads`], [`edge_workers`]), and the SQLite connections each
 /// have theirs. On 2 cores, 1 + 2 workers instead of 2 + 2 cost 5 % less CPU a message at 2,000
 /// outbound messages a second, with the same chat latency and ceiling (RESULTS.md, step 66).
-/// `TOKIO_WORKER_THREADS` overrides both counts.
-pub fn backend_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+/// `TOKIO_WORKER_THREADS` overrides both counts: then `None` (tokio reads it itself).
+pub fn backend_workers() -> Option<usize> {
+    workers(|cores| (cores / 2).max(1))
 }
 
 /// How many tokio workers `jack up` gives the edge: twice the cores. While thousands of
@@ -65,9 +65,15 @@ pub fn backend_workers() -> usize {
 /// came back; with twice as many, up to 54–132 ms (p99 27–65 ms), the storm as long, and
 /// chat, outbound and the ceiling as before. The price is in the storm (5–9 % more CPU, the
 /// responder's sends p99 a few ms more) and 0.1–0.3 KiB a guest from cold at 19,700 guests
-/// (RESULTS.md, step 67). `TOKIO_WORKER_THREADS` overrides it.
-pub fn edge_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+/// (RESULTS.md, step 67). `TOKIO_WORKER_THREADS` overrides it: then `None`.
+pub fn edge_workers() -> Option<usize> {
+    workers(|cores| cores * 2)
+}
+
+/// A worker count from the cores, unless `TOKIO_WORKER_THREADS` sets it.
+fn workers(of_cores: impl Fn(usize) -> usize) -> Option<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::env::var_os("TOKIO_WORKER_THREADS").is_none().then(|| of_cores(cores))
 }
 
 /// The edge's own tokio threads. The edge holds every guest's socket: when a Wi-Fi blip
@@ -82,8 +88,8 @@ struct EdgeThreads(Option<tokio::runtime::Runtime>);
 impl EdgeThreads {
     fn new() -> std::io::Result<Self> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-            builder.worker_threads(edge_workers());
+        if let Some(workers) = edge_workers() {
+            builder.worker_threads(workers);
         }
         let runtime = builder.thread_name("edge").enable_all().build()?;
         Ok(Self(Some(runtime)))
