@@ -19,6 +19,7 @@ import {
   type Role,
   type ServerFrame,
   newClientMessageId,
+  newVisitorId,
   parseServerFrame,
   utf8Length,
 } from './protocol';
@@ -69,6 +70,10 @@ export const ANSWER_TIMEOUT_MS = 15_000;
 const TYPING_REFRESH_MS = 3_000;
 const TYPING_IDLE_MS = 4_000;
 const HISTORY_PAGE = 50;
+/** The visitor token is renewed (by identifying again) halfway to its expiry, but not more
+ * often than this, nor later than a browser timer can wait. */
+const MIN_RENEW_MS = 60_000;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class ChatClient {
   readonly timeline = new Timeline();
@@ -99,6 +104,8 @@ export class ChatClient {
   private sendTokens = DEFAULT_FRAMES_PER_SECOND;
   private tokensAt = 0;
   private paceTimer: unknown = null;
+  /** Renews the visitor token while the chat stays open (see `scheduleRenewal`). */
+  private renewTimer: unknown = null;
 
   constructor(
     url: string,
@@ -113,6 +120,7 @@ export class ChatClient {
         this.loadingOlder = false;
         this.inFlight = null;
         this.disarm();
+        this.cancelRenewal();
         for (const entry of this.timeline.pending()) if (entry.status === 'sending') this.setStatus(entry, 'queued');
         this.setLink(retryIn === null ? 'stopped' : 'offline');
         this.events.emit('disconnected', { code, reason, retryIn });
@@ -132,6 +140,7 @@ export class ChatClient {
   }
 
   stop(): void {
+    this.cancelRenewal();
     this.connection.stop();
     this.setLink('stopped');
   }
@@ -298,7 +307,7 @@ export class ChatClient {
     let stored = this.storage.identity();
     if (!stored && !this.profile.visitorId) {
       // A first visit: the id is made here and kept at once, so tabs opened together share it.
-      stored = { visitorId: `v_${newClientMessageId().slice(2)}` };
+      stored = { visitorId: newVisitorId() };
       this.storage.setIdentity(stored);
     }
     const lastSeq = this.timeline.resumeAfter();
@@ -317,6 +326,25 @@ export class ChatClient {
     this.identified = false;
     this.inFlight = null;
     if (this.send(frame)) this.arm();
+  }
+
+  /** A visitor token works until it expires and each identify brings a new one: a chat left
+   * open identifies again halfway to the expiry, so that its token (which the uploads use, and
+   * which resumes the conversation after a reload) never runs out while the guest is here. */
+  private scheduleRenewal(expiresAt: string | undefined): void {
+    this.cancelRenewal();
+    const expires = expiresAt === undefined ? NaN : Date.parse(expiresAt);
+    if (!Number.isFinite(expires)) return;
+    const wait = Math.min(Math.max((expires - this.deps.now()) / 2, MIN_RENEW_MS), MAX_TIMER_MS);
+    this.renewTimer = this.deps.setTimeout(() => {
+      this.renewTimer = null;
+      if (this.identified) this.sendIdentify();
+    }, wait);
+  }
+
+  private cancelRenewal(): void {
+    if (this.renewTimer !== null) this.deps.clearTimeout(this.renewTimer);
+    this.renewTimer = null;
   }
 
   /** Expects an answer from the server within `ANSWER_TIMEOUT_MS`. */
@@ -419,6 +447,7 @@ export class ChatClient {
     }
     this.conversationId = frame.conversationId ?? this.conversationId;
     this.identified = true;
+    this.scheduleRenewal(frame.visitorTokenExpiresAt);
     this.readSent = 0;
     this.connection.healthy();
     this.setLink('online');

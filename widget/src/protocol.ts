@@ -56,7 +56,7 @@ export interface Limits {
 
 export type ServerFrame =
   | { type: 'connected'; sessionId: string; timestamp: string; protocol?: number; limits?: Limits }
-  | { type: 'identified'; guestId: string; visitorId: string; visitorToken: string; conversationId?: string }
+  | { type: 'identified'; guestId: string; visitorId: string; visitorToken: string; conversationId?: string; visitorTokenExpiresAt?: string }
   | { type: 'history'; conversationId?: string; messages: ChatMessage[]; hasMore?: boolean }
   | ({ type: 'message' } & ChatMessage)
   | { type: 'message_ack'; clientMessageId: string; messageId: string; seq: number; conversationId: string; timestamp: string }
@@ -107,6 +107,14 @@ export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set([4000, 4004]);
 export function newClientMessageId(): string {
   const random = globalThis.crypto?.randomUUID?.() ?? `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
   return `c_${random}`;
+}
+
+/** A first-time visitor's own id: `vis_` and 32 random hex digits. The edge binds ids of this
+ * form without further proof, even at hotels that verify their guests' own ids. */
+export function newVisitorId(): string {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return `vis_${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
 /** UTF-8 length, as the edge counts `WIDGET_MAX_MESSAGE_SIZE`. */

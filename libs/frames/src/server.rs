@@ -51,9 +51,14 @@ pub struct Limits {
 pub struct Identified {
     pub guest_id: String,
     pub visitor_id: String,
+    /// Resumes this visitor on a later connection; keep it, and identify again before
+    /// `visitor_token_expires_at` to get a renewed one.
     pub visitor_token: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
+    /// When `visitor_token` stops working (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitor_token_expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

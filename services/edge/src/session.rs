@@ -122,6 +122,14 @@ impl Session {
         }
     }
 
+    /// A binary frame: not part of protocol v1. Answered as bad JSON, and, like any frame,
+    /// spending from the rate limit (beyond it, dropped unanswered).
+    pub fn on_binary(&mut self, out: &mut Out) {
+        if self.limit.allow() {
+            out.push(error(ErrorCode::InvalidJson, "frames must be JSON text", None));
+        }
+    }
+
     /// Handles one text frame from the client.
     pub async fn on_text(&mut self, text: &str, out: &mut Out) {
         let received = Instant::now();
@@ -229,6 +237,7 @@ impl Session {
             visitor_id: g.visitor_id,
             visitor_token: identified.visitor_token,
             conversation_id: Some(conversation_id.to_string()),
+            visitor_token_expires_at: Some(rfc3339_ms(identified.visitor_token_expires_at_ms)),
         }));
     }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use jack_runtime::settings::{Env, SettingsError};
 
@@ -16,6 +17,9 @@ pub struct Settings {
     pub token_secret: Option<String>,
     /// `GUEST_HOTELS_FILE`: a JSON list of hotels loaded into the registry at start-up.
     pub hotels_file: Option<PathBuf>,
+    /// `GUEST_TOKEN_TTL` (30 days, in seconds): how long a visitor token works. Every identify
+    /// issues a new one, so a visitor who comes back within this time keeps their conversation.
+    pub token_ttl: Duration,
 }
 
 impl Settings {
@@ -30,6 +34,7 @@ impl Settings {
             database_url: env.string("GUEST_DATABASE_URL", "sqlite:data/guest.db"),
             token_secret,
             hotels_file: env.get("GUEST_HOTELS_FILE").map(PathBuf::from),
+            token_ttl: Duration::from_secs(env.number("GUEST_TOKEN_TTL", 30 * 24 * 3600, 1, 400 * 24 * 3600)?),
         })
     }
 }

@@ -1,9 +1,14 @@
 //! The identity rules, free of I/O.
 //!
-//! A visitor token binds a visitor id to a hotel: `base64url(hotel "\n" visitor) "." base64url(mac)`
-//! with an HMAC-SHA256 under the service's secret. A client that only knows somebody's visitor
-//! id cannot produce it. A user hash is the hotel's own proof: hex HMAC-SHA256 of the hotel's
-//! identity secret over the visitor id, as a hotel's booking site can issue it.
+//! A visitor token names one guest record: `base64url(claims) "." base64url(mac)`, an
+//! HMAC-SHA256 under the service's secret over the hotel, the guest id, the record's token
+//! epoch and an expiry. A token proves nothing once it has expired, once the record's epoch
+//! has moved on (its tokens were revoked), or for any other record — in particular not for a
+//! record that later took over the same visitor id. A client that only knows somebody's
+//! visitor id cannot produce one.
+//!
+//! A user hash is the hotel's own proof: hex HMAC-SHA256 of the hotel's identity secret over
+//! the visitor id, as a hotel's booking site can issue it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -17,6 +22,18 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MAX_ID_LEN: usize = 128;
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_EMAIL_LEN: usize = 254;
+/// The longest visitor token the service reads (real ones are about 150 characters).
+pub const MAX_TOKEN_LEN: usize = 512;
+
+/// What a visitor token says: which guest record it opens, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub hotel_id: String,
+    pub guest_id: String,
+    /// The record's token epoch when the token was issued; revoking tokens moves it on.
+    pub epoch: i64,
+    pub expires_at_ms: i64,
+}
 
 /// Signs and checks visitor tokens.
 #[derive(Clone)]
@@ -37,31 +54,85 @@ impl TokenSigner {
 
     fn mac(&self, payload: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(b"jack visitor token v1\n");
+        mac.update(b"jack visitor token v2\n");
         mac.update(payload);
         mac
     }
 
-    pub fn sign(&self, hotel_id: &str, visitor_id: &str) -> String {
-        let payload = format!("{hotel_id}\n{visitor_id}");
+    pub fn sign(&self, claims: &Claims) -> String {
+        let payload = format!("2\n{}\n{}\n{}\n{}", claims.hotel_id, claims.guest_id, claims.epoch, claims.expires_at_ms);
         let tag = self.mac(payload.as_bytes()).finalize().into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(tag))
     }
 
-    /// The (hotel, visitor) a token was issued for, when its signature holds.
-    pub fn verify(&self, token: &str) -> Option<(String, String)> {
+    /// The claims of a token whose signature holds and which has not expired at `now_ms`.
+    pub fn verify(&self, token: &str, now_ms: i64) -> Option<Claims> {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
         let (payload, tag) = token.split_once('.')?;
         let payload = B64.decode(payload).ok()?;
         let tag = B64.decode(tag).ok()?;
         self.mac(&payload).verify_slice(&tag).ok()?;
         let payload = String::from_utf8(payload).ok()?;
-        let (hotel, visitor) = payload.split_once('\n')?;
-        Some((hotel.to_owned(), visitor.to_owned()))
+        let mut parts = payload.split('\n');
+        let (Some("2"), Some(hotel_id), Some(guest_id), Some(epoch), Some(expires), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let claims = Claims { hotel_id: hotel_id.to_owned(), guest_id: guest_id.to_owned(), epoch: epoch.parse().ok()?, expires_at_ms: expires.parse().ok()? };
+        (claims.expires_at_ms > now_ms).then_some(claims)
     }
+}
 
-    /// Whether `token` was issued for exactly this hotel and visitor.
-    pub fn proves(&self, token: &str, hotel_id: &str, visitor_id: &str) -> bool {
-        self.verify(token).is_some_and(|(h, v)| h == hotel_id && v == visitor_id)
+/// Whether a visitor id has the form of an anonymous visitor's own random id: `vis_` and at
+/// least 16 more characters, as the widget and this service make them. At a hotel with an
+/// identity secret these are the only ids bound without a user hash, so that an id the hotel
+/// issues (a booking number, an account id) can never be claimed before its guest arrives.
+pub fn is_anonymous_id(visitor_id: &str) -> bool {
+    visitor_id.strip_prefix("vis_").is_some_and(|rest| rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+}
+
+/// What a caller proves about the visitor id it asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Proof {
+    /// A visitor token of the record that holds the id.
+    pub by_token: bool,
+    /// A user hash that matches the hotel's identity secret.
+    pub by_hash: bool,
+    /// A user hash that does not match: no proof, and a sign that the id is not the caller's.
+    pub hash_refused: bool,
+}
+
+/// What an identify that names a visitor id does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The record holding the id is the caller's: resume it (marking it verified when `verify`).
+    Resume { verify: bool },
+    /// The record was bound without proof and the caller proves the id with a user hash: the
+    /// id passes to a new, verified record. The old one may have been bound by anyone who knew
+    /// the id first, so the proven guest must never join it.
+    TakeOver,
+    /// Nobody holds the id: bind it to the caller.
+    Bind { verified: bool },
+    /// The caller cannot have this id and starts as a new anonymous visitor.
+    Replace,
+}
+
+/// The identity rules for a requested visitor id. `held_verified` is whether a record holds
+/// the id already, and whether that record is verified.
+pub fn binding(held_verified: Option<bool>, proof: Proof, hotel_has_secret: bool, anonymous_id: bool) -> Binding {
+    match held_verified {
+        Some(verified) if proof.by_token => Binding::Resume { verify: proof.by_hash && !verified },
+        Some(true) if proof.by_hash => Binding::Resume { verify: false },
+        Some(false) if proof.by_hash => Binding::TakeOver,
+        Some(_) => Binding::Replace,
+        None if proof.hash_refused => Binding::Replace,
+        None if proof.by_hash => Binding::Bind { verified: true },
+        // A hotel that proves its guests' ids keeps them for its guests.
+        None if hotel_has_secret && !anonymous_id => Binding::Replace,
+        None => Binding::Bind { verified: false },
     }
 }
 
@@ -115,19 +186,58 @@ pub fn check_email(email: &str) -> Result<(), GuestError> {
 mod tests {
     use super::*;
 
+    fn claims(guest_id: &str, epoch: i64, expires_at_ms: i64) -> Claims {
+        Claims { hotel_id: "hotel_1".into(), guest_id: guest_id.into(), epoch, expires_at_ms }
+    }
+
     #[test]
-    fn tokens_bind_hotel_and_visitor() {
+    fn tokens_name_one_record_until_they_expire() {
         let signer = TokenSigner::new("a-secret-of-at-least-32-characters!!");
-        let token = signer.sign("hotel_1", "visitor_1");
-        assert!(signer.proves(&token, "hotel_1", "visitor_1"));
-        assert!(!signer.proves(&token, "hotel_1", "visitor_2"));
-        assert!(!signer.proves(&token, "hotel_2", "visitor_1"));
+        let token = signer.sign(&claims("gst_1", 3, 10_000));
+        assert_eq!(signer.verify(&token, 9_999), Some(claims("gst_1", 3, 10_000)));
+        assert_eq!(signer.verify(&token, 10_000), None, "expired");
         let other = TokenSigner::new("another-secret-of-at-least-32-chars!");
-        assert!(!other.proves(&token, "hotel_1", "visitor_1"));
+        assert_eq!(other.verify(&token, 0), None);
         let mut forged = token.clone();
         forged.pop();
-        assert!(signer.verify(&forged).is_none());
-        assert!(signer.verify("garbage").is_none());
+        assert!(signer.verify(&forged, 0).is_none());
+        assert!(signer.verify("garbage", 0).is_none());
+        assert!(signer.verify(&"a.b".repeat(300), 0).is_none());
+        // A token of the first format (hotel and visitor id only) proves nothing.
+        let mut mac = HmacSha256::new_from_slice(b"a-secret-of-at-least-32-characters!!").unwrap();
+        mac.update(b"jack visitor token v1\nhotel_1\nvisitor_1");
+        let v1 = format!("{}.{}", B64.encode("hotel_1\nvisitor_1"), B64.encode(mac.finalize().into_bytes()));
+        assert!(signer.verify(&v1, 0).is_none());
+    }
+
+    #[test]
+    fn a_proven_login_never_joins_a_record_bound_without_proof() {
+        let token = Proof { by_token: true, ..Proof::default() };
+        let hash = Proof { by_hash: true, ..Proof::default() };
+        let none = Proof::default();
+        let wrong_hash = Proof { hash_refused: true, ..Proof::default() };
+        assert_eq!(binding(Some(false), hash, true, false), Binding::TakeOver);
+        assert_eq!(binding(Some(true), hash, true, false), Binding::Resume { verify: false });
+        assert_eq!(binding(Some(false), token, true, false), Binding::Resume { verify: false });
+        assert_eq!(binding(Some(false), Proof { by_token: true, by_hash: true, hash_refused: false }, true, false), Binding::Resume { verify: true });
+        assert_eq!(binding(Some(true), none, true, false), Binding::Replace);
+        assert_eq!(binding(Some(false), none, false, false), Binding::Replace);
+        // Unbound ids: a hotel with a secret binds only proven or anonymous ones.
+        assert_eq!(binding(None, none, true, false), Binding::Replace);
+        assert_eq!(binding(None, none, true, true), Binding::Bind { verified: false });
+        assert_eq!(binding(None, hash, true, false), Binding::Bind { verified: true });
+        assert_eq!(binding(None, wrong_hash, true, false), Binding::Replace);
+        // Without a secret (the spec's behaviour) the first caller binds any id.
+        assert_eq!(binding(None, none, false, false), Binding::Bind { verified: false });
+    }
+
+    #[test]
+    fn anonymous_ids_are_long_random_vis_ids() {
+        assert!(is_anonymous_id("vis_0193a1b2c3d4e5f60718293a4b5c6d7e"));
+        assert!(!is_anonymous_id("vis_short"));
+        assert!(!is_anonymous_id("booking-609585"));
+        assert!(!is_anonymous_id("v_0193a1b2c3d4e5f60718293a4b5c6d7e"));
+        assert!(!is_anonymous_id("vis_0193a1b2c3d4e5f6/../../etc"));
     }
 
     #[test]

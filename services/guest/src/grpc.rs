@@ -1,23 +1,36 @@
 //! `GuestService` over gRPC: checks the wire input, applies the identity rules, stores.
 
+use std::time::Duration;
+
 use jack_proto::guest::v1 as pb;
 use jack_proto::guest::v1::guest_service_server::GuestService;
 use jack_proto::tonic::{self, Request, Response, Status};
 use jack_runtime::{ids, time};
 
-use crate::domain::{self, TokenSigner};
+use crate::domain::{self, Binding, Claims, Proof, TokenSigner};
 use crate::error::GuestError;
-use crate::store::{HotelRecord, Store};
+use crate::store::{HotelRecord, Store, StoredGuest};
+
+/// The longest user hash read (a real one is 64 hex digits).
+const MAX_USER_HASH_LEN: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct GuestApi {
     store: Store,
     signer: TokenSigner,
+    token_ttl: Duration,
 }
 
 impl GuestApi {
-    pub fn new(store: Store, signer: TokenSigner) -> Self {
-        Self { store, signer }
+    pub fn new(store: Store, signer: TokenSigner, token_ttl: Duration) -> Self {
+        Self { store, signer, token_ttl }
+    }
+
+    /// A fresh token for the guest: (token, expiry).
+    fn token_for(&self, guest: &StoredGuest) -> (String, i64) {
+        let expires_at_ms = time::now_ms() + self.token_ttl.as_millis() as i64;
+        let claims = Claims { hotel_id: guest.guest.hotel_id.clone(), guest_id: guest.guest.guest_id.clone(), epoch: guest.token_epoch, expires_at_ms };
+        (self.signer.sign(&claims), expires_at_ms)
     }
 
     async fn identify(&self, req: pb::IdentifyRequest) -> Result<pb::IdentifyResponse, GuestError> {
@@ -30,6 +43,9 @@ impl GuestApi {
         if let Some(email) = req.email.as_deref().filter(|e| !e.is_empty()) {
             domain::check_email(email)?;
         }
+        if req.user_hash.as_ref().is_some_and(|h| h.len() > MAX_USER_HASH_LEN) {
+            return Err(GuestError::InvalidArgument(format!("userHash must be at most {MAX_USER_HASH_LEN} characters")));
+        }
         let requested = req.visitor_id.filter(|v| !v.is_empty());
         if let Some(visitor_id) = &requested {
             domain::check_id("visitorId", visitor_id)?;
@@ -39,53 +55,85 @@ impl GuestApi {
         if hotel.is_none() && lookup.registry_enabled {
             return Err(GuestError::UnknownHotel);
         }
+        let secret = hotel.as_ref().and_then(|h| h.identity_secret.as_deref());
 
         let mut replaced_visitor = false;
         let mut result = None;
         if let Some(visitor_id) = &requested {
-            let by_token = req.visitor_token.as_deref().is_some_and(|t| self.signer.proves(t, &req.hotel_id, visitor_id));
-            let by_hash = match (req.user_hash.as_deref(), hotel.as_ref().and_then(|h| h.identity_secret.as_deref())) {
+            let claims = req.visitor_token.as_deref().and_then(|t| self.signer.verify(t, time::now_ms()));
+            let by_hash = match (req.user_hash.as_deref(), secret) {
                 (Some(hash), Some(secret)) => domain::user_hash_matches(secret, visitor_id, hash),
                 _ => false,
             };
-            // A user hash that does not match is no proof at all, so such a visitor id
-            // is never bound to the caller.
-            let hash_refused = req.user_hash.is_some() && !by_hash;
-            match lookup.guest {
-                Some(guest) if by_token || by_hash => result = Some((guest, false, by_hash)),
-                Some(_) => replaced_visitor = true,
-                None if hash_refused => replaced_visitor = true,
-                None => {
-                    let guest = new_guest(&req.hotel_id, &channel, visitor_id, by_hash);
-                    if self.store.insert_guest(&guest).await? {
-                        result = Some((guest, true, false));
-                    } else if let Some(existing) = self.store.find_guest(&req.hotel_id, &channel, visitor_id).await?.filter(|_| by_token) {
-                        result = Some((existing, false, false));
-                    } else {
-                        // Someone bound this visitor id a moment ago; it is not ours.
-                        replaced_visitor = true;
+            let proof_for = |held: Option<&StoredGuest>| Proof {
+                by_token: held.zip(claims.as_ref()).is_some_and(|(g, c)| holds(g, c)),
+                by_hash,
+                hash_refused: req.user_hash.is_some() && !by_hash,
+            };
+            let anonymous = domain::is_anonymous_id(visitor_id);
+            let mut held = lookup.guest;
+            // Twice at most: a write that loses a race for the id decides again on the record
+            // that won it.
+            for _ in 0..2 {
+                let binding = domain::binding(held.as_ref().map(|g| g.guest.verified), proof_for(held.as_ref()), secret.is_some(), anonymous);
+                let won = match binding {
+                    Binding::Resume { verify } => {
+                        result = held.take().map(|g| (g, false, verify));
+                        break;
                     }
+                    Binding::Replace => break,
+                    Binding::TakeOver => {
+                        let unproven = held.as_ref().map(|g| g.guest.guest_id.clone()).unwrap_or_default();
+                        let guest = new_guest(&req.hotel_id, &channel, visitor_id, true);
+                        let won = self.store.take_over(&unproven, &ids::new_id("vis"), &guest).await?;
+                        if won {
+                            tracing::info!(hotel_id = %req.hotel_id, unproven_guest_id = %unproven, guest_id = %guest.guest_id, "a proven login took its visitor id over from a record bound without proof");
+                        }
+                        won.then_some(guest)
+                    }
+                    Binding::Bind { verified } => {
+                        let guest = new_guest(&req.hotel_id, &channel, visitor_id, verified);
+                        self.store.insert_guest(&guest).await?.then_some(guest)
+                    }
+                };
+                if let Some(guest) = won {
+                    result = Some((StoredGuest { guest, token_epoch: 0 }, true, false));
+                    break;
                 }
+                held = self.store.find_guest(&req.hotel_id, &channel, visitor_id).await?;
             }
+            replaced_visitor = result.is_none();
         }
         let (guest, created, verify) = match result {
             Some(found) => found,
             None => {
                 let guest = new_guest(&req.hotel_id, &channel, &ids::new_id("vis"), false);
                 self.store.insert_guest(&guest).await?;
-                (guest, true, false)
+                (StoredGuest { guest, token_epoch: 0 }, true, false)
             }
         };
         let name = req.name.as_deref().filter(|n| !n.is_empty());
         let email = req.email.as_deref().filter(|e| !e.is_empty());
-        let guest = if name.is_some() || email.is_some() || (verify && !guest.verified) {
-            self.store.update_guest(&guest.guest_id, name, email, verify).await?.ok_or(GuestError::GuestNotFound)?
+        let guest = if name.is_some() || email.is_some() || (verify && !guest.guest.verified) {
+            self.store.update_guest(&guest.guest.guest_id, name, email, verify).await?.ok_or(GuestError::GuestNotFound)?
         } else {
             guest
         };
-        let visitor_token = self.signer.sign(&guest.hotel_id, &guest.visitor_id);
-        Ok(pb::IdentifyResponse { guest: Some(guest), visitor_token, created, replaced_visitor })
+        let (visitor_token, visitor_token_expires_at_ms) = self.token_for(&guest);
+        Ok(pb::IdentifyResponse { guest: Some(guest.guest), visitor_token, created, replaced_visitor, visitor_token_expires_at_ms })
     }
+
+    /// The guest a token opens, if it still does.
+    async fn token_guest(&self, token: &str) -> Result<StoredGuest, GuestError> {
+        let claims = self.signer.verify(token, time::now_ms()).ok_or(GuestError::InvalidToken)?;
+        let guest = self.store.guest(&claims.guest_id).await?;
+        guest.filter(|g| holds(g, &claims)).ok_or(GuestError::InvalidToken)
+    }
+}
+
+/// Whether a token's claims open this record: same hotel and guest, not revoked since.
+fn holds(guest: &StoredGuest, claims: &Claims) -> bool {
+    claims.hotel_id == guest.guest.hotel_id && claims.guest_id == guest.guest.guest_id && claims.epoch == guest.token_epoch
 }
 
 fn new_guest(hotel_id: &str, channel: &str, visitor_id: &str, verified: bool) -> pb::Guest {
@@ -116,20 +164,26 @@ impl GuestService for GuestApi {
             domain::check_email(email)?;
         }
         let guest = self.store.update_guest(&req.guest_id, req.name.as_deref(), req.email.as_deref(), false).await.map_err(GuestError::from)?;
-        Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?))
+        Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?.guest))
     }
 
     async fn get_guest(&self, request: Request<pb::GetGuestRequest>) -> Result<Response<pb::Guest>, Status> {
         let guest = self.store.guest(&request.into_inner().guest_id).await.map_err(GuestError::from)?;
-        Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?))
+        Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?.guest))
     }
 
     async fn verify_visitor_token(&self, request: Request<pb::VerifyVisitorTokenRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
         let token = request.into_inner().visitor_token;
-        let (hotel_id, visitor_id) = self.signer.verify(&token).ok_or(GuestError::InvalidToken)?;
-        let guest = self.store.find_guest(&hotel_id, "webchat", &visitor_id).await.map_err(GuestError::from)?;
-        let guest = guest.ok_or(GuestError::InvalidToken)?;
-        Ok(Response::new(pb::IdentifyResponse { guest: Some(guest), visitor_token: token, created: false, replaced_visitor: false }))
+        let guest = self.token_guest(&token).await?;
+        let expires_at_ms = self.signer.verify(&token, 0).map_or(0, |c| c.expires_at_ms);
+        Ok(Response::new(pb::IdentifyResponse { guest: Some(guest.guest), visitor_token: token, created: false, replaced_visitor: false, visitor_token_expires_at_ms: expires_at_ms }))
+    }
+
+    async fn revoke_visitor_tokens(&self, request: Request<pb::RevokeVisitorTokensRequest>) -> Result<Response<pb::Guest>, Status> {
+        let guest_id = request.into_inner().guest_id;
+        let guest = self.store.revoke_tokens(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
+        tracing::info!(%guest_id, "visitor tokens revoked");
+        Ok(Response::new(guest.guest))
     }
 
     async fn get_hotel_policy(&self, request: Request<pb::GetHotelPolicyRequest>) -> Result<Response<pb::HotelPolicy>, Status> {

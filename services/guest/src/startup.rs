@@ -53,7 +53,7 @@ impl GuestServer {
                 store.upsert_hotel(&record, time::now_ms()).await?;
             }
         }
-        Ok(Self { listener, db, api: GuestApi::new(store, TokenSigner::new(&secret)) })
+        Ok(Self { listener, db, api: GuestApi::new(store, TokenSigner::new(&secret), settings.token_ttl) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -11,7 +11,14 @@ use jack_proto::guest::v1 as pb;
 pub struct Lookup {
     pub hotel: Option<HotelRecord>,
     pub registry_enabled: bool,
-    pub guest: Option<pb::Guest>,
+    pub guest: Option<StoredGuest>,
+}
+
+/// A guest record with what only this service sees: the epoch its visitor tokens must carry.
+#[derive(Debug, Clone)]
+pub struct StoredGuest {
+    pub guest: pb::Guest,
+    pub token_epoch: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -41,12 +48,12 @@ fn hotel_from_row(hotel_id: String, row: &AnyRow) -> Result<HotelRecord, sqlx::E
 /// `SELECT` of every guest column; a macro so that queries stay `&'static str` literals.
 macro_rules! select_guest {
     ($where:literal) => {
-        concat!("SELECT guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms FROM guests WHERE ", $where)
+        concat!("SELECT guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms, token_epoch FROM guests WHERE ", $where)
     };
 }
 
-fn guest_from_row(row: &AnyRow) -> Result<pb::Guest, sqlx::Error> {
-    Ok(pb::Guest {
+fn guest_from_row(row: &AnyRow) -> Result<StoredGuest, sqlx::Error> {
+    let guest = pb::Guest {
         guest_id: row.try_get("guest_id")?,
         hotel_id: row.try_get("hotel_id")?,
         channel: row.try_get("channel")?,
@@ -55,7 +62,28 @@ fn guest_from_row(row: &AnyRow) -> Result<pb::Guest, sqlx::Error> {
         email: row.try_get("email")?,
         verified: row.try_get::<i64, _>("verified")? != 0,
         created_at_ms: row.try_get("created_at_ms")?,
-    })
+    };
+    Ok(StoredGuest { guest, token_epoch: row.try_get("token_epoch")? })
+}
+
+/// Inserts a guest unless its visitor id is taken; whether it was inserted.
+async fn insert_guest_on(conn: &mut sqlx::AnyConnection, guest: pb::Guest) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (hotel_id, channel, visitor_id) DO NOTHING",
+    )
+    .bind(guest.guest_id)
+    .bind(guest.hotel_id)
+    .bind(guest.channel)
+    .bind(guest.visitor_id)
+    .bind(guest.name)
+    .bind(guest.email)
+    .bind(i64::from(guest.verified))
+    .bind(guest.created_at_ms)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 impl Store {
@@ -63,13 +91,13 @@ impl Store {
         Self { db }
     }
 
-    pub async fn find_guest(&self, hotel_id: &str, channel: &str, visitor_id: &str) -> Result<Option<pb::Guest>, sqlx::Error> {
+    pub async fn find_guest(&self, hotel_id: &str, channel: &str, visitor_id: &str) -> Result<Option<StoredGuest>, sqlx::Error> {
         let sql = select_guest!("hotel_id = $1 AND channel = $2 AND visitor_id = $3");
         let row = sqlx::query(sql).bind(hotel_id).bind(channel).bind(visitor_id).fetch_optional(&self.db.read).await?;
         row.as_ref().map(guest_from_row).transpose()
     }
 
-    pub async fn guest(&self, guest_id: &str) -> Result<Option<pb::Guest>, sqlx::Error> {
+    pub async fn guest(&self, guest_id: &str) -> Result<Option<StoredGuest>, sqlx::Error> {
         let sql = select_guest!("guest_id = $1");
         let row = sqlx::query(sql).bind(guest_id).fetch_optional(&self.db.read).await?;
         row.as_ref().map(guest_from_row).transpose()
@@ -80,33 +108,47 @@ impl Store {
     /// shares disk syncs).
     pub async fn insert_guest(&self, guest: &pb::Guest) -> Result<bool, sqlx::Error> {
         let guest = guest.clone();
+        self.db.write_grouped(move |conn| Box::pin(insert_guest_on(conn, guest.clone()))).await
+    }
+
+    /// A proven login takes its visitor id from a record that was bound without proof: that
+    /// record keeps its conversation under a fresh anonymous id (`vacated_as`), every token
+    /// issued for it is revoked, and `guest` is inserted in its place. Nothing changes when the
+    /// old record has meanwhile been verified; returns whether `guest` was inserted.
+    pub async fn take_over(&self, unproven_guest_id: &str, vacated_as: &str, guest: &pb::Guest) -> Result<bool, sqlx::Error> {
+        let (old, vacated_as, guest) = (unproven_guest_id.to_owned(), vacated_as.to_owned(), guest.clone());
         self.db
             .write_grouped(move |conn| {
-                let guest = guest.clone();
+                let (old, vacated_as, guest) = (old.clone(), vacated_as.clone(), guest.clone());
                 Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                         ON CONFLICT (hotel_id, channel, visitor_id) DO NOTHING",
-                    )
-                    .bind(guest.guest_id)
-                    .bind(guest.hotel_id)
-                    .bind(guest.channel)
-                    .bind(guest.visitor_id)
-                    .bind(guest.name)
-                    .bind(guest.email)
-                    .bind(i64::from(guest.verified))
-                    .bind(guest.created_at_ms)
-                    .execute(conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
+                    sqlx::query("UPDATE guests SET visitor_id = $2, token_epoch = token_epoch + 1 WHERE guest_id = $1 AND verified = 0")
+                        .bind(old)
+                        .bind(vacated_as)
+                        .execute(&mut *conn)
+                        .await?;
+                    insert_guest_on(conn, guest).await
+                })
+            })
+            .await
+    }
+
+    /// Revokes every visitor token issued for the guest so far; the guest after the change.
+    pub async fn revoke_tokens(&self, guest_id: &str) -> Result<Option<StoredGuest>, sqlx::Error> {
+        let guest_id = guest_id.to_owned();
+        self.db
+            .write_grouped(move |conn| {
+                let guest_id = guest_id.clone();
+                Box::pin(async move {
+                    sqlx::query("UPDATE guests SET token_epoch = token_epoch + 1 WHERE guest_id = $1").bind(&guest_id).execute(&mut *conn).await?;
+                    let row = sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
+                    row.as_ref().map(guest_from_row).transpose()
                 })
             })
             .await
     }
 
     /// Sets name, email and/or verified where given; returns the guest after the change.
-    pub async fn update_guest(&self, guest_id: &str, name: Option<&str>, email: Option<&str>, verified: bool) -> Result<Option<pb::Guest>, sqlx::Error> {
+    pub async fn update_guest(&self, guest_id: &str, name: Option<&str>, email: Option<&str>, verified: bool) -> Result<Option<StoredGuest>, sqlx::Error> {
         let (guest_id, name, email) = (guest_id.to_owned(), name.map(str::to_owned), email.map(str::to_owned));
         self.db
             .write_grouped(move |conn| {
@@ -138,7 +180,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT h.hotel_id AS registered_hotel_id, h.name AS hotel_name, h.allowed_origins, h.identity_secret,
                     (SELECT COUNT(*) FROM (SELECT 1 FROM hotels LIMIT 1) AS first_hotel) AS registry,
-                    g.guest_id, g.hotel_id, g.channel, g.visitor_id, g.name, g.email, g.verified, g.created_at_ms
+                    g.guest_id, g.hotel_id, g.channel, g.visitor_id, g.name, g.email, g.verified, g.created_at_ms, g.token_epoch
              FROM (SELECT 1 AS one) AS lookup
              LEFT JOIN hotels AS h ON h.hotel_id = $1
              LEFT JOIN guests AS g ON g.hotel_id = $1 AND g.channel = $2 AND g.visitor_id = $3",

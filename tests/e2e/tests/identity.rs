@@ -1,6 +1,6 @@
 //! Visitor identity: tokens, user hashes, and that no one reads another visitor's history.
 
-use jack_e2e::TestStack;
+use jack_e2e::{TestStack, http};
 use jack_proto::guest::v1 as guest_pb;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
 use serde_json::json;
@@ -70,4 +70,128 @@ async fn a_hotel_issued_user_hash_proves_the_visitor() {
     let three = third.identify(json!({"visitorId": "booking-42", "userHash": "00".repeat(32), "resumeConversation": true})).await;
     assert_ne!(three["guestId"], one["guestId"]);
     assert!(third.seen_messages().is_empty());
+}
+
+/// A hotel with an identity secret, registered through the API as a hotel's tooling would.
+async fn hotel_with_secret(stack: &TestStack, hotel_id: &str, secret: Option<&str>) {
+    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    let hotel = guest_pb::UpsertHotelRequest { hotel_id: hotel_id.into(), name: "Proving Hotel".into(), allowed_origins: vec![], identity_secret: secret.map(str::to_owned) };
+    guests.upsert_hotel(hotel).await.unwrap();
+}
+
+/// The HTTP status `POST /chat/upload-url` answers a bearer of this token (401: not a token).
+async fn upload_url_status(stack: &TestStack, token: &str) -> u16 {
+    let body = r#"{"filename":"a.png","contentType":"image/png","size":10}"#;
+    http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")], body).await.0
+}
+
+#[tokio::test]
+async fn a_hotels_own_visitor_id_cannot_be_claimed_before_its_guest_arrives() {
+    let stack = TestStack::start().await;
+    let secret = "hotel-identity-secret-of-the-grand";
+    hotel_with_secret(&stack, "hotel_proving", Some(secret)).await;
+
+    // An attacker asks for a booking number without the hotel's proof: it is not bound to them.
+    let mut attacker = stack.guest("hotel_proving").await;
+    let squat = attacker.identify(json!({"visitorId": "booking-609585"})).await;
+    assert_ne!(squat["visitorId"], "booking-609585", "{squat}");
+    assert!(squat["visitorId"].as_str().unwrap().starts_with("vis_"), "a fresh anonymous id instead: {squat}");
+
+    // The real guest arrives with the hotel's proof and talks.
+    let hash = jack_guest::domain::user_hash(secret, "booking-609585");
+    let mut owner = stack.guest("hotel_proving").await;
+    let real = owner.identify(json!({"visitorId": "booking-609585", "userHash": hash})).await;
+    assert_eq!(real["visitorId"], "booking-609585");
+    assert_ne!(real["guestId"], squat["guestId"]);
+    owner.say("p1", "my passport is X1234567").await;
+
+    // Whatever the attacker's token is shown with, it reads none of it.
+    for visitor in [squat["visitorId"].clone(), json!("booking-609585")] {
+        let mut back = stack.guest("hotel_proving").await;
+        let again = back.identify(json!({"visitorId": visitor, "visitorToken": squat["visitorToken"], "lastSeq": 0, "resumeConversation": true})).await;
+        assert_ne!(again["guestId"], real["guestId"]);
+        assert!(back.seen_messages().iter().all(|m| !m["content"].as_str().unwrap_or_default().contains("passport")), "{:?}", back.seen);
+    }
+    // An anonymous visitor's own random id is bound without proof, as before.
+    let mut anonymous = stack.guest("hotel_proving").await;
+    let own = anonymous.identify(json!({"visitorId": "vis_0123456789abcdef0123456789abcdef"})).await;
+    assert_eq!(own["visitorId"], "vis_0123456789abcdef0123456789abcdef");
+}
+
+#[tokio::test]
+async fn a_proven_login_never_joins_a_record_bound_without_proof() {
+    let stack = TestStack::start().await;
+    // Before the hotel proves its guests' ids, anyone may bind one (the spec's behaviour).
+    hotel_with_secret(&stack, "hotel_later", None).await;
+    let mut attacker = stack.guest("hotel_later").await;
+    let squat = attacker.identify(json!({"visitorId": "booking-42"})).await;
+    assert_eq!(squat["visitorId"], "booking-42");
+    let token = squat["visitorToken"].as_str().unwrap().to_owned();
+    assert_eq!(upload_url_status(&stack, &token).await, 200);
+
+    // The hotel starts proving ids; its guest logs in with the proof.
+    let secret = "the-hotel-now-proves-its-guests-ids";
+    hotel_with_secret(&stack, "hotel_later", Some(secret)).await;
+    let mut owner = stack.guest("hotel_later").await;
+    let real = owner.identify(json!({"visitorId": "booking-42", "userHash": jack_guest::domain::user_hash(secret, "booking-42")})).await;
+    assert_eq!(real["visitorId"], "booking-42");
+    assert_ne!(real["guestId"], squat["guestId"], "the proven guest gets a record of its own");
+    assert_ne!(real["conversationId"], squat["conversationId"]);
+    owner.say("p1", "my passport is X1234567").await;
+
+    // The squatter's token opens nothing any more: not the id, not the uploads.
+    let mut back = stack.guest("hotel_later").await;
+    let again = back.identify(json!({"visitorId": "booking-42", "visitorToken": token, "lastSeq": 0, "resumeConversation": true})).await;
+    assert_ne!(again["guestId"], real["guestId"]);
+    assert_ne!(again["guestId"], squat["guestId"]);
+    assert!(back.seen_messages().is_empty(), "{:?}", back.seen);
+    assert_eq!(upload_url_status(&stack, &token).await, 401);
+    // The proven guest comes back on another device with the proof: the same record.
+    let mut phone = stack.guest("hotel_later").await;
+    let same = phone.identify(json!({"visitorId": "booking-42", "userHash": jack_guest::domain::user_hash(secret, "booking-42"), "lastSeq": 0})).await;
+    assert_eq!(same["guestId"], real["guestId"]);
+    assert_eq!(phone.seen_messages().len(), 1);
+}
+
+#[tokio::test]
+async fn visitor_tokens_expire_are_renewed_by_every_identify_and_can_be_revoked() {
+    let stack = TestStack::start_with(&[("GUEST_TOKEN_TTL", "2")]).await;
+    let mut guest = stack.guest("hotel_1").await;
+    let first = guest.identify(json!({"visitorId": "v_expiring"})).await;
+    guest.say("e1", "hello").await;
+    let token = first["visitorToken"].as_str().unwrap().to_owned();
+    assert_eq!(upload_url_status(&stack, &token).await, 200);
+    // Identifying again (as the widget does on every connect, and halfway to the expiry while
+    // it stays open) brings a token that lasts longer.
+    let mut tab = stack.guest("hotel_1").await;
+    let renewed = tab.identify(json!({"visitorId": "v_expiring", "visitorToken": token, "lastSeq": 0})).await;
+    assert_eq!(renewed["guestId"], first["guestId"]);
+    assert_eq!(tab.seen_messages().len(), 1);
+    assert!(renewed["visitorTokenExpiresAt"].as_str().unwrap() > first["visitorTokenExpiresAt"].as_str().unwrap(), "{renewed} {first}");
+
+    // Past its expiry a token opens nothing: the visitor starts afresh.
+    let expired = tokio::time::timeout(jack_e2e::WAIT, async {
+        while upload_url_status(&stack, &token).await != 401 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(expired.is_ok(), "the token expires");
+    let mut late = stack.guest("hotel_1").await;
+    let fresh = late.identify(json!({"visitorId": "v_expiring", "visitorToken": token, "lastSeq": 0})).await;
+    assert_ne!(fresh["guestId"], first["guestId"]);
+    assert!(late.seen_messages().is_empty());
+
+    // Revoking a guest's tokens ends them at once.
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let identified = guest.identify(json!({"visitorId": "v_revoked"})).await;
+    let token = identified["visitorToken"].as_str().unwrap().to_owned();
+    assert_eq!(upload_url_status(&stack, &token).await, 200);
+    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    guests.revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest { guest_id: identified["guestId"].as_str().unwrap().into() }).await.unwrap();
+    assert_eq!(upload_url_status(&stack, &token).await, 401);
+    let mut back = stack.guest("hotel_1").await;
+    let after = back.identify(json!({"visitorId": "v_revoked", "visitorToken": token})).await;
+    assert_ne!(after["guestId"], identified["guestId"]);
 }

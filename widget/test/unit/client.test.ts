@@ -29,7 +29,7 @@ test('identify, history, send, ack: the happy path with the spec\'s events', () 
   const { client, world, storage, events } = setup();
   client.start();
   const identify = handshake(world, [message(1), message(2, { role: 'guest', clientMessageId: 'old' })]);
-  assert.match(String(identify.visitorId), /^v_[0-9a-f-]{36}$/, 'first time: a new visitor id, made and kept before the identify');
+  assert.match(String(identify.visitorId), /^vis_[0-9a-f]{32}$/, 'first time: a new anonymous visitor id, made and kept before the identify');
   assert.deepEqual(identify, { type: 'identify', visitorId: identify.visitorId, resumeConversation: true }, 'no token, no lastSeq: the latest page');
   assert.deepEqual(storage.identity(), { visitorId: 'v_1', visitorToken: 'tok_v_1' });
   assert.equal(client.link, 'online');
@@ -313,4 +313,28 @@ test('a second answer to a page asked for twice is not taken for the next page',
   world.socket.receive({ type: 'history', conversationId: 'cnv_1', messages: [message(48)], hasMore: false });
   assert.deepEqual(client.timeline.entries.map((e) => e.seq), [48, 49, 50, 51, 52]);
   assert.equal(client.more, false);
+});
+
+test('a chat left open identifies again halfway to its token\'s expiry, and keeps the renewed token', () => {
+  const { client, world, storage } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x', protocol: 1, limits: { maxMessageSize: 20, maxFileSize: 100 } });
+  const day = 24 * 3600 * 1000;
+  const expires = (at: number) => new Date(at).toISOString();
+  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'vis_1', visitorToken: 'tok_1', conversationId: 'cnv_1', visitorTokenExpiresAt: expires(world.now() + 30 * day) });
+  assert.equal(world.socket.ofType('identify').length, 1);
+  world.advance(15 * day - 1);
+  assert.equal(world.socket.ofType('identify').length, 1, 'not before half the lifetime');
+  world.advance(1);
+  const again = world.socket.ofType('identify');
+  assert.equal(again.length, 2, 'identifies again on the open socket');
+  assert.equal(again[1]!.visitorToken, 'tok_1', 'with the token it has');
+  world.socket.receive({ type: 'identified', guestId: 'g1', visitorId: 'vis_1', visitorToken: 'tok_2', conversationId: 'cnv_1', visitorTokenExpiresAt: expires(world.now() + 30 * day) });
+  assert.equal(storage.identity()?.visitorToken, 'tok_2', 'the renewed token is kept');
+  assert.equal(client.visitorToken(), 'tok_2', 'and used for uploads');
+  // Stopped, nothing is renewed (the next connect identifies anyway).
+  client.stop();
+  world.advance(20 * day);
+  assert.equal(world.socket.ofType('identify').length, 2);
 });
