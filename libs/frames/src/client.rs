@@ -85,27 +85,87 @@ pub struct FrameError {
     pub client_message_id: Option<String>,
 }
 
+/// The longest ids a client may send: `clientMessageId`, `messageId`, `visitorId`, attachment ids.
+pub const MAX_ID_LEN: usize = 128;
+/// The longest `visitorToken` (real ones are about 150 characters).
+pub const MAX_TOKEN_LEN: usize = 512;
+/// The longest `userHash` (a real one is 64 hex digits).
+pub const MAX_USER_HASH_LEN: usize = 128;
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_EMAIL_LEN: usize = 254;
+/// The longest postback `payload`, in bytes, and `label`, in characters (as the butler may send them).
+pub const MAX_PAYLOAD_BYTES: usize = 1024;
+pub const MAX_LABEL_CHARS: usize = 100;
+/// Attachments on one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+
 impl ClientFrame {
     /// Parses one text frame. The well-formed path is a single pass; only a bad frame is
     /// parsed again to say what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
-        match serde_json::from_str::<ClientFrame>(text) {
-            Ok(frame) => Ok(frame),
-            Err(err) => Err(diagnose(text, err)),
+        let frame = serde_json::from_str::<ClientFrame>(text).map_err(|err| diagnose(text, err))?;
+        frame.check()?;
+        Ok(frame)
+    }
+
+    /// The bounds of protocol v1 on what a client sends: nothing unbounded reaches a backend.
+    fn check(&self) -> Result<(), FrameError> {
+        let refuse = |message: String, client_message_id: Option<&str>| FrameError {
+            code: ErrorCode::InvalidFrame,
+            message,
+            client_message_id: client_message_id.filter(|id| id.len() <= MAX_ID_LEN).map(str::to_owned),
+        };
+        let id_ok = |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic());
+        let too_long = |value: &Option<String>, max: usize| value.as_ref().is_some_and(|v| v.len() > max);
+        match self {
+            ClientFrame::Identify(i) => {
+                if too_long(&i.visitor_id, MAX_ID_LEN) || too_long(&i.visitor_token, MAX_TOKEN_LEN) || too_long(&i.user_hash, MAX_USER_HASH_LEN) || too_long(&i.email, MAX_EMAIL_LEN) {
+                    return Err(refuse(format!("visitorId may have at most {MAX_ID_LEN} characters, visitorToken {MAX_TOKEN_LEN}, userHash {MAX_USER_HASH_LEN}, email {MAX_EMAIL_LEN}"), None));
+                }
+                if i.name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+                    return Err(refuse(format!("name may have at most {MAX_NAME_CHARS} characters"), None));
+                }
+            }
+            ClientFrame::Message(m) => {
+                if !id_ok(&m.client_message_id) {
+                    return Err(refuse(format!("clientMessageId must be 1 to {MAX_ID_LEN} printable characters"), Some(&m.client_message_id)));
+                }
+                if m.attachments.len() > MAX_ATTACHMENTS || m.attachments.iter().any(|a| !id_ok(&a.id)) {
+                    return Err(refuse(format!("at most {MAX_ATTACHMENTS} attachments, each id 1 to {MAX_ID_LEN} printable characters"), Some(&m.client_message_id)));
+                }
+            }
+            ClientFrame::Postback(p) => {
+                if !id_ok(&p.client_message_id) {
+                    return Err(refuse(format!("clientMessageId must be 1 to {MAX_ID_LEN} printable characters"), Some(&p.client_message_id)));
+                }
+                if p.message_id.as_deref().is_some_and(|id| !id_ok(id)) {
+                    return Err(refuse(format!("messageId must be 1 to {MAX_ID_LEN} printable characters"), Some(&p.client_message_id)));
+                }
+                if p.payload.is_empty() || p.payload.len() > MAX_PAYLOAD_BYTES || p.label.as_ref().is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS) {
+                    return Err(refuse(format!("payload must be 1 to {MAX_PAYLOAD_BYTES} bytes, label at most {MAX_LABEL_CHARS} characters"), Some(&p.client_message_id)));
+                }
+            }
+            ClientFrame::Typing(_) | ClientFrame::Read(_) | ClientFrame::LoadHistory(_) => {}
         }
+        Ok(())
     }
 }
 
 fn diagnose(text: &str, err: serde_json::Error) -> FrameError {
     let error = |code, message: String, client_message_id| FrameError { code, message, client_message_id };
+    // Well-formed JSON whose numbers do not fit a double (`1e400`) is a wrong field, not bad
+    // JSON: skipping values checks the syntax without converting numbers.
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return error(ErrorCode::InvalidJson, format!("frame is not valid JSON: {e}"), None);
+    }
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return error(ErrorCode::InvalidJson, format!("frame is not valid JSON: {e}"), None),
+        Err(e) => return error(ErrorCode::InvalidFrame, format!("a value is out of range: {e}"), None),
     };
     let Some(object) = value.as_object() else {
         return error(ErrorCode::InvalidJson, "frame must be a JSON object".into(), None);
     };
-    let client_message_id = object.get("clientMessageId").and_then(|v| v.as_str()).map(str::to_owned);
+    let client_message_id = object.get("clientMessageId").and_then(|v| v.as_str()).filter(|id| id.len() <= MAX_ID_LEN).map(str::to_owned);
     match object.get("type") {
         None => error(ErrorCode::InvalidFrame, "missing field `type`".into(), client_message_id),
         Some(serde_json::Value::String(t)) if !CLIENT_TYPES.contains(&t.as_str()) => {
@@ -150,5 +210,28 @@ mod tests {
         let e = ClientFrame::parse(r#"{"type":"message","clientMessageId":"c1","content":5}"#).unwrap_err();
         assert_eq!(e.client_message_id.as_deref(), Some("c1"));
         assert_eq!(ClientFrame::parse(r#"{"content":"x"}"#).unwrap_err().code, ErrorCode::InvalidFrame);
+        // Numbers beyond a double are well-formed JSON: the field is what is wrong.
+        let e = ClientFrame::parse(r#"{"type":"identify","lastSeq":1e400}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidFrame, "{}", e.message);
+        assert_eq!(ClientFrame::parse(r#"{"type":"identify","lastSeq":1e400"#).unwrap_err().code, ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn unbounded_fields_are_refused() {
+        let long = "x".repeat(60_000);
+        let e = ClientFrame::parse(&format!(r#"{{"type":"postback","clientMessageId":"c1","payload":"p","messageId":"{long}"}}"#)).unwrap_err();
+        assert_eq!((e.code, e.client_message_id.as_deref()), (ErrorCode::InvalidFrame, Some("c1")));
+        let e = ClientFrame::parse(&format!(r#"{{"type":"message","clientMessageId":"{long}","content":"hi"}}"#)).unwrap_err();
+        assert_eq!((e.code, e.client_message_id), (ErrorCode::InvalidFrame, None), "a long id is not echoed back");
+        for frame in [
+            format!(r#"{{"type":"identify","visitorId":"{long}"}}"#),
+            format!(r#"{{"type":"identify","visitorToken":"{long}"}}"#),
+            format!(r#"{{"type":"identify","name":"{long}"}}"#),
+            format!(r#"{{"type":"message","clientMessageId":"c","content":"","attachments":[{{"id":"{long}"}}]}}"#),
+            format!(r#"{{"type":"postback","clientMessageId":"c","payload":"{long}"}}"#),
+            r#"{"type":"message","clientMessageId":"c","attachments":[{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"},{"id":"a"}]}"#.to_owned(),
+        ] {
+            assert_eq!(ClientFrame::parse(&frame).unwrap_err().code, ErrorCode::InvalidFrame, "{}", &frame[..60]);
+        }
     }
 }

@@ -55,6 +55,12 @@ pub mod close {
     pub const UNKNOWN_HOTEL: u16 = 4004;
     /// A frame far beyond any limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame that breaks the WebSocket protocol (e.g. an unmasked client frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// No identify succeeded within `EDGE_IDENTIFY_TIMEOUT_MS` of the connection opening.
+    pub const IDENTIFY_TIMEOUT: u16 = 4008;
     /// The edge is shutting down; reconnect (to another edge).
     pub const GOING_AWAY: u16 = 1001;
 }

@@ -4,6 +4,7 @@
 //! - [`telemetry`]: `tracing` to stderr (`RUST_LOG`) and, when `OTEL_*` asks for it, OTLP.
 //! - [`shutdown`]: SIGTERM and SIGINT mean the same graceful drain.
 //! - [`grpc`]: server and client setup with the deadlines and keep-alives we want everywhere.
+//! - [`http`]: serving a public HTTP listener with header-read and write-stall limits.
 //! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it;
 //!   group commit for small writes.
 //! - [`trace_context`]: W3C trace context carried across gRPC calls.
@@ -11,6 +12,7 @@
 
 pub mod db;
 pub mod grpc;
+pub mod http;
 pub mod ids;
 pub mod settings;
 pub mod shutdown;

@@ -87,6 +87,9 @@ pub fn check_guest_message(req: &pb::AddGuestMessageRequest) -> Result<(), Conve
     check_client_message_id(&req.client_message_id)?;
     check_content(&req.content)?;
     check_attachments(&req.attachments)?;
+    if req.reply_to_message_id.as_ref().is_some_and(|id| id.is_empty() || id.len() > MAX_CLIENT_MESSAGE_ID || !id.bytes().all(|b| b.is_ascii_graphic())) {
+        return Err(invalid(format!("replyToMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} printable characters")));
+    }
     match pb::MessageKind::try_from(req.kind).unwrap_or_default() {
         pb::MessageKind::Postback => check_payload("postback", req.payload.as_deref().unwrap_or_default())?,
         pb::MessageKind::Text | pb::MessageKind::Unspecified => {

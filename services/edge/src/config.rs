@@ -40,6 +40,18 @@ pub struct Settings {
     pub backend_timeout: Duration,
     /// `EDGE_ID`: names this edge in delivery's logs (default: random).
     pub edge_id: String,
+    /// `EDGE_HEADER_TIMEOUT_MS` (10000): a request's head must arrive whole within this, from
+    /// the connection's start (or the previous answer on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// `EDGE_REQUEST_TIMEOUT_MS` (10000): an HTTP request (not a WebSocket) is answered, or
+    /// refused with 408, within this, its body included.
+    pub request_timeout: Duration,
+    /// `EDGE_WRITE_TIMEOUT_MS` (10000): a write to a connection that makes no progress for this
+    /// long (a peer that stopped reading) drops it.
+    pub write_timeout: Duration,
+    /// `EDGE_IDENTIFY_TIMEOUT_MS` (60000): a WebSocket not identified within this is closed
+    /// with 4008.
+    pub identify_timeout: Duration,
 }
 
 impl Settings {
@@ -79,6 +91,10 @@ impl Settings {
             delivery_urls: env.urls("EDGE_DELIVERY_URLS", "http://127.0.0.1:50053")?,
             backend_timeout: env.millis("EDGE_BACKEND_TIMEOUT_MS", 3000, 10)?,
             edge_id: env.string("EDGE_ID", &format!("edge-{}", &jack_runtime::ids::random_hex()[..8])),
+            header_timeout: env.millis("EDGE_HEADER_TIMEOUT_MS", 10_000, 100)?,
+            request_timeout: env.millis("EDGE_REQUEST_TIMEOUT_MS", 10_000, 100)?,
+            write_timeout: env.millis("EDGE_WRITE_TIMEOUT_MS", 10_000, 100)?,
+            identify_timeout: env.millis("EDGE_IDENTIFY_TIMEOUT_MS", 60_000, 100)?,
         })
     }
 }

@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -156,16 +156,17 @@ impl<L: Listener> Listener for Gated<L> {
     }
 }
 
-impl<L: Listener> Connected<IncomingStream<'_, Gated<L>>> for Slot {
-    fn connect_info(stream: IncomingStream<'_, Gated<L>>) -> Self {
-        stream.io().slot.clone()
-    }
-}
-
 /// An accepted connection with its slot (given back at the latest when it closes).
 pub struct Slotted<T> {
     io: T,
     slot: Slot,
+}
+
+impl<T> Slotted<T> {
+    /// The connection's slot, which travels with its requests as `ConnectInfo<Slot>`.
+    pub fn slot(&self) -> Slot {
+        self.slot.clone()
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
@@ -318,7 +319,8 @@ mod tests {
         let app = axum::Router::new()
             .route("/", axum::routing::get(|| async { "ok" }))
             .layer(axum::middleware::from_fn(hand_back));
-        tokio::spawn(async move { axum::serve(gate, app.into_make_service_with_connect_info::<Slot>()).await });
+        let limits = jack_runtime::http::Limits { header_read: LONG, write_stall: LONG };
+        tokio::spawn(jack_runtime::http::serve(gate, app, limits, jack_runtime::CancellationToken::new(), |io: &Slotted<_>, _| io.slot()));
         let get = |mut stream: TcpStream| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");

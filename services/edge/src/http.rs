@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use jack_proto::guest::v1 as guest;
 use jack_proto::tonic::Code;
 use jack_proto::upload::v1 as upload;
 use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::context::Edge;
 use crate::ws;
@@ -24,7 +25,13 @@ const WIDGET_JS: &str = include_str!("../../../widget/dist/widget.js");
 const WIDGET_CHAT_JS: &str = include_str!("../../../widget/dist/widget-chat.js");
 const DEMO_PAGE: &str = include_str!("../../../widget/demo/index.html");
 
+/// The largest body the JSON endpoints read (their requests are a few hundred bytes).
+const MAX_BODY: usize = 16 * 1024;
+
 pub fn router(edge: Arc<Edge>) -> Router {
+    // Every request, its body included, is answered (or refused with 408) in time; a
+    // WebSocket's request is answered with its 101 at once, and lives on past it.
+    let answer_in_time = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, edge.settings.request_timeout);
     Router::new()
         .route(&edge.settings.ws_path.clone(), get(ws::upgrade))
         .route("/health/websocket", get(health))
@@ -34,6 +41,8 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/", get(demo_page))
         .route("/chat/upload-url", post(upload_url).layer(upload_cors()))
         .route("/chat/attachment-urls", post(attachment_urls).layer(upload_cors()))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(answer_in_time)
         .layer(axum::middleware::from_fn(crate::gate::hand_back))
         .with_state(edge)
 }

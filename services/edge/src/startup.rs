@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::backends::{Backends, HotelPolicies};
 use crate::config::Settings;
 use crate::context::Edge;
-use crate::gate::{self, Gated, Slot};
+use crate::gate::{self, Gated, Slotted};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -89,9 +89,8 @@ impl EdgeServer {
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
         let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
-        let result = axum::serve(listener, app.into_make_service_with_connect_info::<Slot>())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let limits = jack_runtime::http::Limits { header_read: edge.settings.header_timeout, write_stall: edge.settings.write_timeout };
+        let result = jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |io: &Slotted<_>, _addr| io.slot()).await;
         for link in links {
             let _ = link.await;
         }

@@ -4,7 +4,10 @@
 //! id (close 4000 when missing, 4004 when a registry is configured and the hotel is not in
 //! it), then `connected`. The loop reads frames, writes answers and live events, pings every
 //! `WEBSOCKET_PING_INTERVAL` and drops a peer that stayed silent for a whole interval, closes
-//! with 1009 on a frame beyond `EDGE_MAX_FRAME_SIZE` and with 1001 on shutdown.
+//! with 1009 on a frame beyond `EDGE_MAX_FRAME_SIZE`, 1007 on a text frame that is not UTF-8,
+//! 1002 on a protocol violation, 4008 when no identify succeeded within
+//! `EDGE_IDENTIFY_TIMEOUT_MS`, and 1001 on shutdown. A peer that stops reading is dropped by
+//! the listener's write-stall limit (`EDGE_WRITE_TIMEOUT_MS`, see `jack_runtime::http`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
-use jack_frames::{ErrorCode, ServerFrame, close};
+use jack_frames::{ServerFrame, close};
 use tracing::Instrument as _;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -31,8 +34,8 @@ use crate::gate::Slot;
 use crate::hub::Mailbox;
 use crate::session::Session;
 
-/// A write that takes longer than this means the peer stopped reading: drop it.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to go out (a peer that stopped reading gets none).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Per-connection read buffer, sized for tens of thousands of mostly idle connections (it
 /// grows for a larger frame). tungstenite's default is 128 KiB.
 const READ_BUFFER: usize = 256;
@@ -156,10 +159,15 @@ impl Drop for Release {
 }
 
 async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+    close_with(&mut ws, code, reason).await;
     // Wait briefly for the client's close reply so the close handshake completes.
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}
+
+/// Sends a close frame, giving up after [`CLOSE_TIMEOUT`].
+async fn close_with(ws: &mut Ws, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 
 /// Writes the frames to the socket in one write.
@@ -169,23 +177,18 @@ async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
 /// capacity of the largest frame it ever held for the life of the connection, so one page of
 /// history (tens of KiB) would have stayed with every idle guest who was ever sent one.
 /// What tungstenite itself writes (pongs, pings, close frames) is flushed first, so nothing
-/// interleaves; the connection loop never reads while it writes.
+/// interleaves; the connection loop never reads while it writes. A peer that stops reading
+/// fails the write after the listener's write-stall limit.
 async fn write_all(ws: &mut Ws, frames: &mut Vec<ServerFrame>) -> Result<(), tungstenite::Error> {
-    let sending = async {
-        ws.flush().await?;
-        let mut bytes = Vec::new();
-        for json in frames.drain(..).map(|frame| frame.to_json()) {
-            Frame::message(json, OpCode::Data(Data::Text), true).format(&mut bytes)?;
-        }
-        let socket = ws.get_mut();
-        socket.write_all(&bytes).await?;
-        socket.flush().await?;
-        Ok(())
-    };
-    match tokio::time::timeout(WRITE_TIMEOUT, sending).await {
-        Ok(result) => result,
-        Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))),
+    ws.flush().await?;
+    let mut bytes = Vec::new();
+    for json in frames.drain(..).map(|frame| frame.to_json()) {
+        Frame::message(json, OpCode::Data(Data::Text), true).format(&mut bytes)?;
     }
+    let socket = ws.get_mut();
+    socket.write_all(&bytes).await?;
+    socket.flush().await?;
+    Ok(())
 }
 
 /// An accepted guest connection. Tens of thousands of them sit idle at once, so everything
@@ -204,6 +207,9 @@ struct Connection {
     started: Instant,
     /// Held until the first frame is handled (see [`crate::gate`]).
     slot: Option<Slot>,
+    /// Runs out `EDGE_IDENTIFY_TIMEOUT_MS` after the connection opened; dropped once the
+    /// session is identified.
+    identify_by: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
@@ -213,7 +219,8 @@ impl Connection {
         let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, id);
         let out = vec![session.connected_frame()];
         let ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
-        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot })
+        let identify_by = Some(Box::pin(tokio::time::sleep(edge.settings.identify_timeout)));
+        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot, identify_by })
     }
 
     /// The connection loop: reads frames, writes answers and live events, pings.
@@ -262,14 +269,21 @@ impl Connection {
                             // the handler's (larger) state exists only while a frame is handled.
                             Box::pin(self.session.on_text(text.as_str(), &mut self.out).instrument(span)).await;
                         }
-                        Some(Ok(Message::Binary(_))) => self.out.push(ServerFrame::Error(jack_frames::server::Error::new(
-                            ErrorCode::InvalidJson, "frames must be JSON text", None))),
+                        Some(Ok(Message::Binary(_))) => self.session.on_binary(&mut self.out),
                         Some(Ok(Message::Close(_))) | None => return "client_close",
                         Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
                         Some(Err(tungstenite::Error::Capacity(_))) => {
-                            let frame = CloseFrame { code: CloseCode::from(close::MESSAGE_TOO_BIG), reason: "Frame too large".into() };
-                            let _ = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.ws.close(Some(frame)))).await;
+                            Box::pin(close_with(&mut self.ws, close::MESSAGE_TOO_BIG, "Frame too large")).await;
                             return "message_too_big";
+                        }
+                        Some(Err(tungstenite::Error::Utf8(_))) => {
+                            Box::pin(close_with(&mut self.ws, close::INVALID_PAYLOAD, "Text frame is not UTF-8")).await;
+                            return "invalid_payload";
+                        }
+                        Some(Err(tungstenite::Error::Protocol(err))) => {
+                            tracing::debug!(session_id = %self.session.session_id, error = %err, "protocol violation");
+                            Box::pin(close_with(&mut self.ws, close::PROTOCOL_ERROR, "Protocol error")).await;
+                            return "protocol_error";
                         }
                         Some(Err(err)) => {
                             tracing::debug!(session_id = %self.session.session_id, error = %err, "read failed");
@@ -280,6 +294,13 @@ impl Connection {
                     if let Some(slot) = self.slot.take() {
                         slot.release();
                     }
+                    if self.identify_by.is_some() && self.session.is_identified() {
+                        self.identify_by = None;
+                    }
+                }
+                _ = async { self.identify_by.as_mut().expect("a deadline is set").await }, if self.identify_by.is_some() => {
+                    Box::pin(close_with(&mut self.ws, close::IDENTIFY_TIMEOUT, "Not identified in time")).await;
+                    return "identify_timeout";
                 }
                 _ = self.mailbox.wake.notified() => Box::pin(self.session.on_mail(&mut self.out)).await,
                 _ = async { retry.as_mut().expect("a retry is pending").await }, if retry.is_some() => {
@@ -291,13 +312,12 @@ impl Connection {
                         return "ping_timeout";
                     }
                     self.heard_since_ping = false;
-                    if Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::Ping(Default::default())))).await.map_or(true, |r| r.is_err()) {
+                    if Box::pin(self.ws.send(Message::Ping(Default::default()))).await.is_err() {
                         return "write_error";
                     }
                 }
                 _ = self.edge.shutdown.cancelled() => {
-                    let frame = CloseFrame { code: CloseCode::from(close::GOING_AWAY), reason: "Server shutting down".into() };
-                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame)))).await;
+                    Box::pin(close_with(&mut self.ws, close::GOING_AWAY, "Server shutting down")).await;
                     return "shutdown";
                 }
             }

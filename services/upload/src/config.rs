@@ -29,6 +29,15 @@ pub struct Settings {
     pub signing_secret: Option<String>,
     /// Where files are kept.
     pub backend: Backend,
+    /// `UPLOAD_HEADER_TIMEOUT_MS` (10000): a request's head must arrive whole within this, from
+    /// the connection's start (or the previous answer on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// `UPLOAD_WRITE_TIMEOUT_MS` (30000): a download (or any answer) that makes no progress for
+    /// this long (a browser that stopped reading) is dropped.
+    pub write_timeout: Duration,
+    /// `UPLOAD_BODY_TIMEOUT_MS` (30000): an upload that sends no data for this long is refused
+    /// with 408.
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +123,9 @@ impl Settings {
             download_ttl: Duration::from_secs(env.number("UPLOAD_DOWNLOAD_TTL", 3600, 1, 7 * 24 * 3600)?),
             signing_secret,
             backend,
+            header_timeout: env.millis("UPLOAD_HEADER_TIMEOUT_MS", 10_000, 100)?,
+            write_timeout: env.millis("UPLOAD_WRITE_TIMEOUT_MS", 30_000, 100)?,
+            body_timeout: env.millis("UPLOAD_BODY_TIMEOUT_MS", 30_000, 100)?,
         })
     }
 }

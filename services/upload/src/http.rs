@@ -15,6 +15,7 @@ use axum::routing::{get, put};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutError};
 
 use crate::domain;
 use crate::downloads::{Downloads, Variant, get_parts};
@@ -42,13 +43,18 @@ pub struct Signed {
     signature: String,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// The routes; an upload that sends no data for `body_timeout` is refused with 408.
+pub fn router(state: HttpState, body_timeout: std::time::Duration) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([http::Method::PUT, http::Method::GET])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(600));
-    Router::new().route("/upload/{folder}/{name}", put(upload)).route("/files/{id}", get(download)).layer(cors).with_state(state)
+    Router::new()
+        .route("/upload/{folder}/{name}", put(upload).layer(RequestBodyTimeoutLayer::new(body_timeout)))
+        .route("/files/{id}", get(download))
+        .layer(cors)
+        .with_state(state)
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -103,7 +109,10 @@ async fn receive(disk: &LocalDisk, body: Body, size: u64, target: &std::path::Pa
         let mut stream = body.into_data_stream();
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| refuse(StatusCode::BAD_REQUEST, "the upload was interrupted"))?;
+            let chunk = chunk.map_err(|err| match err.into_inner().downcast::<TimeoutError>() {
+                Ok(_) => refuse(StatusCode::REQUEST_TIMEOUT, "no data came for too long; upload again"),
+                Err(_) => refuse(StatusCode::BAD_REQUEST, "the upload was interrupted"),
+            })?;
             written += chunk.len() as u64;
             if written > size {
                 return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("more than the {size} bytes declared")));

@@ -75,8 +75,9 @@ impl UploadServer {
         // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
         // browser's delayed ACK, as on the edge's listener.
         let listener = self.http.tap_io(jack_runtime::no_delay);
-        let http = axum::serve(listener, crate::http::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let http = tokio::spawn(async move { http.await });
+        let limits = jack_runtime::http::Limits { header_read: self.settings.header_timeout, write_stall: self.settings.write_timeout };
+        let app = crate::http::router(state, self.settings.body_timeout);
+        let http = tokio::spawn(jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |_, addr| *addr));
         let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, shutdown.clone()));
         let router = grpc::server()
             .add_service(grpc::health("jack.upload.v1.UploadService").await)

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use jack::Service as Svc;
@@ -155,6 +157,12 @@ impl Guest {
 
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text.to_owned())).await.expect("send");
+    }
+
+    /// Sends a frame as a broken or hostile client would (any opcode, any payload).
+    pub async fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        let frame = Frame::message(payload.to_vec(), opcode, true);
+        self.ws.send(Message::Frame(frame)).await.expect("send");
     }
 
     /// The next text frame.

@@ -431,3 +431,16 @@ async fn widgets_are_told_what_may_be_uploaded() {
     assert_eq!(connected["limits"]["allowedFileTypes"], json!(["image/png", "image/heic"]));
     assert_eq!(connected["limits"]["maxFileSize"], 5_242_880);
 }
+
+#[tokio::test]
+async fn an_upload_that_stops_sending_is_refused_with_408() {
+    let (stack, files) = local_stack(&[("UPLOAD_BODY_TIMEOUT_MS", "300")]).await;
+    let (_guest, token, _) = guest(&stack).await;
+    let (_, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+    let url = answer["uploadUrl"].as_str().unwrap();
+    // Half the declared bytes, then nothing: the connection is not held open waiting.
+    let declared = PNG.len().to_string();
+    let (status, _) = request("PUT", url, &[("Content-Type", "image/png"), ("Content-Length", &declared)], &PNG[..PNG.len() / 2]).await;
+    assert_eq!(status, 408);
+    assert!(files.all().iter().all(|f| !f.starts_with("incoming") && !f.starts_with("tmp")), "nothing is kept: {:?}", files.all());
+}
