@@ -211,7 +211,7 @@ impl ConversationService for ConversationApi {
             return Err(Status::invalid_argument("seq must not be negative"));
         }
         let limit = domain::page_size(req.limit);
-        let page = self.store.page(&req.conversation_id, req.after_seq, req.before_seq, limit).await?;
+        let page = self.store.page(&req.conversation_id, req.after_seq, req.before_seq, limit, req.max_bytes.map(|b| b as usize)).await?;
         // Another guest's conversation looks exactly like one that does not exist.
         let page = page.filter(|p| req.guest_id.as_deref().is_none_or(|g| g == p.guest_id)).ok_or(ConversationError::ConversationNotFound)?;
         Ok(Response::new(pb::ListMessagesResponse { messages: page.messages, has_more: page.has_more, last_seq: page.last_seq }))

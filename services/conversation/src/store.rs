@@ -624,13 +624,17 @@ impl Store {
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`; none for a
     /// conversation that does not exist.
     pub async fn list_messages(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<(Vec<pb::Message>, bool)> {
-        let page = self.page(conversation_id, after_seq, before_seq, limit).await?;
+        let page = self.page(conversation_id, after_seq, before_seq, limit, None).await?;
         Ok(page.map(|p| (p.messages, p.has_more)).unwrap_or_default())
     }
 
     /// [`Store::list_messages`] with the conversation's owner and last seq, in one read (a
-    /// history request needs all three): `None` when the conversation does not exist.
-    pub async fn page(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<Option<Page>> {
+    /// history request needs all three): `None` when the conversation does not exist. With
+    /// `max_bytes`, the page ends before the message that would take it past that many bytes
+    /// (it holds one at least): rows are read one by one and the rest are never read, so a page
+    /// of long messages costs the service no more than what it returns.
+    pub async fn page(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32, max_bytes: Option<usize>) -> Result<Option<Page>> {
+        use futures_util::TryStreamExt as _;
         // The page is joined onto the conversation's row, so that a conversation without
         // (such) messages still answers, with one row of NULL message columns.
         macro_rules! page_of {
@@ -646,32 +650,28 @@ impl Store {
             };
         }
         let fetch = limit_shape(limit + 1);
-        let rows = match after_seq {
-            Some(after) => {
-                sqlx::query(AssertSqlSafe(format!(page_of!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}", "ASC"), fetch)))
-                    .bind(conversation_id)
-                    .bind(after)
-                    .fetch_all(&self.db.read)
-                    .await?
-            }
-            None => {
-                sqlx::query(AssertSqlSafe(format!(page_of!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}", "DESC"), fetch)))
-                    .bind(conversation_id)
-                    .bind(before_seq.unwrap_or(i64::MAX))
-                    .fetch_all(&self.db.read)
-                    .await?
-            }
+        let (sql, bound) = match after_seq {
+            Some(after) => (format!(page_of!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}", "ASC"), fetch), after),
+            None => (format!(page_of!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}", "DESC"), fetch), before_seq.unwrap_or(i64::MAX)),
         };
-        let Some(first) = rows.first() else { return Ok(None) };
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(conversation_id).bind(bound).fetch(&self.db.read);
+        let Some(first) = rows.try_next().await? else { return Ok(None) };
         let (guest_id, last_seq) = (first.try_get("owner")?, first.try_get("conversation_last_seq")?);
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if row.try_get::<Option<i64>, _>("position")?.is_some() {
-                messages.push(message_from_row(row)?.1);
+        let (mut messages, mut bytes, mut has_more) = (Vec::new(), 0, false);
+        let mut row = Some(first);
+        while let Some(current) = row.take() {
+            if current.try_get::<Option<i64>, _>("position")?.is_none() {
+                break;
             }
+            let message = message_from_row(&current)?.1;
+            bytes += message.encoded_len();
+            if messages.len() == limit as usize || (!messages.is_empty() && max_bytes.is_some_and(|max| bytes > max)) {
+                has_more = true;
+                break;
+            }
+            messages.push(message);
+            row = rows.try_next().await?;
         }
-        let has_more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
         if after_seq.is_none() {
             messages.reverse();
         }
@@ -890,6 +890,24 @@ pub(crate) mod tests {
         // A page smaller than what is there says there is more.
         let (page, more) = store.list_messages(&a, Some(0), None, 5).await.unwrap();
         assert_eq!((page.len(), more), (5, true));
+    }
+
+    #[tokio::test]
+    async fn a_page_ends_at_its_byte_budget_but_holds_one_message() {
+        let (store, _dir) = sqlite_store().await;
+        let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+        store.add_messages((1..=5).map(|i| guest_message(&c, &format!("m{i}"), &"x".repeat(1000))).collect()).await.unwrap();
+        let seqs = |page: &Page| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let later = store.page(&c, Some(0), None, 500, Some(2500)).await.unwrap().unwrap();
+        assert_eq!((seqs(&later), later.has_more), (vec![1, 2], true));
+        let older = store.page(&c, None, None, 500, Some(2500)).await.unwrap().unwrap();
+        assert_eq!((seqs(&older), older.has_more), (vec![4, 5], true), "an older page keeps the newest");
+        let one = store.page(&c, Some(0), None, 500, Some(10)).await.unwrap().unwrap();
+        assert_eq!((seqs(&one), one.has_more), (vec![1], true));
+        let all = store.page(&c, Some(0), None, 500, Some(1 << 20)).await.unwrap().unwrap();
+        assert_eq!((seqs(&all), all.has_more), (vec![1, 2, 3, 4, 5], false));
+        let counted = store.page(&c, Some(3), None, 2, None).await.unwrap().unwrap();
+        assert_eq!((seqs(&counted), counted.has_more), (vec![4, 5], false));
     }
 
     #[tokio::test]

@@ -28,7 +28,10 @@ use crate::convert;
 use crate::hub::{Mailbox, SessionEvent, SessionHandle};
 
 /// Page size when replaying after `lastSeq` or catching up.
-const REPLAY_PAGE: u32 = 500;
+const FOLLOW_PAGE: u32 = 500;
+/// The most a page of messages may take as the edge reads it (a page holds at least one
+/// message): what one connection holds at a time, however long its history.
+const PAGE_BYTES: u32 = 256 * 1024;
 /// The latest page shown to a resuming guest who sends no `lastSeq`.
 const LATEST_PAGE: u32 = 50;
 const MAX_HISTORY_PAGE: u32 = 100;
@@ -81,6 +84,19 @@ pub struct Session {
     limit: RateLimit,
     /// A catch-up failed (conversation unreachable) and must be retried.
     pub catch_up_pending: bool,
+    /// Pages after `high` still to be read, one at a time.
+    follow: Option<Follow>,
+}
+
+/// Pages of messages after `high` still to be sent. The connection loop reads one, writes it to
+/// the socket, and only then reads the next, so that whatever the history and however slowly
+/// the guest reads, a session holds at most one page.
+#[derive(Debug)]
+struct Follow {
+    /// Replaying after `lastSeq`: the pages go out as `history` frames (else as live messages).
+    replay: bool,
+    /// What goes out after the last page (an identify is answered after its history).
+    then: Option<frames::Identified>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, client_message_id: Option<String>) -> ServerFrame {
@@ -93,7 +109,7 @@ impl Session {
         let mailbox = Arc::new(Mailbox::default());
         let handle = SessionHandle { id, mailbox: mailbox.clone() };
         let limit = RateLimit::new(edge.settings.rate_limit);
-        let session = Self { session_id, hotel_id, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false };
+        let session = Self { session_id, hotel_id, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, follow: None };
         (session, mailbox)
     }
 
@@ -216,29 +232,46 @@ impl Session {
         // Subscribe first, then replay: nothing committed in between can be missed.
         self.edge.hub.attach(&conversation_id, self.handle.clone()).await;
         self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone() });
-        // A visitor who could not prove the id it sent starts afresh and sees no history.
-        let resume = (req.resume_conversation || req.last_seq.is_some()) && !identified.replaced_visitor;
-        let replayed = if resume {
-            match req.last_seq.filter(|s| *s >= 0) {
-                Some(last_seq) => self.replay_after(last_seq.min(conversation.last_seq), out).await,
-                None => self.replay_latest(out).await,
-            }
-        } else {
-            self.high = conversation.last_seq;
-            // Anything committed between reading last_seq and attaching goes out live.
-            self.catch_up(out).await
-        };
-        if let Err(status) = replayed {
-            self.close();
-            return out.push(ServerFrame::Error(error_frame(&status, None)));
-        }
-        out.push(ServerFrame::Identified(frames::Identified {
+        let identified_frame = frames::Identified {
             guest_id: g.guest_id,
             visitor_id: g.visitor_id,
             visitor_token: identified.visitor_token,
             conversation_id: Some(conversation_id.to_string()),
             visitor_token_expires_at: Some(rfc3339_ms(identified.visitor_token_expires_at_ms)),
-        }));
+        };
+        // A visitor who could not prove the id it sent starts afresh and sees no history.
+        let resume = (req.resume_conversation || req.last_seq.is_some()) && !identified.replaced_visitor;
+        let replay = match (resume, req.last_seq.filter(|s| *s >= 0)) {
+            (true, Some(last_seq)) => {
+                self.high = last_seq.min(conversation.last_seq);
+                true
+            }
+            (true, None) => {
+                // The latest page; older ones come with `load_history`.
+                let page = match self.list(None, None, LATEST_PAGE).await {
+                    Ok(page) => page,
+                    Err(status) => {
+                        self.close();
+                        return out.push(ServerFrame::Error(error_frame(&status, None)));
+                    }
+                };
+                self.high = page.messages.last().map_or(0, |m| m.seq);
+                out.push(ServerFrame::History(frames::History {
+                    conversation_id: conversation_id.to_string(),
+                    messages: page.messages.iter().map(convert::message).collect(),
+                    has_more: page.has_more,
+                }));
+                // The page may predate a message committed while it was read: that goes out live.
+                false
+            }
+            (false, _) => {
+                // Anything committed between reading last_seq and attaching goes out live.
+                self.high = conversation.last_seq;
+                false
+            }
+        };
+        self.follow = Some(Follow { replay, then: Some(identified_frame) });
+        self.next_page(out).await;
     }
 
     async fn list(&self, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<conv::ListMessagesResponse, jack_proto::tonic::Status> {
@@ -249,65 +282,63 @@ impl Session {
             before_seq,
             limit,
             guest_id: Some(identity.guest_id.clone()),
+            max_bytes: Some(PAGE_BYTES),
         };
         Ok(self.edge.backends.conversation.clone().list_messages(request).await?.into_inner())
     }
 
-    /// `history` frames with every message after `last_seq`.
-    async fn replay_after(&mut self, last_seq: i64, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
-        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.to_string()).unwrap_or_default();
-        self.high = last_seq.max(0);
-        loop {
-            let page = self.list(Some(self.high), None, REPLAY_PAGE).await?;
+    /// Whether pages after `high` are still to be read (see [`Follow`]).
+    pub fn is_following(&self) -> bool {
+        self.follow.is_some()
+    }
+
+    /// Reads the next page of what follows `high` and passes it on: as `history` when
+    /// replaying, else as live messages; after the last page, the answer that waited for it.
+    pub async fn next_page(&mut self, out: &mut Out) {
+        let Some(replay) = self.follow.as_ref().map(|f| f.replay) else { return };
+        let page = match self.list(Some(self.high), None, FOLLOW_PAGE).await {
+            Ok(page) => page,
+            Err(status) => {
+                if self.follow.take().is_some_and(|f| f.then.is_some()) {
+                    // An identify that cannot replay fails whole; the client identifies again.
+                    self.close();
+                    out.push(ServerFrame::Error(error_frame(&status, None)));
+                } else {
+                    // Retried after a pause (see `catch_up_pending`).
+                    self.catch_up_pending = true;
+                }
+                return;
+            }
+        };
+        if replay {
             if let Some(last) = page.messages.last() {
                 self.high = last.seq;
             }
-            out.push(ServerFrame::History(frames::History {
-                conversation_id: conversation_id.clone(),
-                messages: page.messages.iter().map(convert::message).collect(),
-                has_more: false,
-            }));
-            if !page.has_more {
-                return Ok(());
-            }
-        }
-    }
-
-    /// One `history` frame with the latest page; older pages come with `load_history`.
-    async fn replay_latest(&mut self, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
-        let page = self.list(None, None, LATEST_PAGE).await?;
-        self.high = page.messages.last().map_or(0, |m| m.seq);
-        let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.to_string()).unwrap_or_default();
-        out.push(ServerFrame::History(frames::History {
-            conversation_id,
-            messages: page.messages.iter().map(convert::message).collect(),
-            has_more: page.has_more,
-        }));
-        // The page may predate a message committed while it was read.
-        self.catch_up(out).await
-    }
-
-    /// Sends, as live `message` frames, everything after `high`.
-    pub async fn catch_up(&mut self, out: &mut Out) -> Result<(), jack_proto::tonic::Status> {
-        if self.identity.is_none() {
-            return Ok(());
-        }
-        loop {
-            let page = match self.list(Some(self.high), None, REPLAY_PAGE).await {
-                Ok(page) => page,
-                Err(status) => {
-                    self.catch_up_pending = true;
-                    return Err(status);
-                }
-            };
+            let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.to_string()).unwrap_or_default();
+            out.push(ServerFrame::History(frames::History { conversation_id, messages: page.messages.iter().map(convert::message).collect(), has_more: false }));
+        } else {
             for message in &page.messages {
                 self.deliver_in_order(message, out);
             }
-            if !page.has_more {
-                self.catch_up_pending = false;
-                return Ok(());
+        }
+        if !page.has_more {
+            self.catch_up_pending = false;
+            if let Some(identified) = self.follow.take().and_then(|f| f.then) {
+                out.push(ServerFrame::Identified(identified));
             }
         }
+    }
+
+    /// Sends, as live `message` frames, everything after `high` — page by page, each written
+    /// before the next is read (a catch-up already under way simply goes on).
+    pub async fn catch_up(&mut self, out: &mut Out) {
+        if self.identity.is_none() {
+            return;
+        }
+        if self.follow.is_none() {
+            self.follow = Some(Follow { replay: false, then: None });
+        }
+        self.next_page(out).await;
     }
 
     /// Passes a message whose seq is `high + 1` (or older, dropped) to the client.
@@ -373,10 +404,7 @@ impl Session {
     /// Handles a live event from delivery.
     async fn on_event(&mut self, event: SessionEvent, out: &mut Out) {
         let event = match event {
-            SessionEvent::CatchUp => {
-                let _ = self.catch_up(out).await;
-                return;
-            }
+            SessionEvent::CatchUp => return self.catch_up(out).await,
             SessionEvent::Event(event) => event,
         };
         let Some(identity) = &self.identity else { return };
@@ -387,7 +415,7 @@ impl Session {
             Some(events::event::Kind::Message(message)) => {
                 if message.seq > self.high + 1 || self.catch_up_pending {
                     // A gap: something was missed; fetch it all in order.
-                    let _ = self.catch_up(out).await;
+                    self.catch_up(out).await;
                 } else {
                     self.deliver_in_order(message, out);
                 }
@@ -406,8 +434,7 @@ impl Session {
     pub async fn on_mail(&mut self, out: &mut Out) {
         let (events, lagged) = self.handle.mailbox.take();
         if lagged {
-            let _ = self.catch_up(out).await;
-            return;
+            return self.catch_up(out).await;
         }
         for event in events {
             self.on_event(event, out).await;

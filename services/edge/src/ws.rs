@@ -218,7 +218,9 @@ impl Connection {
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, id);
         let out = vec![session.connected_frame()];
-        let ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
+        // A tick missed while pages were written comes once, not in a burst.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let identify_by = Some(Box::pin(tokio::time::sleep(edge.settings.identify_timeout)));
         Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot, identify_by })
     }
@@ -253,6 +255,17 @@ impl Connection {
             }
             // Frames are large and an idle connection has none to write: keep no room for them.
             self.out = Vec::new();
+            if self.session.is_following() {
+                // The next page of a replay or catch-up, now that the last one is written (the
+                // guest is reading: that counts as hearing from it).
+                self.heard_since_ping = true;
+                if self.edge.shutdown.is_cancelled() {
+                    Box::pin(close_with(&mut self.ws, close::GOING_AWAY, "Server shutting down")).await;
+                    return "shutdown";
+                }
+                Box::pin(self.session.next_page(&mut self.out)).await;
+                continue;
+            }
             match (self.session.catch_up_pending, retry.is_some()) {
                 (true, false) => retry = Some(Box::pin(tokio::time::sleep(Duration::from_secs(1)))),
                 (false, true) => retry = None,
@@ -305,7 +318,7 @@ impl Connection {
                 _ = self.mailbox.wake.notified() => Box::pin(self.session.on_mail(&mut self.out)).await,
                 _ = async { retry.as_mut().expect("a retry is pending").await }, if retry.is_some() => {
                     retry = None;
-                    let _ = Box::pin(self.session.catch_up(&mut self.out)).await;
+                    Box::pin(self.session.catch_up(&mut self.out)).await;
                 }
                 _ = self.ping.tick() => {
                     if !self.heard_since_ping {

@@ -143,6 +143,18 @@ impl Guest {
         Self { ws, session_id: String::new(), seen: Vec::new() }
     }
 
+    /// Opens the socket with a small receive buffer, as a client that reads slowly (or not at
+    /// all) has: what the server sends beyond it waits on the server's side.
+    pub async fn open_slow_reader(url: &str) -> Self {
+        let addr = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).expect("a ws:// URL");
+        let addr: std::net::SocketAddr = tokio::net::lookup_host(addr).await.expect("resolve").next().expect("an address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))).await.expect("handshake in time").expect("handshake");
+        Self { ws, session_id: String::new(), seen: Vec::new() }
+    }
+
     pub async fn connect(url: &str) -> Self {
         let mut guest = Self::open(url).await;
         let connected = guest.next().await;

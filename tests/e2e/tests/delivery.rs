@@ -290,7 +290,7 @@ async fn history_is_listed_for_the_conversations_own_guest_only() {
     let mut other = stack.guest("hotel_1").await;
     let other_id = other.identify(json!({"visitorId": "v_other"})).await["guestId"].as_str().unwrap().to_owned();
     let list = |guest_id: Option<&str>, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32| {
-        let request = conv::ListMessagesRequest { conversation_id: conversation_id.clone(), after_seq, before_seq, limit, guest_id: guest_id.map(str::to_owned) };
+        let request = conv::ListMessagesRequest { conversation_id: conversation_id.clone(), after_seq, before_seq, limit, guest_id: guest_id.map(str::to_owned), max_bytes: None };
         let mut client = stack.conversation();
         async move { client.list_messages(request).await }
     };
