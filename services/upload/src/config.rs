@@ -38,6 +38,8 @@ pub struct Settings {
     /// `UPLOAD_BODY_TIMEOUT_MS` (30000): an upload that sends no data for this long is refused
     /// with 408.
     pub body_timeout: Duration,
+    /// `UPLOAD_MAX_DOWNLOADS` (64): downloads sent at once; more get 503 with `Retry-After`.
+    pub max_downloads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +128,7 @@ impl Settings {
             header_timeout: env.millis("UPLOAD_HEADER_TIMEOUT_MS", 10_000, 100)?,
             write_timeout: env.millis("UPLOAD_WRITE_TIMEOUT_MS", 30_000, 100)?,
             body_timeout: env.millis("UPLOAD_BODY_TIMEOUT_MS", 30_000, 100)?,
+            max_downloads: env.number("UPLOAD_MAX_DOWNLOADS", 64, 1, 100_000)? as usize,
         })
     }
 }

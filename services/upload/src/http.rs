@@ -14,13 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
+use tokio::sync::Semaphore;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutError};
 
 use crate::domain;
 use crate::downloads::{Downloads, Variant, get_parts};
 use crate::storage::local::put_parts;
-use crate::storage::{LocalDisk, Object, Storage};
+use crate::storage::{LocalDisk, Storage};
 use crate::store::Store;
 
 /// What the handlers need.
@@ -31,7 +32,8 @@ pub struct HttpState {
     pub downloads: Downloads,
     pub store: Store,
     pub storage: Storage,
-    pub max_file_size: u64,
+    /// Downloads being sent at once (`UPLOAD_MAX_DOWNLOADS`); beyond it, 503.
+    pub downloads_in_flight: Arc<Semaphore>,
 }
 
 #[derive(serde::Deserialize)]
@@ -165,11 +167,22 @@ async fn download(State(state): State<HttpState>, Path(id): Path<String>, query:
         Variant::File => (domain::file_key(&id), attachment.content_type.clone()),
         Variant::Thumbnail => (domain::thumbnail_key(&id), "image/jpeg".to_owned()),
     };
-    let bytes = match state.storage.get(&key, state.max_file_size).await {
-        Ok(Some(Object::Bytes(bytes))) => bytes,
-        Ok(_) => return refuse(StatusCode::NOT_FOUND, "no such file"),
+    // Each download is read from storage as the browser takes it, a chunk at a time; how many
+    // run at once is bounded, and one whose browser stops reading is dropped by the listener's
+    // write-stall limit.
+    let Ok(sending) = state.downloads_in_flight.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "too many downloads at once; retry shortly\n").into_response();
+    };
+    let (len, chunks) = match state.storage.stream(&key).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such file"),
         Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
     };
+    // The permit goes with the body: it is given back when the download ends, however it ends.
+    let body = Body::from_stream(chunks.map(move |chunk| {
+        let _sending = &sending;
+        chunk
+    }));
     let disposition = match variant {
         Variant::File => domain::content_disposition(&attachment.content_type, &attachment.filename),
         Variant::Thumbnail => "inline".to_owned(),
@@ -182,8 +195,9 @@ async fn download(State(state): State<HttpState>, Path(id): Path<String>, query:
             // Even opened directly, a file cannot run anything.
             (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox".to_owned()),
             (header::CACHE_CONTROL, "private, max-age=3600".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
         ],
-        bytes,
+        body,
     )
         .into_response()
 }

@@ -71,7 +71,13 @@ impl UploadServer {
             Storage::Local(disk) => Some(Arc::new(disk.clone())),
             Storage::S3(_) => None,
         };
-        let state = HttpState { disk, downloads: self.downloads, store: self.store.clone(), storage: self.storage.clone(), max_file_size: self.settings.max_file_size };
+        let state = HttpState {
+            disk,
+            downloads: self.downloads,
+            store: self.store.clone(),
+            storage: self.storage.clone(),
+            downloads_in_flight: Arc::new(tokio::sync::Semaphore::new(self.settings.max_downloads)),
+        };
         // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
         // browser's delayed ACK, as on the edge's listener.
         let listener = self.http.tap_io(jack_runtime::no_delay);

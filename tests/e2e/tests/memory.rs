@@ -73,3 +73,72 @@ async fn guests_who_replay_a_long_history_without_reading_cost_a_page_each() {
     }))
     .await;
 }
+
+/// A socket with a small receive buffer that sends `GET path` and reads the status code only.
+async fn stalled_get(addr: std::net::SocketAddr, path: &str) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(jack_e2e::WAIT, stream.read_exact(&mut head)).await.expect("a status line in time").unwrap();
+    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    (status, stream)
+}
+
+#[tokio::test]
+async fn downloads_that_are_never_read_cost_a_chunk_each_and_are_bounded_in_number() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let stack = TestStack::start_with(&[("UPLOAD_MAX_DOWNLOADS", "32")]).await;
+    let mut guest = stack.guest("hotel_1").await;
+    let token = guest.identify(json!({"visitorId": "v_downloads"})).await["visitorToken"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {token}");
+    // A 5 MiB PDF, uploaded and sent as a guest would.
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    pdf.resize(5 << 20, b'.');
+    let ask = json!({"filename": "big.pdf", "contentType": "application/pdf", "size": pdf.len()}).to_string();
+    let (_, answer) = jack_e2e::http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &ask).await;
+    let answer = jack_e2e::json_body(&answer);
+    let (status, _) = jack_e2e::request("PUT", answer["uploadUrl"].as_str().unwrap(), &[("Content-Type", "application/pdf")], &pdf).await;
+    assert_eq!(status, 200);
+    let id = answer["attachmentId"].as_str().unwrap().to_owned();
+    guest.send(json!({"type": "message", "clientMessageId": "pdf", "content": "", "attachments": [{"id": id}]})).await;
+    assert_eq!(guest.expect("message_ack").await["clientMessageId"], "pdf");
+    let ask = json!({"attachmentIds": [id]}).to_string();
+    let (_, urls) = jack_e2e::http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth)], &ask).await;
+    let url = jack_e2e::json_body(&urls)["downloads"][0]["url"].as_str().unwrap().to_owned();
+    let path = &url[url.find("/files/").unwrap()..];
+
+    reset_peak();
+    let before = peak_rss();
+    // Two hundred GETs of the file that read nothing past the status line.
+    let mut sockets = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let (status, socket) = stalled_get(stack.stack.upload_http_addr(), path).await;
+        statuses.push(status);
+        sockets.push(socket);
+    }
+    let grown = peak_rss().saturating_sub(before);
+    // Read whole, two hundred copies would be 1 GiB.
+    assert!(grown < 128 * MIB, "two hundred unread downloads of 5 MiB grew the process by {} MiB", grown / MIB);
+    let sent = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(sent, 32, "as many downloads as allowed at once: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "the others are told to retry: {statuses:?}");
+    drop(sockets);
+
+    // Once they are gone, a download goes through whole.
+    let fetched = tokio::time::timeout(jack_e2e::WAIT, async {
+        loop {
+            let (status, _, body) = jack_e2e::fetch(&url).await;
+            if status == 200 {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the download slots come back");
+    assert!(fetched == pdf, "the file, whole ({} bytes)", fetched.len());
+}

@@ -444,3 +444,46 @@ async fn an_upload_that_stops_sending_is_refused_with_408() {
     assert_eq!(status, 408);
     assert!(files.all().iter().all(|f| !f.starts_with("incoming") && !f.starts_with("tmp")), "nothing is kept: {:?}", files.all());
 }
+
+#[tokio::test]
+async fn a_download_nobody_reads_is_dropped_and_frees_its_place() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (stack, _files) = local_stack(&[("UPLOAD_MAX_DOWNLOADS", "1"), ("UPLOAD_WRITE_TIMEOUT_MS", "500")]).await;
+    let (mut guest, token, _) = guest(&stack).await;
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    pdf.resize(5 << 20, b'.');
+    let (_, answer) = upload_url(&stack, Some(&token), "big.pdf", "application/pdf", pdf.len()).await;
+    assert_eq!(put(answer["uploadUrl"].as_str().unwrap(), "application/pdf", &pdf).await, 200);
+    let id = answer["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(send_with(&mut guest, "pdf", &[&id]).await["type"], "message_ack");
+    let (_, urls) = attachment_urls(&stack, &token, &[&id]).await;
+    let url = urls["downloads"][0]["url"].as_str().unwrap().to_owned();
+    let path = &url[url.find("/files/").unwrap()..];
+
+    // A GET that reads nothing past the status line holds the only place...
+    let addr = stack.stack.upload_http_addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stalled.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head[9..12], b"200");
+    let (status, head, _) = fetch(&url).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    // ...until its stalled write times out: the place comes back with the socket still open.
+    let fetched = tokio::time::timeout(WAIT, async {
+        loop {
+            let (status, _, body) = fetch(&url).await;
+            if status == 200 {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the stalled download is dropped");
+    assert!(fetched == pdf);
+    drop(stalled);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt as _;
 
-use super::{Object, StorageError, UploadUrl};
+use super::{CHUNK, Chunks, Object, StorageError, UploadUrl};
 use crate::signing::Signer;
 
 #[derive(Debug, Clone)]
@@ -72,6 +72,17 @@ impl LocalDisk {
         let mut bytes = Vec::with_capacity(len as usize);
         file.read_to_end(&mut bytes).await.map_err(backend)?;
         Ok(Some(Object::Bytes(bytes.into())))
+    }
+
+    pub async fn stream(&self, key: &str) -> Result<Option<(u64, Chunks)>, StorageError> {
+        let Some(path) = self.path(key) else { return Ok(None) };
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let len = file.metadata().await.map_err(backend)?.len();
+        Ok(Some((len, Box::pin(tokio_util::io::ReaderStream::with_capacity(file, CHUNK)))))
     }
 
     /// Writes a whole object at once: to a temporary file, then renamed into place.

@@ -5,6 +5,7 @@
 pub mod local;
 mod s3;
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,6 +49,14 @@ impl Storage {
         }
     }
 
+    /// The object as a stream of chunks, read as the client takes them, and its size.
+    pub async fn stream(&self, key: &str) -> Result<Option<(u64, Chunks)>, StorageError> {
+        match self {
+            Storage::Local(disk) => disk.stream(key).await,
+            Storage::S3(s3) => s3.stream(key).await,
+        }
+    }
+
     pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {
         match self {
             Storage::Local(disk) => disk.put(key, bytes).await,
@@ -62,6 +71,12 @@ impl Storage {
         }
     }
 }
+
+/// An object being read, chunk by chunk.
+pub type Chunks = Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// How much of an object is read at a time when it is streamed.
+const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub enum Object {

@@ -10,7 +10,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{Object, StorageError, UploadUrl};
+use super::{Chunks, Object, StorageError, UploadUrl};
 use crate::config::S3Settings;
 
 #[derive(Debug, Clone)]
@@ -84,6 +84,19 @@ impl S3Store {
         }
         let bytes = output.body.collect().await.map_err(backend)?.into_bytes();
         Ok(Some(Object::Bytes(bytes)))
+    }
+
+    pub async fn stream(&self, key: &str) -> Result<Option<(u64, Chunks)>, StorageError> {
+        let result = self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await;
+        let output = match result {
+            Ok(output) => output,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(err) => return Err(backend(aws_sdk_s3::error::DisplayErrorContext(err))),
+        };
+        let len = output.content_length().unwrap_or(0).max(0) as u64;
+        // The store's answer is read as the client takes it.
+        let chunks = futures_util::stream::unfold(output.body, |mut body| async move { body.next().await.map(|chunk| (chunk.map_err(std::io::Error::other), body)) });
+        Ok(Some((len, Box::pin(chunks))))
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {
