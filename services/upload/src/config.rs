@@ -40,6 +40,9 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// `UPLOAD_MAX_DOWNLOADS` (64): downloads sent at once; more get 503 with `Retry-After`.
     pub max_downloads: usize,
+    /// `UPLOAD_PREVIEW_MAX_BYTES` (64 MiB): the most decoding an image for its preview may
+    /// allocate; a larger image (say over 21 megapixels of 8-bit RGB) gets no preview.
+    pub preview_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,7 @@ impl Settings {
             write_timeout: env.millis("UPLOAD_WRITE_TIMEOUT_MS", 30_000, 100)?,
             body_timeout: env.millis("UPLOAD_BODY_TIMEOUT_MS", 30_000, 100)?,
             max_downloads: env.number("UPLOAD_MAX_DOWNLOADS", 64, 1, 100_000)? as usize,
+            preview_max_bytes: env.number("UPLOAD_PREVIEW_MAX_BYTES", 64 << 20, 1 << 20, 1 << 34)?,
         })
     }
 }

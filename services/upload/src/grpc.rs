@@ -17,6 +17,8 @@ use crate::store::Store;
 /// Files verified at once: each is read whole (at most `WIDGET_MAX_FILE_SIZE`), so this
 /// bounds the memory verification takes.
 const VERIFYING: usize = 8;
+/// Previews made at once: each may decode up to `UPLOAD_PREVIEW_MAX_BYTES`.
+const PREVIEWING: usize = 2;
 /// Attachments on one message.
 const MAX_ATTACHMENTS: usize = 10;
 
@@ -27,19 +29,22 @@ pub struct UploadApi {
     downloads: Downloads,
     settings: Arc<Settings>,
     verifying: Arc<Semaphore>,
+    previewing: Arc<Semaphore>,
 }
 
 impl UploadApi {
     pub fn new(store: Store, storage: Storage, downloads: Downloads, settings: &Settings) -> Self {
-        Self { store, storage, downloads, settings: Arc::new(settings.clone()), verifying: Arc::new(Semaphore::new(VERIFYING)) }
+        let (verifying, previewing) = (Arc::new(Semaphore::new(VERIFYING)), Arc::new(Semaphore::new(PREVIEWING)));
+        Self { store, storage, downloads, settings: Arc::new(settings.clone()), verifying, previewing }
     }
 
     /// Keeps checked bytes under the attachment's file key, with a preview for images;
     /// whether a preview was made.
     async fn keep(&self, attachment_id: &str, content_type: &str, bytes: bytes::Bytes) -> Result<bool, Status> {
         let preview = if domain::served_inline(content_type) {
-            let source = bytes.clone();
-            tokio::task::spawn_blocking(move || crate::thumbnail::make(&source)).await.unwrap_or(None)
+            let _permit = self.previewing.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
+            let (source, max) = (bytes.clone(), self.settings.preview_max_bytes);
+            tokio::task::spawn_blocking(move || crate::thumbnail::make(&source, max)).await.unwrap_or(None)
         } else {
             None
         };

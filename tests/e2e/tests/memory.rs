@@ -142,3 +142,52 @@ async fn downloads_that_are_never_read_cost_a_chunk_each_and_are_bounded_in_numb
     .expect("the download slots come back");
     assert!(fetched == pdf, "the file, whole ({} bytes)", fetched.len());
 }
+
+/// A 16-bit RGBA PNG of zeros, written row by row: a few hundred KB that decode to
+/// `width × height × 8` bytes.
+fn huge_png(width: u32, height: u32) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Sixteen);
+    encoder.set_compression(png::Compression::Fastest);
+    let mut writer = encoder.write_header().unwrap();
+    let mut rows = writer.stream_writer().unwrap();
+    let row = vec![0u8; width as usize * 8];
+    for _ in 0..height {
+        rows.write_all(&row).unwrap();
+    }
+    rows.finish().unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+#[tokio::test]
+async fn an_image_that_decodes_to_hundreds_of_megabytes_is_kept_without_a_preview() {
+    let png = huge_png(3500, 3500);
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_1").await;
+    let token = guest.identify(json!({"visitorId": "v_huge_image"})).await["visitorToken"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {token}");
+    let ask = json!({"filename": "huge.png", "contentType": "image/png", "size": png.len()}).to_string();
+    let (_, answer) = jack_e2e::http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &ask).await;
+    let answer = jack_e2e::json_body(&answer);
+    let (status, _) = jack_e2e::request("PUT", answer["uploadUrl"].as_str().unwrap(), &[("Content-Type", "image/png")], &png).await;
+    assert_eq!(status, 200);
+    let id = answer["attachmentId"].as_str().unwrap().to_owned();
+
+    reset_peak();
+    let before = peak_rss();
+    guest.send(json!({"type": "message", "clientMessageId": "huge", "content": "", "attachments": [{"id": id}]})).await;
+    let ack = guest.until(|f| f["clientMessageId"] == "huge").await;
+    let grown = peak_rss().saturating_sub(before);
+    assert_eq!(ack["type"], "message_ack", "the file itself is fine: {ack}");
+    // Decoded, it would be 98 MB.
+    assert!(grown < 48 * MIB, "verifying a {} KB PNG grew the process by {} MiB", png.len() >> 10, grown / MIB);
+    let ask = json!({"attachmentIds": [id]}).to_string();
+    let (_, urls) = jack_e2e::http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth)], &ask).await;
+    let download = &jack_e2e::json_body(&urls)["downloads"][0];
+    assert!(download["url"].is_string() && download["thumbnailUrl"].is_null(), "kept, without a preview: {download}");
+}
