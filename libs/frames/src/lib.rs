@@ -51,6 +51,8 @@ impl ErrorCode {
 pub mod close {
     /// No `hotelId` in the URL (the spec's code).
     pub const MISSING_HOTEL_ID: u16 = 4000;
+    /// The `hotelId` is not 1 to 128 printable characters without spaces.
+    pub const INVALID_HOTEL_ID: u16 = 4001;
     /// The hotel is not registered (only where a hotel registry is configured).
     pub const UNKNOWN_HOTEL: u16 = 4004;
     /// A frame far beyond any limit.

@@ -52,6 +52,15 @@ pub struct Settings {
     /// `EDGE_IDENTIFY_TIMEOUT_MS` (60000): a WebSocket not identified within this is closed
     /// with 4008.
     pub identify_timeout: Duration,
+    /// `EDGE_METRICS_ADDR` (127.0.0.1:9091; `off` for none): a listener of its own for
+    /// `GET /metrics`, for Prometheus.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `EDGE_METRICS_TOKEN`: when set, `GET /metrics` on the public port answers requests that
+    /// bring it as `Authorization: Bearer …`; when unset, the public port has no `/metrics`.
+    pub metrics_token: Option<String>,
+    /// `EDGE_METRICS_MAX_HOTELS` (100): unregistered hotels that get a `hotelId` label of their
+    /// own at a time; connections to others count under `other`.
+    pub metrics_max_hotels: usize,
 }
 
 impl Settings {
@@ -68,6 +77,10 @@ impl Settings {
         let max_message_size = env.number("WIDGET_MAX_MESSAGE_SIZE", 4096, 1, 64 * 1024)? as usize;
         let default_frame = (max_message_size * 16).max(64 * 1024) as u64;
         let max_frame_size = env.number("EDGE_MAX_FRAME_SIZE", default_frame, max_message_size as u64 + 1024, 16 << 20)? as usize;
+        let metrics_token = env.get("EDGE_METRICS_TOKEN").map(str::to_owned);
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(SettingsError::new("EDGE_METRICS_TOKEN", "…", "must be at least 16 characters"));
+        }
         let origins = env.list("WIDGET_ALLOWED_ORIGINS");
         for origin in &origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
@@ -95,6 +108,12 @@ impl Settings {
             request_timeout: env.millis("EDGE_REQUEST_TIMEOUT_MS", 10_000, 100)?,
             write_timeout: env.millis("EDGE_WRITE_TIMEOUT_MS", 10_000, 100)?,
             identify_timeout: env.millis("EDGE_IDENTIFY_TIMEOUT_MS", 60_000, 100)?,
+            metrics_addr: match env.get("EDGE_METRICS_ADDR") {
+                Some("off") => None,
+                _ => Some(env.socket_addr("EDGE_METRICS_ADDR", "127.0.0.1:9091")?),
+            },
+            metrics_token,
+            metrics_max_hotels: env.number("EDGE_METRICS_MAX_HOTELS", 100, 0, 100_000)? as usize,
         })
     }
 }

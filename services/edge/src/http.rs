@@ -14,6 +14,7 @@ use jack_proto::guest::v1 as guest;
 use jack_proto::tonic::Code;
 use jack_proto::upload::v1 as upload;
 use serde_json::json;
+use subtle::ConstantTimeEq as _;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::context::Edge;
@@ -72,8 +73,26 @@ async fn health(State(edge): State<Arc<Edge>>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+/// The metrics listener's routes (`EDGE_METRICS_ADDR`): `GET /metrics`, for Prometheus.
+pub fn metrics_router(edge: Arc<Edge>) -> Router {
+    Router::new().route("/metrics", get(|State(edge): State<Arc<Edge>>| async move { render_metrics(&edge) })).with_state(edge)
+}
+
+fn render_metrics(edge: &Edge) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], edge.metrics.render()).into_response()
+}
+
+/// `GET /metrics` on the public port: only with `EDGE_METRICS_TOKEN` as a bearer token (what
+/// hotels are connected, and how busy the edge is, is not for everyone).
+async fn metrics(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
+    let Some(expected) = &edge.settings.metrics_token else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a metrics token is required\n").into_response();
+    }
+    render_metrics(&edge)
 }
 
 async fn script(source: &'static str) -> Response {

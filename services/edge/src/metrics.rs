@@ -1,12 +1,26 @@
 //! The spec's four metrics, by their names, in Prometheus text format at `GET /metrics`.
+//!
+//! Every label set is bounded: `hotelId` is a registered hotel's id, or one of at most
+//! `EDGE_METRICS_MAX_HOTELS` others at a time (then `other`), and a hotel's series goes once
+//! its last connection closes — anyone can open a connection with any hotel id, and a label
+//! value is a series kept for as long as it exists.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The `hotelId` of connections beyond the hotels that have a label of their own.
+pub const OTHER_HOTELS: &str = "other";
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// `webchat_connections_active{hotelId}`.
-    pub connections_active: IntGaugeVec,
+    /// `webchat_connections_active{hotelId}` (see [`Metrics::connection_opened`]).
+    connections_active: IntGaugeVec,
+    /// Connections per hotel that has a label of its own, and how many of those hotels are
+    /// not registered.
+    labelled: Arc<Mutex<Labelled>>,
     /// `webchat_messages_total{direction, type}`: inbound guest messages (text, attachment,
     /// quick_reply) and outbound butler messages pushed to guests.
     pub messages_total: IntCounterVec,
@@ -17,7 +31,58 @@ pub struct Metrics {
     pub message_latency: HistogramVec,
 }
 
+#[derive(Debug, Default)]
+struct Labelled {
+    connections: HashMap<String, (usize, bool)>,
+    unregistered: usize,
+}
+
+/// One open connection in `webchat_connections_active`; counted out when dropped.
+pub struct ConnectionGauge {
+    metrics: Metrics,
+    label: String,
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        let mut labelled = self.metrics.labelled.lock().expect("metrics lock");
+        self.metrics.connections_active.with_label_values(&[self.label.as_str()]).dec();
+        if let Some((count, registered)) = labelled.connections.get_mut(&self.label) {
+            *count -= 1;
+            if *count == 0 {
+                let registered = *registered;
+                labelled.connections.remove(&self.label);
+                labelled.unregistered -= usize::from(!registered);
+                let _ = self.metrics.connections_active.remove_label_values(&[self.label.as_str()]);
+            }
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts a connection to `hotel_id` in `webchat_connections_active`: under the hotel's
+    /// own id when it is registered or when fewer than `max_unregistered` unregistered hotels
+    /// have connections, else under [`OTHER_HOTELS`].
+    pub fn connection_opened(&self, hotel_id: &str, registered: bool, max_unregistered: usize) -> ConnectionGauge {
+        let mut labelled = self.labelled.lock().expect("metrics lock");
+        let room = registered || labelled.unregistered < max_unregistered;
+        let label = match labelled.connections.get_mut(hotel_id) {
+            Some((count, _)) => {
+                *count += 1;
+                hotel_id.to_owned()
+            }
+            None if room => {
+                labelled.connections.insert(hotel_id.to_owned(), (1, registered));
+                labelled.unregistered += usize::from(!registered);
+                hotel_id.to_owned()
+            }
+            None => OTHER_HOTELS.to_owned(),
+        };
+        self.connections_active.with_label_values(&[label.as_str()]).inc();
+        drop(labelled);
+        ConnectionGauge { metrics: self.clone(), label }
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let connections_active = IntGaugeVec::new(Opts::new("webchat_connections_active", "Open guest WebSocket connections"), &["hotelId"]).expect("valid metric");
@@ -42,7 +107,7 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, connections_active, messages_total, connection_duration, message_latency }
+        Self { registry, connections_active, labelled: Arc::default(), messages_total, connection_duration, message_latency }
     }
 
     pub fn render(&self) -> String {
@@ -55,5 +120,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hotel_labels_are_bounded_and_go_with_their_last_connection() {
+        let metrics = Metrics::new();
+        let a = metrics.connection_opened("hotel_a", false, 2);
+        let b = metrics.connection_opened("hotel_b", false, 2);
+        let c = metrics.connection_opened("hotel_c", false, 2);
+        let registered = metrics.connection_opened("hotel_r", true, 2);
+        let text = metrics.render();
+        for line in [r#"{hotelId="hotel_a"} 1"#, r#"{hotelId="hotel_b"} 1"#, r#"{hotelId="other"} 1"#, r#"{hotelId="hotel_r"} 1"#] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("hotel_c"), "{text}");
+        drop(a);
+        let text = metrics.render();
+        assert!(!text.contains("hotel_a"), "the series goes with its last connection: {text}");
+        // Its place is free for the next hotel.
+        let d = metrics.connection_opened("hotel_d", false, 2);
+        assert!(metrics.render().contains(r#"{hotelId="hotel_d"} 1"#));
+        drop((b, c, d, registered));
+        let text = metrics.render();
+        assert!(text.contains(r#"{hotelId="other"} 0"#) && !text.contains("hotel_"), "{text}");
     }
 }

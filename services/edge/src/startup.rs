@@ -36,6 +36,8 @@ fn open_files_limit(limits: &str) -> Option<usize> {
 pub struct EdgeServer {
     http: TcpListener,
     grpc: TcpListener,
+    /// `EDGE_METRICS_ADDR`, unless it is off.
+    metrics: Option<TcpListener>,
     settings: Settings,
 }
 
@@ -52,7 +54,11 @@ impl EdgeServer {
         }
         let http = grpc::bind("the WebSocket listener (WEBSOCKET_PORT)", settings.http_addr).await?;
         let grpc = grpc::bind("the edge gRPC API", settings.grpc_addr).await?;
-        Ok(Self { http, grpc, settings })
+        let metrics = match settings.metrics_addr {
+            Some(addr) => Some(grpc::bind("the edge's metrics listener (EDGE_METRICS_ADDR)", addr).await?),
+            None => None,
+        };
+        Ok(Self { http, grpc, metrics, settings })
     }
 
     /// The HTTP/WebSocket address.
@@ -62,6 +68,11 @@ impl EdgeServer {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where `GET /metrics` is served for Prometheus (`EDGE_METRICS_ADDR`), unless it is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -86,16 +97,23 @@ impl EdgeServer {
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
+        let http_limits = jack_runtime::http::Limits { header_read: edge.settings.header_timeout, write_stall: edge.settings.write_timeout };
+        let metrics_task = self.metrics.map(|listener| {
+            let serving = jack_runtime::http::serve(listener, crate::http::metrics_router(edge.clone()), http_limits, shutdown.clone(), |_, addr| *addr);
+            tokio::spawn(serving)
+        });
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
         let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
-        let limits = jack_runtime::http::Limits { header_read: edge.settings.header_timeout, write_stall: edge.settings.write_timeout };
-        let result = jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |io: &Slotted<_>, _addr| io.slot()).await;
+        let result = jack_runtime::http::serve(listener, app, http_limits, shutdown.clone(), |io: &Slotted<_>, _addr| io.slot()).await;
         for link in links {
             let _ = link.await;
         }
         let _ = grpc_task.await;
         let _ = limits_task.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         // Give connection tasks a moment to send their 1001 close frames.
         let deadline = Instant::now() + Duration::from_secs(5);
         while edge.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {

@@ -55,6 +55,11 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Hotel ids: 1 to 128 printable ASCII characters without spaces (as the guest service has them).
+fn valid_hotel_id(hotel_id: &str) -> bool {
+    hotel_id.len() <= 128 && hotel_id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn hotel_id_of(query: Option<&str>) -> Option<String> {
     let query = query?;
     url_params(query).into_iter().find(|(k, _)| k == "hotelId").map(|(_, v)| v).filter(|v| !v.is_empty())
@@ -78,10 +83,11 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let hotel_id = hotel_id_of(request.uri().query());
 
+    let hotel_ok = hotel_id.as_deref().is_none_or(valid_hotel_id);
     // The hotel's own allowed origins (from the registry) win over the global list.
     let policy = match &hotel_id {
-        Some(hotel) => edge.policies.get(&edge.backends, hotel).await,
-        None => None,
+        Some(hotel) if hotel_ok => edge.policies.get(&edge.backends, hotel).await,
+        _ => None,
     };
     let allowed = match &policy {
         Some(p) if !p.allowed_origins.is_empty() => &p.allowed_origins,
@@ -103,9 +109,11 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
     };
     let close_with = match (&hotel_id, &policy) {
         (None, _) => Some((close::MISSING_HOTEL_ID, "Missing hotel ID")),
+        (Some(_), _) if !hotel_ok => Some((close::INVALID_HOTEL_ID, "Invalid hotel ID")),
         (Some(_), Some(p)) if p.registry_enabled && !p.known => Some((close::UNKNOWN_HOTEL, "Unknown hotel ID")),
         _ => None,
     };
+    let registered = policy.as_ref().is_some_and(|p| p.known);
     let task_edge = edge.clone();
     let slot = crate::gate::slot_of(&request);
     tokio::spawn(async move {
@@ -130,7 +138,7 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
         // refusing it) is boxed, so that the task keeps only the connection loop's state.
         let ws = Box::pin(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))).await;
         match (close_with, hotel_id) {
-            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id, slot).serve().await,
+            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id, slot).serve(registered).await,
             (Some((code, reason)), _) => Box::pin(refuse(ws, code, reason)).await,
             (None, None) => {}
         }
@@ -226,13 +234,12 @@ impl Connection {
     }
 
     /// The connection loop: reads frames, writes answers and live events, pings.
-    async fn serve(mut self: Box<Self>) {
-        let gauge = self.edge.metrics.connections_active.with_label_values(&[self.session.hotel_id.as_str()]);
-        gauge.inc();
+    async fn serve(mut self: Box<Self>, registered: bool) {
+        let gauge = self.edge.metrics.connection_opened(&self.session.hotel_id, registered, self.edge.settings.metrics_max_hotels);
         tracing::debug!(session_id = %self.session.session_id, hotel_id = %self.session.hotel_id, "webchat connection established");
         let reason = self.run().await;
         self.session.close();
-        gauge.dec();
+        drop(gauge);
         self.edge.metrics.connection_duration.with_label_values(&[reason]).observe(self.started.elapsed().as_secs_f64());
         tracing::debug!(session_id = %self.session.session_id, reason, "webchat connection closed");
     }

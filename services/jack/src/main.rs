@@ -80,7 +80,10 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     println!("Jack web chat is up (data in {}).", data_dir.display());
     println!("  demo hotel page   http://{host}:{}/", edge.port());
     println!("  guest WebSocket   ws://{host}:{}/ws/chat?hotelId=demo_hotel", edge.port());
-    println!("  health / metrics  http://{host}:{}/health/websocket  http://{host}:{}/metrics", edge.port(), edge.port());
+    println!("  health            http://{host}:{}/health/websocket", edge.port());
+    if let Some(metrics) = stack.edge_metrics_addr() {
+        println!("  metrics           http://{metrics}/metrics (Prometheus)");
+    }
     println!("  file uploads      http://{}/ (signed URLs only)", stack.upload_http_addr());
     println!("  ConversationService (for AI responders)  {}", stack.url(Service::Conversation));
     println!("  DeliveryService (staff subscriptions)    {}", stack.url(Service::Delivery));

@@ -41,6 +41,7 @@ pub struct Stack {
     env: Env,
     addrs: HashMap<Service, SocketAddr>,
     edge_grpc: Option<SocketAddr>,
+    edge_metrics: Option<SocketAddr>,
     upload_http: Option<SocketAddr>,
     running: HashMap<Service, Running>,
     shutdown: CancellationToken,
@@ -125,7 +126,7 @@ impl Stack {
             .with_default("UPLOAD_DATABASE_URL", db("upload"))
             .with_default("UPLOAD_DIR", data_dir.join("uploads").display().to_string());
         let edge_threads = EdgeThreads::new().map_err(|e| anyhow::anyhow!("cannot start the edge's threads: {e}"))?;
-        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, upload_http: None, running: HashMap::new(), shutdown, edge_threads };
+        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, edge_metrics: None, upload_http: None, running: HashMap::new(), shutdown, edge_threads };
         for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
             stack.start_service(service).await?;
         }
@@ -142,6 +143,11 @@ impl Stack {
 
     pub fn edge_grpc_addr(&self) -> SocketAddr {
         self.edge_grpc.expect("the edge is started")
+    }
+
+    /// Where the edge serves `GET /metrics` for Prometheus, unless `EDGE_METRICS_ADDR=off`.
+    pub fn edge_metrics_addr(&self) -> Option<SocketAddr> {
+        self.edge_metrics
     }
 
     /// The edge's own threads (see [`EdgeThreads`]).
@@ -172,6 +178,9 @@ impl Stack {
             };
             if let (Service::Edge, Some(grpc)) = (service, self.edge_grpc) {
                 env = env.with("EDGE_GRPC_ADDR", grpc.to_string());
+            }
+            if let (Service::Edge, Some(metrics)) = (service, self.edge_metrics) {
+                env = env.with("EDGE_METRICS_ADDR", metrics.to_string());
             }
             if let (Service::Upload, Some(http)) = (service, self.upload_http) {
                 env = env.with("UPLOAD_HTTP_ADDR", http.to_string());
@@ -216,6 +225,7 @@ impl Stack {
                 let threads = self.edge_threads.handle();
                 let server = threads.spawn(jack_edge::EdgeServer::build(jack_edge::Settings::from_env(&env)?)).await??;
                 self.edge_grpc = Some(server.grpc_addr());
+                self.edge_metrics = server.metrics_addr();
                 (server.local_addr(), threads.spawn(server.run(token.clone())))
             }
         };

@@ -46,6 +46,7 @@ impl Processes {
             ("WEBSOCKET_HOST", "127.0.0.1".into()),
             ("WEBSOCKET_PORT", edge.to_string()),
             ("EDGE_GRPC_ADDR", format!("127.0.0.1:{edge_grpc}")),
+            ("EDGE_METRICS_ADDR", "off".into()),
             ("EDGE_GUEST_URL", format!("http://127.0.0.1:{guest}")),
             ("EDGE_CONVERSATION_URL", format!("http://127.0.0.1:{conversation}")),
             ("EDGE_UPLOAD_URL", format!("http://127.0.0.1:{upload}")),

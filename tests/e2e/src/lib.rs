@@ -46,7 +46,7 @@ impl TestStack {
         for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "EDGE_GRPC_ADDR"] {
             env = env.with_default(name, "127.0.0.1:0");
         }
-        env = env.with_default("UPLOAD_HTTP_ADDR", "127.0.0.1:0").with_default("WEBSOCKET_HOST", "127.0.0.1").with_default("WEBSOCKET_PORT", "0").with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
+        env = env.with_default("UPLOAD_HTTP_ADDR", "127.0.0.1:0").with_default("EDGE_METRICS_ADDR", "127.0.0.1:0").with_default("WEBSOCKET_HOST", "127.0.0.1").with_default("WEBSOCKET_PORT", "0").with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
         let shutdown = CancellationToken::new();
         let stack = Stack::start(env, dir.path(), shutdown.clone()).await.expect("stack starts");
         let this = Self { stack, shutdown, _dir: dir };
@@ -61,6 +61,11 @@ impl TestStack {
 
     pub fn http_base(&self) -> String {
         format!("http://{}", self.stack.addr(Service::Edge))
+    }
+
+    /// The edge's metrics listener (`EDGE_METRICS_ADDR`).
+    pub fn metrics_base(&self) -> String {
+        format!("http://{}", self.stack.edge_metrics_addr().expect("the edge serves metrics"))
     }
 
     pub fn ws_url(&self, hotel: &str) -> String {

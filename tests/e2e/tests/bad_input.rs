@@ -144,7 +144,7 @@ async fn health_and_metrics_report_the_specs_names() {
     assert_eq!(health["connections"], 1);
     assert!(health["uptime"].is_u64());
 
-    let (status, metrics) = http(&stack.http_base(), "GET", "/metrics", &[], "").await;
+    let (status, metrics) = http(&stack.metrics_base(), "GET", "/metrics", &[], "").await;
     assert_eq!(status, 200);
     assert!(metrics.contains(r#"webchat_connections_active{hotelId="hotel_metrics"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"webchat_messages_total{direction="inbound",type="text"} 1"#), "{metrics}");
@@ -153,7 +153,7 @@ async fn health_and_metrics_report_the_specs_names() {
     // Connection duration is observed when the connection ends.
     let found = tokio::time::timeout(jack_e2e::WAIT, async {
         loop {
-            let (_, metrics) = http(&stack.http_base(), "GET", "/metrics", &[], "").await;
+            let (_, metrics) = http(&stack.metrics_base(), "GET", "/metrics", &[], "").await;
             if metrics.contains(r#"webchat_connection_duration_seconds_count{disconnectReason="client_close"} 1"#) {
                 return;
             }

@@ -90,3 +90,58 @@ async fn oversized_or_slow_http_requests_are_refused() {
     let (status, response) = http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth), ("Content-Length", "100")], "{").await;
     assert_eq!(status, 408, "{}", json_body(&response));
 }
+
+#[tokio::test]
+async fn hotel_ids_are_bounded_and_so_are_the_metrics_they_label() {
+    let stack = TestStack::start_with(&[("EDGE_METRICS_MAX_HOTELS", "3")]).await;
+    // An id no hotel could have is refused with its own close code.
+    let long = "h".repeat(60_000);
+    for bad in [long.as_str(), "two%20words"] {
+        let guest = jack_e2e::Guest::open(&stack.ws_url(bad)).await;
+        let close = guest.closed().await.expect("a close frame");
+        assert_eq!((u16::from(close.code), close.reason.as_str()), (4001, "Invalid hotel ID"));
+    }
+    // Connections to a hundred made-up hotels add three series and `other`, not a hundred.
+    let mut guests = Vec::new();
+    for i in 0..100 {
+        guests.push(stack.guest(&format!("random_{i}")).await);
+    }
+    let metrics = |stack: &TestStack| {
+        let base = stack.metrics_base();
+        async move { http(&base, "GET", "/metrics", &[], "").await.1 }
+    };
+    let text = metrics(&stack).await;
+    let series = text.lines().filter(|l| l.starts_with("webchat_connections_active{")).collect::<Vec<_>>();
+    assert_eq!(series.len(), 4, "{series:?}");
+    assert!(text.contains(r#"webchat_connections_active{hotelId="other"} 97"#), "{series:?}");
+    assert!(!text.contains(&long[..100]));
+    // They go when their connections do.
+    for guest in guests {
+        guest.close().await;
+    }
+    let gone = tokio::time::timeout(WAIT, async {
+        loop {
+            if !metrics(&stack).await.contains("random_") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the series of hotels without connections are removed");
+}
+
+#[tokio::test]
+async fn the_public_port_shows_metrics_only_to_a_bearer_of_the_metrics_token() {
+    let stack = TestStack::start().await;
+    assert_eq!(http(&stack.http_base(), "GET", "/metrics", &[], "").await.0, 404);
+    assert_eq!(http(&stack.metrics_base(), "GET", "/metrics", &[], "").await.0, 200);
+    let token = "a-metrics-token-for-the-scraper";
+    let stack = TestStack::start_with(&[("EDGE_METRICS_TOKEN", token)]).await;
+    let _guest = stack.guest("hotel_1").await;
+    assert_eq!(http(&stack.http_base(), "GET", "/metrics", &[], "").await.0, 401);
+    assert_eq!(http(&stack.http_base(), "GET", "/metrics", &[("Authorization", "Bearer not-the-token-at-all")], "").await.0, 401);
+    let (status, text) = http(&stack.http_base(), "GET", "/metrics", &[("Authorization", &format!("Bearer {token}"))], "").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("webchat_connections_active"), "{text}");
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 async fn stack(dir: &std::path::Path) -> (Stack, CancellationToken) {
     let mut env = Env::from_pairs([("WEBSOCKET_HOST", "127.0.0.1"), ("WEBSOCKET_PORT", "0"), ("RUST_LOG", "warn")]);
-    for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "UPLOAD_HTTP_ADDR", "EDGE_GRPC_ADDR"] {
+    for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "UPLOAD_HTTP_ADDR", "EDGE_GRPC_ADDR", "EDGE_METRICS_ADDR"] {
         env = env.with(name, "127.0.0.1:0");
     }
     let shutdown = CancellationToken::new();
