@@ -483,7 +483,7 @@ export class ChatClient {
         // the messages after it wait, so the order stays as typed.
         this.setStatus(entry, 'queued');
         if (this.retryTimer === null) {
-          const delay = RETRY_AFTER_MS / 2 + (RETRY_AFTER_MS / 2) * this.deps.random();
+          const delay = Math.max(RETRY_AFTER_MS / 2 + (RETRY_AFTER_MS / 2) * this.deps.random(), frame.retryAfterMs ?? 0);
           this.retryTimer = this.deps.setTimeout(() => {
             this.retryTimer = null;
             this.pump();
@@ -497,8 +497,9 @@ export class ChatClient {
       return;
     }
     if (!this.identified || frame.code === 'NOT_IDENTIFIED') {
-      // The identify did not go through (a backend is down): start over on a fresh socket.
-      this.connection.restart();
+      // The identify did not go through (a backend is down, or too many new visitors came
+      // from this address): start over on a fresh socket, no sooner than the server asked.
+      this.connection.restart(frame.retryAfterMs);
     } else if (this.loadingOlder && frame.code === 'RATE_LIMITED') {
       // The refused frame may have been the `load_history` or a `read` or `typing` beside it:
       // ask again shortly unless the page comes meanwhile (a second copy would change nothing).

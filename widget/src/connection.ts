@@ -87,8 +87,9 @@ export class Connection {
   }
 
   /** Drops the socket and reconnects after the usual backoff (the server misbehaved). */
-  restart(): void {
-    if (this.socket) this.lost(4999, 'restart');
+  /** Starts over on a fresh socket, after at least `waitMs` when the server asked to wait. */
+  restart(waitMs = 0): void {
+    if (this.socket) this.lost(4999, 'restart', waitMs);
   }
 
   send(text: string): boolean {
@@ -127,7 +128,7 @@ export class Connection {
     };
   }
 
-  private lost(code: number, reason: string): void {
+  private lost(code: number, reason: string, waitMs = 0): void {
     const socket = this.socket;
     this.socket = null;
     this.clearTimer();
@@ -144,11 +145,11 @@ export class Connection {
       this.handlers.closed(code, reason, null);
       return;
     }
-    this.handlers.closed(code, reason, this.schedule());
+    this.handlers.closed(code, reason, this.schedule(waitMs));
   }
 
-  private schedule(): number {
-    const delay = backoffDelay(this.attempt++, this.deps.random());
+  private schedule(waitMs = 0): number {
+    const delay = Math.max(backoffDelay(this.attempt++, this.deps.random()), waitMs);
     this.state = 'waiting';
     this.timer = this.deps.setTimeout(() => {
       this.timer = null;

@@ -62,7 +62,7 @@ export type ServerFrame =
   | { type: 'message_ack'; clientMessageId: string; messageId: string; seq: number; conversationId: string; timestamp: string }
   | { type: 'typing'; isTyping: boolean; role: Role }
   | { type: 'read'; upToSeq: number; role: Role; timestamp: string }
-  | { type: 'error'; code: string; message: string; clientMessageId?: string; retryable?: boolean };
+  | { type: 'error'; code: string; message: string; clientMessageId?: string; retryable?: boolean; retryAfterMs?: number };
 
 /** A guest message or postback: what the widget keeps until it is acknowledged. */
 export type OutgoingFrame =
@@ -101,7 +101,7 @@ export function parseServerFrame(text: string): ServerFrame | null {
 }
 
 /** Close codes after which reconnecting cannot help. */
-export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set([4000, 4004]);
+export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set([4000, 4001, 4004]);
 
 /** A client message id unique across tabs and reloads. */
 export function newClientMessageId(): string {

@@ -188,11 +188,20 @@ pub struct Error {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
     pub retryable: bool,
+    /// For a retryable error: how long to wait before trying again, when the edge knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>, client_message_id: Option<String>) -> Self {
-        Self { code, message: message.into(), client_message_id, retryable: code.retryable() }
+        Self { code, message: message.into(), client_message_id, retryable: code.retryable(), retry_after_ms: None }
+    }
+
+    /// The same error, telling the client how long to wait.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(wait.as_millis().try_into().unwrap_or(u64::MAX).max(1));
+        self
     }
 }
 

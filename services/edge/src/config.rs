@@ -61,6 +61,17 @@ pub struct Settings {
     /// `EDGE_METRICS_MAX_HOTELS` (100): unregistered hotels that get a `hotelId` label of their
     /// own at a time; connections to others count under `other`.
     pub metrics_max_hotels: usize,
+    /// `EDGE_TRUSTED_PROXIES`: the reverse proxies (addresses or CIDRs) whose `X-Forwarded-For`
+    /// names the client; from anyone else the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `EDGE_MAX_CONNECTIONS_PER_IP` (256): WebSockets one address may hold; more get 429.
+    pub max_connections_per_ip: usize,
+    /// `EDGE_CONNECTS_PER_IP` (20): new connections a second one address may open, in bursts of
+    /// five seconds' worth; more get 429 with `Retry-After`.
+    pub connects_per_ip: u32,
+    /// `EDGE_NEW_VISITORS_PER_IP` (60): new visitors a minute one address may create, in bursts
+    /// of a minute's worth; more identifies get `RATE_LIMITED` with `retryAfterMs`.
+    pub new_visitors_per_ip: u32,
 }
 
 impl Settings {
@@ -80,6 +91,11 @@ impl Settings {
         let metrics_token = env.get("EDGE_METRICS_TOKEN").map(str::to_owned);
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(SettingsError::new("EDGE_METRICS_TOKEN", "…", "must be at least 16 characters"));
+        }
+        let mut trusted_proxies = Vec::new();
+        for proxy in env.list("EDGE_TRUSTED_PROXIES") {
+            let net = proxy.parse::<ipnet::IpNet>().or_else(|_| proxy.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            trusted_proxies.push(net.map_err(|_| SettingsError::new("EDGE_TRUSTED_PROXIES", &proxy, "expected addresses or CIDRs, e.g. 10.0.0.0/8"))?);
         }
         let origins = env.list("WIDGET_ALLOWED_ORIGINS");
         for origin in &origins {
@@ -114,6 +130,10 @@ impl Settings {
             },
             metrics_token,
             metrics_max_hotels: env.number("EDGE_METRICS_MAX_HOTELS", 100, 0, 100_000)? as usize,
+            trusted_proxies,
+            max_connections_per_ip: env.number("EDGE_MAX_CONNECTIONS_PER_IP", 256, 0, 10_000_000)? as usize,
+            connects_per_ip: env.number("EDGE_CONNECTS_PER_IP", 20, 0, 1_000_000)? as u32,
+            new_visitors_per_ip: env.number("EDGE_NEW_VISITORS_PER_IP", 60, 0, 1_000_000)? as u32,
         })
     }
 }

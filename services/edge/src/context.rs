@@ -10,6 +10,7 @@ use crate::backends::{Backends, HotelPolicies};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::peer::PerAddress;
 
 #[derive(Debug)]
 pub struct Edge {
@@ -18,6 +19,8 @@ pub struct Edge {
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub policies: HotelPolicies,
+    /// What one address may do (see [`crate::peer`]).
+    pub per_address: Arc<PerAddress>,
     /// What guests may upload, as the upload service last said (None until it has).
     pub upload_types: std::sync::RwLock<Option<Vec<String>>>,
     /// Open WebSocket connections (counted from the upgrade on).

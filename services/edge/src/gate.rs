@@ -30,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::peer::Peer;
+
 /// Connections being set up at once (the edge's identify queue lets 64 of them into the
 /// backends at a time, so this keeps it fed).
 pub const HANDSHAKES_IN_FLIGHT: usize = 256;
@@ -41,8 +43,8 @@ pub const HANDSHAKE_SLOT_WAIT: Duration = Duration::from_millis(250);
 
 type Held = Mutex<Option<OwnedSemaphorePermit>>;
 
-/// A connection's place among those being set up; it travels with the request as
-/// `ConnectInfo<Slot>`.
+/// A connection's place among those being set up; it travels with the request in
+/// `ConnectInfo<Peer>`.
 #[derive(Debug, Clone)]
 pub struct Slot(Arc<Held>);
 
@@ -163,7 +165,7 @@ pub struct Slotted<T> {
 }
 
 impl<T> Slotted<T> {
-    /// The connection's slot, which travels with its requests as `ConnectInfo<Slot>`.
+    /// The connection's slot, which travels with its requests in `ConnectInfo<Peer>`.
     pub fn slot(&self) -> Slot {
         self.slot.clone()
     }
@@ -199,7 +201,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
 
 /// The slot of the connection a request came on, if it was accepted through [`Gated`].
 pub fn slot_of(request: &Request) -> Option<Slot> {
-    request.extensions().get::<ConnectInfo<Slot>>().map(|info| info.0.clone())
+    request.extensions().get::<ConnectInfo<Peer>>().map(|info| info.0.slot.clone())
 }
 
 /// Middleware: a request that did not become a WebSocket gives its connection's slot back
@@ -320,7 +322,8 @@ mod tests {
             .route("/", axum::routing::get(|| async { "ok" }))
             .layer(axum::middleware::from_fn(hand_back));
         let limits = jack_runtime::http::Limits { header_read: LONG, write_stall: LONG };
-        tokio::spawn(jack_runtime::http::serve(gate, app, limits, jack_runtime::CancellationToken::new(), |io: &Slotted<_>, _| io.slot()));
+        let peer = |io: &Slotted<_>, addr: &std::net::SocketAddr| Peer { addr: *addr, slot: io.slot() };
+        tokio::spawn(jack_runtime::http::serve(gate, app, limits, jack_runtime::CancellationToken::new(), peer));
         let get = |mut stream: TcpStream| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");

@@ -11,6 +11,8 @@
 //! - [`session`]: one connection's protocol state machine — identify, resume by `lastSeq`,
 //!   messages and acks, exactly-once in-order delivery by `seq`.
 //! - [`gate`]: how many connections are set up at once (the rest wait in the accept queue).
+//! - [`peer`]: who a connection comes from (behind trusted proxies too) and what one address
+//!   may do: connections, connects a second, new visitors a minute.
 //! - [`ws`]: the upgrade (origin, limits, hotel id) and the per-connection loop (pings,
 //!   size limits, shutdown).
 //! - [`http`]: health, metrics, the widget bundle, the demo page and the upload-URL API.
@@ -25,6 +27,7 @@ pub mod gate;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod peer;
 pub mod session;
 pub mod startup;
 pub mod ws;

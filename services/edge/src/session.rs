@@ -10,6 +10,7 @@
 //! and not echoed back to it (other tabs of the visitor get them as `role: guest` messages).
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -69,12 +70,19 @@ impl RateLimit {
             false
         }
     }
+
+    /// How long until the next frame is allowed.
+    fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
 }
 
 #[derive(Debug)]
 pub struct Session {
     pub session_id: String,
     pub hotel_id: String,
+    /// The client's address (see [`crate::peer`]), which new visitors are counted against.
+    client: IpAddr,
     edge: Arc<Edge>,
     handle: SessionHandle,
     identity: Option<Identity>,
@@ -105,11 +113,11 @@ fn error(code: ErrorCode, message: impl Into<String>, client_message_id: Option<
 
 impl Session {
     /// A new session and the mailbox of its live events.
-    pub fn new(edge: Arc<Edge>, session_id: String, hotel_id: String, id: u64) -> (Self, Arc<Mailbox>) {
+    pub fn new(edge: Arc<Edge>, session_id: String, hotel_id: String, client: IpAddr, id: u64) -> (Self, Arc<Mailbox>) {
         let mailbox = Arc::new(Mailbox::default());
         let handle = SessionHandle { id, mailbox: mailbox.clone() };
         let limit = RateLimit::new(edge.settings.rate_limit);
-        let session = Self { session_id, hotel_id, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, follow: None };
+        let session = Self { session_id, hotel_id, client, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, follow: None };
         (session, mailbox)
     }
 
@@ -165,7 +173,8 @@ impl Session {
                 ClientFrame::Postback(p) => Some(p.client_message_id.clone()),
                 _ => None,
             };
-            out.push(error(ErrorCode::RateLimited, "too many frames; slow down and retry", id));
+            let refusal = frames::Error::new(ErrorCode::RateLimited, "too many frames; slow down and retry", id);
+            out.push(ServerFrame::Error(refusal.retry_after(self.limit.wait())));
             return;
         }
         match frame {
@@ -200,7 +209,7 @@ impl Session {
     }
 
     async fn identify(&mut self, req: client::Identify, out: &mut Out) {
-        let request = guest::IdentifyRequest {
+        let mut request = guest::IdentifyRequest {
             hotel_id: self.hotel_id.clone(),
             channel: "webchat".into(),
             visitor_id: req.visitor_id.clone(),
@@ -208,12 +217,30 @@ impl Session {
             user_hash: req.user_hash.clone(),
             name: req.name.clone(),
             email: req.email.clone(),
+            no_new_visitor: false,
         };
+        // A new visitor is a guest record: one address may create only so many. An identify
+        // with a proof is a returning guest, unless its proof fails; then the guest service
+        // says so instead of creating one, and it counts as new.
+        let limited = self.edge.per_address.limits_new_visitors();
+        let proof = req.visitor_token.is_some() || req.user_hash.is_some();
+        if limited && !proof && let Some(refusal) = self.refuse_new_visitor() {
+            return out.push(refusal);
+        }
+        request.no_new_visitor = limited && proof;
         // Held until the guest is identified: every backend call of an identify.
         let Some(_turn) = self.edge.backends.identifies.take().await else {
             return out.push(error(ErrorCode::Unavailable, "too many guests are connecting at once; retry shortly", None));
         };
-        let identified = match self.edge.backends.guest.clone().identify(request).await {
+        let mut answer = self.edge.backends.guest.clone().identify(request.clone()).await;
+        if request.no_new_visitor && answer.as_ref().is_err_and(|s| s.code() == jack_proto::tonic::Code::FailedPrecondition) {
+            if let Some(refusal) = self.refuse_new_visitor() {
+                return out.push(refusal);
+            }
+            request.no_new_visitor = false;
+            answer = self.edge.backends.guest.clone().identify(request).await;
+        }
+        let identified = match answer {
             Ok(r) => r.into_inner(),
             Err(status) => return out.push(ServerFrame::Error(error_frame(&status, None))),
         };
@@ -285,6 +312,14 @@ impl Session {
             max_bytes: Some(PAGE_BYTES),
         };
         Ok(self.edge.backends.conversation.clone().list_messages(request).await?.into_inner())
+    }
+
+    /// Counts a new visitor from this client's address; the refusal to send when there are
+    /// too many.
+    fn refuse_new_visitor(&self) -> Option<ServerFrame> {
+        let wait = self.edge.per_address.new_visitor(self.client).err()?;
+        let refusal = frames::Error::new(ErrorCode::RateLimited, "too many new visitors from this address; retry later", None);
+        Some(ServerFrame::Error(refusal.retry_after(wait.0)))
     }
 
     /// Whether pages after `high` are still to be read (see [`Follow`]).

@@ -18,6 +18,7 @@ use crate::context::Edge;
 use crate::gate::{self, Gated, Slotted};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::peer::{PerAddress, Peer};
 
 /// How long hotel policies are cached.
 const POLICY_TTL: Duration = Duration::from_secs(30);
@@ -80,7 +81,9 @@ impl EdgeServer {
         let backends = Backends::connect(&self.settings)?;
         let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls);
         let links = hub.start(shutdown.clone());
+        let per_address = Arc::new(PerAddress::new(self.settings.max_connections_per_ip, self.settings.connects_per_ip, self.settings.new_visitors_per_ip));
         let edge = Arc::new(Edge {
+            per_address,
             settings: self.settings,
             backends,
             hub,
@@ -97,6 +100,7 @@ impl EdgeServer {
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
+        let sweep_task = tokio::spawn(sweep_addresses(edge.clone(), shutdown.clone()));
         let http_limits = jack_runtime::http::Limits { header_read: edge.settings.header_timeout, write_stall: edge.settings.write_timeout };
         let metrics_task = self.metrics.map(|listener| {
             let serving = jack_runtime::http::serve(listener, crate::http::metrics_router(edge.clone()), http_limits, shutdown.clone(), |_, addr| *addr);
@@ -105,12 +109,14 @@ impl EdgeServer {
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
         let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
-        let result = jack_runtime::http::serve(listener, app, http_limits, shutdown.clone(), |io: &Slotted<_>, _addr| io.slot()).await;
+        let peer = |io: &Slotted<_>, addr: &SocketAddr| Peer { addr: *addr, slot: io.slot() };
+        let result = jack_runtime::http::serve(listener, app, http_limits, shutdown.clone(), peer).await;
         for link in links {
             let _ = link.await;
         }
         let _ = grpc_task.await;
         let _ = limits_task.await;
+        let _ = sweep_task.await;
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
@@ -136,6 +142,16 @@ async fn follow_upload_limits(edge: Arc<Edge>, shutdown: CancellationToken) {
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Forgets, now and then, the addresses whose rate limits are back to full.
+async fn sweep_addresses(edge: Arc<Edge>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => edge.per_address.sweep(),
             () = shutdown.cancelled() => return,
         }
     }

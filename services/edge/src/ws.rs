@@ -9,12 +9,13 @@
 //! `EDGE_IDENTIFY_TIMEOUT_MS`, and 1001 on shutdown. A peer that stops reading is dropped by
 //! the listener's write-stall limit (`EDGE_WRITE_TIMEOUT_MS`, see `jack_runtime::http`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -31,6 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::context::Edge;
 use crate::gate::Slot;
+use crate::peer::{Peer, client_ip};
 use crate::hub::Mailbox;
 use crate::session::Session;
 
@@ -80,6 +82,17 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
     let (Some(key), true, true) = (key, is_upgrade, version_ok) else {
         return plain(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade (version 13)");
     };
+    // One address may hold only so many connections, and open them only so fast.
+    let peer = request.extensions().get::<ConnectInfo<Peer>>().map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.addr.ip());
+    let client = client_ip(peer, headers, &edge.settings.trusted_proxies);
+    let counted = match edge.per_address.connect(client) {
+        Ok(counted) => counted,
+        Err(wait) => {
+            tracing::debug!(%client, "connection refused: too many from this address");
+            let retry = HeaderValue::from(wait.seconds());
+            return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry)], "Too many connections from this address").into_response();
+        }
+    };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let hotel_id = hotel_id_of(request.uri().query());
 
@@ -117,8 +130,10 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
     let task_edge = edge.clone();
     let slot = crate::gate::slot_of(&request);
     tokio::spawn(async move {
-        // Whatever happens to the socket, its slot is given back when this task ends.
+        // Whatever happens to the socket, its slot and its place among its address's
+        // connections are given back when this task ends.
         let _release = Release(slot.clone());
+        let _counted = counted;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
@@ -138,7 +153,7 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
         // refusing it) is boxed, so that the task keeps only the connection loop's state.
         let ws = Box::pin(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))).await;
         match (close_with, hotel_id) {
-            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id, slot).serve(registered).await,
+            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id, client, slot).serve(registered).await,
             (Some((code, reason)), _) => Box::pin(refuse(ws, code, reason)).await,
             (None, None) => {}
         }
@@ -221,10 +236,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn open(edge: Arc<Edge>, ws: Ws, hotel_id: String, slot: Option<Slot>) -> Box<Self> {
+    fn open(edge: Arc<Edge>, ws: Ws, hotel_id: String, client: IpAddr, slot: Option<Slot>) -> Box<Self> {
         let session_id = format!("ws_{}", jack_runtime::ids::random_hex());
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, id);
+        let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, client, id);
         let out = vec![session.connected_frame()];
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
         // A tick missed while pages were written comes once, not in a burst.

@@ -12,6 +12,8 @@ pub enum GuestError {
     GuestNotFound,
     #[error("invalid visitor token")]
     InvalidToken,
+    #[error("this identify would create a new visitor")]
+    WouldCreate,
     #[error(transparent)]
     Storage(#[from] sqlx::Error),
 }
@@ -23,6 +25,7 @@ impl From<GuestError> for Status {
             GuestError::UnknownHotel => Status::not_found("unknown hotel"),
             GuestError::GuestNotFound => Status::not_found("guest not found"),
             GuestError::InvalidToken => Status::unauthenticated("invalid visitor token"),
+            GuestError::WouldCreate => Status::failed_precondition("this identify would create a new visitor"),
             GuestError::Storage(cause) => {
                 tracing::error!(error = %cause, "storage failed");
                 Status::unavailable("storage unavailable")

@@ -92,6 +92,9 @@ impl GuestApi {
                         won.then_some(guest)
                     }
                     Binding::Bind { verified } => {
+                        if req.no_new_visitor && !verified {
+                            return Err(GuestError::WouldCreate);
+                        }
                         let guest = new_guest(&req.hotel_id, &channel, visitor_id, verified);
                         self.store.insert_guest(&guest).await?.then_some(guest)
                     }
@@ -106,6 +109,7 @@ impl GuestApi {
         }
         let (guest, created, verify) = match result {
             Some(found) => found,
+            None if req.no_new_visitor => return Err(GuestError::WouldCreate),
             None => {
                 let guest = new_guest(&req.hotel_id, &channel, &ids::new_id("vis"), false);
                 self.store.insert_guest(&guest).await?;

@@ -148,6 +148,21 @@ impl Guest {
         Self { ws, session_id: String::new(), seen: Vec::new() }
     }
 
+    /// Opens the socket with extra request headers (as a reverse proxy would add them); the
+    /// HTTP status when the upgrade is refused.
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        for (name, value) in headers {
+            request.headers_mut().append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("connect in time") {
+            Ok((ws, _)) => Ok(Self { ws, session_id: String::new(), seen: Vec::new() }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(other) => panic!("connect: {other}"),
+        }
+    }
+
     /// Opens the socket with a small receive buffer, as a client that reads slowly (or not at
     /// all) has: what the server sends beyond it waits on the server's side.
     pub async fn open_slow_reader(url: &str) -> Self {

@@ -93,7 +93,7 @@ async fn oversized_or_slow_http_requests_are_refused() {
 
 #[tokio::test]
 async fn hotel_ids_are_bounded_and_so_are_the_metrics_they_label() {
-    let stack = TestStack::start_with(&[("EDGE_METRICS_MAX_HOTELS", "3")]).await;
+    let stack = TestStack::start_with(&[("EDGE_METRICS_MAX_HOTELS", "3"), ("EDGE_CONNECTS_PER_IP", "0")]).await;
     // An id no hotel could have is refused with its own close code.
     let long = "h".repeat(60_000);
     for bad in [long.as_str(), "two%20words"] {
@@ -144,4 +144,96 @@ async fn the_public_port_shows_metrics_only_to_a_bearer_of_the_metrics_token() {
     let (status, text) = http(&stack.http_base(), "GET", "/metrics", &[("Authorization", &format!("Bearer {token}"))], "").await;
     assert_eq!(status, 200);
     assert!(text.contains("webchat_connections_active"), "{text}");
+}
+
+#[tokio::test]
+async fn one_address_may_hold_and_open_only_so_many_connections() {
+    let stack = TestStack::start_with(&[("EDGE_MAX_CONNECTIONS_PER_IP", "5"), ("EDGE_CONNECTS_PER_IP", "1000")]).await;
+    let url = stack.ws_url("hotel_1");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(jack_e2e::Guest::open_with_headers(&url, &[]).await.expect("within the limit"));
+    }
+    assert_eq!(jack_e2e::Guest::open_with_headers(&url, &[]).await.err(), Some(429));
+    // A place comes back when a connection closes.
+    held.pop().unwrap().close().await;
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(guest) = jack_e2e::Guest::open_with_headers(&url, &[]).await {
+                return guest;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "the closed connection's place is free again");
+    // X-Forwarded-For is the client's own say-so unless a trusted proxy wrote it.
+    assert_eq!(jack_e2e::Guest::open_with_headers(&url, &[("X-Forwarded-For", "198.51.100.7")]).await.err(), Some(429));
+
+    // Opened too fast: refused with when to come back.
+    let stack = TestStack::start_with(&[("EDGE_CONNECTS_PER_IP", "2")]).await;
+    let url = stack.ws_url("hotel_1");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(jack_e2e::Guest::open_with_headers(&url, &[]).await.map(|_| 101).unwrap_or_else(|s| s));
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 101).count(), 10, "a burst of five seconds' worth: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
+    let head = http(&stack.http_base(), "GET", "/ws/chat?hotelId=hotel_1", &[("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")], "").await;
+    assert_eq!(head.0, 429);
+    assert!(head.1.to_ascii_lowercase().contains("retry-after: 1"), "{}", head.1);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_address_has_its_own_limits() {
+    let stack = TestStack::start_with(&[("EDGE_MAX_CONNECTIONS_PER_IP", "2"), ("EDGE_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let url = stack.ws_url("hotel_1");
+    let from = |client: &'static str| [("X-Forwarded-For", client)];
+    let mut held = Vec::new();
+    for client in ["198.51.100.7", "198.51.100.7", "203.0.113.9", "203.0.113.9"] {
+        held.push(jack_e2e::Guest::open_with_headers(&url, &from(client)).await.expect("each client within its limit"));
+    }
+    assert_eq!(jack_e2e::Guest::open_with_headers(&url, &from("198.51.100.7")).await.err(), Some(429));
+    // An address the client put in front of the proxy's own entry is not believed.
+    assert_eq!(jack_e2e::Guest::open_with_headers(&url, &[("X-Forwarded-For", "192.0.2.1, 203.0.113.9")]).await.err(), Some(429));
+    assert!(jack_e2e::Guest::open_with_headers(&url, &from("192.0.2.1")).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() {
+    let stack = TestStack::start_with(&[("EDGE_NEW_VISITORS_PER_IP", "5")]).await;
+    // A returning guest, from before the storm.
+    let mut regular = stack.guest("hotel_1").await;
+    let known = regular.identify(json!({"visitorId": "vis_0123456789abcdef0123456789abcdef"})).await;
+    regular.close().await;
+
+    // Twenty connections identify again and again, as new visitors and with made-up tokens.
+    let mut guests = Vec::new();
+    for _ in 0..20 {
+        guests.push(stack.guest("hotel_1").await);
+    }
+    let mut created = std::collections::HashSet::new();
+    let mut refused = 0;
+    for round in 0..3 {
+        for guest in &mut guests {
+            let frame = if round == 1 { json!({"type": "identify", "visitorId": "v_x", "visitorToken": "made.up"}) } else { json!({"type": "identify"}) };
+            guest.send(frame).await;
+            let answer = guest.until(|f| f["type"] == "identified" || f["type"] == "error").await;
+            match answer["type"].as_str() {
+                Some("identified") => {
+                    created.insert(answer["guestId"].as_str().unwrap().to_owned());
+                }
+                _ => {
+                    assert_eq!((answer["code"].as_str(), answer["retryable"].as_bool()), (Some("RATE_LIMITED"), Some(true)), "{answer}");
+                    assert!(answer["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0 && ms <= 60_000), "{answer}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!((created.len(), refused), (4, 56), "one of the five went to the regular guest");
+    // The returning guest is not a new visitor: its token lets it in during the storm.
+    let mut back = stack.guest("hotel_1").await;
+    let again = back.identify(json!({"visitorId": known["visitorId"], "visitorToken": known["visitorToken"]})).await;
+    assert_eq!(again["guestId"], known["guestId"]);
 }

@@ -8,7 +8,16 @@ use jack_runtime::settings::Env;
 use serde_json::Value;
 
 async fn stack(dir: &std::path::Path) -> (Stack, CancellationToken) {
-    let mut env = Env::from_pairs([("WEBSOCKET_HOST", "127.0.0.1"), ("WEBSOCKET_PORT", "0"), ("RUST_LOG", "warn")]);
+    // Every simulated guest comes from one address: the per-address limits are off, as for
+    // the benchmarks.
+    let mut env = Env::from_pairs([
+        ("WEBSOCKET_HOST", "127.0.0.1"),
+        ("WEBSOCKET_PORT", "0"),
+        ("RUST_LOG", "warn"),
+        ("EDGE_MAX_CONNECTIONS_PER_IP", "0"),
+        ("EDGE_CONNECTS_PER_IP", "0"),
+        ("EDGE_NEW_VISITORS_PER_IP", "0"),
+    ]);
     for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "UPLOAD_HTTP_ADDR", "EDGE_GRPC_ADDR", "EDGE_METRICS_ADDR"] {
         env = env.with(name, "127.0.0.1:0");
     }

@@ -338,3 +338,17 @@ test('a chat left open identifies again halfway to its token\'s expiry, and keep
   world.advance(20 * day);
   assert.equal(world.socket.ofType('identify').length, 2);
 });
+
+test('an identify refused for a while is tried again no sooner than the server asked', () => {
+  const { client, world } = setup();
+  client.start();
+  world.socket.accept();
+  world.socket.receive({ type: 'connected', sessionId: 's1', timestamp: 'x', protocol: 1, limits: { maxMessageSize: 20, maxFileSize: 100 } });
+  world.socket.receive({ type: 'error', code: 'RATE_LIMITED', message: 'too many new visitors', retryable: true, retryAfterMs: 45_000 });
+  assert.equal(client.link, 'offline');
+  assert.equal(world.sockets.length, 1);
+  world.advance(44_999);
+  assert.equal(world.sockets.length, 1, 'not before the wait is over');
+  world.advance(1);
+  assert.equal(world.sockets.length, 2, 'then on a fresh socket');
+});
