@@ -63,6 +63,9 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// No identify succeeded within `EDGE_IDENTIFY_TIMEOUT_MS` of the connection opening.
     pub const IDENTIFY_TIMEOUT: u16 = 4008;
+    /// The guest or its conversation was forgotten while the connection sat idle (an anonymous
+    /// visitor who never sent anything): reconnect, identify, and send again.
+    pub const SESSION_EXPIRED: u16 = 4010;
     /// The edge is shutting down; reconnect (to another edge).
     pub const GOING_AWAY: u16 = 1001;
 }

@@ -3,6 +3,7 @@
 //! - [`settings`]: typed settings read from the environment, with one-line errors.
 //! - [`telemetry`]: `tracing` to stderr (`RUST_LOG`) and, when `OTEL_*` asks for it, OTLP.
 //! - [`shutdown`]: SIGTERM and SIGINT mean the same graceful drain.
+//! - [`housekeeping`]: periodic jobs, such as forgetting records nobody will come back for.
 //! - [`grpc`]: server and client setup with the deadlines and keep-alives we want everywhere.
 //! - [`http`]: serving a public HTTP listener with header-read and write-stall limits.
 //! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it;
@@ -12,6 +13,7 @@
 
 pub mod db;
 pub mod grpc;
+pub mod housekeeping;
 pub mod http;
 pub mod ids;
 pub mod settings;

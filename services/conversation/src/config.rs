@@ -15,6 +15,9 @@ pub struct Settings {
     pub delivery_urls: Vec<String>,
     /// `CONVERSATION_PUBLISH_TIMEOUT_MS`: deadline of one publish to delivery.
     pub publish_timeout: Duration,
+    /// `CONVERSATION_EMPTY_TTL` (1 day, in seconds): a conversation without a single message is
+    /// forgotten this long after it was opened (a guest who comes back gets a new one).
+    pub empty_ttl: Duration,
 }
 
 impl Settings {
@@ -24,6 +27,7 @@ impl Settings {
             database_url: env.string("CONVERSATION_DATABASE_URL", "sqlite:data/conversation.db"),
             delivery_urls: env.urls("CONVERSATION_DELIVERY_URLS", "http://127.0.0.1:50053")?,
             publish_timeout: env.millis("CONVERSATION_PUBLISH_TIMEOUT_MS", 2000, 10)?,
+            empty_ttl: Duration::from_secs(env.number("CONVERSATION_EMPTY_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),
         })
     }
 }

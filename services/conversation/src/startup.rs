@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use jack_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_runtime::db::Database;
-use jack_runtime::{CancellationToken, grpc};
+use jack_runtime::{CancellationToken, grpc, housekeeping, time};
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -25,6 +25,9 @@ pub(crate) static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// number past the file's end, and dropping pages past the end walks every hash slot), so
 /// at 32 MiB that scan was 12 % of the writer thread's time under load.
 const MESSAGE_WRITER_CACHE_KIB: u32 = 8 * 1024;
+
+/// Conversations forgotten by one statement (a sweep runs statements until fewer are left).
+const FORGET_BATCH: u64 = 1_000;
 
 /// A bound, migrated conversation service, ready to serve.
 pub struct ConversationServer {
@@ -55,11 +58,18 @@ impl ConversationServer {
         let (relay, handle) = Relay::new(self.store.clone(), clients, self.settings.publish_timeout);
         let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?;
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+        // Conversations that never got a message are forgotten after a while.
+        let (store, ttl) = (self.store.clone(), self.settings.empty_ttl);
+        let forgetting = tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
+            let (store, cutoff) = (store.clone(), time::now_ms() - ttl.as_millis() as i64);
+            async move { housekeeping::forget_in_batches("empty conversations", FORGET_BATCH, |limit| store.forget_empty(cutoff, limit)).await }
+        }));
         let router = grpc::server()
             .add_service(grpc::health("jack.conversation.v1.ConversationService").await)
             .add_service(ConversationServiceServer::new(api));
         let result = grpc::serve(router, self.listener, shutdown).await;
         let _ = relay_task.await;
+        let _ = forgetting.await;
         self.store.close().await;
         result
     }

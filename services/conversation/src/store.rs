@@ -621,6 +621,24 @@ impl Store {
         Ok((positions, span.flatten()))
     }
 
+    /// Forgets up to `limit` conversations opened before `cutoff_ms` that have no message; how
+    /// many. (One that gets its first message meanwhile is kept: the message's reference to it
+    /// stops the delete.)
+    pub async fn forget_empty(&self, cutoff_ms: i64, limit: u64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM conversations WHERE conversation_id IN (
+                 SELECT c.conversation_id FROM conversations AS c
+                 WHERE c.created_at_ms < $1
+                   AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.conversation_id)
+                 LIMIT $2)",
+        )
+        .bind(cutoff_ms)
+        .bind(limit as i64)
+        .execute(&self.db.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`; none for a
     /// conversation that does not exist.
     pub async fn list_messages(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<(Vec<pb::Message>, bool)> {

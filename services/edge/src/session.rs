@@ -44,6 +44,8 @@ struct Identity {
     guest_id: String,
     /// Shared with the hub's key for this session.
     conversation_id: Arc<str>,
+    /// Whether the guest has sent something before (else its first message marks it kept).
+    engaged: bool,
 }
 
 /// A token bucket: `rate` frames a second, bursts of twice that.
@@ -94,6 +96,10 @@ pub struct Session {
     pub catch_up_pending: bool,
     /// Pages after `high` still to be read, one at a time.
     follow: Option<Follow>,
+    /// The guest or its conversation was forgotten while this session was idle (see
+    /// `GUEST_SILENT_VISITOR_TTL`, `CONVERSATION_EMPTY_TTL`): the connection is closed with
+    /// 4010, and the client identifies afresh and sends again.
+    pub expired: bool,
 }
 
 /// Pages of messages after `high` still to be sent. The connection loop reads one, writes it to
@@ -117,7 +123,7 @@ impl Session {
         let mailbox = Arc::new(Mailbox::default());
         let handle = SessionHandle { id, mailbox: mailbox.clone() };
         let limit = RateLimit::new(edge.settings.rate_limit);
-        let session = Self { session_id, hotel_id, client, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, follow: None };
+        let session = Self { session_id, hotel_id, client, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, follow: None, expired: false };
         (session, mailbox)
     }
 
@@ -258,7 +264,7 @@ impl Session {
         let conversation_id: Arc<str> = conversation.conversation_id.as_str().into();
         // Subscribe first, then replay: nothing committed in between can be missed.
         self.edge.hub.attach(&conversation_id, self.handle.clone()).await;
-        self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone() });
+        self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone(), engaged: g.engaged });
         let identified_frame = frames::Identified {
             guest_id: g.guest_id,
             visitor_id: g.visitor_id,
@@ -312,6 +318,13 @@ impl Session {
             max_bytes: Some(PAGE_BYTES),
         };
         Ok(self.edge.backends.conversation.clone().list_messages(request).await?.into_inner())
+    }
+
+    /// The guest or its conversation is gone: the session ends (see `expired`).
+    fn expire(&mut self) {
+        tracing::debug!(session_id = %self.session_id, "the guest or its conversation was forgotten");
+        self.close();
+        self.expired = true;
     }
 
     /// Counts a new visitor from this client's address; the refusal to send when there are
@@ -520,10 +533,24 @@ impl Session {
                 Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
             }
         }
+        if !identity.engaged {
+            // The first thing this guest sends: from now on it is kept.
+            let engaged = guest::MarkEngagedRequest { guest_id: identity.guest_id.clone() };
+            match self.edge.backends.guest.clone().mark_engaged(engaged).await {
+                Ok(_) => {
+                    if let Some(identity) = &mut self.identity {
+                        identity.engaged = true;
+                    }
+                }
+                Err(status) if status.code() == jack_proto::tonic::Code::NotFound => return self.expire(),
+                Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
+            }
+        }
         request.conversation_id = identity.conversation_id.to_string();
         request.guest_id = identity.guest_id.clone();
         let stored = match self.edge.backends.guest_messages.add(request).await {
             Ok(stored) => stored,
+            Err(status) if status.code() == jack_proto::tonic::Code::NotFound => return self.expire(),
             Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
         };
         let Some(message) = stored.message else {

@@ -100,7 +100,12 @@ impl EdgeServer {
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
-        let sweep_task = tokio::spawn(sweep_addresses(edge.clone(), shutdown.clone()));
+        // Forgets, now and then, the addresses whose rate limits are back to full.
+        let swept = edge.clone();
+        let sweep_task = tokio::spawn(jack_runtime::housekeeping::every(Duration::from_secs(60), shutdown.clone(), move || {
+            swept.per_address.sweep();
+            std::future::ready(())
+        }));
         let http_limits = jack_runtime::http::Limits { header_read: edge.settings.header_timeout, write_stall: edge.settings.write_timeout };
         let metrics_task = self.metrics.map(|listener| {
             let serving = jack_runtime::http::serve(listener, crate::http::metrics_router(edge.clone()), http_limits, shutdown.clone(), |_, addr| *addr);
@@ -142,16 +147,6 @@ async fn follow_upload_limits(edge: Arc<Edge>, shutdown: CancellationToken) {
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Forgets, now and then, the addresses whose rate limits are back to full.
-async fn sweep_addresses(edge: Arc<Edge>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(60)) => edge.per_address.sweep(),
             () = shutdown.cancelled() => return,
         }
     }

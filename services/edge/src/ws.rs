@@ -277,6 +277,10 @@ impl Connection {
             }
             // Frames are large and an idle connection has none to write: keep no room for them.
             self.out = Vec::new();
+            if self.session.expired {
+                Box::pin(close_with(&mut self.ws, close::SESSION_EXPIRED, "Session expired; identify again")).await;
+                return "session_expired";
+            }
             if self.session.is_following() {
                 // The next page of a replay or catch-up, now that the last one is written (the
                 // guest is reading: that counts as hearing from it).

@@ -20,6 +20,9 @@ pub struct Settings {
     /// `GUEST_TOKEN_TTL` (30 days, in seconds): how long a visitor token works. Every identify
     /// issues a new one, so a visitor who comes back within this time keeps their conversation.
     pub token_ttl: Duration,
+    /// `GUEST_SILENT_VISITOR_TTL` (1 day, in seconds): an anonymous guest (no proof, name or
+    /// email) who has sent nothing is forgotten this long after arriving.
+    pub silent_visitor_ttl: Duration,
 }
 
 impl Settings {
@@ -35,6 +38,7 @@ impl Settings {
             token_secret,
             hotels_file: env.get("GUEST_HOTELS_FILE").map(PathBuf::from),
             token_ttl: Duration::from_secs(env.number("GUEST_TOKEN_TTL", 30 * 24 * 3600, 1, 400 * 24 * 3600)?),
+            silent_visitor_ttl: Duration::from_secs(env.number("GUEST_SILENT_VISITOR_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),
         })
     }
 }

@@ -150,6 +150,7 @@ fn new_guest(hotel_id: &str, channel: &str, visitor_id: &str, verified: bool) ->
         email: None,
         verified,
         created_at_ms: time::now_ms(),
+        engaged: false,
     }
 }
 
@@ -181,6 +182,12 @@ impl GuestService for GuestApi {
         let guest = self.token_guest(&token).await?;
         let expires_at_ms = self.signer.verify(&token, 0).map_or(0, |c| c.expires_at_ms);
         Ok(Response::new(pb::IdentifyResponse { guest: Some(guest.guest), visitor_token: token, created: false, replaced_visitor: false, visitor_token_expires_at_ms: expires_at_ms }))
+    }
+
+    async fn mark_engaged(&self, request: Request<pb::MarkEngagedRequest>) -> Result<Response<pb::Guest>, Status> {
+        let guest_id = request.into_inner().guest_id;
+        let guest = self.store.mark_engaged(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
+        Ok(Response::new(guest.guest))
     }
 
     async fn revoke_visitor_tokens(&self, request: Request<pb::RevokeVisitorTokensRequest>) -> Result<Response<pb::Guest>, Status> {

@@ -1,11 +1,12 @@
 //! Building and running jack-guest.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use jack_proto::guest::v1::guest_service_server::GuestServiceServer;
 use jack_runtime::db::Database;
-use jack_runtime::{CancellationToken, grpc, time};
+use jack_runtime::{CancellationToken, grpc, housekeeping, time};
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -21,7 +22,12 @@ pub struct GuestServer {
     listener: TcpListener,
     db: Database,
     api: GuestApi,
+    store: Store,
+    silent_visitor_ttl: Duration,
 }
+
+/// Guests forgotten by one statement (a sweep runs statements until fewer are left).
+const FORGET_BATCH: u64 = 1_000;
 
 /// One entry of `GUEST_HOTELS_FILE`.
 #[derive(Debug, serde::Deserialize)]
@@ -53,7 +59,8 @@ impl GuestServer {
                 store.upsert_hotel(&record, time::now_ms()).await?;
             }
         }
-        Ok(Self { listener, db, api: GuestApi::new(store, TokenSigner::new(&secret), settings.token_ttl) })
+        let api = GuestApi::new(store.clone(), TokenSigner::new(&secret), settings.token_ttl);
+        Ok(Self { listener, db, api, store, silent_visitor_ttl: settings.silent_visitor_ttl })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -65,7 +72,14 @@ impl GuestServer {
         let router = grpc::server()
             .add_service(grpc::health("jack.guest.v1.GuestService").await)
             .add_service(GuestServiceServer::new(self.api));
+        // Anonymous visitors who never sent anything are forgotten after a while.
+        let (store, ttl) = (self.store, self.silent_visitor_ttl);
+        let forgetting = tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
+            let (store, cutoff) = (store.clone(), time::now_ms() - ttl.as_millis() as i64);
+            async move { housekeeping::forget_in_batches("silent visitors", FORGET_BATCH, |limit| store.forget_silent(cutoff, limit)).await }
+        }));
         let result = grpc::serve(router, self.listener, shutdown).await;
+        let _ = forgetting.await;
         self.db.close().await;
         result
     }

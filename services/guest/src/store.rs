@@ -48,7 +48,7 @@ fn hotel_from_row(hotel_id: String, row: &AnyRow) -> Result<HotelRecord, sqlx::E
 /// `SELECT` of every guest column; a macro so that queries stay `&'static str` literals.
 macro_rules! select_guest {
     ($where:literal) => {
-        concat!("SELECT guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms, token_epoch FROM guests WHERE ", $where)
+        concat!("SELECT guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms, engaged, token_epoch FROM guests WHERE ", $where)
     };
 }
 
@@ -62,6 +62,7 @@ fn guest_from_row(row: &AnyRow) -> Result<StoredGuest, sqlx::Error> {
         email: row.try_get("email")?,
         verified: row.try_get::<i64, _>("verified")? != 0,
         created_at_ms: row.try_get("created_at_ms")?,
+        engaged: row.try_get::<i64, _>("engaged")? != 0,
     };
     Ok(StoredGuest { guest, token_epoch: row.try_get("token_epoch")? })
 }
@@ -69,8 +70,8 @@ fn guest_from_row(row: &AnyRow) -> Result<StoredGuest, sqlx::Error> {
 /// Inserts a guest unless its visitor id is taken; whether it was inserted.
 async fn insert_guest_on(conn: &mut sqlx::AnyConnection, guest: pb::Guest) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO guests (guest_id, hotel_id, channel, visitor_id, name, email, verified, created_at_ms, engaged)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (hotel_id, channel, visitor_id) DO NOTHING",
     )
     .bind(guest.guest_id)
@@ -81,6 +82,7 @@ async fn insert_guest_on(conn: &mut sqlx::AnyConnection, guest: pb::Guest) -> Re
     .bind(guest.email)
     .bind(i64::from(guest.verified))
     .bind(guest.created_at_ms)
+    .bind(i64::from(guest.engaged))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -132,6 +134,37 @@ impl Store {
             .await
     }
 
+    /// The guest has sent something: it is kept. The guest after the change.
+    pub async fn mark_engaged(&self, guest_id: &str) -> Result<Option<StoredGuest>, sqlx::Error> {
+        let guest_id = guest_id.to_owned();
+        self.db
+            .write_grouped(move |conn| {
+                let guest_id = guest_id.clone();
+                Box::pin(async move {
+                    sqlx::query("UPDATE guests SET engaged = 1 WHERE guest_id = $1 AND engaged = 0").bind(&guest_id).execute(&mut *conn).await?;
+                    let row = sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
+                    row.as_ref().map(guest_from_row).transpose()
+                })
+            })
+            .await
+    }
+
+    /// Forgets up to `limit` anonymous guests (no proof, name or email) who never sent anything
+    /// and arrived before `cutoff_ms`; how many.
+    pub async fn forget_silent(&self, cutoff_ms: i64, limit: u64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM guests WHERE guest_id IN (
+                 SELECT guest_id FROM guests
+                 WHERE engaged = 0 AND created_at_ms < $1 AND verified = 0 AND name IS NULL AND email IS NULL
+                 LIMIT $2)",
+        )
+        .bind(cutoff_ms)
+        .bind(limit as i64)
+        .execute(&self.db.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Revokes every visitor token issued for the guest so far; the guest after the change.
     pub async fn revoke_tokens(&self, guest_id: &str) -> Result<Option<StoredGuest>, sqlx::Error> {
         let guest_id = guest_id.to_owned();
@@ -180,7 +213,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT h.hotel_id AS registered_hotel_id, h.name AS hotel_name, h.allowed_origins, h.identity_secret,
                     (SELECT COUNT(*) FROM (SELECT 1 FROM hotels LIMIT 1) AS first_hotel) AS registry,
-                    g.guest_id, g.hotel_id, g.channel, g.visitor_id, g.name, g.email, g.verified, g.created_at_ms, g.token_epoch
+                    g.guest_id, g.hotel_id, g.channel, g.visitor_id, g.name, g.email, g.verified, g.created_at_ms, g.engaged, g.token_epoch
              FROM (SELECT 1 AS one) AS lookup
              LEFT JOIN hotels AS h ON h.hotel_id = $1
              LEFT JOIN guests AS g ON g.hotel_id = $1 AND g.channel = $2 AND g.visitor_id = $3",

@@ -19,18 +19,14 @@ pub const PENDING_FOR: Duration = Duration::from_secs(25 * 3600);
 const BATCH: i64 = 500;
 
 pub async fn run(store: Store, storage: Storage, url_ttl: Duration, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(EVERY) => {}
-            () = shutdown.cancelled() => return,
-        }
-        let now = jack_runtime::time::now_ms();
-        match sweep(&store, &storage, now, url_ttl).await {
+    jack_runtime::housekeeping::every(EVERY, shutdown, || async {
+        match sweep(&store, &storage, jack_runtime::time::now_ms(), url_ttl).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(forgotten = n, "unsent uploads forgotten"),
             Err(err) => tracing::warn!(error = %err, "upload sweep failed"),
         }
-    }
+    })
+    .await;
 }
 
 /// One sweep at `now_ms`: the number of attachments forgotten.

@@ -237,3 +237,53 @@ async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() 
     let again = back.identify(json!({"visitorId": known["visitorId"], "visitorToken": known["visitorToken"]})).await;
     assert_eq!(again["guestId"], known["guestId"]);
 }
+
+#[tokio::test]
+async fn visitors_who_only_look_are_forgotten_and_an_idle_tab_starts_afresh() {
+    use jack_proto::conversation::v1 as conv;
+    use jack_proto::guest::v1 as guest_pb;
+    let stack = TestStack::start_with(&[("GUEST_SILENT_VISITOR_TTL", "1"), ("CONVERSATION_EMPTY_TTL", "1")]).await;
+    let mut guests = guest_pb::guest_service_client::GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), WAIT).unwrap());
+    let mut conversations = stack.conversation();
+
+    let mut writer = stack.guest("hotel_1").await;
+    let wrote = writer.identify(json!({})).await;
+    assert_eq!(writer.say("w1", "hello").await["type"], "message_ack");
+    let mut idle = stack.guest("hotel_1").await;
+    let silent = idle.identify(json!({})).await;
+    // A storm of visitors who only look.
+    let mut lookers = vec![silent.clone()];
+    for _ in 0..10 {
+        let mut guest = stack.guest("hotel_1").await;
+        lookers.push(guest.identify(json!({})).await);
+        guest.close().await;
+    }
+
+    // A while later nothing of them is kept.
+    let id = |v: &serde_json::Value, field: &str| v[field].as_str().unwrap().to_owned();
+    let forgotten = tokio::time::timeout(WAIT, async {
+        for looker in &lookers {
+            while guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(looker, "guestId") }).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            while conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(looker, "conversationId") }).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
+    assert!(forgotten.is_ok(), "guests who never wrote, and their empty conversations, are forgotten");
+    // The guest who wrote is kept, with its conversation.
+    assert!(guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&wrote, "guestId") }).await.is_ok());
+    assert!(conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") }).await.is_ok());
+
+    // The idle tab writes at last: its session has expired, and the guest starts afresh.
+    idle.send(json!({"type": "message", "clientMessageId": "late", "content": "anyone there?"})).await;
+    let close = idle.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4010);
+    let mut back = stack.guest("hotel_1").await;
+    let again = back.identify(json!({"visitorId": silent["visitorId"], "visitorToken": silent["visitorToken"], "lastSeq": 0})).await;
+    assert_ne!(again["guestId"], silent["guestId"]);
+    let ack = back.say("late", "anyone there?").await;
+    assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("message_ack"), Some(1)), "{ack}");
+}

@@ -53,3 +53,30 @@ async fn the_spine_runs_on_postgresql() {
     let refused = guests.identify(identify("other_hotel")).await.expect_err("an unregistered hotel is refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn visitors_who_only_look_are_forgotten_on_postgresql_too() {
+    let mut vars = jack_e2e::postgres_databases().await;
+    vars.extend([("GUEST_SILENT_VISITOR_TTL".to_owned(), "1".to_owned()), ("CONVERSATION_EMPTY_TTL".to_owned(), "1".to_owned())]);
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let stack = TestStack::start_with(&pairs).await;
+    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT).unwrap());
+    let mut conversations = stack.conversation();
+    let mut writer = stack.guest("hotel_pg").await;
+    let wrote = writer.identify(json!({})).await;
+    writer.say("w1", "hello").await;
+    let mut looker = stack.guest("hotel_pg").await;
+    let looked = looker.identify(json!({})).await;
+    let id = |v: &serde_json::Value, field: &str| v[field].as_str().unwrap().to_owned();
+    let forgotten = tokio::time::timeout(WAIT, async {
+        while guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&looked, "guestId") }).await.is_ok()
+            || conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&looked, "conversationId") }).await.is_ok()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(forgotten.is_ok());
+    assert!(guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&wrote, "guestId") }).await.is_ok());
+    assert!(conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") }).await.is_ok());
+}
