@@ -218,6 +218,7 @@ async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Byt
         }
         Err(s) if s.code() == Code::InvalidArgument => json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", s.message()),
         Err(s) if s.code() == Code::FailedPrecondition => json_error(StatusCode::NOT_IMPLEMENTED, "UPLOADS_DISABLED", s.message()),
+        Err(s) if s.code() == Code::ResourceExhausted => json_error(StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED", s.message()),
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable"),
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use jack_runtime::settings::{Env, SettingsError};
 
+use crate::store::Quota;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `UPLOAD_GRPC_ADDR`: where the gRPC API listens.
@@ -40,9 +42,16 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// `UPLOAD_MAX_DOWNLOADS` (64): downloads sent at once; more get 503 with `Retry-After`.
     pub max_downloads: usize,
+    /// `UPLOAD_MAX_UPLOADS` (64): uploads received at once on the local backend; more get 503
+    /// with `Retry-After`.
+    pub max_uploads: usize,
     /// `UPLOAD_PREVIEW_MAX_BYTES` (64 MiB): the most decoding an image for its preview may
     /// allocate; a larger image (say over 21 megapixels of 8-bit RGB) gets no preview.
     pub preview_max_bytes: u64,
+    /// What may wait to be sent (asked for, maybe uploaded, not yet in a message):
+    /// `UPLOAD_MAX_PENDING_FILES` (20) and `UPLOAD_MAX_PENDING_BYTES` (50 MiB) per guest,
+    /// `UPLOAD_MAX_PENDING_BYTES_PER_HOTEL` (2 GiB) per hotel; beyond, RESOURCE_EXHAUSTED.
+    pub quota: Quota,
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +141,13 @@ impl Settings {
             write_timeout: env.millis("UPLOAD_WRITE_TIMEOUT_MS", 30_000, 100)?,
             body_timeout: env.millis("UPLOAD_BODY_TIMEOUT_MS", 30_000, 100)?,
             max_downloads: env.number("UPLOAD_MAX_DOWNLOADS", 64, 1, 100_000)? as usize,
+            max_uploads: env.number("UPLOAD_MAX_UPLOADS", 64, 1, 100_000)? as usize,
             preview_max_bytes: env.number("UPLOAD_PREVIEW_MAX_BYTES", 64 << 20, 1 << 20, 1 << 34)?,
+            quota: Quota {
+                files_per_guest: env.number("UPLOAD_MAX_PENDING_FILES", 20, 1, 1_000_000)?,
+                bytes_per_guest: env.number("UPLOAD_MAX_PENDING_BYTES", 50 << 20, 1, 1 << 44)?,
+                bytes_per_hotel: env.number("UPLOAD_MAX_PENDING_BYTES_PER_HOTEL", 2 << 30, 1, 1 << 50)?,
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::domain::{self, Mismatch};
 use crate::downloads::Downloads;
 use crate::storage::{Object, Storage, StorageError};
-use crate::store::Store;
+use crate::store::{Exceeded, Store};
 
 /// Files verified at once: each is read whole (at most `WIDGET_MAX_FILE_SIZE`), so this
 /// bounds the memory verification takes.
@@ -119,7 +119,14 @@ impl UploadService for UploadApi {
         };
         let key = domain::incoming_key(&attachment.attachment_id);
         let url = self.storage.presign_put(&key, &attachment.content_type, attachment.size, self.settings.url_ttl).await.map_err(unavailable)?;
-        self.store.insert(&attachment).await.map_err(storage)?;
+        if let Some(exceeded) = self.store.insert_pending(&attachment, &self.settings.quota).await.map_err(storage)? {
+            tracing::info!(guest_id = %attachment.guest_id, hotel_id = %attachment.hotel_id, ?exceeded, "upload refused: quota");
+            let why = match exceeded {
+                Exceeded::GuestFiles | Exceeded::GuestBytes => "too many files are waiting to be sent; send them, or wait until unsent ones are forgotten",
+                Exceeded::HotelBytes => "this hotel has too many files waiting to be sent; retry later",
+            };
+            return Err(Status::resource_exhausted(why));
+        }
         Ok(Response::new(pb::CreateUploadResponse { attachment: Some(attachment), upload_url: url.url, expires_at_ms: url.expires_at_ms }))
     }
 

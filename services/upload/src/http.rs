@@ -34,6 +34,48 @@ pub struct HttpState {
     pub storage: Storage,
     /// Downloads being sent at once (`UPLOAD_MAX_DOWNLOADS`); beyond it, 503.
     pub downloads_in_flight: Arc<Semaphore>,
+    /// Uploads being received (see [`Receiving`]).
+    pub receiving: Receiving,
+}
+
+/// Uploads being received: one at a time on each URL (a second gets 409 while the first goes
+/// on), and at most `UPLOAD_MAX_UPLOADS` in all (then 503), so that what is written to
+/// temporary files at once stays bounded.
+#[derive(Debug, Clone)]
+pub struct Receiving {
+    keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    slots: Arc<Semaphore>,
+}
+
+/// An upload being received; its URL and place are free again when it is dropped.
+struct Receipt {
+    receiving: Receiving,
+    key: String,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        self.receiving.keys.lock().expect("receiving lock").remove(&self.key);
+    }
+}
+
+impl Receiving {
+    pub fn new(max_uploads: usize) -> Self {
+        Self { keys: Arc::default(), slots: Arc::new(Semaphore::new(max_uploads)) }
+    }
+
+    /// The receipt of an upload starting on `key`, or the answer refusing it.
+    fn start(&self, key: &str) -> Result<Receipt, Box<Response>> {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let busy = (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "too many uploads at once; retry shortly\n");
+            return Err(Box::new(busy.into_response()));
+        };
+        if !self.keys.lock().expect("receiving lock").insert(key.to_owned()) {
+            return Err(Box::new(refuse(StatusCode::CONFLICT, "this file is being uploaded already")));
+        }
+        Ok(Receipt { receiving: self.clone(), key: key.to_owned(), _slot: slot })
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -96,6 +138,10 @@ async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(Stri
     if kept || target.exists() {
         return refuse(StatusCode::CONFLICT, "this file was already uploaded");
     }
+    let _receipt = match state.receiving.start(&key) {
+        Ok(receipt) => receipt,
+        Err(response) => return *response,
+    };
     match receive(&disk, body, size, &target).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(response) => response,

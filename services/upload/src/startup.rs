@@ -77,6 +77,7 @@ impl UploadServer {
             store: self.store.clone(),
             storage: self.storage.clone(),
             downloads_in_flight: Arc::new(tokio::sync::Semaphore::new(self.settings.max_downloads)),
+            receiving: crate::http::Receiving::new(self.settings.max_uploads),
         };
         // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
         // browser's delayed ACK, as on the edge's listener.

@@ -46,6 +46,43 @@ fn id_list(ids: &[String]) -> String {
     serde_json::to_string(ids).expect("a list of strings is JSON")
 }
 
+async fn insert_on(conn: &mut sqlx::AnyConnection, a: &pb::Attachment) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&a.attachment_id)
+    .bind(&a.hotel_id)
+    .bind(&a.guest_id)
+    .bind(&a.filename)
+    .bind(&a.content_type)
+    .bind(a.size)
+    .bind(&a.status)
+    .bind(a.created_at_ms)
+    .bind(Some(&a.conversation_id).filter(|c| !c.is_empty()))
+    .bind(i64::from(a.has_thumbnail))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How much may wait to be sent: attachments asked for (and maybe uploaded) but not yet part
+/// of a message. They are forgotten after a day and a bit (see `crate::janitor`).
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub files_per_guest: u64,
+    pub bytes_per_guest: u64,
+    pub bytes_per_hotel: u64,
+}
+
+/// Which part of the [`Quota`] a new attachment would go past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    GuestFiles,
+    GuestBytes,
+    HotelBytes,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
@@ -56,24 +93,44 @@ impl Store {
         Self { db }
     }
 
-    pub async fn insert(&self, a: &pb::Attachment) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    /// Records a pending attachment unless its guest, or its hotel, already has as much waiting
+    /// as `quota` allows; the quota exceeded when it was not recorded. Guests are checked one at
+    /// a time (SQLite has one writer; on PostgreSQL a lock per guest), so concurrent requests
+    /// cannot slip past the quota together.
+    pub async fn insert_pending(&self, a: &pb::Attachment, quota: &Quota) -> Result<Option<Exceeded>, sqlx::Error> {
+        let mut tx = self.db.write.begin().await?;
+        if self.db.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(&a.guest_id).execute(&mut *tx).await?;
+        }
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM attachments WHERE guest_id = $1 AND status = 'pending') AS files,
+                    (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE guest_id = $1 AND status = 'pending') AS guest_bytes,
+                    (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE hotel_id = $2 AND status = 'pending') AS hotel_bytes",
         )
-        .bind(&a.attachment_id)
-        .bind(&a.hotel_id)
         .bind(&a.guest_id)
-        .bind(&a.filename)
-        .bind(&a.content_type)
-        .bind(a.size)
-        .bind(&a.status)
-        .bind(a.created_at_ms)
-        .bind(Some(&a.conversation_id).filter(|c| !c.is_empty()))
-        .bind(i64::from(a.has_thumbnail))
-        .execute(&self.db.write)
+        .bind(&a.hotel_id)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(())
+        let (files, guest_bytes, hotel_bytes): (i64, i64, i64) = (row.try_get("files")?, row.try_get("guest_bytes")?, row.try_get("hotel_bytes")?);
+        let exceeded = if files as u64 >= quota.files_per_guest {
+            Some(Exceeded::GuestFiles)
+        } else if (guest_bytes + a.size) as u64 > quota.bytes_per_guest {
+            Some(Exceeded::GuestBytes)
+        } else if (hotel_bytes + a.size) as u64 > quota.bytes_per_hotel {
+            Some(Exceeded::HotelBytes)
+        } else {
+            None
+        };
+        if exceeded.is_none() {
+            insert_on(&mut tx, a).await?;
+        }
+        tx.commit().await?;
+        Ok(exceeded)
+    }
+
+    pub async fn insert(&self, a: &pb::Attachment) -> Result<(), sqlx::Error> {
+        let mut conn = self.db.write.acquire().await?;
+        insert_on(&mut conn, a).await
     }
 
     /// The guest's attachments among `ids`, whatever their status.

@@ -487,3 +487,61 @@ async fn a_download_nobody_reads_is_dropped_and_frees_its_place() {
     assert!(fetched == pdf);
     drop(stalled);
 }
+
+#[tokio::test]
+async fn what_waits_to_be_sent_is_bounded_per_guest_and_per_hotel() {
+    let limits = [("UPLOAD_MAX_PENDING_FILES", "3"), ("UPLOAD_MAX_PENDING_BYTES", "1000"), ("UPLOAD_MAX_PENDING_BYTES_PER_HOTEL", "1500")];
+    let (stack, _files) = local_stack(&limits).await;
+    let (mut first, token, _) = guest(&stack).await;
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        let (status, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+        assert_eq!(status, 200, "{answer}");
+        asked.push(answer);
+    }
+    let (status, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+    assert_eq!((status, answer["error"].as_str()), (429, Some("QUOTA_EXCEEDED")), "{answer}");
+    // A file sent in a message no longer waits: its place is free.
+    assert_eq!(put(asked[0]["uploadUrl"].as_str().unwrap(), "image/png", PNG).await, 200);
+    assert_eq!(send_with(&mut first, "sent", &[asked[0]["attachmentId"].as_str().unwrap()]).await["type"], "message_ack");
+    assert_eq!(upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await.0, 200);
+
+    // Bytes per guest.
+    let (_second, token, _) = guest(&stack).await;
+    assert_eq!(upload_url(&stack, Some(&token), "b.png", "image/png", 600).await.0, 200);
+    assert_eq!(upload_url(&stack, Some(&token), "c.png", "image/png", 600).await.0, 429);
+    // Bytes per hotel: this guest has room, the hotel does not.
+    let (_third, token, _) = guest(&stack).await;
+    assert_eq!(upload_url(&stack, Some(&token), "d.png", "image/png", 600).await.0, 200);
+    let (status, answer) = upload_url(&stack, Some(&token), "e.png", "image/png", 300).await;
+    assert_eq!((status, answer["error"].as_str()), (429, Some("QUOTA_EXCEEDED")), "{answer}");
+}
+
+#[tokio::test]
+async fn an_upload_url_takes_one_upload_at_a_time() {
+    use tokio::io::AsyncWriteExt as _;
+    let (stack, files) = local_stack(&[]).await;
+    let (_guest, token, _) = guest(&stack).await;
+    let (_, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
+    let url = answer["uploadUrl"].as_str().unwrap().to_owned();
+    let (addr, path) = url.trim_start_matches("http://").split_once('/').unwrap();
+    // The first upload sends half the file and pauses.
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", PNG.len());
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&PNG[..PNG.len() / 2]).await.unwrap();
+    let receiving = tokio::time::timeout(WAIT, async {
+        while !files.all().iter().any(|f| f.starts_with("tmp/")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(receiving.is_ok(), "the first upload is being received");
+    // Meanwhile the same URL takes no second upload.
+    assert_eq!(put(&url, "image/png", PNG).await, 409);
+    // The first one finishes.
+    first.write_all(&PNG[PNG.len() / 2..]).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut first, &mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
