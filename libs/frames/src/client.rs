@@ -185,6 +185,81 @@ fn diagnose(text: &str, err: serde_json::Error) -> FrameError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// A JSON value of the kinds clients send, with the edges that matter: huge and negative
+    /// numbers, long and non-ASCII strings.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,24}".prop_map(Value::String),
+            (1usize..400).prop_map(|n| Value::String("x".repeat(n))),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array), prop::collection::vec(("[a-z]{1,3}|id", inner), 0..3).prop_map(|kv| Value::Object(kv.into_iter().collect()))]
+        })
+    }
+
+    /// A frame as a client might send it: a known or unknown type, and any of the protocol's
+    /// field names with any value.
+    fn frame() -> impl Strategy<Value = Value> {
+        let kind = prop_oneof![prop::sample::select(CLIENT_TYPES.to_vec()).prop_map(Value::from), value()];
+        let names = ["visitorId", "visitorToken", "userHash", "name", "email", "resumeConversation", "lastSeq", "clientMessageId", "content", "attachments", "payload", "label", "messageId", "isTyping", "upToSeq", "beforeSeq", "limit"];
+        (kind, prop::collection::vec((prop::sample::select(names.to_vec()), value()), 0..6)).prop_map(|(kind, fields)| {
+            let mut object: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            object.insert("type".into(), kind);
+            Value::Object(object)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text at all is a frame or a refusal with a code; nothing panics.
+        #[test]
+        fn any_text_is_a_frame_or_a_precise_refusal(text in "\\PC{0,200}|[{}\\[\\]\":,0-9a-zA-Z.eE+-]{0,80}") {
+            if let Err(e) = ClientFrame::parse(&text) {
+                prop_assert!(e.client_message_id.as_ref().is_none_or(|id| id.len() <= MAX_ID_LEN));
+            }
+        }
+
+        /// A JSON object is never called bad JSON; what passes is within every bound, and a
+        /// refusal echoes only a short clientMessageId.
+        #[test]
+        fn objects_of_protocol_fields_pass_only_within_bounds(frame in frame()) {
+            let text = frame.to_string();
+            match ClientFrame::parse(&text) {
+                Ok(parsed) => {
+                    prop_assert!(parsed.check().is_ok());
+                    if let ClientFrame::Message(m) = &parsed {
+                        prop_assert!(m.client_message_id.len() <= MAX_ID_LEN && m.attachments.len() <= MAX_ATTACHMENTS);
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(matches!(e.code, ErrorCode::UnknownType | ErrorCode::InvalidFrame), "{:?} for {}", e, text);
+                    prop_assert!(e.client_message_id.as_ref().is_none_or(|id| id.len() <= MAX_ID_LEN));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_well_formed_frame_of_each_type_passes() {
+        for frame in [
+            json!({"type": "identify", "visitorId": "vis_1", "visitorToken": "t.t", "lastSeq": 3}),
+            json!({"type": "message", "clientMessageId": "c1", "content": "hi", "attachments": [{"id": "att_1"}]}),
+            json!({"type": "postback", "clientMessageId": "c2", "payload": "SPA", "label": "Spa", "messageId": "msg_1"}),
+            json!({"type": "typing", "isTyping": true}),
+            json!({"type": "read", "upToSeq": 4}),
+            json!({"type": "load_history", "beforeSeq": 9, "limit": 20}),
+        ] {
+            assert!(ClientFrame::parse(&frame.to_string()).is_ok(), "{frame}");
+        }
+    }
 
     #[test]
     fn parses_the_spec_frames() {

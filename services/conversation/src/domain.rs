@@ -49,9 +49,13 @@ fn check_payload(what: &str, payload: &str) -> Result<(), ConversationError> {
     Ok(())
 }
 
-fn check_url(what: &str, url: &str) -> Result<(), ConversationError> {
-    let lower = url.trim().to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) || url.len() > 2048 {
+/// Links the widget shows (buttons, card images): absolute http(s) URLs with a host, nothing a
+/// browser would read as another scheme, and no spaces or control characters anywhere.
+pub fn check_url(what: &str, url: &str) -> Result<(), ConversationError> {
+    let lower = url.to_ascii_lowercase();
+    let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+    let host_given = rest.is_some_and(|r| r.split(['/', '?', '#']).next().is_some_and(|host| !host.is_empty()));
+    if !host_given || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(format!("{what} must be an http(s) URL")));
     }
     Ok(())
@@ -155,6 +159,34 @@ pub fn same_message(stored: &pb::Message, kind: i32, content: &str, payload: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the butler sends as a link, one that passes is an http(s) URL with a host
+        /// and nothing in it a browser could read otherwise.
+        #[test]
+        fn a_link_that_passes_is_a_plain_http_url(url in "((?i)https?://|javascript:|data:|//|)\\PC{0,40}|[\\x00-\\x20a-z:/]{0,30}") {
+            if check_url("link", &url).is_ok() {
+                let lower = url.to_ascii_lowercase();
+                prop_assert!(lower.starts_with("http://") || lower.starts_with("https://"), "{url:?}");
+                prop_assert!(!url.chars().any(|c| c.is_whitespace() || c.is_control()), "{url:?}");
+                let after_scheme = lower.split_once("://").map_or("", |(_, rest)| rest);
+                prop_assert!(!after_scheme.is_empty() && !after_scheme.starts_with('/'), "a host: {url:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn links_are_plain_http_urls() {
+        for ok in ["https://hotel.example/spa", "HTTP://hotel.example", "https://h.example?x=1"] {
+            assert!(check_url("link", ok).is_ok(), "{ok}");
+        }
+        for bad in ["javascript:alert(1)", "https://", "https:///path", " https://hotel.example", "https://hotel.example/a b", "https://hotel.example/\njavascript:x", "//hotel.example", "data:text/html,x"] {
+            assert!(check_url("link", bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn butler(content: &str) -> pb::SendMessageRequest {
         pb::SendMessageRequest { conversation_id: "c".into(), role: pb::Role::Assistant as i32, content: content.into(), ..Default::default() }

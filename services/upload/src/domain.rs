@@ -19,6 +19,16 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Characters that reorder the text around them (Unicode's Bidi_Control): in a filename they
+/// can make `invoice\u{202E}fdp.exe` read as `invoiceexe.pdf`. They are dropped from names.
+const BIDI_CONTROLS: [char; 12] = ['\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}'];
+
+/// The name a file is kept and shown under: what was given, without characters that reorder
+/// the text around them.
+pub fn clean_filename(filename: &str) -> String {
+    filename.chars().filter(|c| !BIDI_CONTROLS.contains(c)).collect()
+}
+
 /// What a guest may declare for an upload.
 pub fn check_upload(filename: &str, content_type: &str, size: i64, max: u64, allowed: &[String]) -> Result<(), Refusal> {
     if filename.trim().is_empty() || filename.chars().count() > MAX_FILENAME || filename.chars().any(char::is_control) {
@@ -106,6 +116,30 @@ pub fn check_file(declared_type: &str, declared_size: i64, bytes: &[u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a guest names a file, the download's header is a valid, single header
+        /// value, and what is shown has no reordering characters.
+        #[test]
+        fn any_filename_makes_a_safe_content_disposition(name in "\\PC{0,80}|[\\x00-\\x7f\\u{202A}-\\u{202E}\\u{2066}-\\u{2069}]{0,40}", image in any::<bool>()) {
+            let cleaned = clean_filename(&name);
+            prop_assert!(!cleaned.chars().any(|c| BIDI_CONTROLS.contains(&c)));
+            let header = content_disposition(if image { "image/png" } else { "application/pdf" }, &cleaned);
+            prop_assert!(http::HeaderValue::from_str(&header).is_ok(), "{header:?}");
+            prop_assert!(header.bytes().all(|b| (0x20..0x7f).contains(&b)), "{header:?}");
+            prop_assert_eq!(header.matches("filename=").count(), 1);
+        }
+    }
+
+    #[test]
+    fn reordering_characters_are_dropped_from_names() {
+        assert_eq!(clean_filename("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(clean_filename("\u{2067}report\u{2069}.pdf"), "report.pdf");
+        assert_eq!(clean_filename("фото отпуска.jpg"), "фото отпуска.jpg");
+    }
 
     #[test]
     fn declared_uploads_are_checked() {

@@ -103,13 +103,14 @@ impl UploadService for UploadApi {
         if req.hotel_id.is_empty() || req.guest_id.is_empty() {
             return Err(Status::invalid_argument("hotel_id and guest_id are required"));
         }
-        domain::check_upload(&req.filename, &req.content_type, req.size, self.settings.max_file_size, &self.settings.allowed_types)
+        let filename = domain::clean_filename(&req.filename);
+        domain::check_upload(&filename, &req.content_type, req.size, self.settings.max_file_size, &self.settings.allowed_types)
             .map_err(|refusal| Status::invalid_argument(refusal.to_string()))?;
         let attachment = pb::Attachment {
             attachment_id: ids::new_id("att"),
             hotel_id: req.hotel_id,
             guest_id: req.guest_id,
-            filename: req.filename,
+            filename,
             content_type: req.content_type.trim().to_ascii_lowercase(),
             size: req.size,
             status: "pending".into(),
@@ -167,7 +168,8 @@ impl UploadService for UploadApi {
             return Err(Status::invalid_argument("hotel_id and conversation_id are required"));
         }
         let content_type = req.content_type.trim().to_ascii_lowercase();
-        domain::check_upload(&req.filename, &content_type, req.data.len() as i64, self.settings.max_file_size, &self.settings.allowed_types)
+        let filename = domain::clean_filename(&req.filename);
+        domain::check_upload(&filename, &content_type, req.data.len() as i64, self.settings.max_file_size, &self.settings.allowed_types)
             .map_err(|refusal| Status::invalid_argument(refusal.to_string()))?;
         domain::check_file(&content_type, req.data.len() as i64, &req.data).map_err(|mismatch| Status::invalid_argument(mismatch.to_string()))?;
         let _permit = self.verifying.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
@@ -175,7 +177,7 @@ impl UploadService for UploadApi {
             attachment_id: ids::new_id("att"),
             hotel_id: req.hotel_id,
             guest_id: String::new(),
-            filename: req.filename,
+            filename,
             content_type,
             size: req.data.len() as i64,
             status: "stored".into(),

@@ -545,3 +545,19 @@ async fn an_upload_url_takes_one_upload_at_a_time() {
     tokio::io::AsyncReadExt::read_to_string(&mut first, &mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn characters_that_reorder_a_filename_are_dropped() {
+    let (stack, _files) = local_stack(&[]).await;
+    let (mut guest, token, _) = guest(&stack).await;
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    pdf.resize(100, b'.');
+    // Shown as it is, the name reads "invoicefdp.exe": the override reverses what follows it.
+    let (status, answer) = upload_url(&stack, Some(&token), "invoice\u{202E}exe.pdf", "application/pdf", pdf.len()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(put(answer["uploadUrl"].as_str().unwrap(), "application/pdf", &pdf).await, 200);
+    let id = answer["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(send_with(&mut guest, "pdf", &[&id]).await["type"], "message_ack");
+    let (_, urls) = attachment_urls(&stack, &token, &[&id]).await;
+    assert_eq!(urls["downloads"][0]["filename"], "invoiceexe.pdf");
+}
