@@ -44,6 +44,15 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_open() {
     assert_eq!((e["code"].as_str(), e["clientMessageId"].as_str()), (Some("MESSAGE_TOO_LARGE"), Some("big")));
     still_works(&mut guest, "ok4").await;
 
+    // Nothing unbounded reaches a backend: a postback naming a 60,000-character message.
+    guest.send(json!({"type": "postback", "clientMessageId": "long", "payload": "SPA", "messageId": "m".repeat(60_000)})).await;
+    let e = guest.expect("error").await;
+    assert_eq!((e["code"].as_str(), e["clientMessageId"].as_str()), (Some("INVALID_FRAME"), Some("long")));
+    // Well-formed JSON with a number no field can hold is a bad field, not bad JSON.
+    guest.send_raw(r#"{"type":"read","upToSeq":1e400}"#).await;
+    assert_eq!(guest.expect("error").await["code"], "INVALID_FRAME");
+    still_works(&mut guest, "ok4b").await;
+
     guest.send(json!({"type": "message", "clientMessageId": "att", "content": "", "attachments": [{"id": "att_nope"}]})).await;
     let e = guest.expect("error").await;
     assert_eq!((e["code"].as_str(), e["clientMessageId"].as_str()), (Some("ATTACHMENT_NOT_FOUND"), Some("att")));
