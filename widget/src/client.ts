@@ -72,7 +72,7 @@ const TYPING_IDLE_MS = 4_000;
 const HISTORY_PAGE = 50;
 /** The visitor token is renewed (by identifying again) halfway to its expiry, but not more
  * often than this, nor later than a browser timer can wait. */
-const MIN_RENEW_MS = 60_000;
+const MIN_RENEW_MS = 1_000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class ChatClient {

@@ -8,11 +8,20 @@
 //!   that stopped reading cannot hold a response, a download or a WebSocket's frames in memory
 //!   for ever). The limit stays with the socket after a WebSocket upgrade.
 //!
+//! - one peer address may hold only so many connections at once ([`PerPeer`]): past the cap a
+//!   new connection is answered 429 and closed as soon as it is accepted, before it costs
+//!   anything but the accept, so one address cannot use up the descriptors even with
+//!   connections that send nothing.
+//!
 //! What a handler may take (the body, the whole request) is each service's own choice, as
 //! layers on its router.
 
+use std::collections::HashMap;
 use std::io;
-use std::pin::pin;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,7 +30,9 @@ use axum::serve::Listener;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,6 +98,117 @@ where
     Ok(())
 }
 
+/// The address per-address limits count by: an IPv4 address, or an IPv6 /64 (the network one
+/// subscriber gets: a client with one has 2^64 addresses to spread over).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// What a connection over its address's cap is told before it is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Open connections per address.
+type OpenPerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A listener that lets each peer address hold at most `max` connections at once (0: no cap).
+/// Peers in `exempt` (trusted reverse proxies, which carry many clients) are not counted.
+pub struct PerPeer<L> {
+    inner: L,
+    max: usize,
+    exempt: Vec<IpNet>,
+    open: OpenPerAddress,
+}
+
+impl<L> PerPeer<L> {
+    pub fn new(inner: L, max: usize, exempt: Vec<IpNet>) -> Self {
+        Self { inner, max, exempt, open: Arc::default() }
+    }
+}
+
+impl<L: Listener<Io = TcpStream, Addr = SocketAddr>> Listener for PerPeer<L> {
+    type Io = Counted<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, addr) = self.inner.accept().await;
+            if self.max == 0 || self.exempt.iter().any(|net| net.contains(&addr.ip())) {
+                return (Counted { io, counted: None }, addr);
+            }
+            let key = address_key(addr.ip());
+            let mut open = self.open.lock().expect("per-peer lock");
+            let count = open.entry(key).or_default();
+            if *count < self.max {
+                *count += 1;
+                drop(open);
+                return (Counted { io, counted: Some((self.open.clone(), key)) }, addr);
+            }
+            drop(open);
+            tracing::debug!(peer = %addr, "connection refused: its address holds too many");
+            // A fresh socket takes this much at once; what does not fit is not waited for.
+            let _ = io.try_write(TOO_MANY);
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection counted against its peer's address until it is dropped.
+pub struct Counted<T> {
+    io: T,
+    counted: Option<(OpenPerAddress, IpAddr)>,
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        if let Some((open, key)) = &self.counted {
+            let mut open = open.lock().expect("per-peer lock");
+            if let Some(count) = open.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(key);
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +263,53 @@ mod tests {
         socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let answer = until_closed(&mut socket).await;
         assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_only_so_many_connections() {
+        use axum::serve::ListenerExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/", get(|| async { "hello" }));
+        let limits = Limits { header_read: PATIENCE, write_stall: PATIENCE };
+        let capped = PerPeer::new(listener.tap_io(|_| {}), 2, Vec::new());
+        tokio::spawn(serve(capped, app, limits, CancellationToken::new(), |_, addr| *addr));
+        let held = [TcpStream::connect(addr).await.unwrap(), TcpStream::connect(addr).await.unwrap()];
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(until_closed(&mut third).await.starts_with(b"HTTP/1.1 429"), "the third is refused at once");
+        drop(held);
+        // The places come back with the connections (their closing is seen a moment later).
+        let answered = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let mut socket = TcpStream::connect(addr).await.unwrap();
+                socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+                if until_closed(&mut socket).await.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(answered.is_ok());
+        // A trusted proxy's connections are not counted.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/", get(|| async { "hello" }));
+        let proxy = PerPeer::new(listener.tap_io(|_| {}), 1, vec!["127.0.0.1/32".parse().unwrap()]);
+        tokio::spawn(serve(proxy, app, limits, CancellationToken::new(), |_, addr| *addr));
+        let _held = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        assert!(until_closed(&mut second).await.starts_with(b"HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_key(ip("2001:db8:1:2:aaaa::1")), address_key(ip("2001:db8:1:2:bbbb::9")));
+        assert_ne!(address_key(ip("2001:db8:1:2::1")), address_key(ip("2001:db8:1:3::1")));
+        assert_eq!(address_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_key(ip("192.0.2.1")), ip("192.0.2.1"));
     }
 
     #[tokio::test]

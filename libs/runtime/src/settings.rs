@@ -113,6 +113,17 @@ impl Env {
         Ok(raw.to_owned())
     }
 
+    /// A comma-separated list of addresses or CIDRs (`10.0.0.0/8`, `2001:db8::1`); empty when unset.
+    pub fn cidrs(&self, name: &str) -> Result<Vec<ipnet::IpNet>, SettingsError> {
+        self.list(name)
+            .into_iter()
+            .map(|item| {
+                let net = item.parse::<ipnet::IpNet>().or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                net.map_err(|_| SettingsError::new(name, &item, "expected addresses or CIDRs, e.g. 10.0.0.0/8"))
+            })
+            .collect()
+    }
+
     /// A comma-separated list of URLs; `default` when unset.
     pub fn urls(&self, name: &str, default: &str) -> Result<Vec<String>, SettingsError> {
         let list = if self.get(name).is_some() { self.list(name) } else { vec![default.to_owned()] };

@@ -1,6 +1,7 @@
 //! Building and running jack-conversation.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -26,8 +27,42 @@ pub(crate) static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// at 32 MiB that scan was 12 % of the writer thread's time under load.
 const MESSAGE_WRITER_CACHE_KIB: u32 = 8 * 1024;
 
-/// Conversations forgotten by one statement (a sweep runs statements until fewer are left).
-const FORGET_BATCH: u64 = 1_000;
+/// Conversations looked at by one read (a sweep reads until it has seen them all).
+const SWEEP_BATCH: u64 = 1_000;
+
+/// Forgets conversations that never got a message, `ttl` after they were opened. Each sweep
+/// looks only at conversations opened since the one it last looked at (the first sweep of a
+/// process at all of them), so its cost follows how many are opened, not how many there are.
+struct EmptyConversations {
+    store: Store,
+    ttl: Duration,
+    /// The last conversation looked at: (opened at, id).
+    scanned: (i64, String),
+}
+
+impl EmptyConversations {
+    async fn sweep(&mut self) {
+        let cutoff = time::now_ms() - self.ttl.as_millis() as i64;
+        let mut forgotten = 0;
+        loop {
+            let batch = match self.store.opened_between(&self.scanned, cutoff, SWEEP_BATCH).await {
+                Ok(batch) => batch,
+                Err(err) => return tracing::warn!(error = %err, "looking for empty conversations failed"),
+            };
+            let Some((opened, id, _)) = batch.last().cloned() else { break };
+            let empty: Vec<String> = batch.into_iter().filter(|(_, _, used)| !used).map(|(_, id, _)| id).collect();
+            match self.store.forget_if_empty(&empty).await {
+                Ok(n) => forgotten += n,
+                // Looked at again next time (one that got a message meanwhile is kept).
+                Err(err) => return tracing::warn!(error = %err, "forgetting empty conversations failed"),
+            }
+            self.scanned = (opened, id);
+        }
+        if forgotten > 0 {
+            tracing::info!(forgotten, "empty conversations forgotten");
+        }
+    }
+}
 
 /// A bound, migrated conversation service, ready to serve.
 pub struct ConversationServer {
@@ -59,10 +94,11 @@ impl ConversationServer {
         let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?;
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
         // Conversations that never got a message are forgotten after a while.
-        let (store, ttl) = (self.store.clone(), self.settings.empty_ttl);
+        let ttl = self.settings.empty_ttl;
+        let janitor = std::sync::Arc::new(tokio::sync::Mutex::new(EmptyConversations { store: self.store.clone(), ttl, scanned: (0, String::new()) }));
         let forgetting = tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
-            let (store, cutoff) = (store.clone(), time::now_ms() - ttl.as_millis() as i64);
-            async move { housekeeping::forget_in_batches("empty conversations", FORGET_BATCH, |limit| store.forget_empty(cutoff, limit)).await }
+            let janitor = janitor.clone();
+            async move { janitor.lock().await.sweep().await }
         }));
         let router = grpc::server()
             .add_service(grpc::health("jack.conversation.v1.ConversationService").await)

@@ -621,22 +621,43 @@ impl Store {
         Ok((positions, span.flatten()))
     }
 
-    /// Forgets up to `limit` conversations opened before `cutoff_ms` that have no message; how
-    /// many. (One that gets its first message meanwhile is kept: the message's reference to it
-    /// stops the delete.)
-    pub async fn forget_empty(&self, cutoff_ms: i64, limit: u64) -> Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM conversations WHERE conversation_id IN (
-                 SELECT c.conversation_id FROM conversations AS c
-                 WHERE c.created_at_ms < $1
-                   AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.conversation_id)
-                 LIMIT $2)",
+    /// Up to `limit` conversations opened after `after` (when, id) and before `cutoff_ms`,
+    /// oldest first, each with when it was opened and whether it has a message. Read from the
+    /// read pool: the writer never waits for it.
+    pub async fn opened_between(&self, after: &(i64, String), cutoff_ms: i64, limit: u64) -> Result<Vec<(i64, String, bool)>> {
+        let rows = sqlx::query(
+            "SELECT c.created_at_ms, c.conversation_id,
+                    CASE WHEN EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.conversation_id) THEN 1 ELSE 0 END AS used
+             FROM conversations AS c
+             WHERE (c.created_at_ms, c.conversation_id) > ($1, $2) AND c.created_at_ms < $3
+             ORDER BY c.created_at_ms, c.conversation_id LIMIT $4",
         )
+        .bind(after.0)
+        .bind(&after.1)
         .bind(cutoff_ms)
         .bind(limit as i64)
-        .execute(&self.db.write)
+        .fetch_all(&self.db.read)
         .await?;
-        Ok(done.rows_affected())
+        rows.iter().map(|row| Ok((row.try_get("created_at_ms")?, row.try_get("conversation_id")?, row.try_get::<i64, _>("used")? != 0))).collect()
+    }
+
+    /// Forgets those of `ids` that still have no message, in one transaction; how many. (One
+    /// that got its first message meanwhile is kept.)
+    pub async fn forget_if_empty(&self, ids: &[String]) -> Result<u64> {
+        let mut tx = self.db.write.begin().await?;
+        let mut forgotten = 0;
+        for id in ids {
+            let done = sqlx::query(
+                "DELETE FROM conversations WHERE conversation_id = $1
+                   AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            forgotten += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(forgotten)
     }
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`; none for a

@@ -59,19 +59,26 @@ pub struct Settings {
     /// bring it as `Authorization: Bearer …`; when unset, the public port has no `/metrics`.
     pub metrics_token: Option<String>,
     /// `EDGE_METRICS_MAX_HOTELS` (100): unregistered hotels that get a `hotelId` label of their
-    /// own at a time; connections to others count under `other`.
+    /// own at a time; connections to others count under `other hotels`.
     pub metrics_max_hotels: usize,
     /// `EDGE_TRUSTED_PROXIES`: the reverse proxies (addresses or CIDRs) whose `X-Forwarded-For`
     /// names the client; from anyone else the header is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// `EDGE_MAX_CONNECTIONS_PER_IP` (256): WebSockets one address may hold; more get 429.
+    /// `EDGE_MAX_CONNECTIONS_PER_IP` (512): connections one address may hold (TCP connections as
+    /// they are accepted, WebSockets by client behind a trusted proxy); more get 429.
     pub max_connections_per_ip: usize,
-    /// `EDGE_CONNECTS_PER_IP` (20): new connections a second one address may open, in bursts of
+    /// `EDGE_CONNECTS_PER_IP` (50): new WebSockets a second one address may open, in bursts of
     /// five seconds' worth; more get 429 with `Retry-After`.
     pub connects_per_ip: u32,
-    /// `EDGE_NEW_VISITORS_PER_IP` (60): new visitors a minute one address may create, in bursts
+    /// `EDGE_NEW_VISITORS_PER_IP` (120): new visitors a minute one address may create, in bursts
     /// of a minute's worth; more identifies get `RATE_LIMITED` with `retryAfterMs`.
     pub new_visitors_per_ip: u32,
+    /// `EDGE_MESSAGES_PER_IP` (50): guest messages a second from one address, in bursts of five
+    /// seconds' worth; more get `RATE_LIMITED` with `retryAfterMs` (the widget resends).
+    pub messages_per_ip: u32,
+    /// `EDGE_API_CALLS_PER_IP` (10): calls of the HTTP API (upload and download URLs) a second
+    /// from one address, in bursts of five seconds' worth; more get 429 with `Retry-After`.
+    pub api_calls_per_ip: u32,
 }
 
 impl Settings {
@@ -92,11 +99,7 @@ impl Settings {
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(SettingsError::new("EDGE_METRICS_TOKEN", "…", "must be at least 16 characters"));
         }
-        let mut trusted_proxies = Vec::new();
-        for proxy in env.list("EDGE_TRUSTED_PROXIES") {
-            let net = proxy.parse::<ipnet::IpNet>().or_else(|_| proxy.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            trusted_proxies.push(net.map_err(|_| SettingsError::new("EDGE_TRUSTED_PROXIES", &proxy, "expected addresses or CIDRs, e.g. 10.0.0.0/8"))?);
-        }
+        let trusted_proxies = env.cidrs("EDGE_TRUSTED_PROXIES")?;
         let origins = env.list("WIDGET_ALLOWED_ORIGINS");
         for origin in &origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
@@ -131,9 +134,11 @@ impl Settings {
             metrics_token,
             metrics_max_hotels: env.number("EDGE_METRICS_MAX_HOTELS", 100, 0, 100_000)? as usize,
             trusted_proxies,
-            max_connections_per_ip: env.number("EDGE_MAX_CONNECTIONS_PER_IP", 256, 0, 10_000_000)? as usize,
-            connects_per_ip: env.number("EDGE_CONNECTS_PER_IP", 20, 0, 1_000_000)? as u32,
-            new_visitors_per_ip: env.number("EDGE_NEW_VISITORS_PER_IP", 60, 0, 1_000_000)? as u32,
+            max_connections_per_ip: env.number("EDGE_MAX_CONNECTIONS_PER_IP", 512, 0, 10_000_000)? as usize,
+            connects_per_ip: env.number("EDGE_CONNECTS_PER_IP", 50, 0, 1_000_000)? as u32,
+            new_visitors_per_ip: env.number("EDGE_NEW_VISITORS_PER_IP", 120, 0, 1_000_000)? as u32,
+            messages_per_ip: env.number("EDGE_MESSAGES_PER_IP", 50, 0, 1_000_000)? as u32,
+            api_calls_per_ip: env.number("EDGE_API_CALLS_PER_IP", 10, 0, 1_000_000)? as u32,
         })
     }
 }

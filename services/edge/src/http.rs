@@ -1,12 +1,13 @@
 //! The edge's small HTTP API: health, metrics, the widget, the demo page, upload URLs.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jack_proto::conversation::v1 as conversation;
@@ -18,6 +19,7 @@ use subtle::ConstantTimeEq as _;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::context::Edge;
+use crate::peer::{Peer, client_ip};
 use crate::ws;
 
 /// The widget's bundles (what a hotel page loads, and the chat window it loads on the first
@@ -115,8 +117,15 @@ struct UploadUrlRequest {
     size: i64,
 }
 
-/// The guest whose visitor token is in `Authorization: Bearer …`, or the response refusing.
-async fn visitor(edge: &Edge, headers: &HeaderMap) -> Result<guest::Guest, Response> {
+/// The guest whose visitor token is in `Authorization: Bearer …` and the address its request
+/// came from (as per-address limits count it), or the response refusing: 429 for an address
+/// calling too often, 401 without a valid token.
+async fn visitor(edge: &Edge, peer: &Peer, headers: &HeaderMap) -> Result<(guest::Guest, IpAddr), Response> {
+    let client = client_ip(peer.addr.ip(), headers, &edge.settings.trusted_proxies);
+    if let Err(wait) = edge.per_address.api_call(client) {
+        let retry = (header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+        return Err((StatusCode::TOO_MANY_REQUESTS, [retry], axum::Json(json!({ "error": "RATE_LIMITED", "message": "too many requests from this address; retry later" }))).into_response());
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -128,7 +137,7 @@ async fn visitor(edge: &Edge, headers: &HeaderMap) -> Result<guest::Guest, Respo
     };
     let verified = edge.backends.guest.clone().verify_visitor_token(guest::VerifyVisitorTokenRequest { visitor_token: token.to_owned() }).await;
     match verified {
-        Ok(r) => Ok(r.into_inner().guest.unwrap_or_default()),
+        Ok(r) => Ok((r.into_inner().guest.unwrap_or_default(), client)),
         Err(s) if s.code() == Code::Unauthenticated => Err(json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid visitor token")),
         Err(_) => Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the chat service is temporarily unavailable")),
     }
@@ -142,9 +151,9 @@ struct AttachmentUrlsRequest {
 
 /// `POST /chat/attachment-urls {attachmentIds}`: short-lived download URLs for attachments
 /// of the visitor's own conversation (ids of any other come back in `missing`).
-async fn attachment_urls(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
-    let guest = match visitor(&edge, &headers).await {
-        Ok(guest) => guest,
+async fn attachment_urls(State(edge): State<Arc<Edge>>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    let guest = match visitor(&edge, &peer, &headers).await {
+        Ok((guest, _)) => guest,
         Err(response) => return response,
     };
     let request: AttachmentUrlsRequest = match serde_json::from_slice(&body) {
@@ -189,9 +198,9 @@ async fn attachment_urls(State(edge): State<Arc<Edge>>, headers: HeaderMap, body
 }
 
 /// `POST /chat/upload-url`, authenticated by the visitor token.
-async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
-    let guest = match visitor(&edge, &headers).await {
-        Ok(guest) => guest,
+async fn upload_url(State(edge): State<Arc<Edge>>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    let (guest, client) = match visitor(&edge, &peer, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let request: UploadUrlRequest = match serde_json::from_slice(&body) {
@@ -204,6 +213,7 @@ async fn upload_url(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Byt
         filename: request.filename,
         content_type: request.content_type,
         size: request.size,
+        client_address: jack_runtime::http::address_key(client).to_string(),
     };
     match edge.backends.upload.clone().create_upload(create).await {
         Ok(r) => {

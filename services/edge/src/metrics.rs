@@ -1,7 +1,7 @@
 //! The spec's four metrics, by their names, in Prometheus text format at `GET /metrics`.
 //!
 //! Every label set is bounded: `hotelId` is a registered hotel's id, or one of at most
-//! `EDGE_METRICS_MAX_HOTELS` others at a time (then `other`), and a hotel's series goes once
+//! `EDGE_METRICS_MAX_HOTELS` others at a time (then `other hotels`), and a hotel's series goes once
 //! its last connection closes — anyone can open a connection with any hotel id, and a label
 //! value is a series kept for as long as it exists.
 
@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-/// The `hotelId` of connections beyond the hotels that have a label of their own.
-pub const OTHER_HOTELS: &str = "other";
+/// The `hotelId` of connections beyond the hotels that have a label of their own (with a
+/// space, which no hotel id has).
+pub const OTHER_HOTELS: &str = "other hotels";
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -135,7 +136,7 @@ mod tests {
         let c = metrics.connection_opened("hotel_c", false, 2);
         let registered = metrics.connection_opened("hotel_r", true, 2);
         let text = metrics.render();
-        for line in [r#"{hotelId="hotel_a"} 1"#, r#"{hotelId="hotel_b"} 1"#, r#"{hotelId="other"} 1"#, r#"{hotelId="hotel_r"} 1"#] {
+        for line in [r#"{hotelId="hotel_a"} 1"#, r#"{hotelId="hotel_b"} 1"#, r#"{hotelId="other hotels"} 1"#, r#"{hotelId="hotel_r"} 1"#] {
             assert!(text.contains(line), "{line} in {text}");
         }
         assert!(!text.contains("hotel_c"), "{text}");
@@ -147,6 +148,6 @@ mod tests {
         assert!(metrics.render().contains(r#"{hotelId="hotel_d"} 1"#));
         drop((b, c, d, registered));
         let text = metrics.render();
-        assert!(text.contains(r#"{hotelId="other"} 0"#) && !text.contains("hotel_"), "{text}");
+        assert!(text.contains(r#"{hotelId="other hotels"} 0"#) && !text.contains("hotel_"), "{text}");
     }
 }

@@ -6,14 +6,17 @@
 //! Limits count IPv4 addresses one by one and IPv6 addresses by their /64, the network one
 //! subscriber gets (a client with one has 2^64 addresses to spread over).
 //!
-//! Per address: at most `EDGE_MAX_CONNECTIONS_PER_IP` WebSockets at a time, new connections at
-//! `EDGE_CONNECTS_PER_IP` a second (bursts of five seconds' worth), and new visitors — the
-//! guest records an identify creates — at `EDGE_NEW_VISITORS_PER_IP` a minute (bursts of a
-//! minute's worth). Guests who come back with their token are never counted as new. The
-//! limits are per edge; 0 turns one off.
+//! Per address: at most `EDGE_MAX_CONNECTIONS_PER_IP` connections at a time (TCP connections
+//! by peer as they are accepted, see `jack_runtime::http::PerPeer`; WebSockets by client),
+//! `EDGE_CONNECTS_PER_IP` new WebSockets a second (bursts of five seconds' worth),
+//! `EDGE_NEW_VISITORS_PER_IP` new visitors — the guest records an identify creates — a minute
+//! (bursts of a minute's worth), `EDGE_MESSAGES_PER_IP` guest messages a second and
+//! `EDGE_API_CALLS_PER_IP` calls of the HTTP API a second (both in bursts of five seconds'
+//! worth). Guests who come back with their token are never counted as new. The limits are
+//! per edge; 0 turns one off.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
+use jack_runtime::http::address_key;
 
 use crate::gate::Slot;
 
@@ -30,17 +34,6 @@ use crate::gate::Slot;
 pub struct Peer {
     pub addr: SocketAddr,
     pub slot: Slot,
-}
-
-/// The address limits count by.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
-        },
-    }
 }
 
 /// The client's address: the peer's, or behind trusted proxies the nearest untrusted address
@@ -59,8 +52,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .collect();
     let mut nearest = peer;
     for hop in forwarded.iter().rev() {
-        // What a trusted proxy wrote and cannot be read: the proxy's own address is the best known.
-        let Ok(ip) = hop.parse::<IpAddr>() else { return nearest };
+        // Some proxies write the port too; what cannot be read at all leaves the nearest
+        // trusted proxy's own address as the best known.
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip())) else { return nearest };
         if !is_trusted(&ip) {
             return ip;
         }
@@ -80,6 +74,34 @@ impl RetryAfter {
     }
 }
 
+/// What one address may do; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddressLimits {
+    /// WebSockets at a time.
+    pub max_connections: usize,
+    /// New WebSockets a second (bursts of five seconds' worth).
+    pub connects_per_second: u32,
+    /// New visitors a minute (bursts of a minute's worth).
+    pub new_visitors_per_minute: u32,
+    /// Guest messages a second (bursts of five seconds' worth).
+    pub messages_per_second: u32,
+    /// Calls of the HTTP API a second (bursts of five seconds' worth).
+    pub api_calls_per_second: u32,
+}
+
+/// A keyed token bucket of `rate` a second with bursts of five seconds' worth, unless 0.
+fn per_second(rate: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
+    NonZeroU32::new(rate).map(|rate| RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::new(5).expect("5 is not 0")))))
+}
+
+/// Takes one from `limiter`'s bucket for `ip`, or says how long until one is there.
+fn take(limiter: &Option<DefaultKeyedRateLimiter<IpAddr>>, ip: IpAddr) -> Result<(), RetryAfter> {
+    match limiter {
+        Some(limiter) => limiter.check_key(&address_key(ip)).map_err(|not_until| RetryAfter(not_until.wait_time_from(limiter.clock().now()))),
+        None => Ok(()),
+    }
+}
+
 /// The per-address limits of one edge.
 #[derive(Debug)]
 pub struct PerAddress {
@@ -87,27 +109,27 @@ pub struct PerAddress {
     connections: Mutex<HashMap<IpAddr, usize>>,
     connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
     new_visitors: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    messages: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    api_calls: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl PerAddress {
-    /// `connects_per_second` (bursts of five seconds' worth) and `new_visitors_per_minute`
-    /// (bursts of a minute's worth); 0 turns a limit off.
-    pub fn new(max_connections: usize, connects_per_second: u32, new_visitors_per_minute: u32) -> Self {
-        let connects = NonZeroU32::new(connects_per_second).map(|rate| {
-            let burst = rate.saturating_mul(NonZeroU32::new(5).expect("5 is not 0"));
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
-        let new_visitors = NonZeroU32::new(new_visitors_per_minute).map(|rate| RateLimiter::keyed(Quota::per_minute(rate)));
-        Self { max_connections, connections: Mutex::default(), connects, new_visitors }
+    pub fn new(limits: AddressLimits) -> Self {
+        Self {
+            max_connections: limits.max_connections,
+            connections: Mutex::default(),
+            connects: per_second(limits.connects_per_second),
+            new_visitors: NonZeroU32::new(limits.new_visitors_per_minute).map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
+            messages: per_second(limits.messages_per_second),
+            api_calls: per_second(limits.api_calls_per_second),
+        }
     }
 
     /// A new WebSocket from `ip`: its place among the address's connections (given back when
     /// dropped), or how long to wait.
     pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Result<AddressConnection, RetryAfter> {
         let key = address_key(ip);
-        if let Some(limiter) = &self.connects {
-            limiter.check_key(&key).map_err(|not_until| RetryAfter(not_until.wait_time_from(limiter.clock().now())))?;
-        }
+        take(&self.connects, ip)?;
         if self.max_connections > 0 {
             let mut connections = self.connections.lock().expect("connections lock");
             let count = connections.entry(key).or_default();
@@ -125,10 +147,17 @@ impl PerAddress {
 
     /// One more new visitor from `ip`, or how long to wait.
     pub fn new_visitor(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        match &self.new_visitors {
-            Some(limiter) => limiter.check_key(&address_key(ip)).map_err(|not_until| RetryAfter(not_until.wait_time_from(limiter.clock().now()))),
-            None => Ok(()),
-        }
+        take(&self.new_visitors, ip)
+    }
+
+    /// One more guest message from `ip`, or how long to wait.
+    pub fn message(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        take(&self.messages, ip)
+    }
+
+    /// One more call of the HTTP API from `ip`, or how long to wait.
+    pub fn api_call(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        take(&self.api_calls, ip)
     }
 
     /// Whether new visitors are limited at all (else identifies need not be told apart).
@@ -138,7 +167,7 @@ impl PerAddress {
 
     /// Forgets the addresses whose buckets are full again (run now and then).
     pub fn sweep(&self) {
-        for limiter in [&self.connects, &self.new_visitors].into_iter().flatten() {
+        for limiter in [&self.connects, &self.new_visitors, &self.messages, &self.api_calls].into_iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -191,22 +220,15 @@ mod tests {
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&[]), &proxies), ip("10.0.0.2"));
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["nonsense, 10.0.0.5"]), &proxies), ip("10.0.0.5"));
         assert_eq!(client_ip(ip("::1"), &headers(&["2001:db8::1"]), &proxies), ip("2001:db8::1"));
+        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["198.51.100.7:51234"]), &proxies), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["[2001:db8::7]:443"]), &proxies), ip("2001:db8::7"));
         // Without trusted proxies the header is never read.
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4"]), &[]), ip("10.0.0.2"));
     }
 
     #[test]
-    fn ipv6_addresses_count_by_their_64() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(address_key(ip("2001:db8:1:2:aaaa::1")), address_key(ip("2001:db8:1:2:bbbb::9")));
-        assert_ne!(address_key(ip("2001:db8:1:2::1")), address_key(ip("2001:db8:1:3::1")));
-        assert_eq!(address_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
-        assert_eq!(address_key(ip("192.0.2.1")), ip("192.0.2.1"));
-    }
-
-    #[test]
     fn connections_per_address_are_counted_and_given_back() {
-        let limits = Arc::new(PerAddress::new(2, 0, 0));
+        let limits = Arc::new(PerAddress::new(AddressLimits { max_connections: 2, ..AddressLimits::default() }));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = limits.connect(ip).unwrap();
         let _b = limits.connect(ip).unwrap();
@@ -218,7 +240,7 @@ mod tests {
 
     #[test]
     fn new_visitors_are_limited_per_minute_and_say_when_to_retry() {
-        let limits = PerAddress::new(0, 0, 3);
+        let limits = PerAddress::new(AddressLimits { new_visitors_per_minute: 3, ..AddressLimits::default() });
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..3 {
             assert!(limits.new_visitor(ip).is_ok());
@@ -226,6 +248,6 @@ mod tests {
         let RetryAfter(wait) = limits.new_visitor(ip).unwrap_err();
         assert!(wait > Duration::from_secs(10) && wait <= Duration::from_secs(20), "{wait:?}");
         assert!(limits.new_visitor("192.0.2.2".parse().unwrap()).is_ok());
-        assert!(PerAddress::new(0, 0, 0).new_visitor(ip).is_ok(), "0 turns the limit off");
+        assert!(PerAddress::new(AddressLimits::default()).new_visitor(ip).is_ok(), "0 turns the limit off");
     }
 }

@@ -497,6 +497,10 @@ impl Session {
         if client_message_id.is_empty() {
             return out.push(error(ErrorCode::InvalidFrame, "clientMessageId must not be empty", None));
         }
+        if let Err(wait) = self.edge.per_address.message(self.client) {
+            let refusal = frames::Error::new(ErrorCode::RateLimited, "too many messages from this address; retry shortly", Some(client_message_id));
+            return out.push(ServerFrame::Error(refusal.retry_after(wait.0)));
+        }
         if request.content.len() > self.edge.settings.max_message_size {
             let max = self.edge.settings.max_message_size;
             return out.push(error(ErrorCode::MessageTooLarge, format!("content is over {max} bytes"), Some(client_message_id)));

@@ -18,7 +18,7 @@ use crate::context::Edge;
 use crate::gate::{self, Gated, Slotted};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::peer::{PerAddress, Peer};
+use crate::peer::{AddressLimits, PerAddress, Peer};
 
 /// How long hotel policies are cached.
 const POLICY_TTL: Duration = Duration::from_secs(30);
@@ -81,7 +81,13 @@ impl EdgeServer {
         let backends = Backends::connect(&self.settings)?;
         let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls);
         let links = hub.start(shutdown.clone());
-        let per_address = Arc::new(PerAddress::new(self.settings.max_connections_per_ip, self.settings.connects_per_ip, self.settings.new_visitors_per_ip));
+        let per_address = Arc::new(PerAddress::new(AddressLimits {
+            max_connections: self.settings.max_connections_per_ip,
+            connects_per_second: self.settings.connects_per_ip,
+            new_visitors_per_minute: self.settings.new_visitors_per_ip,
+            messages_per_second: self.settings.messages_per_ip,
+            api_calls_per_second: self.settings.api_calls_per_ip,
+        }));
         let edge = Arc::new(Edge {
             per_address,
             settings: self.settings,
@@ -113,7 +119,10 @@ impl EdgeServer {
         });
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
-        let listener = Gated::new(self.http.tap_io(jack_runtime::no_delay), gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
+        // One address holds only so many connections, counted as they are accepted (a trusted
+        // proxy's are counted by client, at the upgrade, see `crate::peer`).
+        let per_peer = jack_runtime::http::PerPeer::new(self.http.tap_io(jack_runtime::no_delay), edge.settings.max_connections_per_ip, edge.settings.trusted_proxies.clone());
+        let listener = Gated::new(per_peer, gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
         let peer = |io: &Slotted<_>, addr: &SocketAddr| Peer { addr: *addr, slot: io.slot() };
         let result = jack_runtime::http::serve(listener, app, http_limits, shutdown.clone(), peer).await;
         for link in links {

@@ -333,8 +333,12 @@ impl Connection {
                     if let Some(slot) = self.slot.take() {
                         slot.release();
                     }
-                    if self.identify_by.is_some() && self.session.is_identified() {
-                        self.identify_by = None;
+                    // Identified, the deadline goes; an identify that failed after it went (its
+                    // replay could not be read) brings it back.
+                    match (self.identify_by.is_some(), self.session.is_identified()) {
+                        (true, true) => self.identify_by = None,
+                        (false, false) => self.identify_by = Some(Box::pin(tokio::time::sleep(self.edge.settings.identify_timeout))),
+                        _ => {}
                     }
                 }
                 _ = async { self.identify_by.as_mut().expect("a deadline is set").await }, if self.identify_by.is_some() => {

@@ -20,8 +20,8 @@ pub struct Settings {
     /// `GUEST_TOKEN_TTL` (30 days, in seconds): how long a visitor token works. Every identify
     /// issues a new one, so a visitor who comes back within this time keeps their conversation.
     pub token_ttl: Duration,
-    /// `GUEST_SILENT_VISITOR_TTL` (1 day, in seconds): an anonymous guest (no proof, name or
-    /// email) who has sent nothing is forgotten this long after arriving.
+    /// `GUEST_SILENT_VISITOR_TTL` (1 day, in seconds): a guest without a proof who has sent
+    /// nothing is forgotten this long after arriving.
     pub silent_visitor_ttl: Duration,
 }
 

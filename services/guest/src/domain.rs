@@ -65,6 +65,27 @@ impl TokenSigner {
         format!("{}.{}", B64.encode(payload), B64.encode(tag))
     }
 
+    /// The (hotel, visitor id) of a token of the first format, an HMAC over the two that never
+    /// expires: such a token still opens the record holding that visitor id while the record is
+    /// unverified and its tokens were never revoked, so that visitors from before keep their
+    /// conversation; every identify then gives them a token of this format. (A record that
+    /// proof has touched since — taken over, verified or revoked — no longer opens with one.)
+    pub fn verify_first_format(&self, token: &str) -> Option<(String, String)> {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let (payload, tag) = token.split_once('.')?;
+        let payload = B64.decode(payload).ok()?;
+        let tag = B64.decode(tag).ok()?;
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"jack visitor token v1\n");
+        mac.update(&payload);
+        mac.verify_slice(&tag).ok()?;
+        let payload = String::from_utf8(payload).ok()?;
+        let (hotel, visitor) = payload.split_once('\n')?;
+        Some((hotel.to_owned(), visitor.to_owned()))
+    }
+
     /// The claims of a token whose signature holds and which has not expired at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: i64) -> Option<Claims> {
         if token.len() > MAX_TOKEN_LEN {
@@ -203,11 +224,15 @@ mod tests {
         assert!(signer.verify(&forged, 0).is_none());
         assert!(signer.verify("garbage", 0).is_none());
         assert!(signer.verify(&"a.b".repeat(300), 0).is_none());
-        // A token of the first format (hotel and visitor id only) proves nothing.
+        // A token of the first format (hotel and visitor id only) is not one of these, and is
+        // told apart; tokens of either format are never taken for the other.
         let mut mac = HmacSha256::new_from_slice(b"a-secret-of-at-least-32-characters!!").unwrap();
         mac.update(b"jack visitor token v1\nhotel_1\nvisitor_1");
         let v1 = format!("{}.{}", B64.encode("hotel_1\nvisitor_1"), B64.encode(mac.finalize().into_bytes()));
         assert!(signer.verify(&v1, 0).is_none());
+        assert_eq!(signer.verify_first_format(&v1), Some(("hotel_1".into(), "visitor_1".into())));
+        assert_eq!(other.verify_first_format(&v1), None);
+        assert_eq!(signer.verify_first_format(&token), None);
     }
 
     #[test]

@@ -61,12 +61,13 @@ impl GuestApi {
         let mut result = None;
         if let Some(visitor_id) = &requested {
             let claims = req.visitor_token.as_deref().and_then(|t| self.signer.verify(t, time::now_ms()));
+            let first_format = req.visitor_token.as_deref().and_then(|t| self.signer.verify_first_format(t)).filter(|(h, v)| *h == req.hotel_id && v == visitor_id);
             let by_hash = match (req.user_hash.as_deref(), secret) {
                 (Some(hash), Some(secret)) => domain::user_hash_matches(secret, visitor_id, hash),
                 _ => false,
             };
             let proof_for = |held: Option<&StoredGuest>| Proof {
-                by_token: held.zip(claims.as_ref()).is_some_and(|(g, c)| holds(g, c)),
+                by_token: held.zip(claims.as_ref()).is_some_and(|(g, c)| holds(g, c)) || held.is_some_and(|g| first_format.is_some() && opens_with_first_format(g)),
                 by_hash,
                 hash_refused: req.user_hash.is_some() && !by_hash,
             };
@@ -129,10 +130,20 @@ impl GuestApi {
 
     /// The guest a token opens, if it still does.
     async fn token_guest(&self, token: &str) -> Result<StoredGuest, GuestError> {
-        let claims = self.signer.verify(token, time::now_ms()).ok_or(GuestError::InvalidToken)?;
-        let guest = self.store.guest(&claims.guest_id).await?;
-        guest.filter(|g| holds(g, &claims)).ok_or(GuestError::InvalidToken)
+        if let Some(claims) = self.signer.verify(token, time::now_ms()) {
+            let guest = self.store.guest(&claims.guest_id).await?;
+            return guest.filter(|g| holds(g, &claims)).ok_or(GuestError::InvalidToken);
+        }
+        let (hotel_id, visitor_id) = self.signer.verify_first_format(token).ok_or(GuestError::InvalidToken)?;
+        let guest = self.store.find_guest(&hotel_id, "webchat", &visitor_id).await?;
+        guest.filter(opens_with_first_format).ok_or(GuestError::InvalidToken)
     }
+}
+
+/// Whether a token of the first format (see `TokenSigner::verify_first_format`) still opens
+/// this record.
+fn opens_with_first_format(guest: &StoredGuest) -> bool {
+    !guest.guest.verified && guest.token_epoch == 0
 }
 
 /// Whether a token's claims open this record: same hotel and guest, not revoked since.

@@ -149,13 +149,14 @@ impl Store {
             .await
     }
 
-    /// Forgets up to `limit` anonymous guests (no proof, name or email) who never sent anything
-    /// and arrived before `cutoff_ms`; how many.
+    /// Forgets up to `limit` guests without a proof who never sent anything and arrived before
+    /// `cutoff_ms` (a name or an email given at identify does not keep them: anyone can give
+    /// one); how many.
     pub async fn forget_silent(&self, cutoff_ms: i64, limit: u64) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "DELETE FROM guests WHERE guest_id IN (
                  SELECT guest_id FROM guests
-                 WHERE engaged = 0 AND created_at_ms < $1 AND verified = 0 AND name IS NULL AND email IS NULL
+                 WHERE engaged = 0 AND created_at_ms < $1 AND verified = 0
                  LIMIT $2)",
         )
         .bind(cutoff_ms)
@@ -187,9 +188,12 @@ impl Store {
             .write_grouped(move |conn| {
                 let (guest_id, name, email) = (guest_id.clone(), name.clone(), email.clone());
                 Box::pin(async move {
+                    // Verifying moves the token epoch on: tokens issued before the proof stop
+                    // working, whoever holds them.
                     sqlx::query(
                         "UPDATE guests SET name = COALESCE($2, name), email = COALESCE($3, email),
-                             verified = CASE WHEN $4 = 1 THEN 1 ELSE verified END
+                             verified = CASE WHEN $4 = 1 THEN 1 ELSE verified END,
+                             token_epoch = CASE WHEN $4 = 1 AND verified = 0 THEN token_epoch + 1 ELSE token_epoch END
                          WHERE guest_id = $1",
                     )
                     .bind(&guest_id)

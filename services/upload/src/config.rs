@@ -50,8 +50,15 @@ pub struct Settings {
     pub preview_max_bytes: u64,
     /// What may wait to be sent (asked for, maybe uploaded, not yet in a message):
     /// `UPLOAD_MAX_PENDING_FILES` (20) and `UPLOAD_MAX_PENDING_BYTES` (50 MiB) per guest,
+    /// `UPLOAD_MAX_PENDING_BYTES_PER_ADDRESS` (200 MiB) per client address,
     /// `UPLOAD_MAX_PENDING_BYTES_PER_HOTEL` (2 GiB) per hotel; beyond, RESOURCE_EXHAUSTED.
     pub quota: Quota,
+    /// `UPLOAD_MAX_CONNECTIONS_PER_IP` (32): connections one address may hold on the HTTP
+    /// listener (0: no limit); more are answered 429 and closed as they are accepted.
+    pub max_connections_per_ip: usize,
+    /// `UPLOAD_TRUSTED_PROXIES`: reverse proxies (addresses or CIDRs) whose connections the
+    /// per-address limit does not count (they carry many clients).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,8 +153,11 @@ impl Settings {
             quota: Quota {
                 files_per_guest: env.number("UPLOAD_MAX_PENDING_FILES", 20, 1, 1_000_000)?,
                 bytes_per_guest: env.number("UPLOAD_MAX_PENDING_BYTES", 50 << 20, 1, 1 << 44)?,
+                bytes_per_address: env.number("UPLOAD_MAX_PENDING_BYTES_PER_ADDRESS", 200 << 20, 1, 1 << 48)?,
                 bytes_per_hotel: env.number("UPLOAD_MAX_PENDING_BYTES_PER_HOTEL", 2 << 30, 1, 1 << 50)?,
             },
+            max_connections_per_ip: env.number("UPLOAD_MAX_CONNECTIONS_PER_IP", 32, 0, 10_000_000)? as usize,
+            trusted_proxies: env.cidrs("UPLOAD_TRUSTED_PROXIES")?,
         })
     }
 }

@@ -120,10 +120,11 @@ impl UploadService for UploadApi {
         };
         let key = domain::incoming_key(&attachment.attachment_id);
         let url = self.storage.presign_put(&key, &attachment.content_type, attachment.size, self.settings.url_ttl).await.map_err(unavailable)?;
-        if let Some(exceeded) = self.store.insert_pending(&attachment, &self.settings.quota).await.map_err(storage)? {
+        if let Some(exceeded) = self.store.insert_pending(&attachment, &req.client_address, &self.settings.quota).await.map_err(storage)? {
             tracing::info!(guest_id = %attachment.guest_id, hotel_id = %attachment.hotel_id, ?exceeded, "upload refused: quota");
             let why = match exceeded {
                 Exceeded::GuestFiles | Exceeded::GuestBytes => "too many files are waiting to be sent; send them, or wait until unsent ones are forgotten",
+                Exceeded::AddressBytes => "too many files from this address are waiting to be sent; retry later",
                 Exceeded::HotelBytes => "this hotel has too many files waiting to be sent; retry later",
             };
             return Err(Status::resource_exhausted(why));

@@ -4,6 +4,7 @@
 //! hotel pages live on any origin.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -36,6 +37,9 @@ pub struct HttpState {
     pub downloads_in_flight: Arc<Semaphore>,
     /// Uploads being received (see [`Receiving`]).
     pub receiving: Receiving,
+    /// `UPLOAD_BODY_TIMEOUT_MS`: the longest an upload may send nothing, and the least time it
+    /// is given when it starts just before its URL expires.
+    pub body_timeout: Duration,
 }
 
 /// Uploads being received: one at a time on each URL (a second gets 409 while the first goes
@@ -88,7 +92,8 @@ pub struct Signed {
 }
 
 /// The routes; an upload that sends no data for `body_timeout` is refused with 408.
-pub fn router(state: HttpState, body_timeout: std::time::Duration) -> Router {
+pub fn router(state: HttpState) -> Router {
+    let body_timeout = state.body_timeout;
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([http::Method::PUT, http::Method::GET])
@@ -142,9 +147,13 @@ async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(Stri
         Ok(receipt) => receipt,
         Err(response) => return *response,
     };
-    match receive(&disk, body, size, &target).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(response) => response,
+    // An upload must be done by the time its URL expires (one that starts at the last moment
+    // gets the body timeout), however steadily it trickles: a place is not held for ever.
+    let left = Duration::from_millis(u64::try_from(expires - jack_runtime::time::now_ms()).unwrap_or(0)).max(state.body_timeout);
+    match tokio::time::timeout(left, receive(&disk, body, size, &target)).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(response)) => response,
+        Err(_) => refuse(StatusCode::REQUEST_TIMEOUT, "the upload took longer than its URL lasts; upload again"),
     }
 }
 
@@ -233,7 +242,7 @@ async fn download(State(state): State<HttpState>, Path(id): Path<String>, query:
         Variant::File => domain::content_disposition(&attachment.content_type, &attachment.filename),
         Variant::Thumbnail => "inline".to_owned(),
     };
-    (
+    let mut response = (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, disposition),
@@ -241,9 +250,12 @@ async fn download(State(state): State<HttpState>, Path(id): Path<String>, query:
             // Even opened directly, a file cannot run anything.
             (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox".to_owned()),
             (header::CACHE_CONTROL, "private, max-age=3600".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if let Some(len) = len {
+        response.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+    }
+    response
 }

@@ -78,14 +78,15 @@ impl UploadServer {
             storage: self.storage.clone(),
             downloads_in_flight: Arc::new(tokio::sync::Semaphore::new(self.settings.max_downloads)),
             receiving: crate::http::Receiving::new(self.settings.max_uploads),
+            body_timeout: self.settings.body_timeout,
         };
         // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
         // browser's delayed ACK, as on the edge's listener.
-        let listener = self.http.tap_io(jack_runtime::no_delay);
+        let listener = jack_runtime::http::PerPeer::new(self.http.tap_io(jack_runtime::no_delay), self.settings.max_connections_per_ip, self.settings.trusted_proxies.clone());
         let limits = jack_runtime::http::Limits { header_read: self.settings.header_timeout, write_stall: self.settings.write_timeout };
-        let app = crate::http::router(state, self.settings.body_timeout);
+        let app = crate::http::router(state);
         let http = tokio::spawn(jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |_, addr| *addr));
-        let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, shutdown.clone()));
+        let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, self.settings.body_timeout, shutdown.clone()));
         let router = grpc::server()
             .add_service(grpc::health("jack.upload.v1.UploadService").await)
             .add_service(UploadServiceServer::new(api));

@@ -46,10 +46,12 @@ fn id_list(ids: &[String]) -> String {
     serde_json::to_string(ids).expect("a list of strings is JSON")
 }
 
-async fn insert_on(conn: &mut sqlx::AnyConnection, a: &pb::Attachment) -> Result<(), sqlx::Error> {
+/// Inserts an attachment; `client_address` for one asked for by a guest (an upload URL, whose
+/// file is not seen yet), `None` for one stored at once.
+async fn insert_on(conn: &mut sqlx::AnyConnection, a: &pb::Attachment, client_address: Option<&str>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail, client_address, uploaded)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&a.attachment_id)
     .bind(&a.hotel_id)
@@ -61,6 +63,8 @@ async fn insert_on(conn: &mut sqlx::AnyConnection, a: &pb::Attachment) -> Result
     .bind(a.created_at_ms)
     .bind(Some(&a.conversation_id).filter(|c| !c.is_empty()))
     .bind(i64::from(a.has_thumbnail))
+    .bind(client_address)
+    .bind(i64::from(client_address.is_none()))
     .execute(conn)
     .await?;
     Ok(())
@@ -72,6 +76,7 @@ async fn insert_on(conn: &mut sqlx::AnyConnection, a: &pb::Attachment) -> Result
 pub struct Quota {
     pub files_per_guest: u64,
     pub bytes_per_guest: u64,
+    pub bytes_per_address: u64,
     pub bytes_per_hotel: u64,
 }
 
@@ -80,6 +85,7 @@ pub struct Quota {
 pub enum Exceeded {
     GuestFiles,
     GuestBytes,
+    AddressBytes,
     HotelBytes,
 }
 
@@ -97,7 +103,7 @@ impl Store {
     /// as `quota` allows; the quota exceeded when it was not recorded. Guests are checked one at
     /// a time (SQLite has one writer; on PostgreSQL a lock per guest), so concurrent requests
     /// cannot slip past the quota together.
-    pub async fn insert_pending(&self, a: &pb::Attachment, quota: &Quota) -> Result<Option<Exceeded>, sqlx::Error> {
+    pub async fn insert_pending(&self, a: &pb::Attachment, client_address: &str, quota: &Quota) -> Result<Option<Exceeded>, sqlx::Error> {
         let mut tx = self.db.write.begin().await?;
         if self.db.engine == Engine::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(&a.guest_id).execute(&mut *tx).await?;
@@ -105,24 +111,29 @@ impl Store {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM attachments WHERE guest_id = $1 AND status = 'pending') AS files,
                     (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE guest_id = $1 AND status = 'pending') AS guest_bytes,
+                    (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE client_address = $3 AND status = 'pending') AS address_bytes,
                     (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE hotel_id = $2 AND status = 'pending') AS hotel_bytes",
         )
         .bind(&a.guest_id)
         .bind(&a.hotel_id)
+        .bind(client_address)
         .fetch_one(&mut *tx)
         .await?;
-        let (files, guest_bytes, hotel_bytes): (i64, i64, i64) = (row.try_get("files")?, row.try_get("guest_bytes")?, row.try_get("hotel_bytes")?);
+        let files: i64 = row.try_get("files")?;
+        let bytes = |column: &str| row.try_get::<i64, _>(column).map(|b| (b + a.size) as u64);
         let exceeded = if files as u64 >= quota.files_per_guest {
             Some(Exceeded::GuestFiles)
-        } else if (guest_bytes + a.size) as u64 > quota.bytes_per_guest {
+        } else if bytes("guest_bytes")? > quota.bytes_per_guest {
             Some(Exceeded::GuestBytes)
-        } else if (hotel_bytes + a.size) as u64 > quota.bytes_per_hotel {
+        } else if !client_address.is_empty() && bytes("address_bytes")? > quota.bytes_per_address {
+            Some(Exceeded::AddressBytes)
+        } else if bytes("hotel_bytes")? > quota.bytes_per_hotel {
             Some(Exceeded::HotelBytes)
         } else {
             None
         };
         if exceeded.is_none() {
-            insert_on(&mut tx, a).await?;
+            insert_on(&mut tx, a, Some(client_address)).await?;
         }
         tx.commit().await?;
         Ok(exceeded)
@@ -130,7 +141,7 @@ impl Store {
 
     pub async fn insert(&self, a: &pb::Attachment) -> Result<(), sqlx::Error> {
         let mut conn = self.db.write.acquire().await?;
-        insert_on(&mut conn, a).await
+        insert_on(&mut conn, a, None).await
     }
 
     /// The guest's attachments among `ids`, whatever their status.
@@ -189,6 +200,22 @@ impl Store {
             .fetch_all(&self.db.read)
             .await?;
         rows.iter().map(|r| r.try_get("attachment_id")).collect()
+    }
+
+    /// Pending attachments asked for before `cutoff_ms` whose file has not been seen yet.
+    pub async fn unseen_before(&self, cutoff_ms: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT attachment_id FROM attachments WHERE status = 'pending' AND uploaded = 0 AND created_at_ms < $1 ORDER BY created_at_ms LIMIT $2")
+            .bind(cutoff_ms)
+            .bind(limit)
+            .fetch_all(&self.db.read)
+            .await?;
+        rows.iter().map(|r| r.try_get("attachment_id")).collect()
+    }
+
+    /// The attachment's file has been uploaded: it may wait to be sent for the usual while.
+    pub async fn mark_uploaded(&self, attachment_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE attachments SET uploaded = 1 WHERE attachment_id = $1").bind(attachment_id).execute(&self.db.write).await?;
+        Ok(())
     }
 
     /// Deletes a pending attachment's record (a stored one is never touched).

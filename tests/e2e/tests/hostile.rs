@@ -113,7 +113,7 @@ async fn hotel_ids_are_bounded_and_so_are_the_metrics_they_label() {
     let text = metrics(&stack).await;
     let series = text.lines().filter(|l| l.starts_with("webchat_connections_active{")).collect::<Vec<_>>();
     assert_eq!(series.len(), 4, "{series:?}");
-    assert!(text.contains(r#"webchat_connections_active{hotelId="other"} 97"#), "{series:?}");
+    assert!(text.contains(r#"webchat_connections_active{hotelId="other hotels"} 97"#), "{series:?}");
     assert!(!text.contains(&long[..100]));
     // They go when their connections do.
     for guest in guests {
@@ -171,13 +171,15 @@ async fn one_address_may_hold_and_open_only_so_many_connections() {
     assert_eq!(jack_e2e::Guest::open_with_headers(&url, &[("X-Forwarded-For", "198.51.100.7")]).await.err(), Some(429));
 
     // Opened too fast: refused with when to come back.
-    let stack = TestStack::start_with(&[("EDGE_CONNECTS_PER_IP", "2")]).await;
+    let stack = TestStack::start_with(&[("EDGE_CONNECTS_PER_IP", "1")]).await;
     let url = stack.ws_url("hotel_1");
     let mut statuses = Vec::new();
     for _ in 0..20 {
         statuses.push(jack_e2e::Guest::open_with_headers(&url, &[]).await.map(|_| 101).unwrap_or_else(|s| s));
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 101).count(), 10, "a burst of five seconds' worth: {statuses:?}");
+    // A burst of five seconds' worth, and one more a second meanwhile.
+    let opened = statuses.iter().filter(|s| **s == 101).count();
+    assert!((5..=8).contains(&opened), "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
     let head = http(&stack.http_base(), "GET", "/ws/chat?hotelId=hotel_1", &[("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")], "").await;
     assert_eq!(head.0, 429);
@@ -231,7 +233,9 @@ async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() 
             }
         }
     }
-    assert_eq!((created.len(), refused), (4, 56), "one of the five went to the regular guest");
+    // Five new visitors a minute: one went to the regular guest (and one more may have come due
+    // while the test ran).
+    assert!((4..=5).contains(&created.len()) && created.len() + refused == 60, "{} created, {refused} refused", created.len());
     // The returning guest is not a new visitor: its token lets it in during the storm.
     let mut back = stack.guest("hotel_1").await;
     let again = back.identify(json!({"visitorId": known["visitorId"], "visitorToken": known["visitorToken"]})).await;
@@ -242,7 +246,7 @@ async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() 
 async fn visitors_who_only_look_are_forgotten_and_an_idle_tab_starts_afresh() {
     use jack_proto::conversation::v1 as conv;
     use jack_proto::guest::v1 as guest_pb;
-    let stack = TestStack::start_with(&[("GUEST_SILENT_VISITOR_TTL", "1"), ("CONVERSATION_EMPTY_TTL", "1")]).await;
+    let stack = TestStack::start_with(&[("GUEST_SILENT_VISITOR_TTL", "3"), ("CONVERSATION_EMPTY_TTL", "3")]).await;
     let mut guests = guest_pb::guest_service_client::GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), WAIT).unwrap());
     let mut conversations = stack.conversation();
 
@@ -286,4 +290,60 @@ async fn visitors_who_only_look_are_forgotten_and_an_idle_tab_starts_afresh() {
     assert_ne!(again["guestId"], silent["guestId"]);
     let ack = back.say("late", "anyone there?").await;
     assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("message_ack"), Some(1)), "{ack}");
+}
+
+#[tokio::test]
+async fn connections_over_an_addresss_cap_are_refused_as_they_are_accepted() {
+    let stack = TestStack::start_with(&[("EDGE_MAX_CONNECTIONS_PER_IP", "3")]).await;
+    let addr = stack.stack.addr(jack_e2e::Svc::Edge);
+    // Connections that send nothing hold the address's places...
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // ...and the next is told at once, before it sends anything.
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, over.read_to_end(&mut answer)).await.expect("answered and closed at once").unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 429"), "{}", String::from_utf8_lossy(&answer));
+    drop(silent);
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(guest) = jack_e2e::Guest::open_with_headers(&stack.ws_url("hotel_1"), &[]).await {
+                return guest;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "the places come back with the connections");
+}
+
+#[tokio::test]
+async fn one_address_may_send_only_so_many_messages_and_api_calls() {
+    let stack = TestStack::start_with(&[("EDGE_MESSAGES_PER_IP", "1"), ("EDGE_API_CALLS_PER_IP", "1"), ("EDGE_RATE_LIMIT", "1000")]).await;
+    // Two guests behind one address share its budget: five seconds' worth, then one a second.
+    let mut a = stack.guest("hotel_1").await;
+    let token = a.identify(json!({"visitorId": "v_a"})).await["visitorToken"].as_str().unwrap().to_owned();
+    let mut b = stack.guest("hotel_1").await;
+    b.identify(json!({"visitorId": "v_b"})).await;
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let guest = if i % 2 == 0 { &mut a } else { &mut b };
+        answers.push(guest.say(&format!("m{i}"), "hello").await);
+    }
+    let refused: Vec<_> = answers.iter().filter(|f| f["type"] == "error").collect();
+    assert!(!refused.is_empty() && answers.iter().filter(|f| f["type"] == "message_ack").count() >= 5, "{answers:?}");
+    for e in &refused {
+        assert_eq!((e["code"].as_str(), e["retryable"].as_bool()), (Some("RATE_LIMITED"), Some(true)), "{e}");
+        assert!(e["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0), "{e}");
+    }
+    // The HTTP API likewise.
+    let auth = format!("Bearer {token}");
+    let ask = r#"{"filename":"a.png","contentType":"image/png","size":10}"#;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], ask).await.0);
+    }
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 5 && statuses.contains(&429), "{statuses:?}");
 }

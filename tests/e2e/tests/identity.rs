@@ -195,3 +195,60 @@ async fn visitor_tokens_expire_are_renewed_by_every_identify_and_can_be_revoked(
     let after = back.identify(json!({"visitorId": "v_revoked", "visitorToken": token})).await;
     assert_ne!(after["guestId"], identified["guestId"]);
 }
+
+/// A visitor token of the first format: an HMAC over hotel and visitor id, valid for ever.
+fn first_format_token(secret: &str, hotel_id: &str, visitor_id: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = format!("{hotel_id}\n{visitor_id}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(b"jack visitor token v1\n");
+    mac.update(payload.as_bytes());
+    format!("{}.{}", b64.encode(&payload), b64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn visitors_from_before_keep_their_conversation_with_a_token_of_the_first_format() {
+    let secret = "a-token-secret-of-at-least-32-characters";
+    let stack = TestStack::start_with(&[("GUEST_TOKEN_SECRET", secret)]).await;
+    let mut guest = stack.guest("hotel_1").await;
+    let first = guest.identify(json!({"visitorId": "v_from_before"})).await;
+    guest.say("b1", "from before").await;
+    let old = first_format_token(secret, "hotel_1", "v_from_before");
+    assert_eq!(upload_url_status(&stack, &old).await, 200, "it still opens the uploads");
+
+    let mut back = stack.guest("hotel_1").await;
+    let again = back.identify(json!({"visitorId": "v_from_before", "visitorToken": old, "lastSeq": 0})).await;
+    assert_eq!(again["guestId"], first["guestId"]);
+    assert_eq!(back.seen_messages().len(), 1);
+    assert_ne!(again["visitorToken"], old.as_str(), "exchanged for a token of today's format");
+    // For another visitor, or signed with another secret, it opens nothing.
+    let mut other = stack.guest("hotel_1").await;
+    let elsewhere = other.identify(json!({"visitorId": "v_someone_else", "visitorToken": old})).await;
+    assert_ne!(elsewhere["guestId"], first["guestId"]);
+    let forged = first_format_token("another-secret-of-at-least-32-characters", "hotel_1", "v_from_before");
+    assert_eq!(upload_url_status(&stack, &forged).await, 401);
+    // Once the record's tokens are revoked, the first format opens nothing either.
+    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    guests.revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest { guest_id: first["guestId"].as_str().unwrap().into() }).await.unwrap();
+    assert_eq!(upload_url_status(&stack, &old).await, 401);
+}
+
+#[tokio::test]
+async fn proving_a_record_ends_the_tokens_issued_before_the_proof() {
+    let stack = TestStack::start().await;
+    hotel_with_secret(&stack, "hotel_proves", None).await;
+    let mut guest = stack.guest("hotel_proves").await;
+    let bound = guest.identify(json!({"visitorId": "booking-77"})).await;
+    let before = bound["visitorToken"].as_str().unwrap().to_owned();
+    let secret = "the-hotel-proves-its-guests-ids-now";
+    hotel_with_secret(&stack, "hotel_proves", Some(secret)).await;
+    // The same guest, with its token and the hotel's proof: its own record, verified.
+    let mut proven = stack.guest("hotel_proves").await;
+    let now = proven.identify(json!({"visitorId": "booking-77", "visitorToken": before, "userHash": jack_guest::domain::user_hash(secret, "booking-77")})).await;
+    assert_eq!(now["guestId"], bound["guestId"]);
+    // Whoever else held the token from before the proof holds nothing now.
+    assert_eq!(upload_url_status(&stack, &before).await, 401);
+    assert_eq!(upload_url_status(&stack, now["visitorToken"].as_str().unwrap()).await, 200);
+}

@@ -561,3 +561,54 @@ async fn characters_that_reorder_a_filename_are_dropped() {
     let (_, urls) = attachment_urls(&stack, &token, &[&id]).await;
     assert_eq!(urls["downloads"][0]["filename"], "invoiceexe.pdf");
 }
+
+#[tokio::test]
+async fn an_upload_must_end_by_the_time_its_url_expires() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (stack, files) = local_stack(&[("UPLOAD_URL_TTL", "1"), ("UPLOAD_BODY_TIMEOUT_MS", "400")]).await;
+    let (_guest, token, _) = guest(&stack).await;
+    let (_, answer) = upload_url(&stack, Some(&token), "a.pdf", "application/pdf", 1000).await;
+    let url = answer["uploadUrl"].as_str().unwrap().to_owned();
+    let (addr, path) = url.trim_start_matches("http://").split_once('/').unwrap();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/pdf\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    // A byte every 100 ms never idles past the body timeout, but would take 100 s.
+    let trickle = async {
+        for _ in 0..1000 {
+            if socket.write_all(b"%").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(WAIT, socket.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(files.all().iter().all(|f| !f.starts_with("incoming")), "{:?}", files.all());
+}
+
+#[tokio::test]
+async fn what_waits_to_be_sent_is_bounded_per_address_too() {
+    let (stack, _files) = local_stack(&[("UPLOAD_MAX_PENDING_BYTES_PER_ADDRESS", "1000")]).await;
+    // Two guests behind one address.
+    let (_first, token, _) = guest(&stack).await;
+    assert_eq!(upload_url(&stack, Some(&token), "a.png", "image/png", 600).await.0, 200);
+    let (_second, token, _) = guest(&stack).await;
+    let (status, answer) = upload_url(&stack, Some(&token), "b.png", "image/png", 600).await;
+    assert_eq!((status, answer["error"].as_str()), (429, Some("QUOTA_EXCEEDED")), "{answer}");
+    assert_eq!(upload_url(&stack, Some(&token), "c.png", "image/png", 300).await.0, 200);
+}
+
+#[tokio::test]
+async fn one_address_holds_only_so_many_connections_to_the_file_listener() {
+    use tokio::io::AsyncReadExt as _;
+    let (stack, _files) = local_stack(&[("UPLOAD_MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let addr = stack.stack.upload_http_addr();
+    let _held = [tokio::net::TcpStream::connect(addr).await.unwrap(), tokio::net::TcpStream::connect(addr).await.unwrap()];
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, over.read_to_end(&mut answer)).await.expect("answered and closed at once").unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 429"), "{}", String::from_utf8_lossy(&answer));
+}

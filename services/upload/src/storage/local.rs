@@ -74,7 +74,7 @@ impl LocalDisk {
         Ok(Some(Object::Bytes(bytes.into())))
     }
 
-    pub async fn stream(&self, key: &str) -> Result<Option<(u64, Chunks)>, StorageError> {
+    pub async fn stream(&self, key: &str) -> Result<Option<(Option<u64>, Chunks)>, StorageError> {
         let Some(path) = self.path(key) else { return Ok(None) };
         let file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
@@ -82,7 +82,7 @@ impl LocalDisk {
             Err(e) => return Err(backend(e)),
         };
         let len = file.metadata().await.map_err(backend)?.len();
-        Ok(Some((len, Box::pin(tokio_util::io::ReaderStream::with_capacity(file, CHUNK)))))
+        Ok(Some((Some(len), Box::pin(tokio_util::io::ReaderStream::with_capacity(file, CHUNK)))))
     }
 
     /// Writes a whole object at once: to a temporary file, then renamed into place.

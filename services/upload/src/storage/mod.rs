@@ -49,11 +49,19 @@ impl Storage {
         }
     }
 
-    /// The object as a stream of chunks, read as the client takes them, and its size.
-    pub async fn stream(&self, key: &str) -> Result<Option<(u64, Chunks)>, StorageError> {
+    /// The object as a stream of chunks, read as the client takes them, and its size when known.
+    pub async fn stream(&self, key: &str) -> Result<Option<(Option<u64>, Chunks)>, StorageError> {
         match self {
             Storage::Local(disk) => disk.stream(key).await,
             Storage::S3(s3) => s3.stream(key).await,
+        }
+    }
+
+    /// Whether the object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self {
+            Storage::Local(disk) => Ok(disk.path(key).is_some_and(|p| p.exists())),
+            Storage::S3(s3) => s3.exists(key).await,
         }
     }
 

@@ -86,17 +86,25 @@ impl S3Store {
         Ok(Some(Object::Bytes(bytes)))
     }
 
-    pub async fn stream(&self, key: &str) -> Result<Option<(u64, Chunks)>, StorageError> {
+    pub async fn stream(&self, key: &str) -> Result<Option<(Option<u64>, Chunks)>, StorageError> {
         let result = self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await;
         let output = match result {
             Ok(output) => output,
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(err) => return Err(backend(aws_sdk_s3::error::DisplayErrorContext(err))),
         };
-        let len = output.content_length().unwrap_or(0).max(0) as u64;
+        let len = output.content_length().and_then(|l| u64::try_from(l).ok());
         // The store's answer is read as the client takes it.
         let chunks = futures_util::stream::unfold(output.body, |mut body| async move { body.next().await.map(|chunk| (chunk.map_err(std::io::Error::other), body)) });
         Ok(Some((len, Box::pin(chunks))))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self.client.head_object().bucket(&self.bucket).key(self.key(key)).send().await {
+            Ok(_) => Ok(true),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
+            Err(err) => Err(backend(aws_sdk_s3::error::DisplayErrorContext(err))),
+        }
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {
