@@ -21,6 +21,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
+use std::future::Future as _;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +34,6 @@ use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Layer as _;
@@ -71,9 +71,8 @@ where
             accepted = listener.accept() => accepted,
         };
         let service = TowerToHyperService::new(axum::Extension(ConnectInfo(info(&io, &addr))).layer(app.clone()));
-        let mut io = TimeoutStream::new(io);
-        io.set_write_timeout(Some(limits.write_stall));
-        let connection = http.serve_connection(TokioIo::new(Box::pin(io)), service).with_upgrades();
+        let io = WriteStall { io, limit: limits.write_stall, waiting: None };
+        let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut connection = pin!(connection);
@@ -96,6 +95,67 @@ where
     connections.close();
     let _ = tokio::time::timeout(GRACE, connections.wait()).await;
     Ok(())
+}
+
+/// A connection whose writes fail once one has waited `limit` without making progress (the
+/// peer stopped reading). The timer exists only while a write waits: an idle connection, of
+/// which an edge holds tens of thousands, keeps no timer for it.
+pub struct WriteStall<T> {
+    io: T,
+    limit: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    /// Passes a write's outcome on, starting the timer when it must wait and failing it when
+    /// it has waited too long.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.waiting = None;
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
 }
 
 /// The address per-address limits count by: an IPv4 address, or an IPv6 /64 (the network one
