@@ -50,7 +50,7 @@ pub struct Settings {
     /// long (a peer that stopped reading) drops it.
     pub write_timeout: Duration,
     /// `EDGE_IDENTIFY_TIMEOUT_MS` (60000): a WebSocket not identified within this is closed
-    /// with 4008.
+    /// with 4008 (at the next ping, so within a `WEBSOCKET_PING_INTERVAL` more).
     pub identify_timeout: Duration,
     /// `EDGE_METRICS_ADDR` (127.0.0.1:9091; `off` for none): a listener of its own for
     /// `GET /metrics`, for Prometheus.

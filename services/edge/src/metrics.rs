@@ -18,10 +18,7 @@ pub const OTHER_HOTELS: &str = "other hotels";
 pub struct Metrics {
     registry: Registry,
     /// `webchat_connections_active{hotelId}` (see [`Metrics::connection_opened`]).
-    connections_active: IntGaugeVec,
-    /// Connections per hotel that has a label of its own, and how many of those hotels are
-    /// not registered.
-    labelled: Arc<Mutex<Labelled>>,
+    hotels: Arc<HotelGauges>,
     /// `webchat_messages_total{direction, type}`: inbound guest messages (text, attachment,
     /// quick_reply) and outbound butler messages pushed to guests.
     pub messages_total: IntCounterVec,
@@ -32,29 +29,38 @@ pub struct Metrics {
     pub message_latency: HistogramVec,
 }
 
+/// `webchat_connections_active{hotelId}` and which hotels have a label of their own.
+struct HotelGauges {
+    gauges: IntGaugeVec,
+    labelled: Mutex<Labelled>,
+}
+
 #[derive(Debug, Default)]
 struct Labelled {
-    connections: HashMap<String, (usize, bool)>,
+    /// Connections per hotel that has a label of its own, and whether it is registered.
+    connections: HashMap<Box<str>, (usize, bool)>,
+    /// How many of those hotels are not registered.
     unregistered: usize,
 }
 
-/// One open connection in `webchat_connections_active`; counted out when dropped.
+/// One open connection in `webchat_connections_active`; counted out when dropped. Small: every
+/// connection holds one for as long as it is open.
 pub struct ConnectionGauge {
-    metrics: Metrics,
-    label: String,
+    hotels: Arc<HotelGauges>,
+    label: Box<str>,
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        let mut labelled = self.metrics.labelled.lock().expect("metrics lock");
-        self.metrics.connections_active.with_label_values(&[self.label.as_str()]).dec();
+        let mut labelled = self.hotels.labelled.lock().expect("metrics lock");
+        self.hotels.gauges.with_label_values(&[&*self.label]).dec();
         if let Some((count, registered)) = labelled.connections.get_mut(&self.label) {
             *count -= 1;
             if *count == 0 {
                 let registered = *registered;
                 labelled.connections.remove(&self.label);
                 labelled.unregistered -= usize::from(!registered);
-                let _ = self.metrics.connections_active.remove_label_values(&[self.label.as_str()]);
+                let _ = self.hotels.gauges.remove_label_values(&[&*self.label]);
             }
         }
     }
@@ -65,23 +71,23 @@ impl Metrics {
     /// own id when it is registered or when fewer than `max_unregistered` unregistered hotels
     /// have connections, else under [`OTHER_HOTELS`].
     pub fn connection_opened(&self, hotel_id: &str, registered: bool, max_unregistered: usize) -> ConnectionGauge {
-        let mut labelled = self.labelled.lock().expect("metrics lock");
+        let mut labelled = self.hotels.labelled.lock().expect("metrics lock");
         let room = registered || labelled.unregistered < max_unregistered;
-        let label = match labelled.connections.get_mut(hotel_id) {
+        let label: Box<str> = match labelled.connections.get_mut(hotel_id) {
             Some((count, _)) => {
                 *count += 1;
-                hotel_id.to_owned()
+                hotel_id.into()
             }
             None if room => {
-                labelled.connections.insert(hotel_id.to_owned(), (1, registered));
+                labelled.connections.insert(hotel_id.into(), (1, registered));
                 labelled.unregistered += usize::from(!registered);
-                hotel_id.to_owned()
+                hotel_id.into()
             }
-            None => OTHER_HOTELS.to_owned(),
+            None => OTHER_HOTELS.into(),
         };
-        self.connections_active.with_label_values(&[label.as_str()]).inc();
+        self.hotels.gauges.with_label_values(&[&*label]).inc();
         drop(labelled);
-        ConnectionGauge { metrics: self.clone(), label }
+        ConnectionGauge { hotels: self.hotels.clone(), label }
     }
 
     pub fn new() -> Self {
@@ -108,7 +114,8 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, connections_active, labelled: Arc::default(), messages_total, connection_duration, message_latency }
+        let hotels = Arc::new(HotelGauges { gauges: connections_active, labelled: Mutex::default() });
+        Self { registry, hotels, messages_total, connection_duration, message_latency }
     }
 
     pub fn render(&self) -> String {

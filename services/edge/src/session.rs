@@ -44,8 +44,6 @@ struct Identity {
     guest_id: String,
     /// Shared with the hub's key for this session.
     conversation_id: Arc<str>,
-    /// Whether the guest has sent something before (else its first message marks it kept).
-    engaged: bool,
 }
 
 /// A token bucket: `rate` frames a second, bursts of twice that.
@@ -94,8 +92,12 @@ pub struct Session {
     limit: RateLimit,
     /// A catch-up failed (conversation unreachable) and must be retried.
     pub catch_up_pending: bool,
-    /// Pages after `high` still to be read, one at a time.
-    follow: Option<Follow>,
+    /// Whether the identified guest has sent something before (else its first message marks
+    /// it kept).
+    engaged: bool,
+    /// Pages after `high` still to be read, one at a time (boxed: an idle session has none, and
+    /// tens of thousands of idle sessions would each keep room for one).
+    follow: Option<Box<Follow>>,
     /// The guest or its conversation was forgotten while this session was idle (see
     /// `GUEST_SILENT_VISITOR_TTL`, `CONVERSATION_EMPTY_TTL`): the connection is closed with
     /// 4010, and the client identifies afresh and sends again.
@@ -123,7 +125,7 @@ impl Session {
         let mailbox = Arc::new(Mailbox::default());
         let handle = SessionHandle { id, mailbox: mailbox.clone() };
         let limit = RateLimit::new(edge.settings.rate_limit);
-        let session = Self { session_id, hotel_id, client, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, follow: None, expired: false };
+        let session = Self { session_id, hotel_id, client, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, engaged: false, follow: None, expired: false };
         (session, mailbox)
     }
 
@@ -264,7 +266,8 @@ impl Session {
         let conversation_id: Arc<str> = conversation.conversation_id.as_str().into();
         // Subscribe first, then replay: nothing committed in between can be missed.
         self.edge.hub.attach(&conversation_id, self.handle.clone()).await;
-        self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone(), engaged: g.engaged });
+        self.identity = Some(Identity { guest_id: g.guest_id.clone(), conversation_id: conversation_id.clone() });
+        self.engaged = g.engaged;
         let identified_frame = frames::Identified {
             guest_id: g.guest_id,
             visitor_id: g.visitor_id,
@@ -303,7 +306,7 @@ impl Session {
                 false
             }
         };
-        self.follow = Some(Follow { replay, then: Some(identified_frame) });
+        self.follow = Some(Box::new(Follow { replay, then: Some(identified_frame) }));
         self.next_page(out).await;
     }
 
@@ -384,7 +387,7 @@ impl Session {
             return;
         }
         if self.follow.is_none() {
-            self.follow = Some(Follow { replay: false, then: None });
+            self.follow = Some(Box::new(Follow { replay: false, then: None }));
         }
         self.next_page(out).await;
     }
@@ -537,15 +540,11 @@ impl Session {
                 Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
             }
         }
-        if !identity.engaged {
+        if !self.engaged {
             // The first thing this guest sends: from now on it is kept.
             let engaged = guest::MarkEngagedRequest { guest_id: identity.guest_id.clone() };
             match self.edge.backends.guest.clone().mark_engaged(engaged).await {
-                Ok(_) => {
-                    if let Some(identity) = &mut self.identity {
-                        identity.engaged = true;
-                    }
-                }
+                Ok(_) => self.engaged = true,
                 Err(status) if status.code() == jack_proto::tonic::Code::NotFound => return self.expire(),
                 Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
             }

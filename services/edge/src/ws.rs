@@ -6,7 +6,7 @@
 //! `WEBSOCKET_PING_INTERVAL` and drops a peer that stayed silent for a whole interval, closes
 //! with 1009 on a frame beyond `EDGE_MAX_FRAME_SIZE`, 1007 on a text frame that is not UTF-8,
 //! 1002 on a protocol violation, 4008 when no identify succeeded within
-//! `EDGE_IDENTIFY_TIMEOUT_MS`, and 1001 on shutdown. A peer that stops reading is dropped by
+//! `EDGE_IDENTIFY_TIMEOUT_MS` (checked at each ping), and 1001 on shutdown. A peer that stops reading is dropped by
 //! the listener's write-stall limit (`EDGE_WRITE_TIMEOUT_MS`, see `jack_runtime::http`).
 
 use std::net::IpAddr;
@@ -230,9 +230,6 @@ struct Connection {
     started: Instant,
     /// Held until the first frame is handled (see [`crate::gate`]).
     slot: Option<Slot>,
-    /// Runs out `EDGE_IDENTIFY_TIMEOUT_MS` after the connection opened; dropped once the
-    /// session is identified.
-    identify_by: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
@@ -244,8 +241,7 @@ impl Connection {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
         // A tick missed while pages were written comes once, not in a burst.
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let identify_by = Some(Box::pin(tokio::time::sleep(edge.settings.identify_timeout)));
-        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot, identify_by })
+        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot })
     }
 
     /// The connection loop: reads frames, writes answers and live events, pings.
@@ -333,17 +329,6 @@ impl Connection {
                     if let Some(slot) = self.slot.take() {
                         slot.release();
                     }
-                    // Identified, the deadline goes; an identify that failed after it went (its
-                    // replay could not be read) brings it back.
-                    match (self.identify_by.is_some(), self.session.is_identified()) {
-                        (true, true) => self.identify_by = None,
-                        (false, false) => self.identify_by = Some(Box::pin(tokio::time::sleep(self.edge.settings.identify_timeout))),
-                        _ => {}
-                    }
-                }
-                _ = async { self.identify_by.as_mut().expect("a deadline is set").await }, if self.identify_by.is_some() => {
-                    Box::pin(close_with(&mut self.ws, close::IDENTIFY_TIMEOUT, "Not identified in time")).await;
-                    return "identify_timeout";
                 }
                 _ = self.mailbox.wake.notified() => Box::pin(self.session.on_mail(&mut self.out)).await,
                 _ = async { retry.as_mut().expect("a retry is pending").await }, if retry.is_some() => {
@@ -351,6 +336,12 @@ impl Connection {
                     Box::pin(self.session.catch_up(&mut self.out)).await;
                 }
                 _ = self.ping.tick() => {
+                    // A connection still not identified this long after it opened (checked at
+                    // each ping: no timer of its own) goes.
+                    if !self.session.is_identified() && self.started.elapsed() >= self.edge.settings.identify_timeout {
+                        Box::pin(close_with(&mut self.ws, close::IDENTIFY_TIMEOUT, "Not identified in time")).await;
+                        return "identify_timeout";
+                    }
                     if !self.heard_since_ping {
                         return "ping_timeout";
                     }
