@@ -1,22 +1,60 @@
-//! gRPC plumbing shared by every service: binding, serving with shutdown, health, and
-//! client channels that carry a deadline on every call.
+//! gRPC plumbing shared by every service: binding, serving with shutdown and caller
+//! authentication, health, and client channels that carry a deadline and the caller's
+//! credentials on every call.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
+use tower::layer::util::{Identity, Stack};
 
+use crate::callers::Authenticate;
 use crate::trace_context;
 
-/// A client channel that carries the caller's trace context on every call.
-pub type Traced = InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
+/// The credentials a client presents on every call (`authorization: Bearer …`), or none.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
 
-fn traced(channel: Channel) -> Traced {
-    InterceptedService::new(channel, trace_context::inject as fn(_) -> _)
+impl Credentials {
+    /// A bearer token, as a callers file knows it (see [`crate::callers`]).
+    pub fn bearer(token: &str) -> anyhow::Result<Self> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| anyhow::anyhow!("a gRPC token must be printable ASCII"))?;
+        Ok(Self(Some(value)))
+    }
+
+    /// No credentials (for a service that checks none: `GRPC_AUTH=off`).
+    pub fn none() -> Self {
+        Self(None)
+    }
 }
+
+/// What a client adds to every call: the current span's trace context and its credentials.
+#[derive(Debug, Clone)]
+pub struct Outgoing(Credentials);
+
+impl tonic::service::Interceptor for Outgoing {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        trace_context::inject(request)
+    }
+}
+
+/// A client channel that carries the caller's trace context and credentials on every call.
+pub type Traced = InterceptedService<Channel, Outgoing>;
+
+fn traced(channel: Channel, credentials: &Credentials) -> Traced {
+    InterceptedService::new(channel, Outgoing(credentials.clone()))
+}
+
+/// A server with caller authentication, and what it becomes with services added.
+pub type Builder = Server<Stack<Authenticate, Identity>>;
+pub type Router = tonic::transport::server::Router<Stack<Authenticate, Identity>>;
 
 /// The deadline of a unary call when the caller sets none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -45,13 +83,14 @@ pub async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// A server builder with our transport settings: no Nagle, HTTP/2 keep-alives so dead peers
-/// are noticed, and a generous stream window for the delivery stream.
-pub fn server() -> Server {
+/// are noticed, and every request checked by `auth` before it reaches a service.
+pub fn server(auth: Authenticate) -> Builder {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .trace_fn(trace_context::server_span)
+        .layer(auth)
 }
 
 /// A gRPC health service reporting `name` as serving (and the empty name, for probes).
@@ -68,7 +107,7 @@ pub async fn health(name: &str) -> tonic_health::pb::health_server::HealthServer
 /// listeners tonic binds itself. Without it a small response or stream message written
 /// behind an unacknowledged one waited for the peer's delayed ACK, about 40 ms.
 pub async fn serve(
-    router: tonic::transport::server::Router,
+    router: Router,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -79,7 +118,7 @@ pub async fn serve(
 
 /// A lazily connecting channel to another service. Unary calls time out after `deadline`;
 /// a service that is down fails fast with `Unavailable` instead of hanging.
-pub fn channel(url: &str, deadline: Duration) -> anyhow::Result<Traced> {
+pub fn channel(url: &str, deadline: Duration, credentials: &Credentials) -> anyhow::Result<Traced> {
     let endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(2).min(deadline))
         .timeout(deadline)
@@ -87,18 +126,18 @@ pub fn channel(url: &str, deadline: Duration) -> anyhow::Result<Traced> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok(traced(endpoint.connect_lazy()))
+    Ok(traced(endpoint.connect_lazy(), credentials))
 }
 
 /// A channel for long-lived streams: no per-call timeout, keep-alives to notice a dead peer.
-pub fn stream_channel(url: &str) -> anyhow::Result<Traced> {
+pub fn stream_channel(url: &str, credentials: &Credentials) -> anyhow::Result<Traced> {
     let endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(traced(endpoint.connect_lazy()))
+    Ok(traced(endpoint.connect_lazy(), credentials))
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 //! - [`shutdown`]: SIGTERM and SIGINT mean the same graceful drain.
 //! - [`housekeeping`]: periodic jobs, such as forgetting records nobody will come back for.
 //! - [`grpc`]: server and client setup with the deadlines and keep-alives we want everywhere.
+//! - [`callers`]: who may call which gRPC method, checked on every request.
 //! - [`http`]: serving a public HTTP listener with header-read and write-stall limits.
 //! - [`db`]: opening a SQLite file or a PostgreSQL database through sqlx and migrating it;
 //!   group commit for small writes.
 //! - [`trace_context`]: W3C trace context carried across gRPC calls.
 //! - [`ids`] and [`time`]: identifiers and timestamps in one format across services.
 
+pub mod callers;
 pub mod db;
 pub mod grpc;
 pub mod housekeeping;

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use jack_runtime::callers::AuthSettings;
+use jack_runtime::grpc::Credentials;
 use jack_runtime::settings::{Env, SettingsError};
 
 #[derive(Debug, Clone)]
@@ -18,11 +20,19 @@ pub struct Settings {
     /// `CONVERSATION_EMPTY_TTL` (1 day, in seconds): a conversation without a single message is
     /// forgotten this long after it was opened (a guest who comes back gets a new one).
     pub empty_ttl: Duration,
+    /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
+    pub grpc_auth: AuthSettings,
+    /// `CONVERSATION_GRPC_TOKEN` (or `CONVERSATION_GRPC_TOKEN_FILE`): the relay's token for
+    /// publishing to delivery (role `conversation`).
+    pub credentials: Credentials,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let grpc_auth = AuthSettings::from_env(env)?;
         Ok(Self {
+            credentials: grpc_auth.credentials(env, "CONVERSATION_GRPC_TOKEN")?,
+            grpc_auth,
             grpc_addr: env.socket_addr("CONVERSATION_GRPC_ADDR", "127.0.0.1:50052")?,
             database_url: env.string("CONVERSATION_DATABASE_URL", "sqlite:data/conversation.db"),
             delivery_urls: env.urls("CONVERSATION_DELIVERY_URLS", "http://127.0.0.1:50053")?,

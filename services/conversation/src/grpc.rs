@@ -42,6 +42,18 @@ fn announce(relay: &RelayHandle, committed: &watch::Sender<u64>) {
     committed.send_modify(|n| *n = n.wrapping_add(1));
 }
 
+/// Whether the caller may act as `role`: only the edge speaks for guests; a responder acts as
+/// the assistant and a dashboard as staff. (Without caller checks, `GRPC_AUTH=off`, anyone.)
+fn may_act_as<T>(request: &Request<T>, role: pb::Role) -> Result<(), Status> {
+    use jack_runtime::callers::{Role as Caller, require};
+    match role {
+        pb::Role::Guest => require(request, &[Caller::Edge], "act as the guest"),
+        pb::Role::Assistant => require(request, &[Caller::Responder], "act as the assistant"),
+        pb::Role::Staff => require(request, &[Caller::Dashboard], "act as staff"),
+        pb::Role::Unspecified => Ok(()),
+    }
+}
+
 fn required(what: &str, value: &str) -> Result<(), ConversationError> {
     if value.is_empty() || value.len() > 128 {
         return Err(ConversationError::InvalidArgument(format!("{what} must be 1 to 128 characters")));
@@ -182,9 +194,10 @@ impl ConversationService for ConversationApi {
     }
 
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
+        let role = domain::check_butler_message(request.get_ref())?;
+        may_act_as(&request, role)?;
         let req = request.into_inner();
         required("conversation_id", &req.conversation_id)?;
-        let role = domain::check_butler_message(&req)?;
         let message = pb::Message {
             conversation_id: req.conversation_id,
             role: role as i32,
@@ -218,9 +231,10 @@ impl ConversationService for ConversationApi {
     }
 
     async fn set_typing(&self, request: Request<pb::SetTypingRequest>) -> Result<Response<pb::SetTypingResponse>, Status> {
-        let req = request.into_inner();
-        let role = pb::Role::try_from(req.role).ok().filter(|r| *r != pb::Role::Unspecified);
+        let role = pb::Role::try_from(request.get_ref().role).ok().filter(|r| *r != pb::Role::Unspecified);
         let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
+        may_act_as(&request, role)?;
+        let req = request.into_inner();
         let c = self.conversation_of(&req.conversation_id, None).await?;
         let typing = events::Typing { role: role as i32, is_typing: req.is_typing };
         self.relay.publish_ephemeral(event_for(&c.conversation_id, &c.hotel_id, &c.guest_id, events::event::Kind::Typing(typing)));
@@ -228,9 +242,10 @@ impl ConversationService for ConversationApi {
     }
 
     async fn mark_read(&self, request: Request<pb::MarkReadRequest>) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let req = request.into_inner();
-        let role = pb::Role::try_from(req.role).ok().filter(|r| *r != pb::Role::Unspecified);
+        let role = pb::Role::try_from(request.get_ref().role).ok().filter(|r| *r != pb::Role::Unspecified);
         let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
+        may_act_as(&request, role)?;
+        let req = request.into_inner();
         if req.up_to_seq < 0 {
             return Err(Status::invalid_argument("up_to_seq must not be negative"));
         }

@@ -69,13 +69,15 @@ pub struct ConversationServer {
     listener: TcpListener,
     store: Store,
     settings: Settings,
+    auth: jack_runtime::callers::Authenticate,
 }
 
 impl ConversationServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = settings.grpc_auth.layer()?;
         let listener = grpc::bind("the conversation gRPC API", settings.grpc_addr).await?;
         let db = Database::open_with_writer_cache(&settings.database_url, &SQLITE, &POSTGRES, MESSAGE_WRITER_CACHE_KIB).await?;
-        Ok(Self { listener, store: Store::new(db), settings })
+        Ok(Self { listener, store: Store::new(db), settings, auth })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -88,7 +90,7 @@ impl ConversationServer {
             .settings
             .delivery_urls
             .iter()
-            .map(|url| grpc::stream_channel(url).map(DeliveryServiceClient::new))
+            .map(|url| grpc::stream_channel(url, &self.settings.credentials).map(DeliveryServiceClient::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (relay, handle) = Relay::new(self.store.clone(), clients, self.settings.publish_timeout);
         let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?;
@@ -100,7 +102,7 @@ impl ConversationServer {
             let janitor = janitor.clone();
             async move { janitor.lock().await.sweep().await }
         }));
-        let router = grpc::server()
+        let router = grpc::server(self.auth)
             .add_service(grpc::health("jack.conversation.v1.ConversationService").await)
             .add_service(ConversationServiceServer::new(api));
         let result = grpc::serve(router, self.listener, shutdown).await;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use jack_runtime::callers::AuthSettings;
 use jack_runtime::settings::{Env, SettingsError};
 
 #[derive(Debug, Clone)]
@@ -13,6 +14,8 @@ pub struct Settings {
     pub edge_queue: usize,
     /// `DELIVERY_SUBSCRIBER_QUEUE`: events queued per staff subscription before it is closed.
     pub subscriber_queue: usize,
+    /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
+    pub grpc_auth: AuthSettings,
 }
 
 impl Settings {
@@ -21,6 +24,7 @@ impl Settings {
             grpc_addr: env.socket_addr("DELIVERY_GRPC_ADDR", "127.0.0.1:50053")?,
             edge_queue: env.number("DELIVERY_EDGE_QUEUE", 4096, 1, 1 << 20)? as usize,
             subscriber_queue: env.number("DELIVERY_SUBSCRIBER_QUEUE", 1024, 1, 1 << 20)? as usize,
+            grpc_auth: AuthSettings::from_env(env)?,
         })
     }
 }

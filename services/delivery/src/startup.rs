@@ -16,12 +16,14 @@ pub struct DeliveryServer {
     listener: TcpListener,
     settings: Settings,
     router: Arc<Router>,
+    auth: jack_runtime::callers::Authenticate,
 }
 
 impl DeliveryServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = settings.grpc_auth.layer()?;
         let listener = grpc::bind("the delivery gRPC API", settings.grpc_addr).await?;
-        Ok(Self { listener, settings, router: Arc::default() })
+        Ok(Self { listener, settings, router: Arc::default(), auth })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -31,7 +33,7 @@ impl DeliveryServer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "delivery service listening");
         let api = DeliveryApi::new(self.router.clone(), self.settings.edge_queue, self.settings.subscriber_queue, shutdown.clone());
-        let router = grpc::server()
+        let router = grpc::server(self.auth)
             .add_service(grpc::health("jack.delivery.v1.DeliveryService").await)
             .add_service(DeliveryServiceServer::new(api));
         let clearing = {

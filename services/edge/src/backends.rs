@@ -50,12 +50,13 @@ impl Backends {
     /// guest-message batcher.
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let deadline = settings.backend_timeout;
-        let streams = ConversationServiceClient::new(grpc::stream_channel(&settings.conversation_url)?);
+        let credentials = &settings.credentials;
+        let streams = ConversationServiceClient::new(grpc::stream_channel(&settings.conversation_url, credentials)?);
         Ok(Self {
-            guest: GuestServiceClient::new(grpc::channel(&settings.guest_url, deadline)?),
+            guest: GuestServiceClient::new(grpc::channel(&settings.guest_url, deadline, credentials)?),
             guest_messages: GuestMessages::start(streams, deadline),
-            conversation: ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline)?),
-            upload: UploadServiceClient::new(grpc::channel(&settings.upload_url, deadline)?),
+            conversation: ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline, credentials)?),
+            upload: UploadServiceClient::new(grpc::channel(&settings.upload_url, deadline, credentials)?),
             identifies: Turns::new(IDENTIFIES_IN_FLIGHT, IDENTIFY_WAIT),
         })
     }

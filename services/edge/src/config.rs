@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use jack_runtime::callers::AuthSettings;
+use jack_runtime::grpc::Credentials;
 use jack_runtime::settings::{Env, SettingsError};
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,11 @@ pub struct Settings {
     pub upload_url: String,
     /// `EDGE_DELIVERY_URLS`: every delivery replica; the edge keeps a stream to each.
     pub delivery_urls: Vec<String>,
+    /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the edge's status API.
+    pub grpc_auth: AuthSettings,
+    /// `EDGE_GRPC_TOKEN` (or `EDGE_GRPC_TOKEN_FILE`): the edge's token for calling the
+    /// backends (role `edge`).
+    pub credentials: Credentials,
     /// `EDGE_BACKEND_TIMEOUT_MS` (3000): the deadline of every backend call, and of each batch of
     /// guest messages on their stream.
     pub backend_timeout: Duration,
@@ -100,6 +107,8 @@ impl Settings {
             return Err(SettingsError::new("EDGE_METRICS_TOKEN", "…", "must be at least 16 characters"));
         }
         let trusted_proxies = env.cidrs("EDGE_TRUSTED_PROXIES")?;
+        let grpc_auth = AuthSettings::from_env(env)?;
+        let credentials = grpc_auth.credentials(env, "EDGE_GRPC_TOKEN")?;
         let origins = env.list("WIDGET_ALLOWED_ORIGINS");
         for origin in &origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
@@ -121,6 +130,8 @@ impl Settings {
             conversation_url: env.url("EDGE_CONVERSATION_URL", "http://127.0.0.1:50052")?,
             upload_url: env.url("EDGE_UPLOAD_URL", "http://127.0.0.1:50054")?,
             delivery_urls: env.urls("EDGE_DELIVERY_URLS", "http://127.0.0.1:50053")?,
+            grpc_auth,
+            credentials,
             backend_timeout: env.millis("EDGE_BACKEND_TIMEOUT_MS", 3000, 10)?,
             edge_id: env.string("EDGE_ID", &format!("edge-{}", &jack_runtime::ids::random_hex()[..8])),
             header_timeout: env.millis("EDGE_HEADER_TIMEOUT_MS", 10_000, 100)?,
@@ -149,7 +160,7 @@ mod tests {
 
     #[test]
     fn spec_defaults() {
-        let s = Settings::from_env(&Env::default()).unwrap();
+        let s = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off")])).unwrap();
         assert_eq!(s.http_addr.port(), 3001);
         assert_eq!(s.ws_path, "/ws/chat");
         assert_eq!(s.ping_interval, Duration::from_secs(30));
@@ -161,9 +172,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_one_line_errors() {
-        let err = Settings::from_env(&Env::from_pairs([("WEBSOCKET_PING_INTERVAL", "soon")])).unwrap_err();
+        let err = Settings::from_env(&Env::default()).unwrap_err();
+        assert!(err.to_string().starts_with("invalid GRPC_CALLERS_FILE=\"\": must name the file of the gRPC API's callers"), "{err}");
+        let err = Settings::from_env(&Env::from_pairs([("GRPC_CALLERS_FILE", "callers.json")])).unwrap_err();
+        assert!(err.to_string().starts_with("invalid EDGE_GRPC_TOKEN=\"\": must be set (or EDGE_GRPC_TOKEN_FILE)"), "{err}");
+        let err = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off"), ("WEBSOCKET_PING_INTERVAL", "soon")])).unwrap_err();
         assert!(err.to_string().starts_with("invalid WEBSOCKET_PING_INTERVAL=\"soon\""), "{err}");
-        let err = Settings::from_env(&Env::from_pairs([("WIDGET_ALLOWED_ORIGINS", "hotel.com")])).unwrap_err();
+        let err = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off"), ("WIDGET_ALLOWED_ORIGINS", "hotel.com")])).unwrap_err();
         assert!(err.to_string().contains("WIDGET_ALLOWED_ORIGINS"), "{err}");
     }
 }

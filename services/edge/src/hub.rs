@@ -109,6 +109,8 @@ pub struct Hub {
     next_token: AtomicU64,
     session_count: AtomicUsize,
     links_up: AtomicUsize,
+    /// What the edge presents to delivery.
+    credentials: jack_runtime::grpc::Credentials,
 }
 
 fn attach_message(conversation_id: &str, token: u64) -> pb::EdgeMessage {
@@ -116,7 +118,7 @@ fn attach_message(conversation_id: &str, token: u64) -> pb::EdgeMessage {
 }
 
 impl Hub {
-    pub fn new(edge_id: String, delivery_urls: &[String]) -> Arc<Self> {
+    pub fn new(edge_id: String, delivery_urls: &[String], credentials: jack_runtime::grpc::Credentials) -> Arc<Self> {
         let links = delivery_urls
             .iter()
             .map(|url| Arc::new(Link { url: url.clone(), out: Mutex::new(None), pending: Mutex::new(HashMap::new()) }))
@@ -128,6 +130,7 @@ impl Hub {
             next_token: AtomicU64::new(1),
             session_count: AtomicUsize::new(0),
             links_up: AtomicUsize::new(0),
+            credentials,
         })
     }
 
@@ -218,7 +221,7 @@ impl Hub {
 
     /// Keeps a stream open to one delivery replica, re-opening it with backoff and jitter.
     async fn run_link(self: Arc<Self>, link: Arc<Link>, shutdown: CancellationToken) {
-        let client = match grpc::stream_channel(&link.url) {
+        let client = match grpc::stream_channel(&link.url, &self.credentials) {
             Ok(channel) => DeliveryServiceClient::new(channel),
             Err(err) => {
                 tracing::error!(url = %link.url, error = %err, "bad delivery URL");

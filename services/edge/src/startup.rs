@@ -40,6 +40,7 @@ pub struct EdgeServer {
     /// `EDGE_METRICS_ADDR`, unless it is off.
     metrics: Option<TcpListener>,
     settings: Settings,
+    auth: jack_runtime::callers::Authenticate,
 }
 
 impl EdgeServer {
@@ -53,13 +54,14 @@ impl EdgeServer {
                 settings.max_connections = usable;
             }
         }
+        let auth = settings.grpc_auth.layer()?;
         let http = grpc::bind("the WebSocket listener (WEBSOCKET_PORT)", settings.http_addr).await?;
         let grpc = grpc::bind("the edge gRPC API", settings.grpc_addr).await?;
         let metrics = match settings.metrics_addr {
             Some(addr) => Some(grpc::bind("the edge's metrics listener (EDGE_METRICS_ADDR)", addr).await?),
             None => None,
         };
-        Ok(Self { http, grpc, metrics, settings })
+        Ok(Self { http, grpc, metrics, settings, auth })
     }
 
     /// The HTTP/WebSocket address.
@@ -79,7 +81,7 @@ impl EdgeServer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let backends = Backends::connect(&self.settings)?;
-        let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls);
+        let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls, self.settings.credentials.clone());
         let links = hub.start(shutdown.clone());
         let per_address = Arc::new(PerAddress::new(AddressLimits {
             max_connections: self.settings.max_connections_per_ip,
@@ -101,7 +103,7 @@ impl EdgeServer {
             shutdown: shutdown.clone(),
         });
         tracing::info!(%addr, path = %edge.settings.ws_path, "edge listening");
-        let status = grpc::server()
+        let status = grpc::server(self.auth)
             .add_service(grpc::health("jack.edge.v1.EdgeService").await)
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use jack_runtime::callers::AuthSettings;
 use jack_runtime::settings::{Env, SettingsError};
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct Settings {
     /// `GUEST_SILENT_VISITOR_TTL` (1 day, in seconds): a guest without a proof who has sent
     /// nothing is forgotten this long after arriving.
     pub silent_visitor_ttl: Duration,
+    /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
+    pub grpc_auth: AuthSettings,
 }
 
 impl Settings {
@@ -39,6 +42,7 @@ impl Settings {
             hotels_file: env.get("GUEST_HOTELS_FILE").map(PathBuf::from),
             token_ttl: Duration::from_secs(env.number("GUEST_TOKEN_TTL", 30 * 24 * 3600, 1, 400 * 24 * 3600)?),
             silent_visitor_ttl: Duration::from_secs(env.number("GUEST_SILENT_VISITOR_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),
+            grpc_auth: AuthSettings::from_env(env)?,
         })
     }
 }

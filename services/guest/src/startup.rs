@@ -24,6 +24,7 @@ pub struct GuestServer {
     api: GuestApi,
     store: Store,
     silent_visitor_ttl: Duration,
+    auth: jack_runtime::callers::Authenticate,
 }
 
 /// Guests forgotten by one statement (a sweep runs statements until fewer are left).
@@ -43,6 +44,7 @@ struct HotelEntry {
 
 impl GuestServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = settings.grpc_auth.layer()?;
         let listener = grpc::bind("the guest gRPC API", settings.grpc_addr).await?;
         let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
         let store = Store::new(db.clone());
@@ -60,7 +62,7 @@ impl GuestServer {
             }
         }
         let api = GuestApi::new(store.clone(), TokenSigner::new(&secret), settings.token_ttl);
-        Ok(Self { listener, db, api, store, silent_visitor_ttl: settings.silent_visitor_ttl })
+        Ok(Self { listener, db, api, store, silent_visitor_ttl: settings.silent_visitor_ttl, auth })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -69,7 +71,7 @@ impl GuestServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "guest service listening");
-        let router = grpc::server()
+        let router = grpc::server(self.auth)
             .add_service(grpc::health("jack.guest.v1.GuestService").await)
             .add_service(GuestServiceServer::new(self.api));
         // Anonymous visitors who never sent anything are forgotten after a while.

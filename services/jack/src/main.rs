@@ -8,6 +8,7 @@ use jack_runtime::{shutdown, telemetry};
 
 const USAGE: &str = "usage: jack up [--data DIR]
        jack concierge [--data DIR]
+       jack credentials [--data DIR]
        jack run guest|conversation|delivery|upload|edge
 
 jack up         runs every Jack web chat service in this process (each on its own gRPC
@@ -15,6 +16,9 @@ jack up         runs every Jack web chat service in this process (each on its ow
                 a demo concierge that answers guests (JACK_CONCIERGE=off leaves it out).
 jack concierge  runs only the demo concierge, against JACK_CONVERSATION_URL
                 (default http://127.0.0.1:50052); its cursor is kept in DIR.
+jack credentials  makes a gRPC token for each role in DIR/credentials/<role>.token (kept
+                if there) and the callers file the services check them against,
+                DIR/credentials/callers.json (GRPC_CALLERS_FILE), as `jack up` does.
 jack run S      runs one service alone, configured by its own variables (the same as
                 its own binary, e.g. jack-edge).
 Every service's own variables apply; see README.md.";
@@ -35,7 +39,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let mut data_dir = PathBuf::from(env.string("JACK_DATA_DIR", "data"));
     let command = args.first().cloned().unwrap_or_default();
     match command.as_str() {
-        "up" | "concierge" => {}
+        "up" | "concierge" | "credentials" => {}
         "run" => {
             let service = match args.get(1).map(String::as_str) {
                 Some("guest") => Service::Guest,
@@ -65,16 +69,29 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             _ => exit_with(format!("unexpected argument {arg:?}\n{USAGE}")),
         }
     }
+    if command == "credentials" {
+        let dir = jack::stack::credentials(&data_dir).unwrap_or_else(|e| exit_with(format!("{e:#}")));
+        println!("{}", dir.display());
+        return Ok(());
+    }
     let _telemetry = telemetry::init("jack")?;
     let concierge_on = env.string("JACK_CONCIERGE", "on") != "off";
     let shutdown = shutdown::on_signal();
     if command == "concierge" {
         let url = env.url("JACK_CONVERSATION_URL", "http://127.0.0.1:50052").unwrap_or_else(|e| exit_with(e.to_string()));
         std::fs::create_dir_all(&data_dir).unwrap_or_else(|e| exit_with(format!("cannot create {}: {e}", data_dir.display())));
-        concierge::run(url, data_dir.join("concierge.cursor"), shutdown).await;
+        let off = env.get("GRPC_AUTH") == Some("off");
+        let credentials = jack_runtime::callers::credentials(&env, "JACK_CONCIERGE_TOKEN", off).unwrap_or_else(|e| exit_with(e.to_string()));
+        concierge::run(url, credentials, data_dir.join("concierge.cursor"), shutdown).await;
         return Ok(());
     }
     let stack = Stack::start(env, &data_dir, shutdown.clone()).await.unwrap_or_else(|e| exit_with(format!("{e:#}")));
+    // The concierge is a responder like any other: it presents the token `jack up` made for
+    // that role (or JACK_CONCIERGE_TOKEN / _FILE, with callers of the operator's own).
+    let concierge_credentials = match concierge_on {
+        true => Some(jack_runtime::callers::credentials(stack.env(), "JACK_CONCIERGE_TOKEN", stack.env().get("GRPC_AUTH") == Some("off")).unwrap_or_else(|e| exit_with(e.to_string()))),
+        false => None,
+    };
     let edge = stack.addr(Service::Edge);
     let host = if edge.ip().is_unspecified() { "127.0.0.1".to_owned() } else { edge.ip().to_string() };
     println!("Jack web chat is up (data in {}).", data_dir.display());
@@ -87,9 +104,12 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     println!("  file uploads      http://{}/ (signed URLs only)", stack.upload_http_addr());
     println!("  ConversationService (for AI responders)  {}", stack.url(Service::Conversation));
     println!("  DeliveryService (staff subscriptions)    {}", stack.url(Service::Delivery));
-    if concierge_on {
+    if let Some(dir) = stack.credentials_dir() {
+        println!("  gRPC tokens       {}/ (responder.token for AI responders, dashboard.token for staff tools)", dir.display());
+    }
+    if let Some(credentials) = concierge_credentials {
         let cursor_file = data_dir.join("concierge.cursor");
-        tokio::spawn(concierge::run(stack.url(Service::Conversation), cursor_file, shutdown.clone()));
+        tokio::spawn(concierge::run(stack.url(Service::Conversation), credentials, cursor_file, shutdown.clone()));
         println!("  demo concierge answering through ConversationService");
     }
     stack.wait().await

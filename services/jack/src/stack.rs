@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use jack_runtime::CancellationToken;
+use jack_runtime::callers::{CallerEntry, Role};
+use jack_runtime::grpc::Credentials;
 use jack_runtime::settings::Env;
 use tokio::task::JoinHandle;
 
@@ -46,6 +49,40 @@ pub struct Stack {
     running: HashMap<Service, Running>,
     shutdown: CancellationToken,
     edge_threads: EdgeThreads,
+    /// Where `jack up` keeps the gRPC tokens it made ([`credentials`]), unless the operator
+    /// gave callers of their own or turned checking off.
+    credentials_dir: Option<PathBuf>,
+}
+
+/// The gRPC credentials `jack up` makes for itself when `GRPC_CALLERS_FILE` names none of
+/// the operator's (and `GRPC_AUTH` is not `off`): one token per role in
+/// `DIR/credentials/<role>.token`, made once, readable only by their owner, and kept across
+/// restarts; and `DIR/credentials/callers.json`, written at every start from the tokens
+/// there, which the services check callers against. An AI responder or a dashboard on this
+/// machine uses `responder.token` or `dashboard.token`; deleting a token file replaces that
+/// token at the next start.
+pub fn credentials(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = data_dir.join("credentials");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut callers = Vec::new();
+    for role in Role::ALL {
+        let path = dir.join(format!("{role}.token"));
+        let token = match std::fs::read_to_string(&path) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+            Ok(_) | Err(_) => {
+                let token = jack_runtime::callers::new_token();
+                let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path);
+                file.as_mut().map_err(|e| anyhow::anyhow!("{e}")).and_then(|f| Ok(writeln!(f, "{token}")?)).with_context(|| format!("cannot write {}", path.display()))?;
+                token
+            }
+        };
+        callers.push(CallerEntry::new(&format!("jack up {role}"), role, &token));
+    }
+    let list = dir.join("callers.json");
+    std::fs::write(&list, serde_json::to_string_pretty(&callers)?).with_context(|| format!("cannot write {}", list.display()))?;
+    Ok(dir)
 }
 
 /// How many tokio workers `jack up` gives the backends (guest, conversation, delivery,
@@ -125,12 +162,42 @@ impl Stack {
             .with_default("CONVERSATION_DATABASE_URL", db("conversation"))
             .with_default("UPLOAD_DATABASE_URL", db("upload"))
             .with_default("UPLOAD_DIR", data_dir.join("uploads").display().to_string());
+        let mut env = env;
+        let mut credentials_dir = None;
+        if env.get("GRPC_AUTH") != Some("off") && env.get("GRPC_CALLERS_FILE").is_none() {
+            let dir = credentials(data_dir)?;
+            let file = |name: &str| dir.join(name).display().to_string();
+            env = env
+                .with("GRPC_CALLERS_FILE", file("callers.json"))
+                .with_default("EDGE_GRPC_TOKEN_FILE", file("edge.token"))
+                .with_default("CONVERSATION_GRPC_TOKEN_FILE", file("conversation.token"))
+                .with_default("JACK_CONCIERGE_TOKEN_FILE", file("responder.token"));
+            credentials_dir = Some(dir);
+        }
         let edge_threads = EdgeThreads::new().map_err(|e| anyhow::anyhow!("cannot start the edge's threads: {e}"))?;
-        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, edge_metrics: None, upload_http: None, running: HashMap::new(), shutdown, edge_threads };
+        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, edge_metrics: None, upload_http: None, running: HashMap::new(), shutdown, edge_threads, credentials_dir };
         for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
             stack.start_service(service).await?;
         }
         Ok(stack)
+    }
+
+    /// The credentials of one role that this stack made for itself ([`credentials`]); none
+    /// when the operator gave callers of their own or turned checking off.
+    pub fn credentials(&self, role: Role) -> Credentials {
+        let Some(dir) = &self.credentials_dir else { return Credentials::none() };
+        let token = std::fs::read_to_string(dir.join(format!("{role}.token"))).expect("the stack's token files are readable");
+        Credentials::bearer(&token).expect("the stack's tokens are ASCII")
+    }
+
+    /// Where the tokens this stack made are ([`credentials`]).
+    pub fn credentials_dir(&self) -> Option<&Path> {
+        self.credentials_dir.as_deref()
+    }
+
+    /// The environment the services were started with (with the credentials' files).
+    pub fn env(&self) -> &Env {
+        &self.env
     }
 
     pub fn addr(&self, service: Service) -> SocketAddr {

@@ -15,6 +15,8 @@ struct Processes {
     children: Vec<(&'static str, Child)>,
     edge: String,
     conversation: String,
+    /// The responder's credentials, for sending as the assistant.
+    responder: jack_runtime::grpc::Credentials,
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up here), so that no outgoing
@@ -32,7 +34,15 @@ impl Processes {
     fn new(dir: &std::path::Path) -> Self {
         let [guest, conversation, delivery, upload, upload_http, edge, edge_grpc] = [(); 7].map(|()| free_port());
         let db = |name: &str| format!("sqlite:{}", dir.join(format!("{name}.db")).display());
+        // Separate processes authenticate each other as a deployment's would: a callers file
+        // every service checks, and the edge's and conversation's own tokens.
+        let credentials = jack::stack::credentials(dir).unwrap();
+        let file = |name: &str| credentials.join(name).display().to_string();
+        let token = std::fs::read_to_string(credentials.join("responder.token")).unwrap();
         let env = vec![
+            ("GRPC_CALLERS_FILE", file("callers.json")),
+            ("EDGE_GRPC_TOKEN_FILE", file("edge.token")),
+            ("CONVERSATION_GRPC_TOKEN_FILE", file("conversation.token")),
             ("GUEST_GRPC_ADDR", format!("127.0.0.1:{guest}")),
             ("GUEST_DATABASE_URL", db("guest")),
             ("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation}")),
@@ -54,7 +64,7 @@ impl Processes {
             ("RUST_LOG", "warn".into()),
         ];
         let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        let mut this = Self { env, children: Vec::new(), edge: format!("127.0.0.1:{edge}"), conversation: format!("http://127.0.0.1:{conversation}") };
+        let mut this = Self { env, children: Vec::new(), edge: format!("127.0.0.1:{edge}"), conversation: format!("http://127.0.0.1:{conversation}"), responder: jack_runtime::grpc::Credentials::bearer(&token).unwrap() };
         for service in ["delivery", "guest", "upload", "conversation", "edge"] {
             this.start(service);
         }
@@ -97,7 +107,7 @@ impl Processes {
     }
 
     async fn conversation(&self) -> ConversationServiceClient<jack_runtime::grpc::Traced> {
-        ConversationServiceClient::new(jack_runtime::grpc::channel(&self.conversation, WAIT).unwrap())
+        ConversationServiceClient::new(jack_runtime::grpc::channel(&self.conversation, WAIT, &self.responder).unwrap())
     }
 
     /// Sends through ConversationService, retrying while conversation is still starting.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use jack_runtime::callers::AuthSettings;
 use jack_runtime::settings::{Env, SettingsError};
 
 use crate::store::Quota;
@@ -59,6 +60,8 @@ pub struct Settings {
     /// `UPLOAD_TRUSTED_PROXIES`: reverse proxies (addresses or CIDRs) whose connections the
     /// per-address limit does not count (they carry many clients).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
+    pub grpc_auth: AuthSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +137,7 @@ impl Settings {
             return Err(SettingsError::new("UPLOAD_SIGNING_SECRET", "…", "must be at least 32 characters"));
         }
         Ok(Self {
+            grpc_auth: AuthSettings::from_env(env)?,
             grpc_addr: env.socket_addr("UPLOAD_GRPC_ADDR", "127.0.0.1:50054")?,
             http_addr: env.socket_addr("UPLOAD_HTTP_ADDR", "127.0.0.1:3002")?,
             public_url,

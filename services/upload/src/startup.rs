@@ -28,10 +28,12 @@ pub struct UploadServer {
     storage: Storage,
     downloads: Downloads,
     settings: Settings,
+    auth: jack_runtime::callers::Authenticate,
 }
 
 impl UploadServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = settings.grpc_auth.layer()?;
         let listener = grpc::bind("the upload gRPC API", settings.grpc_addr).await?;
         let http = grpc::bind("the upload HTTP endpoint (UPLOAD_HTTP_ADDR)", settings.http_addr).await?;
         let db = Database::open(&settings.database_url, &MIGRATIONS, &MIGRATIONS).await?;
@@ -52,7 +54,7 @@ impl UploadServer {
             }
             Backend::S3(s3) => Storage::S3(S3Store::connect(s3).await),
         };
-        Ok(Self { listener, http, store, storage, downloads, settings })
+        Ok(Self { listener, http, store, storage, downloads, settings, auth })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -87,7 +89,7 @@ impl UploadServer {
         let app = crate::http::router(state);
         let http = tokio::spawn(jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |_, addr| *addr));
         let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, self.settings.body_timeout, shutdown.clone()));
-        let router = grpc::server()
+        let router = grpc::server(self.auth)
             .add_service(grpc::health("jack.upload.v1.UploadService").await)
             .add_service(UploadServiceServer::new(api));
         let result = grpc::serve(router, self.listener, shutdown).await;

@@ -12,7 +12,9 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_proto::edge::v1::edge_service_client::EdgeServiceClient;
-use jack_runtime::grpc::Traced;
+use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
+pub use jack_runtime::callers::Role;
+use jack_runtime::grpc::{Credentials, Traced};
 use jack_runtime::CancellationToken;
 use jack_runtime::settings::Env;
 use serde_json::{Value, json};
@@ -72,22 +74,50 @@ impl TestStack {
         format!("ws://{}/ws/chat?hotelId={hotel}", self.stack.addr(Service::Edge))
     }
 
+    /// The credentials of a caller with `role` (the stack made a token for each).
+    pub fn credentials(&self, role: Role) -> Credentials {
+        self.stack.credentials(role)
+    }
+
+    /// ConversationService as an AI responder calls it.
     pub fn conversation(&self) -> ConversationServiceClient<Traced> {
-        ConversationServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT).unwrap())
+        self.conversation_as(Role::Responder)
     }
 
+    /// ConversationService as a caller with `role`.
+    pub fn conversation_as(&self, role: Role) -> ConversationServiceClient<Traced> {
+        ConversationServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT, &self.credentials(role)).unwrap())
+    }
+
+    /// UploadService as an AI responder calls it.
     pub fn upload(&self) -> jack_proto::upload::v1::upload_service_client::UploadServiceClient<Traced> {
-        jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Upload), WAIT).unwrap())
+        self.upload_as(Role::Responder)
     }
 
+    /// UploadService as a caller with `role`.
+    pub fn upload_as(&self, role: Role) -> jack_proto::upload::v1::upload_service_client::UploadServiceClient<Traced> {
+        jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Upload), WAIT, &self.credentials(role)).unwrap())
+    }
+
+    /// DeliveryService as a staff dashboard calls it.
     pub fn delivery(&self) -> DeliveryServiceClient<Traced> {
-        DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery)).unwrap())
+        self.delivery_as(Role::Dashboard)
+    }
+
+    /// DeliveryService as a caller with `role`.
+    pub fn delivery_as(&self, role: Role) -> DeliveryServiceClient<Traced> {
+        DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery), &self.credentials(role)).unwrap())
+    }
+
+    /// GuestService as a caller with `role` (`Edge` for identify, `Admin` for the registry).
+    pub fn guests(&self, role: Role) -> GuestServiceClient<Traced> {
+        GuestServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Guest), WAIT, &self.credentials(role)).unwrap())
     }
 
     /// Waits until the edge has this many delivery streams up.
     pub async fn wait_delivery_streams(&self, up: u32) {
         let url = format!("http://{}", self.stack.edge_grpc_addr());
-        let mut client = EdgeServiceClient::new(jack_runtime::grpc::channel(&url, WAIT).unwrap());
+        let mut client = EdgeServiceClient::new(jack_runtime::grpc::channel(&url, WAIT, &self.credentials(Role::Admin)).unwrap());
         let check = async {
             loop {
                 if let Ok(status) = client.get_status(jack_proto::edge::v1::GetStatusRequest {}).await

@@ -231,7 +231,7 @@ async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
         conv::GuestMessageBatch { batch_id: 7, messages: vec![message("b1", "first", &guest_id), message("b2", "   ", &guest_id), message("b3", "not yours", "gst_someone_else")] },
         conv::GuestMessageBatch { batch_id: 8, messages: vec![message("b4", "second", &guest_id), message("b1", "first", &guest_id)] },
     ];
-    let mut answers = stack.conversation().add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
+    let mut answers = stack.conversation_as(jack_e2e::Role::Edge).add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
     let mut outcome = std::collections::BTreeMap::new();
     while let Some(answer) = answers.message().await.expect("the stream ends cleanly") {
         let results: Vec<String> = answer
@@ -262,7 +262,7 @@ async fn a_batch_of_guest_messages_over_the_limit_is_refused_and_the_stream_goes
         conv::GuestMessageBatch { batch_id: 1, messages: (0..513).map(|i| message(format!("big{i}"))).collect() },
         conv::GuestMessageBatch { batch_id: 2, messages: vec![message("after".into())] },
     ];
-    let mut answers = stack.conversation().add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
+    let mut answers = stack.conversation_as(jack_e2e::Role::Edge).add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
     let mut by_batch = std::collections::BTreeMap::new();
     while let Some(answer) = answers.message().await.expect("the stream ends cleanly") {
         by_batch.insert(answer.batch_id, answer.results);
@@ -334,7 +334,7 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
         ..Default::default()
     };
     let invalid = events::Event { kind: None, ..typing(&conversation_id, true) };
-    let refused = stack.delivery().publish(events::PublishRequest { events: vec![invalid.clone()] }).await.expect_err("refused");
+    let refused = stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![invalid.clone()] }).await.expect_err("refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::InvalidArgument);
 
     let requests = vec![
@@ -343,7 +343,7 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
         events::PublishRequest { events: vec![invalid] },
         events::PublishRequest { events: vec![typing(&conversation_id, true)] },
     ];
-    let mut answers = stack.delivery().publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    let mut answers = stack.delivery_as(jack_e2e::Role::Conversation).publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
     assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1), "one of two events had a live session");
     assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1));
     let ended = answers.message().await.expect_err("an invalid event ends the stream");
@@ -351,7 +351,7 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
     // A marker published after the stream ended: nothing of the request after the invalid one
     // reaches the guest before it.
     let marker = events::Event { kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Assistant as i32, is_typing: true })), ..typing(&conversation_id, true) };
-    stack.delivery().publish(events::PublishRequest { events: vec![marker] }).await.unwrap();
+    stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![marker] }).await.unwrap();
     guest.until(|f| f["type"] == "typing" && f["role"] == "assistant").await;
     let staff_typing: Vec<bool> = guest.seen.iter().filter(|f| f["type"] == "typing" && f["role"] == "staff").map(|f| f["isTyping"].as_bool().unwrap()).collect();
     assert_eq!(staff_typing, [true, false], "each request's events in order, and nothing after the invalid one");

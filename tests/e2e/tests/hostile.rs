@@ -249,7 +249,7 @@ async fn visitors_who_only_look_are_forgotten_and_an_idle_tab_starts_afresh() {
     use jack_proto::conversation::v1 as conv;
     use jack_proto::guest::v1 as guest_pb;
     let stack = TestStack::start_with(&[("GUEST_SILENT_VISITOR_TTL", "3"), ("CONVERSATION_EMPTY_TTL", "3")]).await;
-    let mut guests = guest_pb::guest_service_client::GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), WAIT).unwrap());
+    let mut guests = stack.guests(jack_e2e::Role::Admin);
     let mut conversations = stack.conversation();
 
     let mut writer = stack.guest("hotel_1").await;

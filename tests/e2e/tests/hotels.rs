@@ -1,8 +1,7 @@
 //! The hotel registry: where hotels are registered, unknown hotels are refused and each
 //! hotel's own allowed origins apply.
 
-use jack_e2e::{Guest, Svc, TestStack, WAIT, upgrade_status};
-use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
+use jack_e2e::{Guest, Role, TestStack, upgrade_status};
 use jack_proto::guest::v1::{GetHotelPolicyRequest, IdentifyRequest, UpsertHotelRequest};
 
 #[tokio::test]
@@ -23,14 +22,14 @@ async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_
 #[tokio::test]
 async fn the_guest_service_serves_every_hotel_until_one_is_registered_then_only_registered_ones() {
     let stack = TestStack::start().await;
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT).unwrap());
+    let (mut guests, mut edge) = (stack.guests(Role::Admin), stack.guests(Role::Edge));
     let identify = |hotel_id: &str| IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
     let policy = |hotel_id: &str| GetHotelPolicyRequest { hotel_id: hotel_id.into() };
 
     // No registry: any hotel id is served (the spec's behaviour).
     let open = guests.get_hotel_policy(policy("any_hotel")).await.unwrap().into_inner();
     assert!(!open.registry_enabled && !open.known);
-    guests.identify(identify("any_hotel")).await.expect("served without a registry");
+    edge.identify(identify("any_hotel")).await.expect("served without a registry");
 
     // One hotel registered: it is known and served; every other hotel id is refused.
     let hotel = UpsertHotelRequest { hotel_id: "grand_hotel".into(), name: "The Grand".into(), allowed_origins: vec!["https://grand.example".into()], identity_secret: None };
@@ -41,8 +40,8 @@ async fn the_guest_service_serves_every_hotel_until_one_is_registered_then_only_
     let unknown = guests.get_hotel_policy(policy("any_hotel")).await.unwrap().into_inner();
     assert!(unknown.registry_enabled && !unknown.known);
     assert!(unknown.allowed_origins.is_empty());
-    guests.identify(identify("grand_hotel")).await.expect("a registered hotel is served");
-    let refused = guests.identify(identify("any_hotel")).await.expect_err("an unregistered hotel is refused");
+    edge.identify(identify("grand_hotel")).await.expect("a registered hotel is served");
+    let refused = edge.identify(identify("any_hotel")).await.expect_err("an unregistered hotel is refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::NotFound);
     assert_eq!(refused.message(), "unknown hotel");
 }
@@ -56,6 +55,7 @@ async fn a_bad_hotels_file_stops_start_up_with_one_clear_line() {
         ("GUEST_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("GUEST_DATABASE_URL", format!("sqlite:{}", dir.path().join("g.db").display())),
         ("GUEST_HOTELS_FILE", file.display().to_string()),
+        ("GRPC_AUTH", "off".to_owned()),
     ]);
     let settings = jack_guest::Settings::from_env(&env).unwrap();
     let err = jack_guest::GuestServer::build(settings).await.err().expect("refused");

@@ -2,7 +2,6 @@
 
 use jack_e2e::{TestStack, http};
 use jack_proto::guest::v1 as guest_pb;
-use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
 use serde_json::json;
 
 #[tokio::test]
@@ -49,7 +48,7 @@ async fn a_token_from_one_hotel_is_worthless_at_another() {
 #[tokio::test]
 async fn a_hotel_issued_user_hash_proves_the_visitor() {
     let stack = TestStack::start().await;
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    let mut guests = stack.guests(jack_e2e::Role::Admin);
     let secret = "hotel-identity-secret";
     guests
         .upsert_hotel(guest_pb::UpsertHotelRequest { hotel_id: "hotel_hash".into(), name: "Hash Hotel".into(), allowed_origins: vec![], identity_secret: Some(secret.into()) })
@@ -74,7 +73,7 @@ async fn a_hotel_issued_user_hash_proves_the_visitor() {
 
 /// A hotel with an identity secret, registered through the API as a hotel's tooling would.
 async fn hotel_with_secret(stack: &TestStack, hotel_id: &str, secret: Option<&str>) {
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    let mut guests = stack.guests(jack_e2e::Role::Admin);
     let hotel = guest_pb::UpsertHotelRequest { hotel_id: hotel_id.into(), name: "Proving Hotel".into(), allowed_origins: vec![], identity_secret: secret.map(str::to_owned) };
     guests.upsert_hotel(hotel).await.unwrap();
 }
@@ -188,7 +187,7 @@ async fn visitor_tokens_expire_are_renewed_by_every_identify_and_can_be_revoked(
     let identified = guest.identify(json!({"visitorId": "v_revoked"})).await;
     let token = identified["visitorToken"].as_str().unwrap().to_owned();
     assert_eq!(upload_url_status(&stack, &token).await, 200);
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    let mut guests = stack.guests(jack_e2e::Role::Admin);
     guests.revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest { guest_id: identified["guestId"].as_str().unwrap().into() }).await.unwrap();
     assert_eq!(upload_url_status(&stack, &token).await, 401);
     let mut back = stack.guest("hotel_1").await;
@@ -230,7 +229,7 @@ async fn visitors_from_before_keep_their_conversation_with_a_token_of_the_first_
     let forged = first_format_token("another-secret-of-at-least-32-characters", "hotel_1", "v_from_before");
     assert_eq!(upload_url_status(&stack, &forged).await, 401);
     // Once the record's tokens are revoked, the first format opens nothing either.
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), jack_e2e::WAIT).unwrap());
+    let mut guests = stack.guests(jack_e2e::Role::Admin);
     guests.revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest { guest_id: first["guestId"].as_str().unwrap().into() }).await.unwrap();
     assert_eq!(upload_url_status(&stack, &old).await, 401);
 }

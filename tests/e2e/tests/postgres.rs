@@ -1,10 +1,9 @@
 //! The same spine on PostgreSQL (the scale-out storage): each service gets its own database.
 //! Uses `JACK_TEST_POSTGRES_URL` (default: the machine's server, trust auth).
 
-use jack_e2e::{Svc, TestStack, WAIT};
+use jack_e2e::{Role, TestStack, WAIT};
 use jack_proto::conversation::v1 as conv;
 use jack_proto::guest::v1 as guest_pb;
-use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
 use serde_json::json;
 
 #[tokio::test]
@@ -42,15 +41,15 @@ async fn the_spine_runs_on_postgresql() {
     assert_eq!(event.message.unwrap().content, "I need extra towels");
 
     // The hotel registry: once a hotel is registered, only registered hotels are served.
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT).unwrap());
+    let (mut guests, mut edge) = (stack.guests(Role::Admin), stack.guests(Role::Edge));
     let hotel = guest_pb::UpsertHotelRequest { hotel_id: "hotel_pg".into(), name: "PG Hotel".into(), allowed_origins: vec!["https://pg.example".into()], identity_secret: None };
     guests.upsert_hotel(hotel).await.unwrap();
     let known = guests.get_hotel_policy(guest_pb::GetHotelPolicyRequest { hotel_id: "hotel_pg".into() }).await.unwrap().into_inner();
     assert!(known.registry_enabled && known.known);
     assert_eq!(known.allowed_origins, vec!["https://pg.example".to_owned()]);
     let identify = |hotel_id: &str| guest_pb::IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
-    guests.identify(identify("hotel_pg")).await.expect("a registered hotel is served");
-    let refused = guests.identify(identify("other_hotel")).await.expect_err("an unregistered hotel is refused");
+    edge.identify(identify("hotel_pg")).await.expect("a registered hotel is served");
+    let refused = edge.identify(identify("other_hotel")).await.expect_err("an unregistered hotel is refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::NotFound);
 }
 
@@ -60,7 +59,7 @@ async fn visitors_who_only_look_are_forgotten_on_postgresql_too() {
     vars.extend([("GUEST_SILENT_VISITOR_TTL".to_owned(), "1".to_owned()), ("CONVERSATION_EMPTY_TTL".to_owned(), "1".to_owned())]);
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let stack = TestStack::start_with(&pairs).await;
-    let mut guests = GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT).unwrap());
+    let mut guests = stack.guests(Role::Admin);
     let mut conversations = stack.conversation();
     let mut writer = stack.guest("hotel_pg").await;
     let wrote = writer.identify(json!({})).await;

@@ -46,7 +46,7 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     assert_eq!(report["target_pid"], std::process::id(), "{report}");
     assert!(report["target_cpu_us_per_message"].as_f64().is_some_and(|us| us > 0.0), "{report}");
 
-    let args = outbound::OutboundArgs { traffic: traffic(20, 2, "127.0.0.1"), conversation: stack.url(Service::Conversation) };
+    let args = outbound::OutboundArgs { traffic: traffic(20, 2, "127.0.0.1"), conversation: stack.url(Service::Conversation), token_file: Some(dir.path().join("credentials/responder.token")) };
     let report = outbound::run(&args, false).await.unwrap().to_json();
     assert_eq!(report["received"], report["sent"], "{report}");
     assert_eq!(report["send_to_committed_latency"]["count"], report["sent"], "every send answered and timed: {report}");

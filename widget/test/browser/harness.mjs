@@ -5,9 +5,12 @@
 //
 //   JACK_URL                  the edge, e.g. http://127.0.0.1:3001 (required)
 //   JACK_CONVERSATION_ADDR    ConversationService, e.g. 127.0.0.1:50052 (default)
+//   JACK_RESPONDER_TOKEN      a responder's gRPC token (default: read from
+//                             JACK_RESPONDER_TOKEN_FILE, else data/credentials/responder.token,
+//                             which `jack up` makes)
 //   CHROMIUM                  the browser (default /usr/bin/chromium)
 //   JACK_SCREENSHOTS          where screenshots go (default: a temporary folder)
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import http from 'node:http';
 import zlib from 'node:zlib';
@@ -21,6 +24,8 @@ import protoLoader from '@grpc/proto-loader';
 export const EDGE = process.env.JACK_URL?.replace(/\/$/, '');
 if (!EDGE) throw new Error('set JACK_URL to the edge under test (e.g. http://127.0.0.1:3001 from `jack up`)');
 const CONVERSATION = process.env.JACK_CONVERSATION_ADDR ?? '127.0.0.1:50052';
+const RESPONDER_TOKEN = () =>
+  (process.env.JACK_RESPONDER_TOKEN ?? readFileSync(process.env.JACK_RESPONDER_TOKEN_FILE ?? '../data/credentials/responder.token', 'utf8')).trim();
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 /** Where the tests save their screenshots: a temporary folder, so that a test run leaves the
  * checkout as it was; `JACK_SCREENSHOTS=$PWD/widget/screenshots` refreshes the README's. */
@@ -182,9 +187,11 @@ export function butler() {
   const definition = protoLoader.loadSync('jack/conversation/v1/conversation.proto', { includeDirs: [proto], keepCase: false, longs: Number, enums: String, defaults: false });
   const { ConversationService } = grpc.loadPackageDefinition(definition).jack.conversation.v1;
   const client = new ConversationService(CONVERSATION, grpc.credentials.createInsecure());
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${RESPONDER_TOKEN()}`);
   const call = (method, request) =>
     new Promise((resolve, reject) =>
-      client[method](request, { deadline: Date.now() + WAIT }, (error, response) => (error ? reject(error) : resolve(response))),
+      client[method](request, metadata, { deadline: Date.now() + WAIT }, (error, response) => (error ? reject(error) : resolve(response))),
     );
   return {
     say: (conversationId, content, extra = {}) => call('sendMessage', { conversationId, role: 'ROLE_ASSISTANT', content, ...extra }),

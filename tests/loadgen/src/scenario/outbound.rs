@@ -32,6 +32,10 @@ pub struct OutboundArgs {
     /// ConversationService of the target (where the responder sends).
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     pub conversation: String,
+    /// A file holding the responder's gRPC token (`jack up` makes one:
+    /// `DATA/credentials/responder.token`); none for a target that checks no callers.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 struct Shared {
@@ -83,7 +87,15 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     // its own: while 10,000 guests reconnect, this process's runtime is busy with them, and
     // sends sharing it measured the load generator's own queue (up to 0.8 s) instead of the
     // target's answer (RESULTS.md, step 66).
+    let credentials = match &outbound.token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()))?;
+            jack_runtime::grpc::Credentials::bearer(&token)?
+        }
+        None => jack_runtime::grpc::Credentials::none(),
+    };
     let responder = Responder {
+        credentials,
         url: outbound.conversation.clone(),
         conversations,
         rate: args.rate,
@@ -140,6 +152,7 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
 /// and at `drop_at` tells every guest to drop its connection.
 struct Responder {
     url: String,
+    credentials: jack_runtime::grpc::Credentials,
     conversations: Vec<String>,
     rate: u64,
     total: u64,
@@ -152,7 +165,7 @@ struct Responder {
 impl Responder {
     /// Returns once every send has been answered (or failed).
     async fn run(self) -> anyhow::Result<()> {
-        let client = ConversationServiceClient::new(jack_runtime::grpc::channel(&self.url, Duration::from_secs(10))?);
+        let client = ConversationServiceClient::new(jack_runtime::grpc::channel(&self.url, Duration::from_secs(10), &self.credentials)?);
         let n = self.conversations.len() as u64;
         let send_start = Instant::now();
         let mut scheduled = 0u64;

@@ -1,0 +1,121 @@
+//! Every gRPC method authenticates its caller and checks the caller's role, through a real
+//! client over a real socket: without credentials or with unknown ones a call is
+//! `UNAUTHENTICATED`, in a role the method is not for `PERMISSION_DENIED`; in its role it gets
+//! past the check. Health checks need no credentials.
+
+use jack_e2e::{Role, Svc, TestStack, WAIT};
+use jack_proto::conversation::v1 as conv;
+use jack_runtime::grpc::Credentials;
+use tonic::Code;
+
+/// Calls `path` with an empty request as a server-streaming call: whatever the method's shape,
+/// the answer's headers (or a refusal) come back at once.
+async fn call(url: &str, path: &'static str, credentials: &Credentials) -> Result<(), tonic::Status> {
+    let channel = jack_runtime::grpc::stream_channel(url, credentials).unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
+    let mut request = tonic::Request::new(());
+    request.set_timeout(WAIT);
+    grpc.server_streaming(request, path, codec).await.map(drop)
+}
+
+/// Every `rpc` the proto files declare, as `/package.Service/Method`.
+fn declared_methods() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto/jack");
+    let mut methods = Vec::new();
+    for service in std::fs::read_dir(&root).unwrap() {
+        for file in std::fs::read_dir(service.unwrap().path().join("v1")).unwrap() {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            let package = text.lines().find_map(|l| l.trim().strip_prefix("package ")).unwrap().trim_end_matches(';').to_owned();
+            let mut current = None;
+            for line in text.lines().map(str::trim) {
+                if let Some(rest) = line.strip_prefix("service ") {
+                    current = rest.split_whitespace().next().map(str::to_owned);
+                } else if let (Some(rest), Some(service)) = (line.strip_prefix("rpc "), &current) {
+                    let name = rest.split('(').next().unwrap().trim();
+                    methods.push(format!("/{package}.{service}/{name}"));
+                }
+            }
+        }
+    }
+    methods.sort();
+    methods
+}
+
+#[tokio::test]
+async fn every_method_refuses_unknown_callers_and_callers_in_other_roles() {
+    let stack = TestStack::start().await;
+    let url_of = |path: &str| match path.split('/').nth(1).unwrap() {
+        "jack.guest.v1.GuestService" => stack.stack.url(Svc::Guest),
+        "jack.conversation.v1.ConversationService" => stack.stack.url(Svc::Conversation),
+        "jack.delivery.v1.DeliveryService" => stack.stack.url(Svc::Delivery),
+        "jack.upload.v1.UploadService" => stack.stack.url(Svc::Upload),
+        "jack.edge.v1.EdgeService" => format!("http://{}", stack.stack.edge_grpc_addr()),
+        other => panic!("a service without a port: {other}"),
+    };
+
+    // The rules cover every method the contract declares, and nothing else.
+    let mut ruled: Vec<String> = jack_runtime::callers::methods().map(|(path, _)| path.to_owned()).collect();
+    ruled.sort();
+    assert_eq!(ruled, declared_methods());
+
+    let stranger = Credentials::bearer("a-token-nobody-issued").unwrap();
+    for (path, roles) in jack_runtime::callers::methods() {
+        let url = url_of(path);
+        let without = call(&url, path, &Credentials::none()).await.unwrap_err();
+        assert_eq!(without.code(), Code::Unauthenticated, "{path} without credentials: {without:?}");
+        let unknown = call(&url, path, &stranger).await.unwrap_err();
+        assert_eq!(unknown.code(), Code::Unauthenticated, "{path} with unknown credentials: {unknown:?}");
+        for role in Role::ALL {
+            let outcome = call(&url, path, &stack.credentials(role)).await;
+            if roles.contains(&role) {
+                // Past the check: whatever the method answers an empty request (a visitor
+                // token check may itself answer UNAUTHENTICATED, for the visitor's token).
+                let refused = outcome.as_ref().err().is_some_and(|s| s.message().contains("credentials") || s.message().contains("may not call"));
+                assert!(!refused, "{path} as {role}: {outcome:?}");
+            } else {
+                assert_eq!(outcome.as_ref().err().map(|s| s.code()), Some(Code::PermissionDenied), "{path} as {role}: {outcome:?}");
+                let message = outcome.unwrap_err().message().to_owned();
+                assert!(message.contains(role.as_str()) && message.contains(path), "{message}");
+            }
+        }
+    }
+
+    // Probes need no credentials.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT, &Credentials::none()).unwrap());
+    let served = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(served.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn each_caller_speaks_only_for_its_own_side() {
+    let stack = TestStack::start().await;
+    let mut guest = stack.guest("hotel_roles").await;
+    let identified = guest.identify(serde_json::json!({})).await;
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let ack = guest.say("c1", "Is breakfast included?").await;
+    let seq = ack["seq"].as_i64().unwrap();
+    let send = |role: conv::Role| conv::SendMessageRequest { conversation_id: conversation_id.clone(), role: role as i32, content: "Yes, from 7 to 10.".into(), ..Default::default() };
+    let read = |role: conv::Role| conv::MarkReadRequest { conversation_id: conversation_id.clone(), role: role as i32, up_to_seq: seq, guest_id: None };
+    let (mut responder, mut dashboard) = (stack.conversation_as(Role::Responder), stack.conversation_as(Role::Dashboard));
+
+    // A responder answers as the assistant, a dashboard as staff; not the other way round.
+    let refused = responder.send_message(send(conv::Role::Staff)).await.unwrap_err();
+    assert_eq!((refused.code(), refused.message()), (Code::PermissionDenied, "jack up responder (role responder) may not act as staff"));
+    assert_eq!(dashboard.send_message(send(conv::Role::Assistant)).await.unwrap_err().code(), Code::PermissionDenied);
+    responder.send_message(send(conv::Role::Assistant)).await.unwrap();
+    dashboard.send_message(send(conv::Role::Staff)).await.unwrap();
+
+    // Only the edge marks what the guest has read, or shows the guest typing.
+    let faked = responder.mark_read(read(conv::Role::Guest)).await.unwrap_err();
+    assert_eq!((faked.code(), faked.message()), (Code::PermissionDenied, "jack up responder (role responder) may not act as the guest"));
+    let typing = conv::SetTypingRequest { conversation_id: conversation_id.clone(), role: conv::Role::Guest as i32, is_typing: true };
+    assert_eq!(dashboard.set_typing(typing).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(responder.mark_read(read(conv::Role::Assistant)).await.unwrap().into_inner().up_to_seq, seq);
+
+    // The guest sees the two answers that were allowed, as who sent them.
+    let (first, second) = (guest.expect("message").await, guest.expect("message").await);
+    assert_eq!([&first["role"], &second["role"]], ["assistant", "staff"]);
+}
