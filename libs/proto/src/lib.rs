@@ -6,6 +6,9 @@
 pub use prost;
 pub use tonic;
 
+/// Every contract here as an encoded `FileDescriptorSet`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/jack_descriptor.bin"));
+
 #[allow(unreachable_pub, clippy::all)]
 pub mod guest {
     pub mod v1 {

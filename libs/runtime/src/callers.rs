@@ -234,22 +234,22 @@ impl AuthSettings {
     }
 }
 
-/// A client's credentials: the token in `name` or in the file `{name}_FILE`; when neither is
-/// set, none if `optional`, else an error naming both.
+/// A client's credentials: the token in `name` or in the file `{name}_FILE` (when neither is
+/// set, none if `optional`, else an error naming both), with the TLS of `GRPC_TLS_*` for
+/// `https://` URLs.
 pub fn credentials(env: &Env, name: &str, optional: bool) -> Result<Credentials, SettingsError> {
-    {
-        let file_name = format!("{name}_FILE");
-        let token = match (env.get(name), env.get(&file_name)) {
-            (Some(token), _) => Some(token.to_owned()),
-            (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| SettingsError::new(&file_name, path, e))?),
-            (None, None) => None,
-        };
-        match token {
-            Some(token) => Credentials::bearer(token.trim()).map_err(|e| SettingsError::new(name, "(hidden)", e)),
-            None if optional => Ok(Credentials::none()),
-            None => Err(SettingsError::new(name, "", format!("must be set (or {file_name}): this service's token for calling the others"))),
-        }
-    }
+    let file_name = format!("{name}_FILE");
+    let token = match (env.get(name), env.get(&file_name)) {
+        (Some(token), _) => Some(token.to_owned()),
+        (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| SettingsError::new(&file_name, path, e))?),
+        (None, None) => None,
+    };
+    let credentials = match token {
+        Some(token) => Credentials::bearer(token.trim()).map_err(|e| SettingsError::new(name, "(hidden)", e))?,
+        None if optional => Credentials::none(),
+        None => return Err(SettingsError::new(name, "", format!("must be set (or {file_name}): this service's token for calling the others"))),
+    };
+    Ok(credentials.with_tls(crate::grpc::Tls::from_env(env)?))
 }
 
 /// A new random token: 32 bytes from the OS's CSPRNG, URL-safe base64.

@@ -15,21 +15,101 @@ use tower::layer::util::{Identity, Stack};
 use crate::callers::Authenticate;
 use crate::trace_context;
 
-/// The credentials a client presents on every call (`authorization: Bearer …`), or none.
+/// What a client presents on every call (`authorization: Bearer …`) and, for `https://`
+/// URLs, which servers it trusts and the certificate it shows them ([`Tls`]).
 #[derive(Debug, Clone, Default)]
-pub struct Credentials(Option<MetadataValue<Ascii>>);
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+    tls: Tls,
+}
 
 impl Credentials {
     /// A bearer token, as a callers file knows it (see [`crate::callers`]).
     pub fn bearer(token: &str) -> anyhow::Result<Self> {
         let value = format!("Bearer {}", token.trim()).parse().map_err(|_| anyhow::anyhow!("a gRPC token must be printable ASCII"))?;
-        Ok(Self(Some(value)))
+        Ok(Self { authorization: Some(value), tls: Tls::default() })
     }
 
     /// No credentials (for a service that checks none: `GRPC_AUTH=off`).
     pub fn none() -> Self {
-        Self(None)
+        Self::default()
     }
+
+    /// The same, with this TLS for `https://` URLs.
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// TLS of the gRPC API (`GRPC_TLS_*`, PEM files): this service's certificate and key, served on
+/// its listener and shown to the services it calls when they ask for one (mutual TLS); the CA
+/// it trusts for `https://` URLs of other services (the system's roots when unset); and, for
+/// mutual TLS, the CA whose client certificates its listener requires.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    identity: Option<tonic::transport::Identity>,
+    ca: Option<tonic::transport::Certificate>,
+    client_ca: Option<tonic::transport::Certificate>,
+}
+
+impl Tls {
+    /// `GRPC_TLS_CERT_FILE` and `GRPC_TLS_KEY_FILE` (both or neither), `GRPC_TLS_CA_FILE`,
+    /// `GRPC_TLS_CLIENT_CA_FILE` (needs a certificate of its own).
+    pub fn from_env(env: &crate::settings::Env) -> Result<Self, crate::settings::SettingsError> {
+        use crate::settings::SettingsError;
+        let read = |name: &str| -> Result<Option<Vec<u8>>, SettingsError> {
+            let Some(path) = env.get(name) else { return Ok(None) };
+            let pem = std::fs::read(path).map_err(|e| SettingsError::new(name, path, e))?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(SettingsError::new(name, path, "expected a PEM file"));
+            }
+            Ok(Some(pem))
+        };
+        let identity = match (read("GRPC_TLS_CERT_FILE")?, read("GRPC_TLS_KEY_FILE")?) {
+            (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(cert, key)),
+            (None, None) => None,
+            (Some(_), None) => return Err(SettingsError::new("GRPC_TLS_KEY_FILE", "", "must be set with GRPC_TLS_CERT_FILE")),
+            (None, Some(_)) => return Err(SettingsError::new("GRPC_TLS_CERT_FILE", "", "must be set with GRPC_TLS_KEY_FILE")),
+        };
+        let client_ca = read("GRPC_TLS_CLIENT_CA_FILE")?.map(tonic::transport::Certificate::from_pem);
+        if client_ca.is_some() && identity.is_none() {
+            return Err(SettingsError::new("GRPC_TLS_CLIENT_CA_FILE", env.get("GRPC_TLS_CLIENT_CA_FILE").unwrap_or_default(), "needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE: mutual TLS is TLS first"));
+        }
+        let ca = read("GRPC_TLS_CA_FILE")?.map(tonic::transport::Certificate::from_pem);
+        Ok(Self { identity, ca, client_ca })
+    }
+
+    /// Whether the listener serves TLS.
+    pub fn serves(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    fn server_config(&self) -> Option<tonic::transport::ServerTlsConfig> {
+        let identity = self.identity.clone()?;
+        let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        Some(match &self.client_ca {
+            Some(ca) => config.client_ca_root(ca.clone()),
+            None => config,
+        })
+    }
+
+    fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(ca.clone()),
+            None => config.with_native_roots(),
+        };
+        match &self.identity {
+            Some(identity) => config.identity(identity.clone()),
+            None => config,
+        }
+    }
+}
+
+/// rustls needs one process-wide choice of cryptography when more than one is built in.
+fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// What a client adds to every call: the current span's trace context and its credentials.
@@ -38,7 +118,7 @@ pub struct Outgoing(Credentials);
 
 impl tonic::service::Interceptor for Outgoing {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0.0 {
+        if let Some(value) = &self.0.authorization {
             request.metadata_mut().insert("authorization", value.clone());
         }
         trace_context::inject(request)
@@ -52,9 +132,81 @@ fn traced(channel: Channel, credentials: &Credentials) -> Traced {
     InterceptedService::new(channel, Outgoing(credentials.clone()))
 }
 
-/// A server with caller authentication, and what it becomes with services added.
-pub type Builder = Server<Stack<Authenticate, Identity>>;
-pub type Router = tonic::transport::server::Router<Stack<Authenticate, Identity>>;
+/// What every server puts in front of its services: caller authentication, then the
+/// caller's deadline.
+pub type Layers = Stack<Deadlines, Stack<Authenticate, Identity>>;
+/// A server with [`Layers`], and what it becomes with services added.
+pub type Builder = Server<Layers>;
+pub type Router = tonic::transport::server::Router<Layers>;
+
+/// Answers a call whose deadline (`grpc-timeout`) passes before its answer is ready with
+/// `DEADLINE_EXCEEDED`, as gRPC clients expect. (tonic's own check, outside the services,
+/// answers `CANCELLED "Timeout expired"`: this one sits inside it and fires a millisecond
+/// sooner.) What the call started may still complete: a `SendMessage` that timed out may have
+/// been stored, which is why a retry carries the same `client_message_id`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deadlines;
+
+impl<S> tower::Layer<S> for Deadlines {
+    type Service = WithDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithDeadline(inner)
+    }
+}
+
+/// A service behind [`Deadlines`].
+#[derive(Debug, Clone)]
+pub struct WithDeadline<S>(S);
+
+type BoxedResponse<E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for WithDeadline<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, BoxedResponse<S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        let deadline = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
+        let answer = self.0.call(request);
+        match deadline {
+            None => Either::Left(answer),
+            Some(deadline) => Either::Right(Box::pin(async move {
+                match tokio::time::timeout(deadline.saturating_sub(Duration::from_millis(1)), answer).await {
+                    Ok(answered) => answered,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded("the call's deadline passed before its answer was ready").into_http()),
+                }
+            })),
+        }
+    }
+}
+
+/// A `grpc-timeout` value: at most eight digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// The deadline of a unary call when the caller sets none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -83,14 +235,28 @@ pub async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// A server builder with our transport settings: no Nagle, HTTP/2 keep-alives so dead peers
-/// are noticed, and every request checked by `auth` before it reaches a service.
-pub fn server(auth: Authenticate) -> Builder {
-    Server::builder()
+/// are noticed, TLS when `tls` has a certificate, and every request checked by `auth` before
+/// it reaches a service.
+pub fn server(auth: Authenticate, tls: &Tls) -> anyhow::Result<Builder> {
+    let mut builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .trace_fn(trace_context::server_span)
-        .layer(auth)
+        .trace_fn(trace_context::server_span);
+    if let Some(config) = tls.server_config() {
+        crypto();
+        builder = builder.tls_config(config).map_err(|e| anyhow::anyhow!("invalid GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE: {e}"))?;
+    }
+    Ok(builder.layer(auth).layer(Deadlines))
+}
+
+fn endpoint(url: &str, credentials: &Credentials) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?;
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    crypto();
+    Ok(endpoint.tls_config(credentials.tls.client_config())?)
 }
 
 /// A gRPC health service reporting `name` as serving (and the empty name, for probes).
@@ -99,6 +265,23 @@ pub async fn health(name: &str) -> tonic_health::pb::health_server::HealthServer
     reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     service
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jack_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// gRPC server reflection (v1) of every Jack contract and of health checks, so that grpcurl,
+/// Postman or Evans can list and call the services without the proto files.
+pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection> {
+    reflection_builder().build_v1().expect("the compiled descriptor sets are valid")
+}
+
+/// The same, in the v1alpha protocol that older clients (grpcurl before 1.9) speak.
+pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection> {
+    reflection_builder().build_v1alpha().expect("the compiled descriptor sets are valid")
 }
 
 /// Serves a router on a bound listener until `shutdown` is cancelled.
@@ -119,7 +302,7 @@ pub async fn serve(
 /// A lazily connecting channel to another service. Unary calls time out after `deadline`;
 /// a service that is down fails fast with `Unavailable` instead of hanging.
 pub fn channel(url: &str, deadline: Duration, credentials: &Credentials) -> anyhow::Result<Traced> {
-    let endpoint = Endpoint::from_shared(url.to_owned())?
+    let endpoint = endpoint(url, credentials)?
         .connect_timeout(Duration::from_secs(2).min(deadline))
         .timeout(deadline)
         .tcp_nodelay(true)
@@ -131,7 +314,7 @@ pub fn channel(url: &str, deadline: Duration, credentials: &Credentials) -> anyh
 
 /// A channel for long-lived streams: no per-call timeout, keep-alives to notice a dead peer.
 pub fn stream_channel(url: &str, credentials: &Credentials) -> anyhow::Result<Traced> {
-    let endpoint = Endpoint::from_shared(url.to_owned())?
+    let endpoint = endpoint(url, credentials)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -160,6 +343,16 @@ mod tests {
         let listener = bind("a test listener", "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
         assert_eq!(backlog_of(listener.local_addr().unwrap()), LISTEN_BACKLOG.min(somaxconn));
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_gives_them() {
+        assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "5x", "-1S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -20,8 +20,13 @@ pub struct Settings {
     /// `CONVERSATION_EMPTY_TTL` (1 day, in seconds): a conversation without a single message is
     /// forgotten this long after it was opened (a guest who comes back gets a new one).
     pub empty_ttl: Duration,
+    /// `CONVERSATION_WATCH_HEARTBEAT_MS` (15 s): how long a caught-up WatchMessages stream
+    /// stays silent before it sends a heartbeat (a response with the cursor, no message).
+    pub watch_heartbeat: Duration,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
     pub grpc_auth: AuthSettings,
+    /// `GRPC_TLS_*`: TLS of the gRPC listener (and of the calls this service makes).
+    pub grpc_tls: jack_runtime::grpc::Tls,
     /// `CONVERSATION_GRPC_TOKEN` (or `CONVERSATION_GRPC_TOKEN_FILE`): the relay's token for
     /// publishing to delivery (role `conversation`).
     pub credentials: Credentials,
@@ -33,10 +38,12 @@ impl Settings {
         Ok(Self {
             credentials: grpc_auth.credentials(env, "CONVERSATION_GRPC_TOKEN")?,
             grpc_auth,
+            grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,
             grpc_addr: env.socket_addr("CONVERSATION_GRPC_ADDR", "127.0.0.1:50052")?,
             database_url: env.string("CONVERSATION_DATABASE_URL", "sqlite:data/conversation.db"),
             delivery_urls: env.urls("CONVERSATION_DELIVERY_URLS", "http://127.0.0.1:50053")?,
             publish_timeout: env.millis("CONVERSATION_PUBLISH_TIMEOUT_MS", 2000, 10)?,
+            watch_heartbeat: env.millis("CONVERSATION_WATCH_HEARTBEAT_MS", 15_000, 100)?,
             empty_ttl: Duration::from_secs(env.number("CONVERSATION_EMPTY_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),
         })
     }

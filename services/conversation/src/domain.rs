@@ -149,11 +149,18 @@ pub fn page_size(limit: u32) -> u32 {
 }
 
 /// Whether a resend is the same message as the stored one.
-pub fn same_message(stored: &pb::Message, kind: i32, content: &str, payload: Option<&str>, attachments: &[pb::AttachmentRef]) -> bool {
-    stored.kind == kind
-        && stored.content == content
-        && stored.payload.as_deref() == payload
-        && stored.attachments.iter().map(|a| &a.attachment_id).eq(attachments.iter().map(|a| &a.attachment_id))
+/// Whether a resend is the stored message again: the same role, kind, text, payload, rich
+/// parts (quick replies, buttons, cards) and attachments. Anything else under the same client
+/// message id is another message, refused as `ALREADY_EXISTS`.
+pub fn same_message(stored: &pb::Message, resent: &pb::Message) -> bool {
+    stored.role == resent.role
+        && stored.kind == resent.kind
+        && stored.content == resent.content
+        && stored.payload == resent.payload
+        && stored.quick_replies == resent.quick_replies
+        && stored.buttons == resent.buttons
+        && stored.cards == resent.cards
+        && stored.attachments.iter().map(|a| &a.attachment_id).eq(resent.attachments.iter().map(|a| &a.attachment_id))
 }
 
 #[cfg(test)]

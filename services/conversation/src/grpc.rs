@@ -34,6 +34,8 @@ pub struct ConversationApi {
     /// Bumped after every commit, waking WatchMessages streams.
     committed: watch::Sender<u64>,
     shutdown: CancellationToken,
+    /// How long a caught-up watch stays silent before it sends a heartbeat.
+    watch_heartbeat: Duration,
 }
 
 /// Wakes the relay (an outbox row was written) and the WatchMessages streams after a commit.
@@ -72,7 +74,13 @@ impl ConversationApi {
                 committed.send_modify(|n| *n = n.wrapping_add(1));
             })?
         };
-        Ok(Self { store, writer, relay, committed, shutdown })
+        Ok(Self { store, writer, relay, committed, shutdown, watch_heartbeat: Duration::from_secs(15) })
+    }
+
+    /// Sets how long a caught-up watch stays silent before it sends a heartbeat.
+    pub fn with_watch_heartbeat(mut self, every: Duration) -> Self {
+        self.watch_heartbeat = every;
+        self
     }
 
     fn committed(&self) {
@@ -250,6 +258,9 @@ impl ConversationService for ConversationApi {
             return Err(Status::invalid_argument("up_to_seq must not be negative"));
         }
         let conversation = self.conversation_of(&req.conversation_id, req.guest_id.as_deref()).await?;
+        if req.up_to_seq > conversation.last_seq {
+            return Err(Status::out_of_range(format!("up_to_seq {} is past the conversation's last message ({})", req.up_to_seq, conversation.last_seq)));
+        }
         let up_to_seq = self.store.mark_read(&conversation, role, req.up_to_seq).await?;
         self.committed();
         Ok(Response::new(pb::MarkReadResponse { up_to_seq }))
@@ -266,12 +277,22 @@ impl ConversationService for ConversationApi {
         if roles.iter().any(|r| pb::Role::try_from(*r).is_err()) {
             return Err(Status::invalid_argument("unknown role in roles"));
         }
+        // A cursor past the end of the log is not one this log gave out (another database, a
+        // restore from an older backup): waiting there would be silence for good.
+        let end = self.store.last_position().await?;
+        if req.after_cursor > end {
+            return Err(Status::out_of_range(format!("after_cursor {} is past the end of the message log ({end}): resume from a cursor this service gave, or 0", req.after_cursor)));
+        }
         let (tx, rx) = mpsc::channel(WATCH_BATCH as usize);
         let store = self.store.clone();
         let mut changes = self.committed.subscribe();
         let shutdown = self.shutdown.clone();
+        let heartbeat_every = self.watch_heartbeat;
         tokio::spawn(async move {
             let mut cursor = req.after_cursor;
+            // A response without a message says "caught up to `cursor`": once when the watch
+            // first catches up, then whenever it has been silent for `heartbeat_every`.
+            let (mut caught_up, mut last_sent) = (false, tokio::time::Instant::now());
             loop {
                 changes.borrow_and_update();
                 let (batch, scanned) = match store.messages_after_position(cursor, &roles, req.hotel_id.as_deref(), WATCH_BATCH).await {
@@ -285,10 +306,17 @@ impl ConversationService for ConversationApi {
                     if tx.send(Ok(pb::WatchMessagesResponse { cursor: position, message: Some(message) })).await.is_err() {
                         return; // the watcher is gone
                     }
+                    last_sent = tokio::time::Instant::now();
                 }
                 match scanned {
                     Some(last) => cursor = last,
                     None => {
+                        if !caught_up || last_sent.elapsed() >= heartbeat_every {
+                            if tx.send(Ok(pb::WatchMessagesResponse { cursor, message: None })).await.is_err() {
+                                return;
+                            }
+                            (caught_up, last_sent) = (true, tokio::time::Instant::now());
+                        }
                         tokio::select! {
                             _ = changes.changed() => {}
                             _ = tokio::time::sleep(WATCH_POLL) => {}

@@ -471,7 +471,7 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let serving = CancellationToken::new();
-            let server = jack_runtime::grpc::server(jack_runtime::callers::Authenticate::new(None)).add_service(DeliveryServiceServer::new(delivery.clone()));
+            let server = jack_runtime::grpc::server(jack_runtime::callers::Authenticate::new(None), &Default::default()).unwrap().add_service(DeliveryServiceServer::new(delivery.clone()));
             tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
             let client = DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&url, &jack_runtime::grpc::Credentials::none()).unwrap());
             let (store, _dir) = crate::store::tests::sqlite_store().await;

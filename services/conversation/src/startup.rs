@@ -93,7 +93,7 @@ impl ConversationServer {
             .map(|url| grpc::stream_channel(url, &self.settings.credentials).map(DeliveryServiceClient::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (relay, handle) = Relay::new(self.store.clone(), clients, self.settings.publish_timeout);
-        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?;
+        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?.with_watch_heartbeat(self.settings.watch_heartbeat);
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
         // Conversations that never got a message are forgotten after a while.
         let ttl = self.settings.empty_ttl;
@@ -102,8 +102,10 @@ impl ConversationServer {
             let janitor = janitor.clone();
             async move { janitor.lock().await.sweep().await }
         }));
-        let router = grpc::server(self.auth)
+        let router = grpc::server(self.auth, &self.settings.grpc_tls)?
             .add_service(grpc::health("jack.conversation.v1.ConversationService").await)
+            .add_service(grpc::reflection())
+            .add_service(grpc::reflection_v1alpha())
             .add_service(ConversationServiceServer::new(api));
         let result = grpc::serve(router, self.listener, shutdown).await;
         let _ = relay_task.await;

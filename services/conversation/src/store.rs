@@ -432,8 +432,7 @@ impl Store {
             let conversation = message.conversation_id.as_str();
             let key = message.client_message_id.as_deref().map(|c| (conversation, c));
             let resend = |stored: &pb::Message| {
-                let same = stored.role == message.role
-                    && crate::domain::same_message(stored, message.kind, &message.content, message.payload.as_deref(), &message.attachments);
+                let same = crate::domain::same_message(stored, message);
                 if same { Ok(()) } else { Err(ConversationError::ClientMessageIdReused) }
             };
             let plan = match (key.and_then(|k| existing.get(&(k.0.to_owned(), k.1.to_owned()))), key.and_then(|k| new_in_batch.get(&k))) {
@@ -735,6 +734,13 @@ impl Store {
             }
         }
         Ok((out, last))
+    }
+
+    /// The position of the newest message (0 when there is none): the end of the log that
+    /// WatchMessages cursors point into.
+    pub async fn last_position(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(position), 0) AS last FROM messages").fetch_one(&self.db.read).await?;
+        Ok(row.try_get::<i64, _>("last")?)
     }
 
     /// Moves a side's read position forward (never back, never past the last message) and

@@ -16,6 +16,8 @@ pub struct Settings {
     pub subscriber_queue: usize,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
     pub grpc_auth: AuthSettings,
+    /// `GRPC_TLS_*`: TLS of the gRPC listener (and of the calls this service makes).
+    pub grpc_tls: jack_runtime::grpc::Tls,
 }
 
 impl Settings {
@@ -25,6 +27,7 @@ impl Settings {
             edge_queue: env.number("DELIVERY_EDGE_QUEUE", 4096, 1, 1 << 20)? as usize,
             subscriber_queue: env.number("DELIVERY_SUBSCRIBER_QUEUE", 1024, 1, 1 << 20)? as usize,
             grpc_auth: AuthSettings::from_env(env)?,
+            grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,
         })
     }
 }

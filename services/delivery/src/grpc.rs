@@ -100,13 +100,19 @@ impl DeliveryService for DeliveryApi {
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut filter = request.into_inner();
+        for (name, value) in [("hotel_id", &filter.hotel_id), ("conversation_id", &filter.conversation_id)] {
+            if value.as_deref().is_some_and(|v| v.is_empty() || v.len() > 128) {
+                return Err(Status::invalid_argument(format!("{name}, when given, must be 1 to 128 characters (leave it out for every one)")));
+            }
+        }
         if !(filter.messages || filter.typing || filter.reads) {
             // Asking for nothing in particular means everything.
             filter.messages = true;
             filter.typing = true;
             filter.reads = true;
         }
-        let (tx, rx) = mpsc::channel(self.subscriber_queue);
+        // One slot more than the queue: the last carries why the stream ends, if it falls behind.
+        let (tx, rx) = mpsc::channel(self.subscriber_queue + 1);
         self.router.add_subscriber(filter, tx);
         Ok(Response::new(ReceiverStream::new(rx)))
     }

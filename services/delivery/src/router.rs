@@ -2,7 +2,9 @@
 //!
 //! A slow consumer is never allowed to hold up the others: when an edge's or a subscriber's
 //! queue is full its channel is dropped, which ends its stream. An edge then reconnects and
-//! catches up from conversation, so nothing is lost; a dashboard re-subscribes.
+//! catches up from conversation, so nothing is lost. A staff subscription's last queue slot is
+//! kept for the reason it ends (`RESOURCE_EXHAUSTED`, with how to catch up), so a dashboard
+//! can tell a dropped stream from a finished one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -187,15 +189,30 @@ fn remove_edge_locked(s: &mut State, link: u64) {
     }
 }
 
+/// How a subscription that fell behind ends.
+pub fn fell_behind() -> Status {
+    Status::resource_exhausted(
+        "this subscription fell behind (its queue, DELIVERY_SUBSCRIBER_QUEUE, filled up) and was closed; \
+         subscribe again, and catch up on what was missed with ConversationService.ListMessages \
+         (or WatchMessages from a stored cursor)",
+    )
+}
+
 fn fan_out_to_subscribers(s: &mut State, events: &[pb::Event]) {
     if s.subscribers.is_empty() {
         return;
     }
     s.subscribers.retain(|_, sub| {
         for event in events.iter().filter(|e| sub.wants(e)) {
-            if sub.tx.try_send(Ok(event.clone())).is_err() {
-                tracing::warn!("staff subscription too slow or gone; closing it");
+            if sub.tx.capacity() <= 1 {
+                // The last slot carries why the stream ends (the channel has one more slot
+                // than the subscription's queue).
+                tracing::warn!("staff subscription too slow; closing it");
+                let _ = sub.tx.try_send(Err(fell_behind()));
                 return false;
+            }
+            if sub.tx.try_send(Ok(event.clone())).is_err() {
+                return false; // the subscriber is gone
             }
         }
         true

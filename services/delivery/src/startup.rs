@@ -33,8 +33,10 @@ impl DeliveryServer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "delivery service listening");
         let api = DeliveryApi::new(self.router.clone(), self.settings.edge_queue, self.settings.subscriber_queue, shutdown.clone());
-        let router = grpc::server(self.auth)
+        let router = grpc::server(self.auth, &self.settings.grpc_tls)?
             .add_service(grpc::health("jack.delivery.v1.DeliveryService").await)
+            .add_service(grpc::reflection())
+            .add_service(grpc::reflection_v1alpha())
             .add_service(DeliveryServiceServer::new(api));
         let clearing = {
             let (table, shutdown) = (self.router.clone(), shutdown.clone());

@@ -232,7 +232,7 @@ pub fn error_frame(status: &Status, client_message_id: Option<String>) -> ErrorF
         Code::InvalidArgument => (ErrorCode::InvalidFrame, status.message().to_owned()),
         Code::AlreadyExists => (ErrorCode::DuplicateMessageId, "clientMessageId was already used for a different message".to_owned()),
         Code::ResourceExhausted => (ErrorCode::RateLimited, "too many requests; retry later".to_owned()),
-        Code::NotFound => (ErrorCode::InvalidFrame, status.message().to_owned()),
+        Code::NotFound | Code::OutOfRange => (ErrorCode::InvalidFrame, status.message().to_owned()),
         _ => {
             tracing::warn!(code = ?status.code(), message = status.message(), "backend call failed");
             (ErrorCode::Unavailable, "the chat service is temporarily unavailable; retry shortly".to_owned())

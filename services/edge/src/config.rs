@@ -29,6 +29,9 @@ pub struct Settings {
     pub max_frame_size: usize,
     /// `EDGE_RATE_LIMIT` (20 frames/s, bursts of twice that): over it, `RATE_LIMITED`.
     pub rate_limit: u32,
+    /// `EDGE_TYPING_TTL_MS` (15 s): how long the butler's "typing…" stays shown to a guest
+    /// without being renewed; then the edge tells the guest it stopped.
+    pub typing_ttl: Duration,
     /// `EDGE_GRPC_ADDR`: the edge's own status API.
     pub grpc_addr: SocketAddr,
     /// `EDGE_GUEST_URL`, `EDGE_CONVERSATION_URL`, `EDGE_UPLOAD_URL`: the backends.
@@ -39,6 +42,8 @@ pub struct Settings {
     pub delivery_urls: Vec<String>,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the edge's status API.
     pub grpc_auth: AuthSettings,
+    /// `GRPC_TLS_*`: TLS of the gRPC listener (and of the calls this service makes).
+    pub grpc_tls: jack_runtime::grpc::Tls,
     /// `EDGE_GRPC_TOKEN` (or `EDGE_GRPC_TOKEN_FILE`): the edge's token for calling the
     /// backends (role `edge`).
     pub credentials: Credentials,
@@ -125,12 +130,14 @@ impl Settings {
             max_file_size: env.number("WIDGET_MAX_FILE_SIZE", 5_242_880, 1, 1 << 40)?,
             max_frame_size,
             rate_limit: env.number("EDGE_RATE_LIMIT", 20, 1, 1_000_000)? as u32,
+            typing_ttl: env.millis("EDGE_TYPING_TTL_MS", 15_000, 100)?,
             grpc_addr: env.socket_addr("EDGE_GRPC_ADDR", "127.0.0.1:50055")?,
             guest_url: env.url("EDGE_GUEST_URL", "http://127.0.0.1:50051")?,
             conversation_url: env.url("EDGE_CONVERSATION_URL", "http://127.0.0.1:50052")?,
             upload_url: env.url("EDGE_UPLOAD_URL", "http://127.0.0.1:50054")?,
             delivery_urls: env.urls("EDGE_DELIVERY_URLS", "http://127.0.0.1:50053")?,
             grpc_auth,
+            grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,
             credentials,
             backend_timeout: env.millis("EDGE_BACKEND_TIMEOUT_MS", 3000, 10)?,
             edge_id: env.string("EDGE_ID", &format!("edge-{}", &jack_runtime::ids::random_hex()[..8])),

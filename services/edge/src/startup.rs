@@ -103,8 +103,10 @@ impl EdgeServer {
             shutdown: shutdown.clone(),
         });
         tracing::info!(%addr, path = %edge.settings.ws_path, "edge listening");
-        let status = grpc::server(self.auth)
+        let status = grpc::server(self.auth, &edge.settings.grpc_tls)?
             .add_service(grpc::health("jack.edge.v1.EdgeService").await)
+            .add_service(grpc::reflection())
+            .add_service(grpc::reflection_v1alpha())
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
         let grpc_task = tokio::spawn(grpc::serve(status, self.grpc, shutdown.clone()));
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));

@@ -20,11 +20,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
-use jack_frames::{ServerFrame, close};
+use jack_frames::{ServerFrame, close, server as frames};
 use tracing::Instrument as _;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -187,10 +187,22 @@ async fn refuse(mut ws: Ws, code: u16, reason: &'static str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
-/// Sends a close frame, giving up after [`CLOSE_TIMEOUT`].
+/// Sends a close frame and waits for the peer to close its side, giving up after
+/// [`CLOSE_TIMEOUT`].
 async fn close_with(ws: &mut Ws, code: u16, reason: &'static str) {
     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        ws.close(Some(frame)).await.map_err(std::io::Error::other)?;
+        // What the peer is still sending (the rest of a frame too large, say) is read and
+        // dropped until it closes too, within the same time: a socket closed with unread input
+        // is reset, and a reset can destroy the close frame before the peer reads it.
+        let socket = ws.get_mut();
+        socket.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while socket.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Writes the frames to the socket in one write.
@@ -259,7 +271,12 @@ impl Connection {
     async fn run(&mut self) -> &'static str {
         // Waits before retrying a catch-up that failed; exists only while one is pending.
         let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // The butler's typing shown to this guest; exists only while it is shown.
+        let mut typing: Option<Box<TypingShown>> = None;
         loop {
+            if self.out.iter().any(|f| matches!(f, ServerFrame::Typing(_))) {
+                TypingShown::update(&mut typing, &self.out, self.edge.settings.typing_ttl);
+            }
             if Session::wants_urls(&self.out) {
                 Box::pin(self.session.sign_attachments(&mut self.out)).await;
             }
@@ -331,6 +348,11 @@ impl Connection {
                     }
                 }
                 _ = self.mailbox.wake.notified() => Box::pin(self.session.on_mail(&mut self.out)).await,
+                _ = async { typing.as_mut().expect("typing is shown").timer.as_mut().await }, if typing.is_some() => {
+                    // A responder that stopped renewing its typing (it crashed, or forgot):
+                    // the guest is told it stopped, rather than seeing "typing…" for good.
+                    TypingShown::expire(&mut typing, &mut self.out);
+                }
                 _ = async { retry.as_mut().expect("a retry is pending").await }, if retry.is_some() => {
                     retry = None;
                     Box::pin(self.session.catch_up(&mut self.out)).await;
@@ -355,6 +377,46 @@ impl Connection {
                     return "shutdown";
                 }
             }
+        }
+    }
+}
+
+/// The butler sides whose typing this guest is shown, each until when, unless renewed
+/// (`EDGE_TYPING_TTL_MS`); and a timer for the soonest.
+struct TypingShown {
+    until: [(frames::Role, Option<tokio::time::Instant>); 2],
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TypingShown {
+    /// Notes the typing frames about to be written: `true` (re)starts that side's time, `false`
+    /// ends it.
+    fn update(shown: &mut Option<Box<Self>>, out: &[ServerFrame], ttl: Duration) {
+        let now = tokio::time::Instant::now();
+        let mut until = shown.as_ref().map_or([(frames::Role::Assistant, None), (frames::Role::Staff, None)], |s| s.until);
+        for frame in out {
+            if let ServerFrame::Typing(t) = frame
+                && let Some(side) = until.iter_mut().find(|(role, _)| *role == t.role)
+            {
+                side.1 = t.is_typing.then_some(now + ttl);
+            }
+        }
+        *shown = until.iter().filter_map(|(_, at)| *at).min().map(|soonest| Box::new(Self { until, timer: Box::pin(tokio::time::sleep_until(soonest)) }));
+    }
+
+    /// Ends the typing whose time is up.
+    fn expire(shown: &mut Option<Box<Self>>, out: &mut Vec<ServerFrame>) {
+        let Some(s) = shown.as_mut() else { return };
+        let now = tokio::time::Instant::now();
+        for (role, at) in s.until.iter_mut() {
+            if at.is_some_and(|at| at <= now) {
+                *at = None;
+                out.push(ServerFrame::Typing(frames::Typing { is_typing: false, role: *role }));
+            }
+        }
+        match s.until.iter().filter_map(|(_, at)| *at).min() {
+            Some(soonest) => s.timer.as_mut().reset(soonest),
+            None => *shown = None,
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Settings {
     pub silent_visitor_ttl: Duration,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
     pub grpc_auth: AuthSettings,
+    /// `GRPC_TLS_*`: TLS of the gRPC listener (and of the calls this service makes).
+    pub grpc_tls: jack_runtime::grpc::Tls,
 }
 
 impl Settings {
@@ -43,6 +45,7 @@ impl Settings {
             token_ttl: Duration::from_secs(env.number("GUEST_TOKEN_TTL", 30 * 24 * 3600, 1, 400 * 24 * 3600)?),
             silent_visitor_ttl: Duration::from_secs(env.number("GUEST_SILENT_VISITOR_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),
             grpc_auth: AuthSettings::from_env(env)?,
+            grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,
         })
     }
 }

@@ -25,6 +25,7 @@ pub struct GuestServer {
     store: Store,
     silent_visitor_ttl: Duration,
     auth: jack_runtime::callers::Authenticate,
+    tls: jack_runtime::grpc::Tls,
 }
 
 /// Guests forgotten by one statement (a sweep runs statements until fewer are left).
@@ -62,7 +63,7 @@ impl GuestServer {
             }
         }
         let api = GuestApi::new(store.clone(), TokenSigner::new(&secret), settings.token_ttl);
-        Ok(Self { listener, db, api, store, silent_visitor_ttl: settings.silent_visitor_ttl, auth })
+        Ok(Self { listener, db, api, store, silent_visitor_ttl: settings.silent_visitor_ttl, auth, tls: settings.grpc_tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,8 +72,10 @@ impl GuestServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "guest service listening");
-        let router = grpc::server(self.auth)
+        let router = grpc::server(self.auth, &self.tls)?
             .add_service(grpc::health("jack.guest.v1.GuestService").await)
+            .add_service(grpc::reflection())
+            .add_service(grpc::reflection_v1alpha())
             .add_service(GuestServiceServer::new(self.api));
         // Anonymous visitors who never sent anything are forgotten after a while.
         let (store, ttl) = (self.store, self.silent_visitor_ttl);

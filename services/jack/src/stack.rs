@@ -148,9 +148,6 @@ impl Drop for EdgeThreads {
     }
 }
 
-fn url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
-}
 
 impl Stack {
     /// Starts every service. Unset addresses and database URLs default to the embedded
@@ -185,9 +182,10 @@ impl Stack {
     /// The credentials of one role that this stack made for itself ([`credentials`]); none
     /// when the operator gave callers of their own or turned checking off.
     pub fn credentials(&self, role: Role) -> Credentials {
-        let Some(dir) = &self.credentials_dir else { return Credentials::none() };
+        let tls = jack_runtime::grpc::Tls::from_env(&self.env).expect("the services started with these TLS files");
+        let Some(dir) = &self.credentials_dir else { return Credentials::none().with_tls(tls) };
         let token = std::fs::read_to_string(dir.join(format!("{role}.token"))).expect("the stack's token files are readable");
-        Credentials::bearer(&token).expect("the stack's tokens are ASCII")
+        Credentials::bearer(&token).expect("the stack's tokens are ASCII").with_tls(tls)
     }
 
     /// Where the tokens this stack made are ([`credentials`]).
@@ -205,11 +203,22 @@ impl Stack {
     }
 
     pub fn url(&self, service: Service) -> String {
-        url(self.addr(service))
+        self.url_of(self.addr(service))
+    }
+
+    /// A gRPC URL: `https://` when the services serve TLS (`GRPC_TLS_CERT_FILE`).
+    fn url_of(&self, addr: SocketAddr) -> String {
+        let scheme = if self.env.get("GRPC_TLS_CERT_FILE").is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     pub fn edge_grpc_addr(&self) -> SocketAddr {
         self.edge_grpc.expect("the edge is started")
+    }
+
+    /// The edge's status API (`EdgeService`), as a URL.
+    pub fn edge_grpc_url(&self) -> String {
+        self.url_of(self.edge_grpc_addr())
     }
 
     /// Where the edge serves `GET /metrics` for Prometheus, unless `EDGE_METRICS_ADDR=off`.
@@ -254,11 +263,11 @@ impl Stack {
             }
         }
         if let Some(d) = self.addrs.get(&Service::Delivery) {
-            env = env.with_default("CONVERSATION_DELIVERY_URLS", url(*d)).with_default("EDGE_DELIVERY_URLS", url(*d));
+            env = env.with_default("CONVERSATION_DELIVERY_URLS", self.url_of(*d)).with_default("EDGE_DELIVERY_URLS", self.url_of(*d));
         }
         for (service, name) in [(Service::Guest, "EDGE_GUEST_URL"), (Service::Conversation, "EDGE_CONVERSATION_URL"), (Service::Upload, "EDGE_UPLOAD_URL")] {
             if let Some(addr) = self.addrs.get(&service) {
-                env = env.with_default(name, url(*addr));
+                env = env.with_default(name, self.url_of(*addr));
             }
         }
         env

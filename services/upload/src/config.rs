@@ -62,6 +62,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the gRPC API.
     pub grpc_auth: AuthSettings,
+    /// `GRPC_TLS_*`: TLS of the gRPC listener (and of the calls this service makes).
+    pub grpc_tls: jack_runtime::grpc::Tls,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,7 @@ impl Settings {
         }
         Ok(Self {
             grpc_auth: AuthSettings::from_env(env)?,
+            grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,
             grpc_addr: env.socket_addr("UPLOAD_GRPC_ADDR", "127.0.0.1:50054")?,
             http_addr: env.socket_addr("UPLOAD_HTTP_ADDR", "127.0.0.1:3002")?,
             public_url,

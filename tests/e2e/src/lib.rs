@@ -116,7 +116,7 @@ impl TestStack {
 
     /// Waits until the edge has this many delivery streams up.
     pub async fn wait_delivery_streams(&self, up: u32) {
-        let url = format!("http://{}", self.stack.edge_grpc_addr());
+        let url = self.stack.edge_grpc_url();
         let mut client = EdgeServiceClient::new(jack_runtime::grpc::channel(&url, WAIT, &self.credentials(Role::Admin)).unwrap());
         let check = async {
             loop {

@@ -52,7 +52,7 @@ async fn every_method_refuses_unknown_callers_and_callers_in_other_roles() {
         "jack.conversation.v1.ConversationService" => stack.stack.url(Svc::Conversation),
         "jack.delivery.v1.DeliveryService" => stack.stack.url(Svc::Delivery),
         "jack.upload.v1.UploadService" => stack.stack.url(Svc::Upload),
-        "jack.edge.v1.EdgeService" => format!("http://{}", stack.stack.edge_grpc_addr()),
+        "jack.edge.v1.EdgeService" => stack.stack.edge_grpc_url(),
         other => panic!("a service without a port: {other}"),
     };
 
@@ -118,4 +118,35 @@ async fn each_caller_speaks_only_for_its_own_side() {
     // The guest sees the two answers that were allowed, as who sent them.
     let (first, second) = (guest.expect("message").await, guest.expect("message").await);
     assert_eq!([&first["role"], &second["role"]], ["assistant", "staff"]);
+}
+
+/// Server reflection answers on every service without credentials (it tells nothing about
+/// hotels or guests): a tool such as grpcurl lists the services and fetches their contracts
+/// without the proto files.
+#[tokio::test]
+async fn reflection_lists_the_services_without_the_protos() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let stack = TestStack::start().await;
+    for (service, url) in [
+        ("jack.guest.v1.GuestService", stack.stack.url(Svc::Guest)),
+        ("jack.conversation.v1.ConversationService", stack.stack.url(Svc::Conversation)),
+        ("jack.delivery.v1.DeliveryService", stack.stack.url(Svc::Delivery)),
+        ("jack.upload.v1.UploadService", stack.stack.url(Svc::Upload)),
+        ("jack.edge.v1.EdgeService", stack.stack.edge_grpc_url()),
+    ] {
+        let mut client = ServerReflectionClient::new(jack_runtime::grpc::stream_channel(&url, &Credentials::none()).unwrap());
+        let asks = [MessageRequest::ListServices(String::new()), MessageRequest::FileContainingSymbol(service.to_owned())]
+            .map(|ask| ServerReflectionRequest { host: String::new(), message_request: Some(ask) });
+        let mut answers = client.server_reflection_info(futures_util::stream::iter(asks)).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response else { panic!("{service}: no list") };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&service.to_owned()) && names.contains(&"grpc.health.v1.Health".to_owned()), "{service}: {names:?}");
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answers.message().await.unwrap().unwrap().message_response else { panic!("{service}: no file") };
+        let file = <prost_types::FileDescriptorProto as prost::Message>::decode(&files.file_descriptor_proto[0][..]).unwrap();
+        assert!(file.service.iter().any(|s| service.ends_with(&format!(".{}", s.name()))), "{service}: {:?}", file.name());
+    }
 }

@@ -356,3 +356,72 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
     let staff_typing: Vec<bool> = guest.seen.iter().filter(|f| f["type"] == "typing" && f["role"] == "staff").map(|f| f["isTyping"].as_bool().unwrap()).collect();
     assert_eq!(staff_typing, [true, false], "each request's events in order, and nothing after the invalid one");
 }
+
+/// A staff subscription that stops reading is closed with RESOURCE_EXHAUSTED and how to catch
+/// up, after the events its queue held: a dashboard can tell it from a stream that ended.
+#[tokio::test]
+async fn a_subscription_that_falls_behind_ends_with_resource_exhausted() {
+    use jack_proto::delivery::v1 as events;
+    use jack_proto::tonic::Code;
+    let stack = TestStack::start_with(&[("DELIVERY_SUBSCRIBER_QUEUE", "16")]).await;
+    let mut dashboard = stack.delivery();
+    let filter = events::SubscribeRequest { typing: true, ..Default::default() };
+    let mut subscription = dashboard.subscribe(filter).await.unwrap().into_inner();
+    // More typing events than the queue and the HTTP/2 windows between them hold, while the
+    // dashboard reads nothing.
+    let typing = |i: u32| events::Event {
+        conversation_id: format!("cnv_{i:06}"),
+        hotel_id: "hotel_1".into(),
+        guest_id: "gst_behind".into(),
+        kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Assistant as i32, is_typing: true })),
+        ..Default::default()
+    };
+    let mut publisher = stack.delivery_as(jack_e2e::Role::Conversation);
+    let published = 20_000u32;
+    for batch in (0..published).collect::<Vec<_>>().chunks(500) {
+        publisher.publish(events::PublishRequest { events: batch.iter().map(|i| typing(*i)).collect() }).await.unwrap();
+    }
+    let mut received = 0u32;
+    let ended = loop {
+        match tokio::time::timeout(jack_e2e::WAIT, subscription.message()).await.expect("the stream goes on or ends") {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ended with OK after {received} of {published} events"),
+            Err(status) => break status,
+        }
+    };
+    assert!(received < published, "{received}");
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("subscribe again") && ended.message().contains("ListMessages"), "{}", ended.message());
+
+    // Asking for an empty hotel or conversation is a mistake, not a subscription to nothing.
+    for filter in [events::SubscribeRequest { hotel_id: Some(String::new()), ..Default::default() }, events::SubscribeRequest { conversation_id: Some(String::new()), ..Default::default() }] {
+        let refused = dashboard.subscribe(filter).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+}
+
+/// A responder's retry is the same message only if everything in it is the same: a retry that
+/// changes only the quick replies, buttons or cards under the same client message id is
+/// another message, refused as ALREADY_EXISTS, never answered with the stored one.
+#[tokio::test]
+async fn a_changed_retry_under_the_same_client_message_id_is_already_exists() {
+    let stack = TestStack::start().await;
+    let (_guest, conversation_id, _) = identified(&stack, "v_retry").await;
+    let mut responder = stack.conversation();
+    let reply = |label: &str| conv::SendMessageRequest {
+        conversation_id: conversation_id.clone(),
+        role: conv::Role::Assistant as i32,
+        content: "What time suits you?".into(),
+        quick_replies: vec![conv::QuickReply { label: label.into(), payload: label.to_lowercase() }],
+        client_message_id: Some("reply:time".into()),
+        ..Default::default()
+    };
+    let first = responder.send_message(reply("Morning")).await.unwrap().into_inner();
+    let again = responder.send_message(reply("Morning")).await.unwrap().into_inner();
+    assert!(again.duplicate && !first.duplicate);
+    assert_eq!(again.message.unwrap().seq, first.message.unwrap().seq);
+    let changed = responder.send_message(reply("Evening")).await.expect_err("another message under the same id");
+    assert_eq!(changed.code(), jack_proto::tonic::Code::AlreadyExists, "{changed:?}");
+    let buttons = conv::SendMessageRequest { buttons: vec![conv::Button { r#type: "postback".into(), label: "Now".into(), payload: Some("now".into()), url: None }], ..reply("Morning") };
+    assert_eq!(responder.send_message(buttons).await.expect_err("refused").code(), jack_proto::tonic::Code::AlreadyExists);
+}

@@ -38,7 +38,7 @@ async fn the_spine_runs_on_postgresql() {
         .unwrap()
         .into_inner();
     let event = tokio::time::timeout(jack_e2e::WAIT, watch.message()).await.unwrap().unwrap().unwrap();
-    assert_eq!(event.message.unwrap().content, "I need extra towels");
+    assert_eq!(event.message.unwrap().content, "I need extra towels", "the message before the caught-up heartbeat");
 
     // The hotel registry: once a hotel is registered, only registered hotels are served.
     let (mut guests, mut edge) = (stack.guests(Role::Admin), stack.guests(Role::Edge));
