@@ -98,7 +98,7 @@ const METHODS: &[(&str, &[Role])] = {
         ("/jack.delivery.v1.DeliveryService/PublishStream", &[Conversation]),
         ("/jack.delivery.v1.DeliveryService/Subscribe", &[Dashboard]),
         ("/jack.upload.v1.UploadService/CreateUpload", &[Edge]),
-        ("/jack.upload.v1.UploadService/ResolveAttachments", &[Edge]),
+        ("/jack.upload.v1.UploadService/ResolveAttachments", &[Edge, Conversation]),
         ("/jack.upload.v1.UploadService/PutAttachment", &[Responder, Dashboard]),
         ("/jack.upload.v1.UploadService/SignDownloads", &[Edge, Responder, Dashboard]),
         ("/jack.upload.v1.UploadService/GetLimits", &[Edge, Responder, Dashboard]),

@@ -12,6 +12,8 @@ use jack_runtime::CancellationToken;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use jack_proto::upload::v1::upload_service_client::UploadServiceClient;
+
 use crate::domain;
 use crate::error::ConversationError;
 use crate::relay::RelayHandle;
@@ -36,6 +38,8 @@ pub struct ConversationApi {
     shutdown: CancellationToken,
     /// How long a caught-up watch stays silent before it sends a heartbeat.
     watch_heartbeat: Duration,
+    /// The upload service, which says which attachments a butler's message may carry.
+    upload: Option<UploadServiceClient<jack_runtime::grpc::Traced>>,
 }
 
 /// Wakes the relay (an outbox row was written) and the WatchMessages streams after a commit.
@@ -74,7 +78,43 @@ impl ConversationApi {
                 committed.send_modify(|n| *n = n.wrapping_add(1));
             })?
         };
-        Ok(Self { store, writer, relay, committed, shutdown, watch_heartbeat: Duration::from_secs(15) })
+        Ok(Self { store, writer, relay, committed, shutdown, watch_heartbeat: Duration::from_secs(15), upload: None })
+    }
+
+    /// Checks the attachments of butler messages with this upload service.
+    pub fn with_upload(mut self, upload: UploadServiceClient<jack_runtime::grpc::Traced>) -> Self {
+        self.upload = Some(upload);
+        self
+    }
+
+    /// A butler message's attachments as the upload service has them: each must be a file
+    /// stored for this conversation; its name, type and size are the stored ones, whatever
+    /// the request said.
+    async fn butler_attachments(&self, conversation_id: &str, refs: Vec<pb::AttachmentRef>) -> Result<Vec<pb::AttachmentRef>, Status> {
+        if refs.is_empty() {
+            return Ok(refs);
+        }
+        let Some(upload) = &self.upload else {
+            return Err(Status::failed_precondition("attachments cannot be checked: no upload service (CONVERSATION_UPLOAD_URL)"));
+        };
+        let conversation = self.conversation_of(conversation_id, None).await?;
+        let request = jack_proto::upload::v1::ResolveAttachmentsRequest {
+            hotel_id: conversation.hotel_id,
+            guest_id: String::new(),
+            attachment_ids: refs.iter().map(|r| r.attachment_id.clone()).collect(),
+            conversation_id: conversation.conversation_id,
+        };
+        let resolved = upload.clone().resolve_attachments(request).await?.into_inner();
+        if let Some(problem) = resolved.problems.first() {
+            return Err(Status::not_found(problem.message.clone()));
+        }
+        refs.into_iter()
+            .map(|r| {
+                let stored = resolved.attachments.iter().find(|a| a.attachment_id == r.attachment_id);
+                let stored = stored.ok_or_else(|| Status::not_found(format!("attachment {} not found in this conversation", r.attachment_id)))?;
+                Ok(pb::AttachmentRef { attachment_id: r.attachment_id, filename: Some(stored.filename.clone()), content_type: Some(stored.content_type.clone()), size: Some(stored.size) })
+            })
+            .collect()
     }
 
     /// Sets how long a caught-up watch stays silent before it sends a heartbeat.
@@ -204,8 +244,9 @@ impl ConversationService for ConversationApi {
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
         let role = domain::check_butler_message(request.get_ref())?;
         may_act_as(&request, role)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         required("conversation_id", &req.conversation_id)?;
+        req.attachments = self.butler_attachments(&req.conversation_id, std::mem::take(&mut req.attachments)).await?;
         let message = pb::Message {
             conversation_id: req.conversation_id,
             role: role as i32,

@@ -265,7 +265,7 @@ impl Stack {
         if let Some(d) = self.addrs.get(&Service::Delivery) {
             env = env.with_default("CONVERSATION_DELIVERY_URLS", self.url_of(*d)).with_default("EDGE_DELIVERY_URLS", self.url_of(*d));
         }
-        for (service, name) in [(Service::Guest, "EDGE_GUEST_URL"), (Service::Conversation, "EDGE_CONVERSATION_URL"), (Service::Upload, "EDGE_UPLOAD_URL")] {
+        for (service, name) in [(Service::Guest, "EDGE_GUEST_URL"), (Service::Conversation, "EDGE_CONVERSATION_URL"), (Service::Upload, "EDGE_UPLOAD_URL"), (Service::Upload, "CONVERSATION_UPLOAD_URL")] {
             if let Some(addr) = self.addrs.get(&service) {
                 env = env.with_default(name, self.url_of(*addr));
             }

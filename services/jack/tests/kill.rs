@@ -48,6 +48,7 @@ impl Processes {
             ("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation}")),
             ("CONVERSATION_DATABASE_URL", db("conversation")),
             ("CONVERSATION_DELIVERY_URLS", format!("http://127.0.0.1:{delivery}")),
+            ("CONVERSATION_UPLOAD_URL", format!("http://127.0.0.1:{upload}")),
             ("DELIVERY_GRPC_ADDR", format!("127.0.0.1:{delivery}")),
             ("UPLOAD_GRPC_ADDR", format!("127.0.0.1:{upload}")),
             ("UPLOAD_DATABASE_URL", db("upload")),

@@ -33,6 +33,28 @@ pub struct UploadApi {
 }
 
 impl UploadApi {
+    /// The butler side's attachments for a message in `conversation_id`: files stored for
+    /// it (with PutAttachment, or a guest's already sent in it), of its hotel. Anything else
+    /// is missing, whatever it is, so ids of other conversations cannot be probed.
+    async fn resolve_for_butler(&self, req: pb::ResolveAttachmentsRequest) -> Result<pb::ResolveAttachmentsResponse, Status> {
+        if req.conversation_id.is_empty() {
+            return Err(Status::invalid_argument("conversation_id is required"));
+        }
+        let found = self.store.of_conversation(&req.conversation_id, &req.attachment_ids).await.map_err(storage)?;
+        let mut response = pb::ResolveAttachmentsResponse::default();
+        for id in &req.attachment_ids {
+            match found.iter().find(|a| &a.attachment_id == id && a.hotel_id == req.hotel_id) {
+                Some(attachment) => response.attachments.push(attachment.clone()),
+                None => {
+                    response.missing.push(id.clone());
+                    let message = format!("attachment {id} not found in this conversation (store it first with UploadService.PutAttachment)");
+                    response.problems.push(pb::AttachmentProblem { attachment_id: id.clone(), problem: pb::Problem::NotFound as i32, message });
+                }
+            }
+        }
+        Ok(response)
+    }
+
     pub fn new(store: Store, storage: Storage, downloads: Downloads, settings: &Settings) -> Self {
         let (verifying, previewing) = (Arc::new(Semaphore::new(VERIFYING)), Arc::new(Semaphore::new(PREVIEWING)));
         Self { store, storage, downloads, settings: Arc::new(settings.clone()), verifying, previewing }
@@ -136,6 +158,9 @@ impl UploadService for UploadApi {
         let req = request.into_inner();
         if req.attachment_ids.len() > MAX_ATTACHMENTS {
             return Err(Status::invalid_argument(format!("at most {MAX_ATTACHMENTS} attachments")));
+        }
+        if req.guest_id.is_empty() {
+            return self.resolve_for_butler(req).await.map(Response::new);
         }
         let found = self.store.of_guest(&req.hotel_id, &req.guest_id, &req.attachment_ids).await.map_err(storage)?;
         let mut response = pb::ResolveAttachmentsResponse::default();

@@ -242,6 +242,25 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     let head = head.to_ascii_lowercase();
     assert!(head.contains("content-disposition: attachment; filename=\"spa menu.pdf\""), "not an image: a download, {head}");
     assert!(head.contains("x-content-type-options: nosniff"));
+
+    // A butler's message carries only files stored for its conversation, as they were stored:
+    // an id nobody issued, or another conversation's file, is NOT_FOUND; a made-up name, type
+    // or size is replaced by the stored ones.
+    let with = |conversation_id: &str, reference: conv::AttachmentRef| conv::SendMessageRequest { conversation_id: conversation_id.to_owned(), role: conv::Role::Assistant as i32, content: "See attached.".into(), attachments: vec![reference], ..Default::default() };
+    let made_up = conv::AttachmentRef { attachment_id: "att_nope".into(), filename: Some("invoice.pdf".into()), content_type: Some("application/pdf".into()), size: Some(1234) };
+    let refused = stack.conversation().send_message(with(&conversation_id, made_up)).await.expect_err("no such file");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains("att_nope"), "{}", refused.message());
+    let (mut other, _, _) = self::guest(stack).await;
+    let other_conversation = other.identify(json!({})).await["conversationId"].as_str().unwrap().to_owned();
+    let borrowed = conv::AttachmentRef { attachment_id: stored.attachment_id.clone(), ..Default::default() };
+    let refused = stack.conversation().send_message(with(&other_conversation, borrowed)).await.expect_err("another conversation's file");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let lying = conv::AttachmentRef { attachment_id: stored.attachment_id.clone(), filename: Some("totally-safe.exe".into()), content_type: Some("application/x-msdownload".into()), size: Some(1) };
+    stack.conversation().send_message(with(&conversation_id, lying)).await.unwrap();
+    let pushed = guest.until(|f| f["type"] == "message" && f["content"] == "See attached.").await;
+    let shown = &pushed["attachments"][0];
+    assert_eq!((&shown["filename"], shown["size"].as_u64()), (&json!("Spa menu.pdf"), Some(pdf.len() as u64)), "{shown}");
 }
 
 /// `POST /chat/attachment-urls` as the widget calls it.
