@@ -69,6 +69,15 @@ impl fmt::Display for Role {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The hotels it may act for; `None`: every hotel.
+    pub hotels: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Whether it may act for `hotel_id`.
+    pub fn serves(&self, hotel_id: &str) -> bool {
+        self.hotels.as_ref().is_none_or(|hotels| hotels.iter().any(|h| h == hotel_id))
+    }
 }
 
 /// The callers of the gRPC methods this service has, by role. Methods not listed are refused
@@ -127,11 +136,21 @@ pub struct CallerEntry {
     pub role: Role,
     /// The token's SHA-256, 64 hex digits.
     pub token_sha256: String,
+    /// The hotels this caller may act for (a responder or dashboard of one hotel's team);
+    /// every hotel when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotels: Option<Vec<String>>,
 }
 
 impl CallerEntry {
     pub fn new(name: &str, role: Role, token: &str) -> Self {
-        Self { name: name.to_owned(), role, token_sha256: hex(&Sha256::digest(token.as_bytes())) }
+        Self { name: name.to_owned(), role, token_sha256: hex(&Sha256::digest(token.as_bytes())), hotels: None }
+    }
+
+    /// The same caller, for these hotels only.
+    pub fn for_hotels(mut self, hotels: &[&str]) -> Self {
+        self.hotels = Some(hotels.iter().map(|h| (*h).to_owned()).collect());
+        self
     }
 }
 
@@ -147,7 +166,8 @@ impl Callers {
         for entry in entries {
             anyhow::ensure!(!entry.name.trim().is_empty(), "a caller has no name");
             let hash = unhex(&entry.token_sha256).with_context(|| format!("caller {:?}: tokenSha256 must be 64 hex digits", entry.name))?;
-            let caller = Arc::new(Caller { name: entry.name.clone(), role: entry.role });
+            anyhow::ensure!(entry.hotels.as_ref().is_none_or(|h| !h.is_empty()), "caller {:?}: hotels, when given, must name at least one", entry.name);
+            let caller = Arc::new(Caller { name: entry.name.clone(), role: entry.role, hotels: entry.hotels.clone() });
             anyhow::ensure!(by_hash.insert(hash, caller).is_none(), "caller {:?}: another caller has the same token", entry.name);
         }
         Ok(Self { by_hash })
@@ -290,6 +310,33 @@ pub fn require<T>(request: &tonic::Request<T>, roles: &[Role], what: &str) -> Re
     }
 }
 
+/// Refuses a request that names a hotel its caller may not act for (`PERMISSION_DENIED`).
+pub fn require_hotel<T>(request: &tonic::Request<T>, hotel_id: &str) -> Result<(), Status> {
+    match caller(request) {
+        Some(c) if !c.serves(hotel_id) => Err(Status::permission_denied(format!("{} may not act for hotel {hotel_id:?}", c.name))),
+        _ => Ok(()),
+    }
+}
+
+/// The hotels a request's caller is limited to, if it is.
+pub fn hotels<T>(request: &tonic::Request<T>) -> Option<&[String]> {
+    caller(request).and_then(|c| c.hotels.as_deref())
+}
+
+/// The hotel a stream of a limited caller is about: the one it names, which must be one of
+/// the caller's; or, when it names none, the caller's only hotel. Unlimited callers get what
+/// they asked for.
+pub fn scoped_hotel<T>(request: &tonic::Request<T>, asked: Option<&str>) -> Result<Option<String>, Status> {
+    let Some(c) = caller(request) else { return Ok(asked.map(str::to_owned)) };
+    match (asked, c.hotels.as_deref()) {
+        (asked, None) => Ok(asked.map(str::to_owned)),
+        (Some(hotel), Some(_)) if c.serves(hotel) => Ok(Some(hotel.to_owned())),
+        (Some(hotel), Some(_)) => Err(Status::permission_denied(format!("{} may not act for hotel {hotel:?}", c.name))),
+        (None, Some([only])) => Ok(Some(only.clone())),
+        (None, Some(_)) => Err(Status::permission_denied(format!("{} acts for several hotels: name one (hotel_id)", c.name))),
+    }
+}
+
 /// The tower layer that authenticates every request of a gRPC server.
 #[derive(Debug, Clone)]
 pub struct Authenticate {
@@ -389,6 +436,9 @@ mod tests {
         let twice = serde_json::to_string(&[CallerEntry::new("a", Role::Edge, "t"), CallerEntry::new("b", Role::Admin, "t")]).unwrap();
         std::fs::write(&path, twice).unwrap();
         assert!(format!("{:#}", Callers::from_file(&path).unwrap_err()).contains("same token"));
+        let nowhere = serde_json::to_string(&[CallerEntry::new("a", Role::Responder, "t").for_hotels(&[])]).unwrap();
+        std::fs::write(&path, nowhere).unwrap();
+        assert!(format!("{:#}", Callers::from_file(&path).unwrap_err()).contains("at least one"));
     }
 
     #[test]

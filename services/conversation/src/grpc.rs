@@ -81,6 +81,14 @@ impl ConversationApi {
         Ok(Self { store, writer, relay, committed, shutdown, watch_heartbeat: Duration::from_secs(15), upload: None })
     }
 
+    /// For a caller limited to some hotels: the conversation must be one of theirs (another
+    /// hotel's looks exactly like one that does not exist).
+    async fn in_scope<T>(&self, request: &Request<T>, conversation_id: &str) -> Result<(), Status> {
+        let Some(caller) = jack_runtime::callers::caller(request).filter(|c| c.hotels.is_some()) else { return Ok(()) };
+        let conversation = self.conversation_of(conversation_id, None).await?;
+        if caller.serves(&conversation.hotel_id) { Ok(()) } else { Err(ConversationError::ConversationNotFound.into()) }
+    }
+
     /// Checks the attachments of butler messages with this upload service.
     pub fn with_upload(mut self, upload: UploadServiceClient<jack_runtime::grpc::Traced>) -> Self {
         self.upload = Some(upload);
@@ -191,6 +199,7 @@ impl ConversationApi {
 #[tonic::async_trait]
 impl ConversationService for ConversationApi {
     async fn get_active_conversation(&self, request: Request<pb::GetActiveConversationRequest>) -> Result<Response<pb::Conversation>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let req = request.into_inner();
         required("hotel_id", &req.hotel_id)?;
         required("guest_id", &req.guest_id)?;
@@ -200,6 +209,7 @@ impl ConversationService for ConversationApi {
     }
 
     async fn get_conversation(&self, request: Request<pb::GetConversationRequest>) -> Result<Response<pb::Conversation>, Status> {
+        self.in_scope(&request, &request.get_ref().conversation_id).await?;
         Ok(Response::new(self.conversation_of(&request.into_inner().conversation_id, None).await?))
     }
 
@@ -244,6 +254,7 @@ impl ConversationService for ConversationApi {
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
         let role = domain::check_butler_message(request.get_ref())?;
         may_act_as(&request, role)?;
+        self.in_scope(&request, &request.get_ref().conversation_id).await?;
         let mut req = request.into_inner();
         required("conversation_id", &req.conversation_id)?;
         req.attachments = self.butler_attachments(&req.conversation_id, std::mem::take(&mut req.attachments)).await?;
@@ -264,6 +275,7 @@ impl ConversationService for ConversationApi {
     }
 
     async fn list_messages(&self, request: Request<pb::ListMessagesRequest>) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        self.in_scope(&request, &request.get_ref().conversation_id).await?;
         let req = request.into_inner();
         required("conversation_id", &req.conversation_id)?;
         if req.after_seq.is_some() && req.before_seq.is_some() {
@@ -283,6 +295,7 @@ impl ConversationService for ConversationApi {
         let role = pb::Role::try_from(request.get_ref().role).ok().filter(|r| *r != pb::Role::Unspecified);
         let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
         may_act_as(&request, role)?;
+        self.in_scope(&request, &request.get_ref().conversation_id).await?;
         let req = request.into_inner();
         let c = self.conversation_of(&req.conversation_id, None).await?;
         let typing = events::Typing { role: role as i32, is_typing: req.is_typing };
@@ -294,6 +307,7 @@ impl ConversationService for ConversationApi {
         let role = pb::Role::try_from(request.get_ref().role).ok().filter(|r| *r != pb::Role::Unspecified);
         let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
         may_act_as(&request, role)?;
+        self.in_scope(&request, &request.get_ref().conversation_id).await?;
         let req = request.into_inner();
         if req.up_to_seq < 0 {
             return Err(Status::invalid_argument("up_to_seq must not be negative"));
@@ -310,7 +324,10 @@ impl ConversationService for ConversationApi {
     type WatchMessagesStream = ReceiverStream<Result<pb::WatchMessagesResponse, Status>>;
 
     async fn watch_messages(&self, request: Request<pb::WatchMessagesRequest>) -> Result<Response<Self::WatchMessagesStream>, Status> {
-        let req = request.into_inner();
+        // A caller limited to some hotels watches one of them.
+        let hotel_id = jack_runtime::callers::scoped_hotel(&request, request.get_ref().hotel_id.as_deref())?;
+        let mut req = request.into_inner();
+        req.hotel_id = hotel_id;
         if req.after_cursor < 0 {
             return Err(Status::invalid_argument("after_cursor must not be negative"));
         }

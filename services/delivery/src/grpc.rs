@@ -99,7 +99,10 @@ impl DeliveryService for DeliveryApi {
     type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        // A caller limited to some hotels subscribes to one of them.
+        let hotel_id = jack_runtime::callers::scoped_hotel(&request, request.get_ref().hotel_id.as_deref())?;
         let mut filter = request.into_inner();
+        filter.hotel_id = hotel_id;
         for (name, value) in [("hotel_id", &filter.hotel_id), ("conversation_id", &filter.conversation_id)] {
             if value.as_deref().is_some_and(|v| v.is_empty() || v.len() > 128) {
                 return Err(Status::invalid_argument(format!("{name}, when given, must be 1 to 128 characters (leave it out for every one)")));

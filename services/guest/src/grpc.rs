@@ -33,6 +33,17 @@ impl GuestApi {
         (self.signer.sign(&claims), expires_at_ms)
     }
 
+    /// For a caller limited to some hotels: the guest must be one of theirs (another hotel's
+    /// looks exactly like one that does not exist).
+    async fn in_scope<T>(&self, request: &Request<T>, guest_id: &str) -> Result<(), Status> {
+        let Some(caller) = jack_runtime::callers::caller(request).filter(|c| c.hotels.is_some()) else { return Ok(()) };
+        let guest = self.store.guest(guest_id).await.map_err(GuestError::from)?;
+        match guest {
+            Some(g) if caller.serves(&g.guest.hotel_id) => Ok(()),
+            _ => Err(GuestError::GuestNotFound.into()),
+        }
+    }
+
     async fn identify(&self, req: pb::IdentifyRequest) -> Result<pb::IdentifyResponse, GuestError> {
         domain::check_id("hotelId", &req.hotel_id)?;
         let channel = if req.channel.is_empty() { "webchat".to_owned() } else { req.channel };
@@ -168,10 +179,12 @@ fn new_guest(hotel_id: &str, channel: &str, visitor_id: &str, verified: bool) ->
 #[tonic::async_trait]
 impl GuestService for GuestApi {
     async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         Ok(Response::new(GuestApi::identify(self, request.into_inner()).await?))
     }
 
     async fn update_guest(&self, request: Request<pb::UpdateGuestRequest>) -> Result<Response<pb::Guest>, Status> {
+        self.in_scope(&request, &request.get_ref().guest_id).await?;
         let req = request.into_inner();
         if let Some(name) = &req.name {
             domain::check_name(name)?;
@@ -184,7 +197,9 @@ impl GuestService for GuestApi {
     }
 
     async fn get_guest(&self, request: Request<pb::GetGuestRequest>) -> Result<Response<pb::Guest>, Status> {
-        let guest = self.store.guest(&request.into_inner().guest_id).await.map_err(GuestError::from)?;
+        let guest = self.store.guest(&request.get_ref().guest_id).await.map_err(GuestError::from)?;
+        // Another hotel's guest looks exactly like one that does not exist.
+        let guest = guest.filter(|g| jack_runtime::callers::caller(&request).is_none_or(|c| c.serves(&g.guest.hotel_id)));
         Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?.guest))
     }
 
@@ -202,6 +217,7 @@ impl GuestService for GuestApi {
     }
 
     async fn revoke_visitor_tokens(&self, request: Request<pb::RevokeVisitorTokensRequest>) -> Result<Response<pb::Guest>, Status> {
+        self.in_scope(&request, &request.get_ref().guest_id).await?;
         let guest_id = request.into_inner().guest_id;
         let guest = self.store.revoke_tokens(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
         tracing::info!(%guest_id, "visitor tokens revoked");
@@ -209,6 +225,7 @@ impl GuestService for GuestApi {
     }
 
     async fn get_hotel_policy(&self, request: Request<pb::GetHotelPolicyRequest>) -> Result<Response<pb::HotelPolicy>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let hotel_id = request.into_inner().hotel_id;
         let lookup = self.store.lookup(&hotel_id, None).await.map_err(GuestError::from)?;
         Ok(Response::new(pb::HotelPolicy {
@@ -219,6 +236,7 @@ impl GuestService for GuestApi {
     }
 
     async fn upsert_hotel(&self, request: Request<pb::UpsertHotelRequest>) -> Result<Response<pb::Hotel>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let req = request.into_inner();
         domain::check_id("hotelId", &req.hotel_id)?;
         let hotel = HotelRecord {

@@ -121,6 +121,7 @@ fn unavailable(err: StorageError) -> Status {
 #[tonic::async_trait]
 impl UploadService for UploadApi {
     async fn create_upload(&self, request: Request<pb::CreateUploadRequest>) -> Result<Response<pb::CreateUploadResponse>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let req = request.into_inner();
         if req.hotel_id.is_empty() || req.guest_id.is_empty() {
             return Err(Status::invalid_argument("hotel_id and guest_id are required"));
@@ -155,6 +156,7 @@ impl UploadService for UploadApi {
     }
 
     async fn resolve_attachments(&self, request: Request<pb::ResolveAttachmentsRequest>) -> Result<Response<pb::ResolveAttachmentsResponse>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let req = request.into_inner();
         if req.attachment_ids.len() > MAX_ATTACHMENTS {
             return Err(Status::invalid_argument(format!("at most {MAX_ATTACHMENTS} attachments")));
@@ -189,6 +191,7 @@ impl UploadService for UploadApi {
     }
 
     async fn put_attachment(&self, request: Request<pb::PutAttachmentRequest>) -> Result<Response<pb::PutAttachmentResponse>, Status> {
+        jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let req = request.into_inner();
         if req.hotel_id.is_empty() || req.conversation_id.is_empty() {
             return Err(Status::invalid_argument("hotel_id and conversation_id are required"));
@@ -221,6 +224,7 @@ impl UploadService for UploadApi {
     }
 
     async fn sign_downloads(&self, request: Request<pb::SignDownloadsRequest>) -> Result<Response<pb::SignDownloadsResponse>, Status> {
+        let caller = jack_runtime::callers::caller(&request).cloned();
         let req = request.into_inner();
         if req.conversation_id.is_empty() {
             return Err(Status::invalid_argument("conversation_id is required"));
@@ -228,7 +232,9 @@ impl UploadService for UploadApi {
         if req.attachment_ids.len() > 100 {
             return Err(Status::invalid_argument("at most 100 attachments at once"));
         }
-        let found = self.store.of_conversation(&req.conversation_id, &req.attachment_ids).await.map_err(storage)?;
+        let mut found = self.store.of_conversation(&req.conversation_id, &req.attachment_ids).await.map_err(storage)?;
+        // Another hotel's files look exactly like files that do not exist.
+        found.retain(|a| caller.as_ref().is_none_or(|c| c.serves(&a.hotel_id)));
         let missing = req.attachment_ids.iter().filter(|id| !found.iter().any(|a| &a.attachment_id == *id)).cloned().collect();
         let downloads = found.iter().map(|a| self.downloads.sign(a)).collect();
         Ok(Response::new(pb::SignDownloadsResponse { downloads, missing }))

@@ -11,7 +11,6 @@ use jack::{Service, Stack};
 use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
-use jack_proto::edge::v1::edge_service_client::EdgeServiceClient;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
 pub use jack_runtime::callers::Role;
 use jack_runtime::grpc::{Credentials, Traced};
@@ -114,16 +113,16 @@ impl TestStack {
         GuestServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Guest), WAIT, &self.credentials(role)).unwrap())
     }
 
-    /// Waits until the edge has this many delivery streams up.
+    /// Waits until the edge has this many delivery streams up (as its health check says:
+    /// no credentials needed, whatever callers the stack was given).
     pub async fn wait_delivery_streams(&self, up: u32) {
-        let url = self.stack.edge_grpc_url();
-        let mut client = EdgeServiceClient::new(jack_runtime::grpc::channel(&url, WAIT, &self.credentials(Role::Admin)).unwrap());
+        let base = self.http_base();
         let check = async {
             loop {
-                if let Ok(status) = client.get_status(jack_proto::edge::v1::GetStatusRequest {}).await
-                    && status.into_inner().delivery_streams_up == up {
-                        return;
-                    }
+                let (_, body) = http(&base, "GET", "/health/websocket", &[], "").await;
+                if json_body(&body)["deliveryStreamsUp"] == up {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };

@@ -150,3 +150,79 @@ async fn reflection_lists_the_services_without_the_protos() {
         assert!(file.service.iter().any(|s| service.ends_with(&format!(".{}", s.name()))), "{service}: {:?}", file.name());
     }
 }
+
+/// A caller limited to one hotel (that hotel's own AI team, front desk or tooling) acts only
+/// there: it watches and answers that hotel's guests, and another hotel's conversations and
+/// guests look to it like ones that do not exist.
+#[tokio::test]
+async fn a_caller_limited_to_a_hotel_sees_and_touches_only_that_hotel() {
+    use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+    use jack_proto::delivery::v1 as events;
+    use jack_proto::guest::v1 as guest_pb;
+    use jack_runtime::callers::CallerEntry;
+
+    // The stack's own callers, and three of the Grand's.
+    let dir = tempfile::tempdir().unwrap();
+    let own = jack::stack::credentials(dir.path()).unwrap();
+    let mut callers: Vec<CallerEntry> = serde_json::from_str(&std::fs::read_to_string(own.join("callers.json")).unwrap()).unwrap();
+    let grand = ["hotel_grand"];
+    callers.push(CallerEntry::new("grand ai", Role::Responder, "grand-ai-token-0123456789abcdef").for_hotels(&grand));
+    callers.push(CallerEntry::new("grand desk", Role::Dashboard, "grand-desk-token-0123456789abcdef").for_hotels(&grand));
+    callers.push(CallerEntry::new("grand tooling", Role::Admin, "grand-admin-token-0123456789abcdef").for_hotels(&grand));
+    let file = dir.path().join("callers.json");
+    std::fs::write(&file, serde_json::to_string(&callers).unwrap()).unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let stack = TestStack::start_with(&[
+        ("GRPC_CALLERS_FILE", &path(&file)),
+        ("EDGE_GRPC_TOKEN_FILE", &path(&own.join("edge.token"))),
+        ("CONVERSATION_GRPC_TOKEN_FILE", &path(&own.join("conversation.token"))),
+    ])
+    .await;
+    let as_caller = |token: &str| Credentials::bearer(token).unwrap();
+
+    let mut here = stack.guest("hotel_grand").await;
+    let ours = here.identify(serde_json::json!({})).await;
+    here.say("g1", "A table for two tonight?").await;
+    let mut there = stack.guest("hotel_other").await;
+    let theirs = there.identify(serde_json::json!({})).await;
+    there.say("o1", "My room number is 1204").await;
+    let (ours_conversation, theirs_conversation) = (ours["conversationId"].as_str().unwrap().to_owned(), theirs["conversationId"].as_str().unwrap().to_owned());
+
+    let mut ai = ConversationServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Conversation), WAIT, &as_caller("grand-ai-token-0123456789abcdef")).unwrap());
+    // Watching, it sees its hotel's messages only (its one hotel, without naming it).
+    let mut watch = ai.watch_messages(conv::WatchMessagesRequest { after_cursor: 0, roles: vec![], hotel_id: None }).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().unwrap();
+        let Some(message) = event.message else { break }; // caught up
+        seen.push(message.content);
+    }
+    assert_eq!(seen, ["A table for two tonight?"]);
+    let other = conv::WatchMessagesRequest { after_cursor: 0, roles: vec![], hotel_id: Some("hotel_other".into()) };
+    assert_eq!(ai.watch_messages(other).await.unwrap_err().code(), Code::PermissionDenied);
+    // It answers its guests; another hotel's conversation does not exist for it.
+    let answer = |conversation_id: &str| conv::SendMessageRequest { conversation_id: conversation_id.to_owned(), role: conv::Role::Assistant as i32, content: "Booked for 8 pm.".into(), ..Default::default() };
+    ai.send_message(answer(&ours_conversation)).await.unwrap();
+    assert_eq!(ai.send_message(answer(&theirs_conversation)).await.unwrap_err().code(), Code::NotFound);
+    let list = conv::ListMessagesRequest { conversation_id: theirs_conversation.clone(), after_seq: Some(0), limit: 10, ..Default::default() };
+    assert_eq!(ai.list_messages(list).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(here.expect("message").await["content"], "Booked for 8 pm.");
+
+    // Its front desk subscribes to its hotel only.
+    let mut desk = jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&stack.stack.url(Svc::Delivery), &as_caller("grand-desk-token-0123456789abcdef")).unwrap());
+    let elsewhere = events::SubscribeRequest { hotel_id: Some("hotel_other".into()), ..Default::default() };
+    assert_eq!(desk.subscribe(elsewhere).await.unwrap_err().code(), Code::PermissionDenied);
+    desk.subscribe(events::SubscribeRequest::default()).await.expect("its own hotel, without naming it");
+
+    // Its tooling manages its hotel and its guests, not another's.
+    let mut tooling = guest_pb::guest_service_client::GuestServiceClient::new(jack_runtime::grpc::channel(&stack.stack.url(Svc::Guest), WAIT, &as_caller("grand-admin-token-0123456789abcdef")).unwrap());
+    let hotel = |hotel_id: &str| guest_pb::UpsertHotelRequest { hotel_id: hotel_id.into(), name: "A hotel".into(), allowed_origins: vec![], identity_secret: None };
+    assert_eq!(tooling.upsert_hotel(hotel("hotel_other")).await.unwrap_err().code(), Code::PermissionDenied);
+    let guest_id = |identified: &serde_json::Value| identified["guestId"].as_str().unwrap().to_owned();
+    tooling.get_guest(guest_pb::GetGuestRequest { guest_id: guest_id(&ours) }).await.expect("its own guest");
+    assert_eq!(tooling.get_guest(guest_pb::GetGuestRequest { guest_id: guest_id(&theirs) }).await.unwrap_err().code(), Code::NotFound);
+    let revoke = guest_pb::RevokeVisitorTokensRequest { guest_id: guest_id(&theirs) };
+    assert_eq!(tooling.revoke_visitor_tokens(revoke).await.unwrap_err().code(), Code::NotFound);
+    // The other hotel's guest was left alone: still connected and served.
+    assert_eq!(there.say("o2", "Still there?").await["type"], "message_ack");
+}
