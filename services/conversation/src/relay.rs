@@ -110,6 +110,9 @@ pub struct Relay {
     covered: Option<i64>,
     /// `through` of the latest batch taken from the queue.
     last_taken: Option<i64>,
+    /// Whether this replica's relay publishes messages and the outbox now (see
+    /// [`crate::leader`]); `None`: always (one replica).
+    leader: Option<watch::Receiver<bool>>,
 }
 
 impl Relay {
@@ -123,7 +126,45 @@ impl Relay {
         let outbox_written = Arc::new(AtomicBool::new(true));
         let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone() };
         let publisher = Publisher { clients, target: 0, deadline, link: None };
-        (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None }, handle)
+        (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None, leader: None }, handle)
+    }
+
+    /// Publishes messages and the outbox only while `leader` says this replica leads.
+    pub fn with_leadership(mut self, leader: watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
+    }
+
+    fn leads(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    /// While another replica leads: its relay publishes the messages (this replica's too,
+    /// read back from the database) and the outbox; typing said to this replica is published
+    /// from here. Returns once this replica leads, or at shutdown.
+    async fn follow(&mut self, shutdown: &CancellationToken) {
+        let Some(mut leader) = self.leader.clone() else { return };
+        tracing::debug!("another replica's relay publishes; this one follows");
+        loop {
+            // What the writer handed over is the leader's to publish, from the database.
+            {
+                let mut h = self.handed.lock().expect("relay queue lock");
+                h.batches.clear();
+                h.count = 0;
+                h.latest = None;
+                h.overflowed = true;
+            }
+            self.covered = None;
+            if *leader.borrow_and_update() {
+                return;
+            }
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() { return },
+                Some(event) = self.ephemeral.recv() => self.publisher.best_effort(event).await,
+                _ = self.wake.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// The messages to publish next, after `cursor`: what the writer handed over while its
@@ -209,6 +250,29 @@ impl Relay {
         // Read from the cursor at first: rows may be waiting from before a restart.
         let mut read = true;
         'relay: loop {
+            if !self.leads() {
+                self.follow(&shutdown).await;
+                if shutdown.is_cancelled() {
+                    break 'relay;
+                }
+                // Leading now: from the cursor the last leader stored.
+                cursor = loop {
+                    match self.store.relay_cursor().await {
+                        Ok(stored) => break stored,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "relay cursor unreadable; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = shutdown.cancelled() => break 'relay,
+                            }
+                        }
+                    }
+                };
+                published.send_replace(cursor);
+                read = true;
+                self.outbox_written.store(true, Ordering::Release);
+                continue;
+            }
             let mut batch = Vec::new();
             while batch.len() < 256 {
                 match self.ephemeral.try_recv() {

@@ -79,3 +79,76 @@ async fn visitors_who_only_look_are_forgotten_on_postgresql_too() {
     assert!(guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&wrote, "guestId") }).await.is_ok());
     assert!(conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") }).await.is_ok());
 }
+
+/// Two conversation replicas on one database: exactly one relay publishes, so a staff
+/// subscriber sees every message once, whichever replica stored it; when the publishing
+/// replica stops, the other takes over and nothing is lost or shown twice.
+#[tokio::test]
+async fn two_conversation_replicas_publish_each_message_once_and_one_takes_over() {
+    use std::collections::HashMap;
+
+    use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+    use jack_proto::delivery::v1 as events;
+
+    let vars = jack_e2e::postgres_databases().await;
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut stack = TestStack::start_with(&pairs).await;
+    // A second replica of the conversation service: same database, same delivery.
+    let env = stack
+        .stack
+        .env()
+        .clone()
+        .with("CONVERSATION_GRPC_ADDR", "127.0.0.1:0")
+        .with("CONVERSATION_DELIVERY_URLS", stack.stack.url(jack_e2e::Svc::Delivery))
+        .with("CONVERSATION_UPLOAD_URL", stack.stack.url(jack_e2e::Svc::Upload));
+    let second = jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(&env).unwrap()).await.unwrap();
+    let second_url = format!("http://{}", second.local_addr());
+    let second_stop = jack_runtime::CancellationToken::new();
+    let second_task = tokio::spawn(second.run(second_stop.clone()));
+    let mut second_client = ConversationServiceClient::new(jack_runtime::grpc::channel(&second_url, WAIT, &stack.credentials(Role::Responder)).unwrap());
+
+    let filter = events::SubscribeRequest { hotel_id: Some("hotel_replicas".into()), messages: true, ..Default::default() };
+    let mut staff = stack.delivery().subscribe(filter).await.unwrap().into_inner();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let collect = async |staff: &mut tonic::Streaming<events::Event>, seen: &mut HashMap<String, u32>, distinct: usize| {
+        while seen.len() < distinct {
+            let event = tokio::time::timeout(WAIT, staff.message()).await.expect("events in time").unwrap().unwrap();
+            if let Some(events::event::Kind::Message(m)) = event.kind {
+                *seen.entry(m.message_id).or_default() += 1;
+            }
+        }
+    };
+
+    // Guest messages through the edge (stored by the first replica), butler messages through
+    // the second: each reaches the subscriber once.
+    let mut guest = stack.guest("hotel_replicas").await;
+    let identified = guest.identify(json!({"visitorId": "v_replicas"})).await;
+    let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
+    let say = |n: u32| conv::SendMessageRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, content: format!("answer {n}"), client_message_id: Some(format!("a{n}")), ..Default::default() };
+    for n in 0..5 {
+        guest.say(&format!("g{n}"), &format!("question {n}")).await;
+        second_client.send_message(say(n)).await.unwrap();
+    }
+    collect(&mut staff, &mut seen, 10).await;
+    // Long enough for a second publisher's poll to have sent everything again.
+    let late = tokio::time::timeout(std::time::Duration::from_secs(3), staff.message()).await;
+    assert!(late.is_err(), "nothing more after the ten messages: {late:?}");
+    assert!(seen.values().all(|n| *n == 1), "each message once: {seen:?}");
+
+    // The first replica (which took the relay lock first) stops; the second takes over.
+    stack.stop(jack_e2e::Svc::Conversation).await;
+    for n in 5..8 {
+        second_client.send_message(say(n)).await.unwrap();
+    }
+    collect(&mut staff, &mut seen, 13).await;
+    assert!(seen.values().all(|n| *n == 1), "each message once: {seen:?}");
+    // The guest saw every answer once, in order.
+    let answers = |guest: &jack_e2e::Guest| guest.seen_messages().into_iter().filter(|m| m["role"] == "assistant").map(|m| m["content"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    while answers(&guest).len() < 8 {
+        let frame = guest.next().await;
+        guest.seen.push(frame);
+    }
+    assert_eq!(answers(&guest), (0..8).map(|n| format!("answer {n}")).collect::<Vec<_>>());
+    second_stop.cancel();
+    second_task.await.unwrap().unwrap();
+}
