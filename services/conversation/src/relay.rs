@@ -125,7 +125,7 @@ impl Relay {
         // The outbox may hold rows from before a restart.
         let outbox_written = Arc::new(AtomicBool::new(true));
         let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone() };
-        let publisher = Publisher { clients, target: 0, deadline, link: None };
+        let publisher = Publisher::new(clients, deadline);
         (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None, leader: None }, handle)
     }
 
@@ -283,9 +283,9 @@ impl Relay {
             let ephemeral = batch.len();
             let messages = self.next_messages(cursor, std::mem::take(&mut read)).await;
             let message_cursor = messages.last().map(|(p, _)| *p);
-            batch.extend(messages.into_iter().map(|(_, m)| {
+            batch.extend(messages.into_iter().map(|(position, m)| {
                 let (conversation, hotel, guest) = (m.conversation_id.clone(), m.hotel_id.clone(), m.guest_id.clone());
-                event_for(&conversation, &hotel, &guest, events::event::Kind::Message(m))
+                events::Event { position, ..event_for(&conversation, &hotel, &guest, events::event::Kind::Message(m)) }
             }));
             let rows = if self.outbox_written.swap(false, Ordering::AcqRel) {
                 match self.store.outbox(BATCH).await {
@@ -354,18 +354,39 @@ impl Relay {
 
 /// Publishes over one `PublishStream` to a delivery replica, opened with the first publish
 /// and again after a failure — then to the next replica. (A unary call per publish cost an
-/// HTTP/2 stream, its headers and a task on both ends, for every few messages.)
+/// HTTP/2 stream, its headers and a task on both ends, for every few messages.) With several
+/// replicas, what one accepted is copied to each of the others for their staff subscriptions
+/// ([`Copies`]).
 struct Publisher {
     clients: Vec<DeliveryServiceClient<Traced>>,
     target: usize,
     deadline: Duration,
     link: Option<(mpsc::Sender<events::PublishRequest>, Streaming<events::PublishResponse>)>,
+    /// One per client, by index, when there is more than one.
+    copies: Vec<Copies>,
 }
 
 impl Publisher {
+    fn new(clients: Vec<DeliveryServiceClient<Traced>>, deadline: Duration) -> Self {
+        let copies = if clients.len() > 1 { clients.iter().map(|c| Copies::start(c.clone(), deadline)).collect() } else { Vec::new() };
+        Self { clients, target: 0, deadline, link: None, copies }
+    }
+
     /// Publishes, answered by delivery within the deadline; on failure the stream is dropped.
     async fn publish(&mut self, events: Vec<events::Event>) -> Result<(), Status> {
-        let answered = tokio::time::timeout(self.deadline, self.send(events::PublishRequest { events })).await;
+        let copy = (!self.copies.is_empty()).then(|| events.clone());
+        let result = self.publish_request(events::PublishRequest { events, ..Default::default() }).await;
+        if let (Ok(()), Some(events)) = (&result, copy) {
+            let target = self.target % self.clients.len();
+            for (_, copies) in self.copies.iter().enumerate().filter(|(i, _)| *i != target) {
+                copies.send(events.clone());
+            }
+        }
+        result
+    }
+
+    async fn publish_request(&mut self, request: events::PublishRequest) -> Result<(), Status> {
+        let answered = tokio::time::timeout(self.deadline, self.send(request)).await;
         let result = answered.unwrap_or_else(|_| Err(Status::deadline_exceeded("delivery did not answer in time")));
         if result.is_err() {
             self.link = None;
@@ -400,6 +421,63 @@ impl Publisher {
     async fn best_effort(&mut self, event: events::Event) {
         if let Err(status) = self.publish(vec![event]).await {
             tracing::debug!(code = ?status.code(), "ephemeral event not delivered");
+        }
+    }
+}
+
+/// Copies of what another delivery replica accepted, for one replica's staff subscriptions
+/// (`PublishRequest.subscribers_only`), sent by a task of their own so that a slow or absent
+/// replica never holds up the edges. A copy that cannot be sent is not sent again: the next
+/// one says so (`copies_lost`), and that replica ends its subscriptions, which catch up from
+/// conversation.
+struct Copies {
+    queue: mpsc::Sender<Vec<events::Event>>,
+    lost: Arc<AtomicBool>,
+}
+
+/// Batches of copies waiting for one replica.
+const COPIES_QUEUE: usize = 256;
+
+impl Copies {
+    fn start(client: DeliveryServiceClient<Traced>, deadline: Duration) -> Self {
+        let (queue, waiting) = mpsc::channel(COPIES_QUEUE);
+        let lost = Arc::new(AtomicBool::new(false));
+        tokio::spawn(send_copies(Publisher { clients: vec![client], target: 0, deadline, link: None, copies: Vec::new() }, waiting, lost.clone()));
+        Self { queue, lost }
+    }
+
+    fn send(&self, events: Vec<events::Event>) {
+        if self.queue.try_send(events).is_err() {
+            self.lost.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Sends one replica its copies until the relay ends.
+async fn send_copies(mut link: Publisher, mut waiting: mpsc::Receiver<Vec<events::Event>>, lost: Arc<AtomicBool>) {
+    let mut failing = false;
+    while let Some(mut events) = waiting.recv().await {
+        while events.len() < BATCH as usize {
+            match waiting.try_recv() {
+                Ok(more) => events.extend(more),
+                Err(_) => break,
+            }
+        }
+        let copies_lost = lost.swap(false, Ordering::AcqRel);
+        match link.publish_request(events::PublishRequest { events, subscribers_only: true, copies_lost }).await {
+            Ok(()) if failing => {
+                tracing::info!("copies for a delivery replica's subscriptions go through again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(status) => {
+                lost.store(true, Ordering::Release);
+                if !failing {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "copies for a delivery replica's subscriptions cannot be sent");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
 }

@@ -268,6 +268,7 @@ pub fn event_for(conversation: &str, hotel_id: &str, guest_id: &str, kind: event
         hotel_id: hotel_id.to_owned(),
         guest_id: guest_id.to_owned(),
         at_ms: time::now_ms(),
+        position: 0,
         kind: Some(kind),
     }
 }

@@ -28,12 +28,21 @@ impl DeliveryApi {
     }
 }
 
-/// Routes published events; every event needs a conversation and a kind.
-fn route(router: &Router, events: Vec<pb::Event>) -> Result<pb::PublishResponse, Status> {
-    if events.iter().any(|e| e.conversation_id.is_empty() || e.kind.is_none()) {
+/// Routes published events; every event needs a conversation and a kind. A copy (see
+/// `PublishRequest.subscribers_only`) goes to staff subscriptions only.
+fn route(router: &Router, request: pb::PublishRequest) -> Result<pb::PublishResponse, Status> {
+    if request.events.iter().any(|e| e.conversation_id.is_empty() || e.kind.is_none()) {
         return Err(Status::invalid_argument("every event needs a conversation_id and a kind"));
     }
-    Ok(pb::PublishResponse { routed: router.publish(events) })
+    if request.copies_lost {
+        tracing::warn!("copies of events for this replica were lost; ending its staff subscriptions");
+        router.end_subscriptions(&crate::router::copies_lost());
+    }
+    if request.subscribers_only {
+        router.publish_to_subscribers(&request.events);
+        return Ok(pb::PublishResponse { routed: 0 });
+    }
+    Ok(pb::PublishResponse { routed: router.publish(request.events) })
 }
 
 #[tonic::async_trait]
@@ -83,7 +92,7 @@ impl DeliveryService for DeliveryApi {
     }
 
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
-        Ok(Response::new(route(&self.router, request.into_inner().events)?))
+        Ok(Response::new(route(&self.router, request.into_inner())?))
     }
 
     type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<pb::PublishResponse, Status>> + Send>>;
@@ -92,7 +101,7 @@ impl DeliveryService for DeliveryApi {
         let router = self.router.clone();
         // Each request is routed and answered as the connection reads it: no task or queue of
         // its own. An error ends the stream; so does shutdown, between two requests.
-        let answers = request.into_inner().map(move |request| route(&router, request?.events));
+        let answers = request.into_inner().map(move |request| route(&router, request?));
         Ok(Response::new(Box::pin(answers.take_until(self.shutdown.clone().cancelled_owned()))))
     }
 

@@ -5,6 +5,11 @@
 //! catches up from conversation, so nothing is lost. A staff subscription's last queue slot is
 //! kept for the reason it ends (`RESOURCE_EXHAUSTED`, with how to catch up), so a dashboard
 //! can tell a dropped stream from a finished one.
+//!
+//! With several delivery replicas, conversation's relay sends each batch to one of them for
+//! the edges and a copy to each of the others for their subscriptions, and a new relay
+//! leader resends from its stored cursor: [`Seen`] lets each message reach a subscription
+//! once, whichever way it came.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +34,51 @@ struct State {
     /// `conversations`: a routed conversation's id is stored once.)
     by_conversation: HashMap<Arc<str>, Vec<u64>>,
     subscribers: HashMap<u64, Subscriber>,
+    seen: Seen,
+}
+
+/// The message positions offered to subscriptions lately: a sliding window of [`SEEN_WINDOW`]
+/// positions behind the highest one, a bit each (a fixed few KiB). A position further
+/// behind than that counts as seen: a resend is never that far behind what went before.
+#[derive(Debug, Default)]
+struct Seen {
+    highest: i64,
+    bits: Vec<u64>,
+}
+
+const SEEN_WINDOW: i64 = 1 << 16;
+
+impl Seen {
+    /// Whether `position` is offered for the first time (and notes it). Events without a
+    /// position (typing, reads) always are.
+    fn first(&mut self, position: i64) -> bool {
+        if position <= 0 {
+            return true;
+        }
+        if self.bits.is_empty() {
+            self.bits = vec![0; (SEEN_WINDOW / 64) as usize];
+        }
+        if position <= self.highest - SEEN_WINDOW {
+            return false;
+        }
+        let slot = |p: i64| ((p.rem_euclid(SEEN_WINDOW) / 64) as usize, 1u64 << (p % 64));
+        if position > self.highest {
+            // The window slides forward: the slots it takes over are for new positions.
+            if position - self.highest >= SEEN_WINDOW {
+                self.bits.fill(0);
+            } else {
+                for p in self.highest + 1..=position {
+                    let (word, bit) = slot(p);
+                    self.bits[word] &= !bit;
+                }
+            }
+            self.highest = position;
+        }
+        let (word, bit) = slot(position);
+        let first = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        first
+    }
 }
 
 #[derive(Debug)]
@@ -159,10 +209,19 @@ impl Router {
         routed
     }
 
-    /// Guest-side events from an edge (typing) go to staff subscriptions only.
+    /// Events for staff subscriptions only: guest-side events from an edge (typing), and the
+    /// copies of what the relay published to another delivery replica.
     pub fn publish_to_subscribers(&self, events: &[pb::Event]) {
         let mut s = self.state.lock().expect("router lock");
         fan_out_to_subscribers(&mut s, events);
+    }
+
+    /// Ends every staff subscription with `status` (events meant for them were lost).
+    pub fn end_subscriptions(&self, status: &Status) {
+        let mut s = self.state.lock().expect("router lock");
+        for (_, sub) in s.subscribers.drain() {
+            let _ = sub.tx.try_send(Err(status.clone()));
+        }
     }
 
     /// Drops every stream, ending them (on shutdown).
@@ -198,12 +257,23 @@ pub fn fell_behind() -> Status {
     )
 }
 
+/// How subscriptions end when copies meant for this replica were lost.
+pub fn copies_lost() -> Status {
+    Status::resource_exhausted(
+        "events for this subscription were lost on their way to this delivery replica (it was unreachable or \
+         too slow); subscribe again, and catch up from the last event's position with \
+         ConversationService.WatchMessages (or ListMessages)",
+    )
+}
+
 fn fan_out_to_subscribers(s: &mut State, events: &[pb::Event]) {
     if s.subscribers.is_empty() {
         return;
     }
+    let seen = &mut s.seen;
+    let fresh: Vec<&pb::Event> = events.iter().filter(|e| seen.first(e.position)).collect();
     s.subscribers.retain(|_, sub| {
-        for event in events.iter().filter(|e| sub.wants(e)) {
+        for event in fresh.iter().copied().filter(|e| sub.wants(e)) {
             if sub.tx.capacity() <= 1 {
                 // The last slot carries why the stream ends (the channel has one more slot
                 // than the subscription's queue).
@@ -217,4 +287,27 @@ fn fan_out_to_subscribers(s: &mut State, events: &[pb::Event]) {
         }
         true
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_position_is_first_once_across_resends_and_a_sliding_window() {
+        let mut seen = Seen::default();
+        assert!((1..=100).all(|p| seen.first(p)));
+        // A new leader resends from its stored cursor; a copy arrives after a resend.
+        assert!((60..=100).all(|p| !seen.first(p)));
+        assert!(seen.first(150) && !seen.first(150));
+        assert!((101..150).all(|p| seen.first(p)), "a gap filled later is new");
+        // The window slides: far ahead, then positions from before it count as seen.
+        assert!(seen.first(150 + SEEN_WINDOW));
+        assert!(!seen.first(150), "behind the window");
+        assert!(seen.first(151 + SEEN_WINDOW / 2) && seen.first(152 + SEEN_WINDOW / 2));
+        // A jump of more than a window clears it.
+        assert!(seen.first(10 * SEEN_WINDOW) && !seen.first(10 * SEEN_WINDOW));
+        assert!(seen.first(10 * SEEN_WINDOW - 5));
+        assert!(seen.first(0) && seen.first(0), "typing and reads have no position");
+    }
 }

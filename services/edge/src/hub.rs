@@ -194,10 +194,12 @@ impl Hub {
         }
     }
 
-    /// A guest-side event (typing) for staff subscribers, through any live stream.
+    /// A guest-side event (typing) for staff subscribers, through every live stream: each
+    /// delivery replica has subscribers of its own.
     pub fn publish_guest_event(&self, event: pb::Event) -> bool {
         let message = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Event(event)) };
-        self.links.iter().filter_map(|l| l.sender()).any(|out| out.send(message.clone()).is_ok())
+        let sent = self.links.iter().filter_map(|l| l.sender()).filter(|out| out.send(message.clone()).is_ok()).count();
+        sent > 0
     }
 
     fn route(&self, events: Vec<pb::Event>) {

@@ -585,6 +585,7 @@ impl Session {
             guest_id: identity.guest_id.clone(),
             at_ms: now_ms(),
             kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Guest as i32, is_typing: typing.is_typing })),
+            ..Default::default()
         };
         // Typing is ephemeral: with no delivery stream up it is simply not shown.
         self.edge.hub.publish_guest_event(event);

@@ -1,11 +1,10 @@
 //! Each service as its own process, killed with SIGKILL at the wrong moment: no committed
 //! message is lost, none is duplicated.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use jack_e2e::{Guest, WAIT, http, json_body};
+use jack_e2e::{Guest, WAIT, free_port, http, json_body};
 use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use serde_json::{Value, json};
@@ -17,17 +16,6 @@ struct Processes {
     conversation: String,
     /// The responder's credentials, for sending as the assistant.
     responder: jack_runtime::grpc::Credentials,
-}
-
-/// A free port below the kernel's ephemeral range (32768 and up here), so that no outgoing
-/// connection takes it as its source port while a service is down and about to rebind it.
-fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + (jack_runtime::ids::random_hex()[..4].to_owned().chars().fold(0u32, |a, c| a * 16 + c.to_digit(16).unwrap()) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Processes {

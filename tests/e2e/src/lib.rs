@@ -29,6 +29,17 @@ pub use jack::Service as Svc;
 /// How long any awaited event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A free loopback port below the kernel's ephemeral range (32768 and up on Linux), so that no
+/// outgoing connection takes it as its source port while a service that is to bind it is down.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + (u32::from_str_radix(&jack_runtime::ids::random_hex()[..4], 16).expect("hex") % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub struct TestStack {
     pub stack: Stack,
     shutdown: CancellationToken,

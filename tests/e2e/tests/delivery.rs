@@ -334,14 +334,14 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
         ..Default::default()
     };
     let invalid = events::Event { kind: None, ..typing(&conversation_id, true) };
-    let refused = stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![invalid.clone()] }).await.expect_err("refused");
+    let refused = stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![invalid.clone()], ..Default::default() }).await.expect_err("refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::InvalidArgument);
 
     let requests = vec![
-        events::PublishRequest { events: vec![typing(&conversation_id, true), typing("cnv_nobody_listens", true)] },
-        events::PublishRequest { events: vec![typing(&conversation_id, false)] },
-        events::PublishRequest { events: vec![invalid] },
-        events::PublishRequest { events: vec![typing(&conversation_id, true)] },
+        events::PublishRequest { events: vec![typing(&conversation_id, true), typing("cnv_nobody_listens", true)], ..Default::default() },
+        events::PublishRequest { events: vec![typing(&conversation_id, false)], ..Default::default() },
+        events::PublishRequest { events: vec![invalid], ..Default::default() },
+        events::PublishRequest { events: vec![typing(&conversation_id, true)], ..Default::default() },
     ];
     let mut answers = stack.delivery_as(jack_e2e::Role::Conversation).publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
     assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1), "one of two events had a live session");
@@ -351,7 +351,7 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
     // A marker published after the stream ended: nothing of the request after the invalid one
     // reaches the guest before it.
     let marker = events::Event { kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Assistant as i32, is_typing: true })), ..typing(&conversation_id, true) };
-    stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![marker] }).await.unwrap();
+    stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![marker], ..Default::default() }).await.unwrap();
     guest.until(|f| f["type"] == "typing" && f["role"] == "assistant").await;
     let staff_typing: Vec<bool> = guest.seen.iter().filter(|f| f["type"] == "typing" && f["role"] == "staff").map(|f| f["isTyping"].as_bool().unwrap()).collect();
     assert_eq!(staff_typing, [true, false], "each request's events in order, and nothing after the invalid one");
@@ -379,7 +379,7 @@ async fn a_subscription_that_falls_behind_ends_with_resource_exhausted() {
     let mut publisher = stack.delivery_as(jack_e2e::Role::Conversation);
     let published = 20_000u32;
     for batch in (0..published).collect::<Vec<_>>().chunks(500) {
-        publisher.publish(events::PublishRequest { events: batch.iter().map(|i| typing(*i)).collect() }).await.unwrap();
+        publisher.publish(events::PublishRequest { events: batch.iter().map(|i| typing(*i)).collect(), ..Default::default() }).await.unwrap();
     }
     let mut received = 0u32;
     let ended = loop {
@@ -424,4 +424,90 @@ async fn a_changed_retry_under_the_same_client_message_id_is_already_exists() {
     assert_eq!(changed.code(), jack_proto::tonic::Code::AlreadyExists, "{changed:?}");
     let buttons = conv::SendMessageRequest { buttons: vec![conv::Button { r#type: "postback".into(), label: "Now".into(), payload: Some("now".into()), url: None }], ..reply("Morning") };
     assert_eq!(responder.send_message(buttons).await.expect_err("refused").code(), jack_proto::tonic::Code::AlreadyExists);
+}
+
+/// Two delivery replicas: the relay publishes each batch to one, for the edges, and copies it
+/// to the other, so that a staff subscription on either sees every event, once; when the
+/// replica the relay publishes to stops, the other serves the edges and its subscriptions.
+#[tokio::test]
+async fn a_staff_subscription_on_any_delivery_replica_sees_every_event_once() {
+    use std::collections::HashMap;
+
+    use jack_proto::delivery::v1 as events;
+    use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
+
+    /// Messages by id, and the guest's typing, as one subscription saw them.
+    #[derive(Default, Debug)]
+    struct Seen {
+        messages: HashMap<String, u32>,
+        positions: Vec<i64>,
+        guest_typing: u32,
+    }
+    async fn read_until(subscription: &mut tonic::Streaming<events::Event>, seen: &mut Seen, messages: usize) {
+        while seen.messages.len() < messages {
+            let event = tokio::time::timeout(jack_e2e::WAIT, subscription.message()).await.expect("events in time").unwrap().expect("the subscription goes on");
+            match event.kind {
+                Some(events::event::Kind::Message(m)) => {
+                    *seen.messages.entry(m.message_id).or_default() += 1;
+                    seen.positions.push(event.position);
+                }
+                Some(events::event::Kind::Typing(t)) if t.role == conv::Role::Guest as i32 => seen.guest_typing += 1,
+                _ => {}
+            }
+        }
+    }
+
+    let (first, second) = (jack_e2e::free_port(), jack_e2e::free_port());
+    let urls = format!("http://127.0.0.1:{first},http://127.0.0.1:{second}");
+    let first_addr = format!("127.0.0.1:{first}");
+    let mut stack = TestStack::start_with(&[("DELIVERY_GRPC_ADDR", &first_addr), ("CONVERSATION_DELIVERY_URLS", &urls), ("EDGE_DELIVERY_URLS", &urls)]).await;
+    let env = stack.stack.env().clone().with("DELIVERY_GRPC_ADDR", format!("127.0.0.1:{second}"));
+    let replica = jack_delivery::DeliveryServer::build(jack_delivery::Settings::from_env(&env).unwrap()).await.unwrap();
+    let replica_stop = jack_runtime::CancellationToken::new();
+    let replica_task = tokio::spawn(replica.run(replica_stop.clone()));
+    stack.wait_delivery_streams(2).await;
+
+    let staff = stack.credentials(jack_e2e::Role::Dashboard);
+    let filter = events::SubscribeRequest { hotel_id: Some("hotel_1".into()), messages: true, typing: true, ..Default::default() };
+    let mut subscriptions = Vec::new();
+    for port in [first, second] {
+        let mut client = DeliveryServiceClient::new(jack_runtime::grpc::channel(&format!("http://127.0.0.1:{port}"), jack_e2e::WAIT, &staff).unwrap());
+        subscriptions.push(client.subscribe(filter.clone()).await.unwrap().into_inner());
+    }
+    let mut seen = [Seen::default(), Seen::default()];
+
+    let (mut guest, conversation_id, _) = identified(&stack, "v_two_deliveries").await;
+    guest.send(json!({"type": "typing", "isTyping": true})).await;
+    for n in 0..5 {
+        guest.say(&format!("g{n}"), &format!("question {n}")).await;
+        stack.assistant_says(&conversation_id, &format!("answer {n}")).await;
+    }
+    for (subscription, seen) in subscriptions.iter_mut().zip(seen.iter_mut()) {
+        read_until(subscription, seen, 10).await;
+    }
+    for seen in &seen {
+        assert!(seen.messages.values().all(|n| *n == 1), "each message once: {seen:?}");
+        assert!(seen.positions.iter().all(|p| *p > 0), "messages carry their log position: {seen:?}");
+        assert_eq!(seen.guest_typing, 1, "the guest's typing reaches both replicas' subscribers");
+    }
+
+    // The replica the relay publishes to stops: the other takes the edges' traffic too, and
+    // its subscription goes on, without a gap or a repeat.
+    stack.stop(jack_e2e::Svc::Delivery).await;
+    for n in 5..10 {
+        guest.say(&format!("g{n}"), &format!("question {n}")).await;
+        stack.assistant_says(&conversation_id, &format!("answer {n}")).await;
+    }
+    read_until(&mut subscriptions[1], &mut seen[1], 20).await;
+    let late = tokio::time::timeout(std::time::Duration::from_secs(1), subscriptions[1].message()).await;
+    assert!(late.is_err(), "nothing more after the twenty messages: {late:?}");
+    assert!(seen[1].messages.values().all(|n| *n == 1), "each message once: {:?}", seen[1]);
+    let answers = |guest: &Guest| guest.seen_messages().into_iter().filter(|m| m["role"] == "assistant").map(|m| m["content"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    while answers(&guest).len() < 10 {
+        let frame = guest.next().await;
+        guest.seen.push(frame);
+    }
+    assert_eq!(answers(&guest), (0..10).map(|n| format!("answer {n}")).collect::<Vec<_>>());
+    replica_stop.cancel();
+    replica_task.await.unwrap().unwrap();
 }
