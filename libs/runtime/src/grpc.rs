@@ -302,25 +302,155 @@ pub async fn serve(
 /// A lazily connecting channel to another service. Unary calls time out after `deadline`;
 /// a service that is down fails fast with `Unavailable` instead of hanging.
 pub fn channel(url: &str, deadline: Duration, credentials: &Credentials) -> anyhow::Result<Traced> {
-    let endpoint = endpoint(url, credentials)?
+    Ok(traced(unary(endpoint(url, credentials)?, deadline).connect_lazy(), credentials))
+}
+
+/// A channel for long-lived streams: no per-call timeout, keep-alives to notice a dead peer.
+pub fn stream_channel(url: &str, credentials: &Credentials) -> anyhow::Result<Traced> {
+    Ok(traced(streaming(endpoint(url, credentials)?).connect_lazy(), credentials))
+}
+
+fn unary(endpoint: Endpoint, deadline: Duration) -> Endpoint {
+    endpoint
         .connect_timeout(Duration::from_secs(2).min(deadline))
         .timeout(deadline)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(traced(endpoint.connect_lazy(), credentials))
+        .keep_alive_while_idle(true)
 }
 
-/// A channel for long-lived streams: no per-call timeout, keep-alives to notice a dead peer.
-pub fn stream_channel(url: &str, credentials: &Credentials) -> anyhow::Result<Traced> {
-    let endpoint = endpoint(url, credentials)?
+fn streaming(endpoint: Endpoint) -> Endpoint {
+    endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    Ok(traced(endpoint.connect_lazy(), credentials))
+        .keep_alive_while_idle(true)
+}
+
+/// [`channel`] to every replica of one service: `urls` are one or more `http(s)://host:port`,
+/// and a host name may stand for several addresses (a Kubernetes headless Service, a compose
+/// service with replicas). Calls are balanced over the replicas that accept connections
+/// ([`replicas`]). One URL with an IP address is a plain [`channel`].
+pub fn channel_to(urls: &[String], deadline: Duration, credentials: &Credentials) -> anyhow::Result<Traced> {
+    replicas(urls, credentials, move |endpoint| unary(endpoint, deadline))
+}
+
+/// [`stream_channel`] to every replica of one service, as [`channel_to`]: each new stream goes
+/// to a replica that accepts connections, so a stream broken by a replica's end reopens on
+/// another.
+pub fn stream_channel_to(urls: &[String], credentials: &Credentials) -> anyhow::Result<Traced> {
+    replicas(urls, credentials, streaming)
+}
+
+/// How often a channel to replicas resolves their names and tries each address.
+const DISCOVERY_EVERY: Duration = Duration::from_secs(1);
+/// How long an address may take to accept a connection before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One URL of a replicated service.
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("{url} is not a URL: {e}"))?;
+        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+        let host = uri.host().ok_or_else(|| anyhow::anyhow!("{url} has no host"))?.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Ok(Self { scheme, host, port })
+    }
+
+    /// The endpoint of one of its addresses; TLS still checks the certificate against the
+    /// URL's host name.
+    fn endpoint(&self, addr: SocketAddr, credentials: &Credentials) -> anyhow::Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(format!("{}://{addr}", self.scheme))?;
+        if self.scheme != "https" {
+            return Ok(endpoint);
+        }
+        crypto();
+        Ok(endpoint.tls_config(credentials.tls.client_config().domain_name(self.host.clone()))?)
+    }
+}
+
+/// A channel balanced (tower's power of two choices) over the replicas behind `urls`. A task
+/// resolves the names and tries each address every [`DISCOVERY_EVERY`]: an address that stops
+/// accepting connections leaves the balance (a replica that died, or went away with a scale
+/// down), new and returning ones join, so a dead replica costs its callers at most about that
+/// long of failed calls. Until the names first resolve, the URLs themselves are the balance;
+/// while no address answers, all stay in, so calls fail at once with `UNAVAILABLE` rather
+/// than wait for a replica. The task ends with the channel.
+fn replicas(urls: &[String], credentials: &Credentials, configure: impl Fn(Endpoint) -> Endpoint + Send + 'static) -> anyhow::Result<Traced> {
+    let targets = urls.iter().map(|url| Target::parse(url)).collect::<anyhow::Result<Vec<_>>>()?;
+    if let [one] = targets.as_slice()
+        && one.host.parse::<std::net::IpAddr>().is_ok()
+    {
+        return Ok(traced(configure(endpoint(&urls[0], credentials)?).connect_lazy(), credentials));
+    }
+    let (channel, changes) = Channel::balance_channel(urls.len().max(16));
+    let mut live = std::collections::BTreeSet::new();
+    for url in urls {
+        if changes.try_send(tonic::transport::channel::Change::Insert(url.clone(), configure(endpoint(url, credentials)?))).is_ok() {
+            live.insert(url.clone());
+        }
+    }
+    tokio::spawn(discover(targets, credentials.clone(), configure, changes, live));
+    Ok(traced(channel, credentials))
+}
+
+async fn discover(
+    targets: Vec<Target>,
+    credentials: Credentials,
+    configure: impl Fn(Endpoint) -> Endpoint,
+    changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
+    mut live: std::collections::BTreeSet<String>,
+) {
+    use std::collections::{BTreeMap, BTreeSet};
+    use tonic::transport::channel::Change;
+
+    while !changes.is_closed() {
+        let mut found: BTreeMap<String, (SocketAddr, &Target)> = BTreeMap::new();
+        for target in &targets {
+            match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+                Ok(addrs) => found.extend(addrs.map(|addr| (addr.to_string(), (addr, target)))),
+                Err(err) => tracing::debug!(host = %target.host, error = %err, "cannot resolve a replica's name"),
+            }
+        }
+        let probes = found.values().map(|(addr, _)| async move { matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_))) });
+        let up = futures_util::future::join_all(probes).await;
+        let reachable: BTreeSet<String> = found.keys().zip(up).filter(|(_, up)| *up).map(|(key, _)| key.clone()).collect();
+        let wanted = match (reachable.is_empty(), found.is_empty()) {
+            (false, _) => reachable,
+            (true, false) => found.keys().cloned().collect(),
+            // Nothing resolved (DNS is down): keep what there was.
+            (true, true) => live.clone(),
+        };
+        for key in wanted.difference(&live) {
+            let Some((addr, target)) = found.get(key) else { continue };
+            match target.endpoint(*addr, &credentials) {
+                Ok(endpoint) => {
+                    tracing::debug!(%addr, host = %target.host, "replica joins the balance");
+                    if changes.send(Change::Insert(key.clone(), configure(endpoint))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => tracing::warn!(%addr, error = %err, "cannot make an endpoint for a replica"),
+            }
+        }
+        for key in live.difference(&wanted) {
+            tracing::debug!(replica = %key, "replica leaves the balance");
+            if changes.send(Change::Remove(key.clone())).await.is_err() {
+                return;
+            }
+        }
+        live = wanted;
+        tokio::time::sleep(DISCOVERY_EVERY).await;
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +466,58 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text.lines().next().unwrap_or_else(|| panic!("ss lists no listener on {addr}: {text:?}"));
         line.split_whitespace().nth(2).and_then(|q| q.parse().ok()).unwrap_or_else(|| panic!("no Send-Q in {line:?}"))
+    }
+
+    /// A health service on `addr`, until `stop`.
+    async fn replica(addr: &str, stop: CancellationToken) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = bind("a replica", addr.parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Server::builder().add_service(health("replica").await);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        (addr, tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await.unwrap() }))
+    }
+
+    #[tokio::test]
+    async fn a_channel_to_replicas_goes_on_when_one_stops_and_takes_one_that_starts() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let (first_stop, second_stop) = (CancellationToken::new(), CancellationToken::new());
+        let (first, first_task) = replica("127.0.0.1:0", first_stop.clone()).await;
+        let (second, second_task) = replica("127.0.0.1:0", second_stop.clone()).await;
+        // One by a name (`localhost` also resolves to ::1, where nothing listens), one by address.
+        let urls = [format!("http://localhost:{}", first.port()), format!("http://127.0.0.1:{}", second.port())];
+        let mut client = HealthClient::new(channel_to(&urls, Duration::from_secs(2), &Credentials::none()).unwrap());
+        let check = HealthCheckRequest { service: "replica".into() };
+        // Every call succeeds once the balance holds only replicas that answer.
+        async fn all_succeed(client: &mut HealthClient<Traced>, check: &HealthCheckRequest) {
+            let started = std::time::Instant::now();
+            let mut in_a_row = 0;
+            while in_a_row < 40 {
+                assert!(started.elapsed() < Duration::from_secs(15), "calls keep failing");
+                if client.check(check.clone()).await.is_ok() {
+                    in_a_row += 1;
+                } else {
+                    in_a_row = 0;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        all_succeed(&mut client, &check).await;
+
+        // The first replica stops: the second answers every call.
+        first_stop.cancel();
+        first_task.await.unwrap();
+        all_succeed(&mut client, &check).await;
+        // It comes back on its port and the second stops: calls go to the first again.
+        let first_stop = CancellationToken::new();
+        let (_, again) = replica(&first.to_string(), first_stop.clone()).await;
+        tokio::time::sleep(DISCOVERY_EVERY * 2).await;
+        second_stop.cancel();
+        second_task.await.unwrap();
+        all_succeed(&mut client, &check).await;
+        first_stop.cancel();
+        again.await.unwrap();
     }
 
     #[tokio::test]

@@ -13,11 +13,12 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// `CONVERSATION_DATABASE_URL`: `sqlite:PATH` or `postgres://…`.
     pub database_url: String,
-    /// `CONVERSATION_DELIVERY_URLS`: delivery replicas; events go to any one that answers.
+    /// `CONVERSATION_DELIVERY_URLS`: every delivery replica; events go to one that answers,
+    /// and a copy to each other for its staff subscriptions.
     pub delivery_urls: Vec<String>,
     /// `CONVERSATION_UPLOAD_URL`: the upload service, which says which attachment ids a
-    /// butler's message may carry (and what they are).
-    pub upload_url: String,
+    /// butler's message may carry (and what they are); one or more URLs, as the edge's.
+    pub upload_url: Vec<String>,
     /// `CONVERSATION_PUBLISH_TIMEOUT_MS`: deadline of one publish to delivery.
     pub publish_timeout: Duration,
     /// `CONVERSATION_EMPTY_TTL` (1 day, in seconds): a conversation without a single message is
@@ -45,7 +46,7 @@ impl Settings {
             grpc_addr: env.socket_addr("CONVERSATION_GRPC_ADDR", "127.0.0.1:50052")?,
             database_url: env.string("CONVERSATION_DATABASE_URL", "sqlite:data/conversation.db"),
             delivery_urls: env.urls("CONVERSATION_DELIVERY_URLS", "http://127.0.0.1:50053")?,
-            upload_url: env.url("CONVERSATION_UPLOAD_URL", "http://127.0.0.1:50054")?,
+            upload_url: env.urls("CONVERSATION_UPLOAD_URL", "http://127.0.0.1:50054")?,
             publish_timeout: env.millis("CONVERSATION_PUBLISH_TIMEOUT_MS", 2000, 10)?,
             watch_heartbeat: env.millis("CONVERSATION_WATCH_HEARTBEAT_MS", 15_000, 100)?,
             empty_ttl: Duration::from_secs(env.number("CONVERSATION_EMPTY_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),

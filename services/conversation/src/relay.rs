@@ -12,7 +12,7 @@
 //! sent, so a resend is harmless. Typing is ephemeral: it rides along best effort.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -324,7 +324,9 @@ impl Relay {
                     backoff = Duration::from_millis(50);
                     if let Some(position) = message_cursor {
                         cursor = position;
-                        published.send_replace(position);
+                        // Stored only as far as the copies went too: after a crash, the next
+                        // leader resends from there, to the edges and to every replica.
+                        published.send_replace(self.publisher.copied_through(position));
                     }
                     if let Some(position) = last_position
                         && let Err(err) = self.store.outbox_done(position).await {
@@ -378,11 +380,18 @@ impl Publisher {
         let result = self.publish_request(events::PublishRequest { events, ..Default::default() }).await;
         if let (Ok(()), Some(events)) = (&result, copy) {
             let target = self.target % self.clients.len();
+            let through = events.iter().map(|e| e.position).max().unwrap_or(0);
             for (_, copies) in self.copies.iter().enumerate().filter(|(i, _)| *i != target) {
-                copies.send(events.clone());
+                copies.send(events.clone(), through);
             }
         }
         result
+    }
+
+    /// How far the cursor may be stored when delivery accepted everything through `accepted`:
+    /// no further than the copies still waiting to go to other replicas (sent or given up on).
+    fn copied_through(&self, accepted: i64) -> i64 {
+        self.copies.iter().filter(|c| c.waiting.load(Ordering::Acquire) > 0).map(|c| c.done_through.load(Ordering::Acquire)).fold(accepted, i64::min)
     }
 
     async fn publish_request(&mut self, request: events::PublishRequest) -> Result<(), Status> {
@@ -431,8 +440,12 @@ impl Publisher {
 /// one says so (`copies_lost`), and that replica ends its subscriptions, which catch up from
 /// conversation.
 struct Copies {
-    queue: mpsc::Sender<Vec<events::Event>>,
+    queue: mpsc::Sender<(Vec<events::Event>, i64)>,
     lost: Arc<AtomicBool>,
+    /// Batches queued and not yet sent or given up on.
+    waiting: Arc<AtomicUsize>,
+    /// The highest message position of the batches sent or given up on.
+    done_through: Arc<AtomicI64>,
 }
 
 /// Batches of copies waiting for one replica.
@@ -440,31 +453,43 @@ const COPIES_QUEUE: usize = 256;
 
 impl Copies {
     fn start(client: DeliveryServiceClient<Traced>, deadline: Duration) -> Self {
-        let (queue, waiting) = mpsc::channel(COPIES_QUEUE);
-        let lost = Arc::new(AtomicBool::new(false));
-        tokio::spawn(send_copies(Publisher { clients: vec![client], target: 0, deadline, link: None, copies: Vec::new() }, waiting, lost.clone()));
-        Self { queue, lost }
+        let (queue, queued) = mpsc::channel(COPIES_QUEUE);
+        let copies = Self { queue, lost: Arc::default(), waiting: Arc::default(), done_through: Arc::default() };
+        let link = Publisher { clients: vec![client], target: 0, deadline, link: None, copies: Vec::new() };
+        tokio::spawn(send_copies(link, queued, copies.lost.clone(), copies.waiting.clone(), copies.done_through.clone()));
+        copies
     }
 
-    fn send(&self, events: Vec<events::Event>) {
-        if self.queue.try_send(events).is_err() {
+    /// Queues a copy of a batch whose messages go up to position `through`.
+    fn send(&self, events: Vec<events::Event>, through: i64) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.queue.try_send((events, through)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.lost.store(true, Ordering::Release);
         }
     }
 }
 
 /// Sends one replica its copies until the relay ends.
-async fn send_copies(mut link: Publisher, mut waiting: mpsc::Receiver<Vec<events::Event>>, lost: Arc<AtomicBool>) {
+async fn send_copies(mut link: Publisher, mut queued: mpsc::Receiver<(Vec<events::Event>, i64)>, lost: Arc<AtomicBool>, waiting: Arc<AtomicUsize>, done_through: Arc<AtomicI64>) {
     let mut failing = false;
-    while let Some(mut events) = waiting.recv().await {
+    while let Some((mut events, mut through)) = queued.recv().await {
+        let mut taken = 1;
         while events.len() < BATCH as usize {
-            match waiting.try_recv() {
-                Ok(more) => events.extend(more),
+            match queued.try_recv() {
+                Ok((more, more_through)) => {
+                    events.extend(more);
+                    through = through.max(more_through);
+                    taken += 1;
+                }
                 Err(_) => break,
             }
         }
         let copies_lost = lost.swap(false, Ordering::AcqRel);
-        match link.publish_request(events::PublishRequest { events, subscribers_only: true, copies_lost }).await {
+        let sent = link.publish_request(events::PublishRequest { events, subscribers_only: true, copies_lost }).await;
+        done_through.fetch_max(through, Ordering::AcqRel);
+        waiting.fetch_sub(taken, Ordering::AcqRel);
+        match sent {
             Ok(()) if failing => {
                 tracing::info!("copies for a delivery replica's subscriptions go through again");
                 failing = false;

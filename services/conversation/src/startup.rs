@@ -96,7 +96,7 @@ impl ConversationServer {
         // With several replicas on one database, one relay publishes at a time.
         let relay = relay.with_leadership(crate::leader::start(&self.settings.database_url, shutdown.clone()));
         let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?.with_watch_heartbeat(self.settings.watch_heartbeat);
-        let upload = grpc::channel(&self.settings.upload_url, self.settings.publish_timeout.max(std::time::Duration::from_secs(2)), &self.settings.credentials)?;
+        let upload = grpc::channel_to(&self.settings.upload_url, self.settings.publish_timeout.max(std::time::Duration::from_secs(2)), &self.settings.credentials)?;
         let api = api.with_upload(jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(upload));
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
         // Conversations that never got a message are forgotten after a while.

@@ -51,12 +51,12 @@ impl Backends {
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let deadline = settings.backend_timeout;
         let credentials = &settings.credentials;
-        let streams = ConversationServiceClient::new(grpc::stream_channel(&settings.conversation_url, credentials)?);
+        let streams = ConversationServiceClient::new(grpc::stream_channel_to(&settings.conversation_url, credentials)?);
         Ok(Self {
-            guest: GuestServiceClient::new(grpc::channel(&settings.guest_url, deadline, credentials)?),
+            guest: GuestServiceClient::new(grpc::channel_to(&settings.guest_url, deadline, credentials)?),
             guest_messages: GuestMessages::start(streams, deadline),
-            conversation: ConversationServiceClient::new(grpc::channel(&settings.conversation_url, deadline, credentials)?),
-            upload: UploadServiceClient::new(grpc::channel(&settings.upload_url, deadline, credentials)?),
+            conversation: ConversationServiceClient::new(grpc::channel_to(&settings.conversation_url, deadline, credentials)?),
+            upload: UploadServiceClient::new(grpc::channel_to(&settings.upload_url, deadline, credentials)?),
             identifies: Turns::new(IDENTIFIES_IN_FLIGHT, IDENTIFY_WAIT),
         })
     }

@@ -34,10 +34,12 @@ pub struct Settings {
     pub typing_ttl: Duration,
     /// `EDGE_GRPC_ADDR`: the edge's own status API.
     pub grpc_addr: SocketAddr,
-    /// `EDGE_GUEST_URL`, `EDGE_CONVERSATION_URL`, `EDGE_UPLOAD_URL`: the backends.
-    pub guest_url: String,
-    pub conversation_url: String,
-    pub upload_url: String,
+    /// `EDGE_GUEST_URL`, `EDGE_CONVERSATION_URL`, `EDGE_UPLOAD_URL`: the backends, each one or
+    /// more URLs (comma-separated) whose host names may stand for several replicas; calls are
+    /// balanced over the replicas that answer (see `jack_runtime::grpc::channel_to`).
+    pub guest_url: Vec<String>,
+    pub conversation_url: Vec<String>,
+    pub upload_url: Vec<String>,
     /// `EDGE_DELIVERY_URLS`: every delivery replica; the edge keeps a stream to each.
     pub delivery_urls: Vec<String>,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the edge's status API.
@@ -132,9 +134,9 @@ impl Settings {
             rate_limit: env.number("EDGE_RATE_LIMIT", 20, 1, 1_000_000)? as u32,
             typing_ttl: env.millis("EDGE_TYPING_TTL_MS", 15_000, 100)?,
             grpc_addr: env.socket_addr("EDGE_GRPC_ADDR", "127.0.0.1:50055")?,
-            guest_url: env.url("EDGE_GUEST_URL", "http://127.0.0.1:50051")?,
-            conversation_url: env.url("EDGE_CONVERSATION_URL", "http://127.0.0.1:50052")?,
-            upload_url: env.url("EDGE_UPLOAD_URL", "http://127.0.0.1:50054")?,
+            guest_url: env.urls("EDGE_GUEST_URL", "http://127.0.0.1:50051")?,
+            conversation_url: env.urls("EDGE_CONVERSATION_URL", "http://127.0.0.1:50052")?,
+            upload_url: env.urls("EDGE_UPLOAD_URL", "http://127.0.0.1:50054")?,
             delivery_urls: env.urls("EDGE_DELIVERY_URLS", "http://127.0.0.1:50053")?,
             grpc_auth,
             grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,

@@ -215,6 +215,32 @@ impl Guest {
         Self { ws, session_id: String::new(), seen: Vec::new() }
     }
 
+    /// Connects and reads `connected`, or `None` when that fails within `wait` (the server is
+    /// down, or closes at once): for clients that go on through failures.
+    pub async fn try_connect(url: &str, wait: Duration) -> Option<Self> {
+        let (ws, _) = tokio::time::timeout(wait, tokio_tungstenite::connect_async(url)).await.ok()?.ok()?;
+        let mut guest = Self { ws, session_id: String::new(), seen: Vec::new() };
+        let connected = guest.try_next(wait).await?;
+        guest.session_id = connected["sessionId"].as_str()?.to_owned();
+        Some(guest)
+    }
+
+    /// The next text frame, or `None` when the connection ends or nothing comes within `wait`.
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await.ok()?? {
+                Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends a frame; false when the connection is gone.
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        self.ws.send(Message::text(frame.to_string())).await.is_ok()
+    }
+
     pub async fn connect(url: &str) -> Self {
         let mut guest = Self::open(url).await;
         let connected = guest.next().await;
