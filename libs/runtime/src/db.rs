@@ -92,6 +92,13 @@ impl Database {
         sqlx::query("SELECT value FROM service_secrets WHERE name = $1").bind(name).fetch_one(&self.write).await?.try_get("value")
     }
 
+    /// Whether the database answers a trivial query within a second: what readiness means
+    /// for a service that needs its database (see [`crate::grpc::health`]).
+    pub async fn answers(&self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&self.read);
+        matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_)))
+    }
+
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;

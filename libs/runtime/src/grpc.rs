@@ -259,11 +259,39 @@ fn endpoint(url: &str, credentials: &Credentials) -> anyhow::Result<Endpoint> {
     Ok(endpoint.tls_config(credentials.tls.client_config())?)
 }
 
-/// A gRPC health service reporting `name` as serving (and the empty name, for probes).
-pub async fn health(name: &str) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+/// How often a service checks whether it is ready.
+const READY_EVERY: Duration = Duration::from_secs(2);
+
+/// gRPC health, in two parts. The empty service name is liveness: `SERVING` while the process
+/// serves, with nothing else checked (restarting a service because its database is down
+/// only adds restarts). `name` (the service's own, e.g. `jack.guest.v1.GuestService`) is
+/// readiness: `SERVING` while `ready` says so (its database answers, the streams it needs are
+/// up), checked every [`READY_EVERY`] and watched by `Watch` callers; `NOT_SERVING` from the
+/// moment shutdown begins.
+pub async fn health<F, R>(name: &'static str, shutdown: CancellationToken, ready: F) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
+where
+    F: Fn() -> R + Send + 'static,
+    R: std::future::Future<Output = bool> + Send,
+{
+    use tonic_health::ServingStatus::{NotServing, Serving};
     let (reporter, service) = tonic_health::server::health_reporter();
-    reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter.set_service_status("", Serving).await;
+    let status = |ready: bool| if ready { Serving } else { NotServing };
+    reporter.set_service_status(name, status(ready().await)).await;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(READY_EVERY) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let now = ready().await;
+            if !now {
+                tracing::warn!(service = name, "not ready");
+            }
+            reporter.set_service_status(name, status(now)).await;
+        }
+        reporter.set_service_status(name, NotServing).await;
+    });
     service
 }
 
@@ -472,7 +500,7 @@ mod tests {
     async fn replica(addr: &str, stop: CancellationToken) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = bind("a replica", addr.parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = Server::builder().add_service(health("replica").await);
+        let router = Server::builder().add_service(health("replica", stop.clone(), || async { true }).await);
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         (addr, tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await.unwrap() }))
     }

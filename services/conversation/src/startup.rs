@@ -106,8 +106,13 @@ impl ConversationServer {
             let janitor = janitor.clone();
             async move { janitor.lock().await.sweep().await }
         }));
+        let store = self.store.clone();
+        let ready = move || {
+            let store = store.clone();
+            async move { store.answers().await }
+        };
         let router = grpc::server(self.auth, &self.settings.grpc_tls)?
-            .add_service(grpc::health("jack.conversation.v1.ConversationService").await)
+            .add_service(grpc::health("jack.conversation.v1.ConversationService", shutdown.clone(), ready).await)
             .add_service(grpc::reflection())
             .add_service(grpc::reflection_v1alpha())
             .add_service(ConversationServiceServer::new(api));

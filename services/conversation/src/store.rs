@@ -274,6 +274,11 @@ pub fn event_for(conversation: &str, hotel_id: &str, guest_id: &str, kind: event
 }
 
 impl Store {
+    /// Whether the database answers (readiness).
+    pub async fn answers(&self) -> bool {
+        self.db.answers().await
+    }
+
     pub fn new(db: Database) -> Self {
         Self { db, known: Arc::default() }
     }

@@ -34,7 +34,8 @@ impl DeliveryServer {
         tracing::info!(addr = %self.local_addr(), "delivery service listening");
         let api = DeliveryApi::new(self.router.clone(), self.settings.edge_queue, self.settings.subscriber_queue, shutdown.clone());
         let router = grpc::server(self.auth, &self.settings.grpc_tls)?
-            .add_service(grpc::health("jack.delivery.v1.DeliveryService").await)
+            // Delivery needs nothing else to route: ready while it serves.
+            .add_service(grpc::health("jack.delivery.v1.DeliveryService", shutdown.clone(), || async { true }).await)
             .add_service(grpc::reflection())
             .add_service(grpc::reflection_v1alpha())
             .add_service(DeliveryServiceServer::new(api));

@@ -32,6 +32,10 @@ pub struct Settings {
     /// `EDGE_TYPING_TTL_MS` (15 s): how long the butler's "typing…" stays shown to a guest
     /// without being renewed; then the edge tells the guest it stopped.
     pub typing_ttl: Duration,
+    /// `EDGE_DRAIN_MS` (5000): at shutdown, guests are told to reconnect (close 1001) spread
+    /// over this long, so that the other edges take them back gradually; keep it within the
+    /// orchestrator's grace period.
+    pub drain: Duration,
     /// `EDGE_GRPC_ADDR`: the edge's own status API.
     pub grpc_addr: SocketAddr,
     /// `EDGE_GUEST_URL`, `EDGE_CONVERSATION_URL`, `EDGE_UPLOAD_URL`: the backends, each one or
@@ -133,6 +137,7 @@ impl Settings {
             max_frame_size,
             rate_limit: env.number("EDGE_RATE_LIMIT", 20, 1, 1_000_000)? as u32,
             typing_ttl: env.millis("EDGE_TYPING_TTL_MS", 15_000, 100)?,
+            drain: env.millis("EDGE_DRAIN_MS", 5_000, 0)?,
             grpc_addr: env.socket_addr("EDGE_GRPC_ADDR", "127.0.0.1:50055")?,
             guest_url: env.urls("EDGE_GUEST_URL", "http://127.0.0.1:50051")?,
             conversation_url: env.urls("EDGE_CONVERSATION_URL", "http://127.0.0.1:50052")?,

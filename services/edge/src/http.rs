@@ -61,18 +61,26 @@ fn upload_cors() -> tower_http::cors::CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
+/// `GET /health/websocket`: 200 `healthy` with every delivery stream up, 200 `degraded` with
+/// some (live messages still arrive: the relay publishes to a replica that answers), 503
+/// `unavailable` with none (guests would get no live messages: a balancer should send them
+/// to another edge).
 async fn health(State(edge): State<Arc<Edge>>) -> Response {
     let (streams, up) = edge.hub.links();
-    let status = if up == streams { "healthy" } else { "degraded" };
-    axum::Json(json!({
+    let (code, status) = match up {
+        0 => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        up if up == streams => (StatusCode::OK, "healthy"),
+        _ => (StatusCode::OK, "degraded"),
+    };
+    let body = axum::Json(json!({
         "status": status,
         "connections": edge.connections.load(Ordering::Relaxed),
         "uptime": edge.started.elapsed().as_secs(),
         "sessions": edge.hub.sessions(),
         "deliveryStreams": streams,
         "deliveryStreamsUp": up,
-    }))
-    .into_response()
+    }));
+    (code, body).into_response()
 }
 
 /// The metrics listener's routes (`EDGE_METRICS_ADDR`): `GET /metrics`, for Prometheus.

@@ -82,7 +82,10 @@ impl EdgeServer {
         let addr = self.local_addr();
         let backends = Backends::connect(&self.settings)?;
         let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls, self.settings.credentials.clone());
-        let links = hub.start(shutdown.clone());
+        // The delivery streams outlive the listener: connections still open during the drain
+        // get their live messages until their turn to close.
+        let links_stop = CancellationToken::new();
+        let links = hub.start(links_stop.clone());
         let per_address = Arc::new(PerAddress::new(AddressLimits {
             max_connections: self.settings.max_connections_per_ip,
             connects_per_second: self.settings.connects_per_ip,
@@ -101,10 +104,14 @@ impl EdgeServer {
             connections: AtomicUsize::new(0),
             started: Instant::now(),
             shutdown: shutdown.clone(),
+            shutdown_at: std::sync::OnceLock::new(),
         });
         tracing::info!(%addr, path = %edge.settings.ws_path, "edge listening");
         let status = grpc::server(self.auth, &edge.settings.grpc_tls)?
-            .add_service(grpc::health("jack.edge.v1.EdgeService").await)
+            .add_service(grpc::health("jack.edge.v1.EdgeService", shutdown.clone(), {
+                let edge = edge.clone();
+                move || std::future::ready(edge.ready())
+            }).await)
             .add_service(grpc::reflection())
             .add_service(grpc::reflection_v1alpha())
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
@@ -129,19 +136,20 @@ impl EdgeServer {
         let listener = Gated::new(per_peer, gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
         let peer = |io: &Slotted<_>, addr: &SocketAddr| Peer { addr: *addr, slot: io.slot() };
         let result = jack_runtime::http::serve(listener, app, http_limits, shutdown.clone(), peer).await;
-        for link in links {
-            let _ = link.await;
-        }
         let _ = grpc_task.await;
         let _ = limits_task.await;
         let _ = sweep_task.await;
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
-        // Give connection tasks a moment to send their 1001 close frames.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Connections close with 1001 over the drain; give the last a moment to send theirs.
+        let deadline = Instant::now() + edge.settings.drain + Duration::from_secs(5);
         while edge.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        links_stop.cancel();
+        for link in links {
+            let _ = link.await;
         }
         result.map_err(Into::into)
     }

@@ -242,6 +242,8 @@ struct Connection {
     started: Instant,
     /// Held until the first frame is handled (see [`crate::gate`]).
     slot: Option<Slot>,
+    /// When, within the drain at shutdown, this connection is closed (see [`Edge::closes_at`]).
+    turn: u16,
 }
 
 impl Connection {
@@ -253,7 +255,8 @@ impl Connection {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
         // A tick missed while pages were written comes once, not in a burst.
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot })
+        let turn = rand::random();
+        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot, turn })
     }
 
     /// The connection loop: reads frames, writes answers and live events, pings.
@@ -298,7 +301,7 @@ impl Connection {
                 // The next page of a replay or catch-up, now that the last one is written (the
                 // guest is reading: that counts as hearing from it).
                 self.heard_since_ping = true;
-                if self.edge.shutdown.is_cancelled() {
+                if self.edge.closes_at(self.turn).is_some_and(|at| Instant::now() >= at) {
                     Box::pin(close_with(&mut self.ws, close::GOING_AWAY, "Server shutting down")).await;
                     return "shutdown";
                 }
@@ -372,7 +375,7 @@ impl Connection {
                         return "write_error";
                     }
                 }
-                _ = self.edge.shutdown.cancelled() => {
+                _ = self.edge.turn_to_close(self.turn) => {
                     Box::pin(close_with(&mut self.ws, close::GOING_AWAY, "Server shutting down")).await;
                     return "shutdown";
                 }

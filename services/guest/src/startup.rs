@@ -72,8 +72,13 @@ impl GuestServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "guest service listening");
+        let db = self.db.clone();
+        let ready = move || {
+            let db = db.clone();
+            async move { db.answers().await }
+        };
         let router = grpc::server(self.auth, &self.tls)?
-            .add_service(grpc::health("jack.guest.v1.GuestService").await)
+            .add_service(grpc::health("jack.guest.v1.GuestService", shutdown.clone(), ready).await)
             .add_service(grpc::reflection())
             .add_service(grpc::reflection_v1alpha())
             .add_service(GuestServiceServer::new(self.api));

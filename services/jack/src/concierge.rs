@@ -23,9 +23,10 @@ const CALL_DEADLINE: Duration = Duration::from_secs(5);
 const TYPING_PAUSE: Duration = Duration::from_millis(400);
 
 /// Runs until shutdown, reconnecting when conversation is unreachable.
-pub async fn run(conversation_url: String, credentials: grpc::Credentials, cursor_file: PathBuf, shutdown: CancellationToken) {
-    // The watch is a long-lived stream; every other call has a deadline.
-    let clients = grpc::stream_channel(&conversation_url, &credentials).and_then(|s| Ok((s, grpc::channel(&conversation_url, CALL_DEADLINE, &credentials)?)));
+pub async fn run(conversation_url: Vec<String>, credentials: grpc::Credentials, cursor_file: PathBuf, shutdown: CancellationToken) {
+    // The watch is a long-lived stream; every other call has a deadline. Both go to any
+    // replica that answers (one or more URLs, as the edge's).
+    let clients = grpc::stream_channel_to(&conversation_url, &credentials).and_then(|s| Ok((s, grpc::channel_to(&conversation_url, CALL_DEADLINE, &credentials)?)));
     let (watcher, caller) = match clients {
         Ok((stream, unary)) => (ConversationServiceClient::new(stream), ConversationServiceClient::new(unary)),
         Err(err) => return tracing::error!(error = %err, "concierge: bad conversation URL"),

@@ -10,17 +10,22 @@ const USAGE: &str = "usage: jack up [--data DIR]
        jack concierge [--data DIR]
        jack credentials [--data DIR]
        jack run guest|conversation|delivery|upload|edge
+       jack health URL [SERVICE]
 
 jack up         runs every Jack web chat service in this process (each on its own gRPC
                 port), with SQLite files under DIR (default ./data, or JACK_DATA_DIR), and
                 a demo concierge that answers guests (JACK_CONCIERGE=off leaves it out).
-jack concierge  runs only the demo concierge, against JACK_CONVERSATION_URL
-                (default http://127.0.0.1:50052); its cursor is kept in DIR.
+jack concierge  runs only the demo concierge, against JACK_CONVERSATION_URL (one or
+                more URLs; default http://127.0.0.1:50052); its cursor is kept in DIR.
 jack credentials  makes a gRPC token for each role in DIR/credentials/<role>.token (kept
                 if there) and the callers file the services check them against,
                 DIR/credentials/callers.json (GRPC_CALLERS_FILE), as `jack up` does.
 jack run S      runs one service alone, configured by its own variables (the same as
                 its own binary, e.g. jack-edge).
+jack health URL [SERVICE]  asks the gRPC health service at URL whether SERVICE (default:
+                the empty name, liveness) is serving: exit 0 if so, 1 if not (a container
+                healthcheck). A service's own name is its readiness, e.g.
+                jack.guest.v1.GuestService. https URLs use GRPC_TLS_CA_FILE.
 Every service's own variables apply; see README.md.";
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +61,17 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        "health" => {
+            let Some(url) = args.get(1) else { exit_with(format!("jack health needs a URL\n{USAGE}")) };
+            let service = args.get(2).cloned().unwrap_or_default();
+            match jack::stack::health(&env, url, &service).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    eprintln!("jack: {err:#}");
+                    std::process::exit(1)
+                }
+            }
+        }
         "help" | "--help" | "-h" | "" => {
             println!("{USAGE}");
             return Ok(());
@@ -78,7 +94,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let concierge_on = env.string("JACK_CONCIERGE", "on") != "off";
     let shutdown = shutdown::on_signal();
     if command == "concierge" {
-        let url = env.url("JACK_CONVERSATION_URL", "http://127.0.0.1:50052").unwrap_or_else(|e| exit_with(e.to_string()));
+        let url = env.urls("JACK_CONVERSATION_URL", "http://127.0.0.1:50052").unwrap_or_else(|e| exit_with(e.to_string()));
         std::fs::create_dir_all(&data_dir).unwrap_or_else(|e| exit_with(format!("cannot create {}: {e}", data_dir.display())));
         let off = env.get("GRPC_AUTH") == Some("off");
         let credentials = jack_runtime::callers::credentials(&env, "JACK_CONCIERGE_TOKEN", off).unwrap_or_else(|e| exit_with(e.to_string()));
@@ -109,7 +125,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     }
     if let Some(credentials) = concierge_credentials {
         let cursor_file = data_dir.join("concierge.cursor");
-        tokio::spawn(concierge::run(stack.url(Service::Conversation), credentials, cursor_file, shutdown.clone()));
+        tokio::spawn(concierge::run(vec![stack.url(Service::Conversation)], credentials, cursor_file, shutdown.clone()));
         println!("  demo concierge answering through ConversationService");
     }
     stack.wait().await

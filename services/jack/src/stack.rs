@@ -54,6 +54,19 @@ pub struct Stack {
     credentials_dir: Option<PathBuf>,
 }
 
+/// Whether the gRPC health service at `url` says `service` is serving (`jack health`).
+pub async fn health(env: &Env, url: &str, service: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let tls = jack_runtime::grpc::Tls::from_env(env)?;
+    let channel = jack_runtime::grpc::channel(url, std::time::Duration::from_secs(3), &Credentials::none().with_tls(tls))?;
+    let answer = HealthClient::new(channel).check(HealthCheckRequest { service: service.to_owned() }).await;
+    let name = if service.is_empty() { "the service" } else { service };
+    let answer = answer.map_err(|s| anyhow::anyhow!("{url}: {name}: {}", s.message()))?;
+    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(answer.into_inner().status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+    anyhow::ensure!(status == "SERVING", "{url}: {name} is {status}");
+    Ok(())
+}
+
 /// The gRPC credentials `jack up` makes for itself when `GRPC_CALLERS_FILE` names none of
 /// the operator's (and `GRPC_AUTH` is not `off`): one token per role in
 /// `DIR/credentials/<role>.token`, made once, readable only by their owner, and kept across
@@ -158,7 +171,9 @@ impl Stack {
             .with_default("GUEST_DATABASE_URL", db("guest"))
             .with_default("CONVERSATION_DATABASE_URL", db("conversation"))
             .with_default("UPLOAD_DATABASE_URL", db("upload"))
-            .with_default("UPLOAD_DIR", data_dir.join("uploads").display().to_string());
+            .with_default("UPLOAD_DIR", data_dir.join("uploads").display().to_string())
+            // One process on one machine: at Ctrl-C its guests have no other edge to go to.
+            .with_default("EDGE_DRAIN_MS", "0");
         let mut env = env;
         let mut credentials_dir = None;
         if env.get("GRPC_AUTH") != Some("off") && env.get("GRPC_CALLERS_FILE").is_none() {

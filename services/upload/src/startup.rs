@@ -89,8 +89,13 @@ impl UploadServer {
         let app = crate::http::router(state);
         let http = tokio::spawn(jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |_, addr| *addr));
         let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, self.settings.body_timeout, shutdown.clone()));
+        let store = self.store.clone();
+        let ready = move || {
+            let store = store.clone();
+            async move { store.answers().await }
+        };
         let router = grpc::server(self.auth, &self.settings.grpc_tls)?
-            .add_service(grpc::health("jack.upload.v1.UploadService").await)
+            .add_service(grpc::health("jack.upload.v1.UploadService", shutdown.clone(), ready).await)
             .add_service(grpc::reflection())
             .add_service(grpc::reflection_v1alpha())
             .add_service(UploadServiceServer::new(api));

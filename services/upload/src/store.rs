@@ -99,6 +99,11 @@ impl Store {
         Self { db }
     }
 
+    /// Whether the database answers (readiness).
+    pub async fn answers(&self) -> bool {
+        self.db.answers().await
+    }
+
     /// Records a pending attachment unless its guest, or its hotel, already has as much waiting
     /// as `quota` allows; the quota exceeded when it was not recorded. Guests are checked one at
     /// a time (SQLite has one writer; on PostgreSQL a lock per guest), so concurrent requests

@@ -328,6 +328,20 @@ impl Guest {
         }
     }
 
+    /// Reads until the server closes the connection: the text frames that came first, and
+    /// the close frame.
+    pub async fn frames_until_closed(mut self) -> (Vec<Value>, Option<CloseFrame>) {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(text.as_str()).expect("frames are JSON")),
+                Some(Ok(Message::Close(frame))) => return (frames, frame),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (frames, None),
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

@@ -9,7 +9,7 @@ async fn the_demo_concierge_greets_confirms_towels_and_shows_restaurants() {
     let stack = TestStack::start().await;
     let shutdown = CancellationToken::new();
     let cursor = tempfile::tempdir().unwrap();
-    let task = tokio::spawn(jack::concierge::run(stack.stack.url(jack_e2e::Svc::Conversation), stack.credentials(jack_e2e::Role::Responder), cursor.path().join("cursor"), shutdown.clone()));
+    let task = tokio::spawn(jack::concierge::run(vec![stack.stack.url(jack_e2e::Svc::Conversation)], stack.credentials(jack_e2e::Role::Responder), cursor.path().join("cursor"), shutdown.clone()));
 
     let mut guest = stack.guest("demo_hotel").await;
     guest.identify(json!({"visitorId": "v_demo"})).await;

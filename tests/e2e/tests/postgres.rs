@@ -152,3 +152,60 @@ async fn two_conversation_replicas_publish_each_message_once_and_one_takes_over(
     second_stop.cancel();
     second_task.await.unwrap().unwrap();
 }
+
+/// Readiness follows the database: a guest service whose PostgreSQL stops taking connections
+/// reads NOT_SERVING (a balancer stops sending it work) and SERVING again once the database is
+/// back; liveness (the empty service name) stays SERVING throughout, so nothing restarts it.
+#[tokio::test]
+async fn readiness_follows_the_database_and_liveness_does_not() {
+    use tonic_health::ServingStatus;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let vars = jack_e2e::postgres_databases().await;
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let stack = TestStack::start_with(&pairs).await;
+    let guest_db = vars.iter().find(|(k, _)| k == "GUEST_DATABASE_URL").unwrap().1.rsplit_once('/').unwrap().1.to_owned();
+    let mut health = HealthClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), WAIT, &jack_runtime::grpc::Credentials::none()).unwrap());
+    let status = async |health: &mut HealthClient<jack_runtime::grpc::Traced>, service: &str| health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
+    let wait_for = async |health: &mut HealthClient<jack_runtime::grpc::Traced>, wanted: ServingStatus| {
+        let started = std::time::Instant::now();
+        while status(health, "jack.guest.v1.GuestService").await != wanted as i32 {
+            assert!(started.elapsed() < WAIT * 2, "readiness never became {wanted:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(&mut health, ServingStatus::Serving).await;
+
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    let sql = |text: String| sqlx::query(sqlx::AssertSqlSafe(text));
+    sql(format!("ALTER DATABASE {guest_db} WITH ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
+    sql(format!("SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE datname = '{guest_db}'")).execute(&mut admin).await.unwrap();
+    wait_for(&mut health, ServingStatus::NotServing).await;
+    assert_eq!(status(&mut health, "").await, ServingStatus::Serving as i32, "liveness does not follow the database");
+
+    sql(format!("ALTER DATABASE {guest_db} WITH ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
+    wait_for(&mut health, ServingStatus::Serving).await;
+}
+
+/// A managed PostgreSQL wants TLS (`sslmode=require`): every service reaches it so. (The
+/// machine's server offers TLS; `pg_stat_ssl` says whether a session uses it.)
+#[tokio::test]
+async fn the_services_reach_postgresql_over_tls_when_the_url_asks() {
+    let vars: Vec<(String, String)> = jack_e2e::postgres_databases().await.into_iter().map(|(k, v)| (k, format!("{v}?sslmode=require"))).collect();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let stack = TestStack::start_with(&pairs).await;
+    let mut guest = stack.guest("hotel_tls").await;
+    guest.identify(json!({"visitorId": "v_tls"})).await;
+    assert_eq!(guest.say("t1", "over TLS").await["type"], "message_ack");
+
+    let (_, conversation_url) = vars.iter().find(|(k, _)| k == "CONVERSATION_DATABASE_URL").unwrap();
+    let database = conversation_url.rsplit_once('/').unwrap().1.split('?').next().unwrap().to_owned();
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    let query = format!("SELECT count(*) FILTER (WHERE NOT s.ssl) AS plain, count(*) AS total FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid WHERE a.datname = '{database}'");
+    let row: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(query)).fetch_one(&mut admin).await.unwrap();
+    assert!(row.1 > 0, "the conversation service holds connections");
+    assert_eq!(row.0, 0, "every one of them over TLS");
+}

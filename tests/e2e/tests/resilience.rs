@@ -269,3 +269,66 @@ async fn the_responder_is_answered_while_every_edge_thread_is_busy() {
     assert_eq!(received["content"], "towels are on the way");
     assert_eq!(received["seq"], reply.seq);
 }
+
+/// An edge that is stopped (SIGTERM) stops taking connections at once, keeps its guests'
+/// live messages flowing, and tells them to reconnect (1001) spread over `EDGE_DRAIN_MS`,
+/// so that the other edges take them back gradually.
+#[tokio::test]
+async fn a_stopping_edge_closes_its_guests_spread_over_the_drain() {
+    let drain = Duration::from_millis(1500);
+    let mut stack = TestStack::start_with(&[("EDGE_DRAIN_MS", "1500")]).await;
+    let mut guests = Vec::new();
+    let mut conversations = Vec::new();
+    for i in 0..12 {
+        let mut guest = stack.guest("hotel_drain").await;
+        let identified = guest.identify(json!({"visitorId": format!("v_drain_{i}")})).await;
+        conversations.push(identified["conversationId"].as_str().unwrap().to_owned());
+        guests.push(guest);
+    }
+    let url = stack.ws_url("hotel_drain");
+    let conversation = stack.conversation();
+    let started = std::time::Instant::now();
+    let watched: Vec<_> = guests
+        .into_iter()
+        .map(|guest| {
+            tokio::spawn(async move {
+                let (frames, close) = guest.frames_until_closed().await;
+                (frames, close, started.elapsed())
+            })
+        })
+        .collect();
+    let stopping = async {
+        stack.stop(Svc::Edge).await;
+    };
+    let during = async {
+        // Live messages still reach guests waiting for their turn; new guests go elsewhere.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = jack_e2e::Guest::try_connect(&url, Duration::from_secs(1)).await.is_none();
+        for id in &conversations {
+            let request = jack_proto::conversation::v1::SendMessageRequest {
+                conversation_id: id.clone(),
+                role: jack_proto::conversation::v1::Role::Assistant as i32,
+                content: "Before you go".into(),
+                ..Default::default()
+            };
+            conversation.clone().send_message(request).await.unwrap();
+        }
+        refused
+    };
+    let ((), refused) = tokio::join!(stopping, during);
+    assert!(refused, "a stopping edge takes no new connection");
+    let mut closed_at = Vec::new();
+    let mut got_live = 0;
+    for task in watched {
+        let (frames, close, at) = task.await.unwrap();
+        let close = close.expect("a close frame");
+        assert_eq!(u16::from(close.code), 1001, "{close:?}");
+        got_live += usize::from(frames.iter().any(|f| f["content"] == "Before you go"));
+        closed_at.push(at);
+    }
+    closed_at.sort();
+    let spread = closed_at[closed_at.len() - 1] - closed_at[0];
+    assert!(spread >= drain / 3, "closes are spread over the drain, not at once: {closed_at:?}");
+    assert!(*closed_at.last().unwrap() <= drain + Duration::from_secs(2), "all closed within the drain: {closed_at:?}");
+    assert!(got_live > 0, "guests still connected during the drain get live messages");
+}

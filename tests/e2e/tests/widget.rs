@@ -53,7 +53,7 @@ async fn widget_works_in_a_real_browser_against_the_real_stack() {
     let stack = TestStack::start().await;
     let shutdown = CancellationToken::new();
     let cursor = tempfile::tempdir().unwrap();
-    let concierge = tokio::spawn(jack::concierge::run(stack.stack.url(Svc::Conversation), stack.credentials(jack_e2e::Role::Responder), cursor.path().join("cursor"), shutdown.clone()));
+    let concierge = tokio::spawn(jack::concierge::run(vec![stack.stack.url(Svc::Conversation)], stack.credentials(jack_e2e::Role::Responder), cursor.path().join("cursor"), shutdown.clone()));
 
     let mut command = Command::new("node");
     command
