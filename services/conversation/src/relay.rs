@@ -66,9 +66,17 @@ pub struct RelayHandle {
     ephemeral: mpsc::Sender<events::Event>,
     handed: Arc<Mutex<Handed>>,
     outbox_written: Arc<AtomicBool>,
+    foreign: Arc<AtomicBool>,
 }
 
 impl RelayHandle {
+    /// Another replica committed rows (see [`crate::leader::listen`]): read them.
+    pub fn foreign_rows(&self) {
+        self.outbox_written.store(true, Ordering::Release);
+        self.foreign.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
     /// Something was committed to the outbox table.
     pub fn wake(&self) {
         self.outbox_written.store(true, Ordering::Release);
@@ -105,6 +113,8 @@ pub struct Relay {
     ephemeral: mpsc::Receiver<events::Event>,
     handed: Arc<Mutex<Handed>>,
     outbox_written: Arc<AtomicBool>,
+    /// Another replica committed rows: read from the cursor.
+    foreign: Arc<AtomicBool>,
     /// Every position up to this one is published (or was taken by padding): a handed batch
     /// whose `after` is this follows on.
     covered: Option<i64>,
@@ -124,9 +134,10 @@ impl Relay {
         let handed = Arc::new(Mutex::new(Handed::default()));
         // The outbox may hold rows from before a restart.
         let outbox_written = Arc::new(AtomicBool::new(true));
-        let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone() };
+        let foreign = Arc::new(AtomicBool::new(false));
+        let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone(), foreign: foreign.clone() };
         let publisher = Publisher::new(clients, deadline);
-        (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, covered: None, last_taken: None, leader: None }, handle)
+        (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, foreign, covered: None, last_taken: None, leader: None }, handle)
     }
 
     /// Publishes messages and the outbox only while `leader` says this replica leads.
@@ -146,13 +157,19 @@ impl Relay {
         let Some(mut leader) = self.leader.clone() else { return };
         tracing::debug!("another replica's relay publishes; this one follows");
         loop {
-            // What the writer handed over is the leader's to publish, from the database.
-            {
+            // What the writer handed over is the leader's to publish, from the database: it
+            // is told so at once (and finds it within a second if the notice is lost).
+            let committed = {
                 let mut h = self.handed.lock().expect("relay queue lock");
+                let committed = h.latest.is_some() || !h.batches.is_empty();
                 h.batches.clear();
                 h.count = 0;
                 h.latest = None;
                 h.overflowed = true;
+                committed
+            };
+            if committed | self.outbox_written.swap(false, Ordering::AcqRel) {
+                self.store.notify_relay().await;
             }
             self.covered = None;
             if *leader.borrow_and_update() {
@@ -249,6 +266,9 @@ impl Relay {
         let mut backoff = Duration::from_millis(50);
         // Read from the cursor at first: rows may be waiting from before a restart.
         let mut read = true;
+        // Rows this relay was not handed (another replica's, the outbox's) are looked for at
+        // least this often, however busy the relay is.
+        let mut next_poll = tokio::time::Instant::now() + POLL_EVERY;
         'relay: loop {
             if !self.leads() {
                 self.follow(&shutdown).await;
@@ -272,6 +292,11 @@ impl Relay {
                 read = true;
                 self.outbox_written.store(true, Ordering::Release);
                 continue;
+            }
+            if self.foreign.swap(false, Ordering::AcqRel) || tokio::time::Instant::now() >= next_poll {
+                read = true;
+                self.outbox_written.store(true, Ordering::Release);
+                next_poll = tokio::time::Instant::now() + POLL_EVERY;
             }
             let mut batch = Vec::new();
             while batch.len() < 256 {
@@ -310,11 +335,7 @@ impl Relay {
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     Some(event) = self.ephemeral.recv() => self.publisher.best_effort(event).await,
-                    _ = tokio::time::sleep(POLL_EVERY) => {
-                        // Rows this relay was not handed: another replica's, or the outbox's.
-                        read = true;
-                        self.outbox_written.store(true, Ordering::Release);
-                    }
+                    _ = tokio::time::sleep_until(next_poll) => {}
                     _ = shutdown.cancelled() => break 'relay,
                 }
                 continue;

@@ -95,6 +95,7 @@ impl ConversationServer {
         let (relay, handle) = Relay::new(self.store.clone(), clients, self.settings.publish_timeout);
         // With several replicas on one database, one relay publishes at a time.
         let relay = relay.with_leadership(crate::leader::start(&self.settings.database_url, shutdown.clone()));
+        crate::leader::listen(&self.settings.database_url, handle.clone(), shutdown.clone());
         let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?.with_watch_heartbeat(self.settings.watch_heartbeat);
         let upload = grpc::channel_to(&self.settings.upload_url, self.settings.publish_timeout.max(std::time::Duration::from_secs(2)), &self.settings.credentials)?;
         let api = api.with_upload(jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(upload));

@@ -798,6 +798,16 @@ impl Store {
     }
 
     /// How far the relay has published messages (0 at first).
+    /// Tells the publishing replica's relay (on PostgreSQL, `NOTIFY jack_relay`) that rows it
+    /// was not handed are waiting: this replica's writer committed them.
+    pub async fn notify_relay(&self) {
+        if self.db.engine == Engine::Postgres
+            && let Err(err) = sqlx::query("SELECT pg_notify('jack_relay', '')").execute(&self.db.write).await
+        {
+            tracing::debug!(error = %err, "relay not notified; it finds the rows within a second");
+        }
+    }
+
     pub async fn relay_cursor(&self) -> Result<i64> {
         let row = sqlx::query("SELECT position FROM relay_cursor WHERE name = 'delivery'").fetch_optional(&self.db.read).await?;
         Ok(row.map(|r| r.try_get("position")).transpose()?.unwrap_or(0))

@@ -195,6 +195,7 @@ impl Visitor {
 async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let databases = jack_e2e::postgres_databases().await;
+    let vars = databases.clone();
     let credentials = jack::stack::credentials(dir.path()).unwrap();
     let file = |name: &str| credentials.join(name).display().to_string();
     let token = |role: &str| Credentials::bearer(&std::fs::read_to_string(credentials.join(format!("{role}.token"))).unwrap()).unwrap();
@@ -240,7 +241,7 @@ async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     // the second starts: it is the one killed below.
     let mut responder = ConversationServiceClient::new(grpc::channel_to(&[url(conversation_1), url(conversation_2)], Duration::from_secs(5), &token("responder")).unwrap());
     wait_until(|| async { responder.clone().get_conversation(conv::GetConversationRequest { conversation_id: "cnv_none".into() }).await.is_err_and(|s| s.code() == tonic::Code::NotFound) }).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until(|| async { jack_e2e::relay_lock_holders(&vars).await == 1 }).await;
     deployment.start("conversation-2", "conversation", &with(&[("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation_2}"))]));
     for (name, ws, grpc) in [("edge-1", edge_1, edge_1_grpc), ("edge-2", edge_2, edge_2_grpc)] {
         deployment.start(name, "edge", &with(&[("WEBSOCKET_PORT", ws.to_string()), ("EDGE_GRPC_ADDR", format!("127.0.0.1:{grpc}")), ("EDGE_ID", name.to_owned())]));
@@ -304,7 +305,11 @@ async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     for round in 0..ROUNDS {
         match round {
             3 => deployment.kill("delivery-1"),
-            6 => deployment.kill("conversation-1"),
+            6 => {
+                deployment.kill("conversation-1");
+                // The lock's session ends with the process; the other replica takes it.
+                wait_until(|| async { jack_e2e::relay_lock_holders(&vars).await == 1 }).await;
+            }
             9 => deployment.kill("edge-1"),
             _ => {}
         }

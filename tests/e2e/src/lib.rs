@@ -447,3 +447,21 @@ pub async fn postgres_databases() -> Vec<(String, String)> {
     }
     vars
 }
+
+/// How many sessions hold the conversation relay's advisory lock (see
+/// `jack_conversation::leader`) on the conversation database of `vars` (as
+/// [`postgres_databases`] gives them).
+pub async fn relay_lock_holders(vars: &[(String, String)]) -> i64 {
+    let url = &vars.iter().find(|(k, _)| k == "CONVERSATION_DATABASE_URL").expect("a conversation database").1;
+    let database = url.rsplit_once('/').expect("a database URL").1.split('?').next().unwrap_or_default();
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("PostgreSQL is reachable");
+    // A bigint advisory key shows as its high half in classid and its low half in objid.
+    let query = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '{database}' \
+         AND ((l.classid::text::bigint << 32) | l.objid::text::bigint) = {}",
+        jack_conversation::leader::LOCK_KEY
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(query)).fetch_one(&mut admin).await.expect("pg_locks")
+}

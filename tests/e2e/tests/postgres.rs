@@ -134,9 +134,34 @@ async fn two_conversation_replicas_publish_each_message_once_and_one_takes_over(
     let late = tokio::time::timeout(std::time::Duration::from_secs(3), staff.message()).await;
     assert!(late.is_err(), "nothing more after the ten messages: {late:?}");
     assert!(seen.values().all(|n| *n == 1), "each message once: {seen:?}");
+    assert_eq!(jack_e2e::relay_lock_holders(&vars).await, 1, "one replica holds the relay lock");
+
+    // While the leader is kept busy (typing through it all the time), a read receipt stored
+    // by the other replica still reaches the guest.
+    let busy = tokio::spawn({
+        let mut leader = stack.conversation_as(Role::Responder);
+        let conversation_id = conversation_id.clone();
+        async move {
+            loop {
+                let typing = conv::SetTypingRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, is_typing: true };
+                let _ = leader.set_typing(typing).await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let read = conv::MarkReadRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, up_to_seq: 9, ..Default::default() };
+    second_client.mark_read(read).await.unwrap();
+    let receipt = guest.until(|f| f["type"] == "read").await;
+    assert_eq!(receipt["upToSeq"], 9);
+    busy.abort();
 
     // The first replica (which took the relay lock first) stops; the second takes over.
     stack.stop(jack_e2e::Svc::Conversation).await;
+    let started = std::time::Instant::now();
+    while jack_e2e::relay_lock_holders(&vars).await != 1 {
+        assert!(started.elapsed() < WAIT, "the second replica takes the relay lock");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     for n in 5..8 {
         second_client.send_message(say(n)).await.unwrap();
     }
@@ -209,3 +234,4 @@ async fn the_services_reach_postgresql_over_tls_when_the_url_asks() {
     assert!(row.1 > 0, "the conversation service holds connections");
     assert_eq!(row.0, 0, "every one of them over TLS");
 }
+
