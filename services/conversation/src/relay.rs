@@ -246,20 +246,25 @@ impl Relay {
         }
     }
 
-    /// Runs until shutdown.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut cursor = loop {
+    /// The stored cursor, read again every second until it can be; `None` at shutdown.
+    async fn stored_cursor(&self, shutdown: &CancellationToken) -> Option<i64> {
+        loop {
             match self.store.relay_cursor().await {
-                Ok(cursor) => break cursor,
+                Ok(cursor) => return Some(cursor),
                 Err(err) => {
                     tracing::warn!(error = %err, "relay cursor unreadable; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return None,
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let Some(mut cursor) = self.stored_cursor(&shutdown).await else { return };
         // The cursor is stored by a task of its own (see `keep_cursor`), told of each move.
         let (published, reported) = watch::channel(cursor);
         let keeper = tokio::spawn(keep_cursor(self.store.clone(), reported, shutdown.clone()));
@@ -276,18 +281,8 @@ impl Relay {
                     break 'relay;
                 }
                 // Leading now: from the cursor the last leader stored.
-                cursor = loop {
-                    match self.store.relay_cursor().await {
-                        Ok(stored) => break stored,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "relay cursor unreadable; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                                _ = shutdown.cancelled() => break 'relay,
-                            }
-                        }
-                    }
-                };
+                let Some(stored) = self.stored_cursor(&shutdown).await else { break 'relay };
+                cursor = stored;
                 published.send_replace(cursor);
                 read = true;
                 self.outbox_written.store(true, Ordering::Release);
