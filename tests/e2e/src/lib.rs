@@ -432,15 +432,21 @@ pub async fn postgres_databases() -> Vec<(String, String)> {
     let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     sqlx::any::install_default_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("PostgreSQL is reachable (set JACK_TEST_POSTGRES_URL)");
-    // Databases of earlier runs are dropped here (those still in use refuse, which is fine).
+    // Databases of earlier runs are dropped here: those made over an hour ago (their name
+    // says when). A younger one may belong to a test running now, which may have closed all
+    // its connections for a moment (one that takes its database away, say).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("a clock after 1970").as_secs();
     let old: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'jack_test_%'").fetch_all(&mut conn).await.unwrap();
     for name in old {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
+        let made = name.strip_prefix("jack_test_").and_then(|rest| rest.split('_').next()).and_then(|secs| secs.parse::<u64>().ok());
+        if made.is_none_or(|made| made + 3600 < now) {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
+        }
     }
     let run = jack_runtime::ids::random_hex();
     let mut vars = Vec::new();
     for service in ["guest", "conversation", "upload"] {
-        let name = format!("jack_test_{}_{service}", &run[..12]);
+        let name = format!("jack_test_{now}_{}_{service}", &run[..8]);
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
         vars.push((format!("{}_DATABASE_URL", service.to_uppercase()), format!("{base}/{name}")));
