@@ -68,6 +68,18 @@ impl Database {
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(5))
+                    // Each connection keeps its prepared statements for its whole life. With
+                    // PostgreSQL's default a statement's plan may be fixed after a few runs
+                    // (a "generic" plan), made while a table was still empty: the message
+                    // writer's lookup of resends then scanned the whole table as it grew,
+                    // tens of milliseconds a batch. Planning each run for the table as it is
+                    // costs a fraction of a millisecond.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("SET plan_cache_mode = force_custom_plan").execute(conn).await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await
                     .context("failed to connect to PostgreSQL")?;
