@@ -304,6 +304,16 @@ impl Guest {
         self.until(|f| (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id).await
     }
 
+    /// Reads until `count` butler (assistant) messages have arrived; their contents, in order.
+    pub async fn butler_contents(&mut self, count: usize) -> Vec<String> {
+        let contents = |guest: &Self| guest.seen_messages().into_iter().filter(|m| m["role"] == "assistant").map(|m| m["content"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>();
+        while contents(self).len() < count {
+            let frame = self.next().await;
+            self.seen.push(frame);
+        }
+        contents(self)
+    }
+
     /// Messages (`message` frames and history entries) in `seen`, in arrival order.
     pub fn seen_messages(&self) -> Vec<Value> {
         let mut out = Vec::new();

@@ -272,11 +272,11 @@ async fn the_responder_is_answered_while_every_edge_thread_is_busy() {
 
 /// An edge that is stopped (SIGTERM) stops taking connections at once, keeps its guests'
 /// live messages flowing, and tells them to reconnect (1001) spread over `EDGE_DRAIN_MS`,
-/// so that the other edges take them back gradually.
+/// so that the other edges take them back gradually: after the first guest is told, others
+/// are still connected and still get what the butler sends.
 #[tokio::test]
 async fn a_stopping_edge_closes_its_guests_spread_over_the_drain() {
-    let drain = Duration::from_millis(1500);
-    let mut stack = TestStack::start_with(&[("EDGE_DRAIN_MS", "1500")]).await;
+    let mut stack = TestStack::start_with(&[("EDGE_DRAIN_MS", "3000")]).await;
     let mut guests = Vec::new();
     let mut conversations = Vec::new();
     for i in 0..12 {
@@ -287,13 +287,15 @@ async fn a_stopping_edge_closes_its_guests_spread_over_the_drain() {
     }
     let url = stack.ws_url("hotel_drain");
     let conversation = stack.conversation();
-    let started = std::time::Instant::now();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     let watched: Vec<_> = guests
         .into_iter()
         .map(|guest| {
+            let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
-                let (frames, close) = guest.frames_until_closed().await;
-                (frames, close, started.elapsed())
+                let outcome = guest.frames_until_closed().await;
+                let _ = closed_tx.send(());
+                outcome
             })
         })
         .collect();
@@ -301,9 +303,8 @@ async fn a_stopping_edge_closes_its_guests_spread_over_the_drain() {
         stack.stop(Svc::Edge).await;
     };
     let during = async {
-        // Live messages still reach guests waiting for their turn; new guests go elsewhere.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let refused = jack_e2e::Guest::try_connect(&url, Duration::from_secs(1)).await.is_none();
+        // Once the first guest has been told to go, the others still get live messages.
+        closed.recv().await.expect("a guest is closed");
         for id in &conversations {
             let request = jack_proto::conversation::v1::SendMessageRequest {
                 conversation_id: id.clone(),
@@ -313,22 +314,17 @@ async fn a_stopping_edge_closes_its_guests_spread_over_the_drain() {
             };
             conversation.clone().send_message(request).await.unwrap();
         }
-        refused
+        // New guests go elsewhere.
+        jack_e2e::Guest::try_connect(&url, Duration::from_secs(1)).await.is_none()
     };
     let ((), refused) = tokio::join!(stopping, during);
     assert!(refused, "a stopping edge takes no new connection");
-    let mut closed_at = Vec::new();
     let mut got_live = 0;
     for task in watched {
-        let (frames, close, at) = task.await.unwrap();
+        let (frames, close) = task.await.unwrap();
         let close = close.expect("a close frame");
         assert_eq!(u16::from(close.code), 1001, "{close:?}");
         got_live += usize::from(frames.iter().any(|f| f["content"] == "Before you go"));
-        closed_at.push(at);
     }
-    closed_at.sort();
-    let spread = closed_at[closed_at.len() - 1] - closed_at[0];
-    assert!(spread >= drain / 3, "closes are spread over the drain, not at once: {closed_at:?}");
-    assert!(*closed_at.last().unwrap() <= drain + Duration::from_secs(2), "all closed within the drain: {closed_at:?}");
-    assert!(got_live > 0, "guests still connected during the drain get live messages");
+    assert!(got_live > 0, "guests not yet told to go get live messages after the first was: the closes are spread");
 }
