@@ -431,6 +431,27 @@ fn replicas(urls: &[String], credentials: &Credentials, configure: impl Fn(Endpo
     Ok(traced(channel, credentials))
 }
 
+/// Each of `targets`' names resolved (`None`: the name did not resolve), in order.
+async fn resolve(targets: &[Target]) -> Vec<Option<Vec<SocketAddr>>> {
+    let mut resolved = Vec::with_capacity(targets.len());
+    for target in targets {
+        resolved.push(match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+            Ok(addrs) => Some(addrs.collect()),
+            Err(err) => {
+                tracing::debug!(host = %target.host, error = %err, "cannot resolve a replica's name");
+                None
+            }
+        });
+    }
+    resolved
+}
+
+/// Whether each address accepts a TCP connection within [`PROBE_TIMEOUT`].
+async fn probe(addrs: impl Iterator<Item = SocketAddr>) -> Vec<bool> {
+    let probes = addrs.map(|addr| async move { matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_))) });
+    futures_util::future::join_all(probes).await
+}
+
 async fn discover(
     targets: Vec<Target>,
     credentials: Credentials,
@@ -442,15 +463,10 @@ async fn discover(
     use tonic::transport::channel::Change;
 
     while !changes.is_closed() {
-        let mut found: BTreeMap<String, (SocketAddr, &Target)> = BTreeMap::new();
-        for target in &targets {
-            match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
-                Ok(addrs) => found.extend(addrs.map(|addr| (addr.to_string(), (addr, target)))),
-                Err(err) => tracing::debug!(host = %target.host, error = %err, "cannot resolve a replica's name"),
-            }
-        }
-        let probes = found.values().map(|(addr, _)| async move { matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_))) });
-        let up = futures_util::future::join_all(probes).await;
+        let resolved = resolve(&targets).await;
+        let found: BTreeMap<String, (SocketAddr, &Target)> =
+            targets.iter().zip(&resolved).flat_map(|(target, addrs)| addrs.iter().flatten().map(move |addr| (addr.to_string(), (*addr, target)))).collect();
+        let up = probe(found.values().map(|(addr, _)| *addr)).await;
         let reachable: BTreeSet<String> = found.keys().zip(up).filter(|(_, up)| *up).map(|(key, _)| key.clone()).collect();
         let wanted = match (reachable.is_empty(), found.is_empty()) {
             (false, _) => reachable,
@@ -478,6 +494,91 @@ async fn discover(
         }
         live = wanted;
         tokio::time::sleep(DISCOVERY_EVERY).await;
+    }
+}
+
+/// Every replica of a service, each with a [`stream_channel`] of its own, by a name for logs
+/// (the URL, or `scheme://address` of a replica found by a name).
+pub type Members = std::collections::BTreeMap<String, Traced>;
+
+/// Probes in a row a replica found by a name may fail before it leaves [`members`]: a
+/// replica busy for a moment keeps its place (its callers' streams to it stay up).
+const MISSED_PROBES: u32 = 3;
+
+/// The replicas of a service that a caller reaches one by one rather than balanced (delivery:
+/// an edge keeps a stream to each, and the relay copies events to each for its own staff
+/// subscriptions), kept current: a URL with an IP address is a member for good (its callers
+/// retry it while it is down); a host name stands for every address it resolves to that
+/// accepts connections (a Kubernetes headless Service, a compose service with replicas),
+/// resolved again every [`DISCOVERY_EVERY`], so that scaling the service is a replica count.
+/// An address joins once it accepts connections and leaves when its name no longer resolves
+/// to it or after [`MISSED_PROBES`] failed probes in a row; while a name does not resolve at
+/// all (DNS down), its members stay. The task ends with the last receiver.
+pub fn members(urls: &[String], credentials: &Credentials) -> anyhow::Result<tokio::sync::watch::Receiver<Members>> {
+    let mut fixed = Members::new();
+    let mut named = Vec::new();
+    for url in urls {
+        let target = Target::parse(url)?;
+        if target.host.parse::<std::net::IpAddr>().is_ok() {
+            fixed.insert(url.clone(), stream_channel(url, credentials)?);
+        } else {
+            named.push(target);
+        }
+    }
+    let (members, receiver) = tokio::sync::watch::channel(fixed);
+    if !named.is_empty() {
+        tokio::spawn(follow_members(named, credentials.clone(), members));
+    }
+    Ok(receiver)
+}
+
+async fn follow_members(targets: Vec<Target>, credentials: Credentials, members: tokio::sync::watch::Sender<Members>) {
+    use std::collections::BTreeMap;
+    // The members found by a name: their target and failed probes in a row.
+    let mut found_by_name: BTreeMap<String, (usize, u32)> = BTreeMap::new();
+    while !members.is_closed() {
+        let resolved = resolve(&targets).await;
+        let scheme = |i: usize| targets[i].scheme.as_str();
+        let addrs: BTreeMap<String, (SocketAddr, usize)> =
+            resolved.iter().enumerate().flat_map(|(i, addrs)| addrs.iter().flatten().map(move |addr| (format!("{}://{addr}", scheme(i)), (*addr, i)))).collect();
+        let up = probe(addrs.values().map(|(addr, _)| *addr)).await;
+        let mut joined = Members::new();
+        for ((key, (addr, i)), up) in addrs.iter().zip(up) {
+            match found_by_name.get_mut(key) {
+                Some((_, missed)) => *missed = if up { 0 } else { *missed + 1 },
+                None if up => match targets[*i].endpoint(*addr, &credentials) {
+                    Ok(endpoint) => {
+                        tracing::info!(%addr, host = %targets[*i].host, "a replica joins");
+                        found_by_name.insert(key.clone(), (*i, 0));
+                        joined.insert(key.clone(), traced(streaming(endpoint).connect_lazy(), &credentials));
+                    }
+                    Err(err) => tracing::warn!(%addr, error = %err, "cannot make an endpoint for a replica"),
+                },
+                None => {}
+            }
+        }
+        // Gone from its name (unless the name did not resolve at all), or not answering.
+        let left: Vec<String> = found_by_name
+            .iter()
+            .filter(|(key, (i, missed))| (resolved[*i].is_some() && !addrs.contains_key(*key)) || *missed >= MISSED_PROBES)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &left {
+            tracing::info!(replica = %key, "a replica leaves");
+            found_by_name.remove(key);
+        }
+        if !joined.is_empty() || !left.is_empty() {
+            members.send_modify(|members| {
+                members.extend(joined);
+                for key in &left {
+                    members.remove(key);
+                }
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DISCOVERY_EVERY) => {}
+            _ = members.closed() => return,
+        }
     }
 }
 

@@ -13,8 +13,9 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// `CONVERSATION_DATABASE_URL`: `sqlite:PATH` or `postgres://…`.
     pub database_url: String,
-    /// `CONVERSATION_DELIVERY_URLS`: every delivery replica; events go to one that answers,
-    /// and a copy to each other for its staff subscriptions.
+    /// `CONVERSATION_DELIVERY_URLS`: the delivery replicas, as URLs (a host name stands for
+    /// every replica it resolves to, found again as they come and go); events go to one that
+    /// answers, and a copy to each other for its staff subscriptions.
     pub delivery_urls: Vec<String>,
     /// `CONVERSATION_UPLOAD_URL`: the upload service, which says which attachment ids a
     /// butler's message may carry (and what they are); one or more URLs, as the edge's.

@@ -20,7 +20,7 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::delivery::v1 as events;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_proto::tonic::{Status, Streaming};
-use jack_runtime::grpc::Traced;
+use jack_runtime::grpc::{self, Traced};
 use jack_runtime::CancellationToken;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -126,9 +126,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay publishing to these delivery replicas (the first, then the next after a
-    /// failure), each publish answered within `deadline`.
-    pub fn new(store: Store, clients: Vec<DeliveryServiceClient<Traced>>, deadline: Duration) -> (Self, RelayHandle) {
+    /// A relay publishing to these delivery replicas (one, then the next after a failure),
+    /// each publish answered within `deadline`.
+    pub fn new(store: Store, replicas: watch::Receiver<grpc::Members>, deadline: Duration) -> (Self, RelayHandle) {
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(EPHEMERAL_QUEUE);
         let handed = Arc::new(Mutex::new(Handed::default()));
@@ -136,7 +136,7 @@ impl Relay {
         let outbox_written = Arc::new(AtomicBool::new(true));
         let foreign = Arc::new(AtomicBool::new(false));
         let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone(), foreign: foreign.clone() };
-        let publisher = Publisher::new(clients, deadline);
+        let publisher = Publisher::new(replicas, deadline);
         (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, foreign, covered: None, last_taken: None, leader: None }, handle)
     }
 
@@ -327,6 +327,7 @@ impl Relay {
             let last_position = rows.last().map(|(p, _)| *p);
             batch.extend(rows.into_iter().map(|(_, e)| e));
             if batch.is_empty() {
+                self.publisher.greet().await;
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     Some(event) = self.ephemeral.recv() => self.publisher.best_effort(event).await,
@@ -370,35 +371,85 @@ impl Relay {
     }
 }
 
-/// Publishes over one `PublishStream` to a delivery replica, opened with the first publish
-/// and again after a failure — then to the next replica. (A unary call per publish cost an
-/// HTTP/2 stream, its headers and a task on both ends, for every few messages.) With several
-/// replicas, what one accepted is copied to each of the others for their staff subscriptions
-/// ([`Copies`]).
+/// Publishes to one delivery replica at a time (the same one until it fails, then the next),
+/// over a [`Link`]; with several replicas, what one accepted is copied to each of the others
+/// for their staff subscriptions ([`Copies`]). The replicas are followed as they come and go
+/// ([`grpc::members`]).
 struct Publisher {
-    clients: Vec<DeliveryServiceClient<Traced>>,
-    target: usize,
+    replicas: watch::Receiver<grpc::Members>,
+    members: grpc::Members,
+    /// The replica published to, and the link to it; picked again after a failure.
+    target: Option<(String, Link)>,
+    /// The replica that failed last: the next pick is the one after it.
+    failed: Option<String>,
     deadline: Duration,
-    link: Option<(mpsc::Sender<events::PublishRequest>, Streaming<events::PublishResponse>)>,
-    /// One per client, by index, when there is more than one.
-    copies: Vec<Copies>,
+    /// One per replica, by name, when there is more than one.
+    copies: std::collections::BTreeMap<String, Copies>,
 }
 
 impl Publisher {
-    fn new(clients: Vec<DeliveryServiceClient<Traced>>, deadline: Duration) -> Self {
-        let copies = if clients.len() > 1 { clients.iter().map(|c| Copies::start(c.clone(), deadline)).collect() } else { Vec::new() };
-        Self { clients, target: 0, deadline, link: None, copies }
+    fn new(mut replicas: watch::Receiver<grpc::Members>, deadline: Duration) -> Self {
+        let members = replicas.borrow_and_update().clone();
+        let mut publisher = Self { replicas, members: grpc::Members::new(), target: None, failed: None, deadline, copies: Default::default() };
+        publisher.take_members(members);
+        publisher
     }
 
-    /// Publishes, answered by delivery within the deadline; on failure the stream is dropped.
+    /// Follows the replicas: a link to one that left is dropped, copies start for one that
+    /// joined.
+    fn take_members(&mut self, members: grpc::Members) {
+        if self.target.as_ref().is_some_and(|(name, _)| !members.contains_key(name)) {
+            self.target = None;
+        }
+        self.copies.retain(|name, _| members.contains_key(name));
+        if members.len() > 1 {
+            for (name, channel) in &members {
+                if !self.copies.contains_key(name) {
+                    self.copies.insert(name.clone(), Copies::start(DeliveryServiceClient::new(channel.clone()), self.deadline));
+                }
+            }
+        } else {
+            self.copies.clear();
+        }
+        self.members = members;
+    }
+
+    /// Takes what changed in the replicas, and picks the replica to publish to if there is
+    /// none.
+    fn pick(&mut self) {
+        if self.replicas.has_changed().unwrap_or(false) {
+            let members = self.replicas.borrow_and_update().clone();
+            self.take_members(members);
+        }
+        if self.target.is_none() {
+            let after = self.failed.as_deref().and_then(|failed| self.members.range::<str, _>((std::ops::Bound::Excluded(failed), std::ops::Bound::Unbounded)).next());
+            if let Some((name, channel)) = after.or_else(|| self.members.iter().next()) {
+                self.target = Some((name.clone(), Link::new(DeliveryServiceClient::new(channel.clone()), self.deadline)));
+            }
+        }
+    }
+
+    /// Publishes, answered by delivery within the deadline; on failure the next publish goes
+    /// to the next replica.
     async fn publish(&mut self, events: Vec<events::Event>) -> Result<(), Status> {
-        let copy = (!self.copies.is_empty()).then(|| events.clone());
-        let result = self.publish_request(events::PublishRequest { events, ..Default::default() }).await;
-        if let (Ok(()), Some(events)) = (&result, copy) {
-            let target = self.target % self.clients.len();
-            let through = events.iter().map(|e| e.position).max().unwrap_or(0);
-            for (_, copies) in self.copies.iter().enumerate().filter(|(i, _)| *i != target) {
-                copies.send(events.clone(), through);
+        self.pick();
+        let copy = (self.copies.len() > 1 && !events.is_empty()).then(|| events.clone());
+        let Some((name, link)) = self.target.as_mut() else {
+            return Err(Status::unavailable("no delivery replica is known"));
+        };
+        let result = link.publish_request(events::PublishRequest { events, ..Default::default() }).await;
+        let name = name.clone();
+        match (&result, copy) {
+            (Ok(()), Some(events)) => {
+                let through = events.iter().map(|e| e.position).max().unwrap_or(0);
+                for (_, copies) in self.copies.iter().filter(|(replica, _)| **replica != name) {
+                    copies.send(events.clone(), through);
+                }
+            }
+            (Ok(()), None) => {}
+            (Err(_), _) => {
+                self.target = None;
+                self.failed = Some(name);
             }
         }
         result
@@ -407,45 +458,69 @@ impl Publisher {
     /// How far the cursor may be stored when delivery accepted everything through `accepted`:
     /// no further than the copies still waiting to go to other replicas (sent or given up on).
     fn copied_through(&self, accepted: i64) -> i64 {
-        self.copies.iter().filter(|c| c.waiting.load(Ordering::Acquire) > 0).map(|c| c.done_through.load(Ordering::Acquire)).fold(accepted, i64::min)
+        self.copies.values().filter(|c| c.waiting.load(Ordering::Acquire) > 0).map(|c| c.done_through.load(Ordering::Acquire)).fold(accepted, i64::min)
     }
 
-    async fn publish_request(&mut self, request: events::PublishRequest) -> Result<(), Status> {
-        let answered = tokio::time::timeout(self.deadline, self.send(request)).await;
-        let result = answered.unwrap_or_else(|_| Err(Status::deadline_exceeded("delivery did not answer in time")));
-        if result.is_err() {
-            self.link = None;
-            self.target = self.target.wrapping_add(1);
-        }
-        result
-    }
-
-    async fn send(&mut self, request: events::PublishRequest) -> Result<(), Status> {
-        let answers = match &mut self.link {
-            Some((requests, answers)) => {
-                requests.send(request).await.map_err(|_| Status::unavailable("the publish stream is closed"))?;
-                answers
-            }
-            None => {
-                let Some(client) = self.clients.get(self.target % self.clients.len().max(1)) else {
-                    return Err(Status::unavailable("no delivery service configured"));
-                };
-                // The first request goes with the stream's headers.
-                let (requests, outgoing) = mpsc::channel(1);
-                let _ = requests.try_send(request);
-                let answers = client.clone().publish_stream(ReceiverStream::new(outgoing)).await?.into_inner();
-                &mut self.link.insert((requests, answers)).1
-            }
-        };
-        match answers.message().await? {
-            Some(_) => Ok(()),
-            None => Err(Status::unavailable("delivery ended the publish stream")),
+    /// Opens the stream to the replica published to, if it is not open: a replica answers
+    /// staff subscriptions only once a relay publishes to it (copies open theirs as they
+    /// start, see [`send_copies`]).
+    async fn greet(&mut self) {
+        self.pick();
+        if self.target.as_ref().is_some_and(|(_, link)| link.stream.is_none())
+            && let Err(status) = self.publish(Vec::new()).await
+        {
+            tracing::debug!(code = ?status.code(), "delivery does not answer yet");
         }
     }
 
     async fn best_effort(&mut self, event: events::Event) {
         if let Err(status) = self.publish(vec![event]).await {
             tracing::debug!(code = ?status.code(), "ephemeral event not delivered");
+        }
+    }
+}
+
+/// One `PublishStream` to one delivery replica, opened with the first publish and again after
+/// a failure. (A unary call per publish cost an HTTP/2 stream, its headers and a task on both
+/// ends, for every few messages.)
+struct Link {
+    client: DeliveryServiceClient<Traced>,
+    deadline: Duration,
+    stream: Option<(mpsc::Sender<events::PublishRequest>, Streaming<events::PublishResponse>)>,
+}
+
+impl Link {
+    fn new(client: DeliveryServiceClient<Traced>, deadline: Duration) -> Self {
+        Self { client, deadline, stream: None }
+    }
+
+    /// One request, answered within the deadline; on failure the stream is dropped.
+    async fn publish_request(&mut self, request: events::PublishRequest) -> Result<(), Status> {
+        let answered = tokio::time::timeout(self.deadline, self.send(request)).await;
+        let result = answered.unwrap_or_else(|_| Err(Status::deadline_exceeded("delivery did not answer in time")));
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn send(&mut self, request: events::PublishRequest) -> Result<(), Status> {
+        let answers = match &mut self.stream {
+            Some((requests, answers)) => {
+                requests.send(request).await.map_err(|_| Status::unavailable("the publish stream is closed"))?;
+                answers
+            }
+            None => {
+                // The first request goes with the stream's headers.
+                let (requests, outgoing) = mpsc::channel(1);
+                let _ = requests.try_send(request);
+                let answers = self.client.clone().publish_stream(ReceiverStream::new(outgoing)).await?.into_inner();
+                &mut self.stream.insert((requests, answers)).1
+            }
+        };
+        match answers.message().await? {
+            Some(_) => Ok(()),
+            None => Err(Status::unavailable("delivery ended the publish stream")),
         }
     }
 }
@@ -471,8 +546,7 @@ impl Copies {
     fn start(client: DeliveryServiceClient<Traced>, deadline: Duration) -> Self {
         let (queue, queued) = mpsc::channel(COPIES_QUEUE);
         let copies = Self { queue, lost: Arc::default(), waiting: Arc::default(), done_through: Arc::default() };
-        let link = Publisher { clients: vec![client], target: 0, deadline, link: None, copies: Vec::new() };
-        tokio::spawn(send_copies(link, queued, copies.lost.clone(), copies.waiting.clone(), copies.done_through.clone()));
+        tokio::spawn(send_copies(Link::new(client, deadline), queued, copies.lost.clone(), copies.waiting.clone(), copies.done_through.clone()));
         copies
     }
 
@@ -486,10 +560,26 @@ impl Copies {
     }
 }
 
-/// Sends one replica its copies until the relay ends.
-async fn send_copies(mut link: Publisher, mut queued: mpsc::Receiver<(Vec<events::Event>, i64)>, lost: Arc<AtomicBool>, waiting: Arc<AtomicUsize>, done_through: Arc<AtomicI64>) {
+/// Sends one replica its copies until the relay ends (or the replica leaves). The stream
+/// opens at once, before there is anything to copy: the replica answers staff subscriptions
+/// once a relay publishes to it.
+async fn send_copies(mut link: Link, mut queued: mpsc::Receiver<(Vec<events::Event>, i64)>, lost: Arc<AtomicBool>, waiting: Arc<AtomicUsize>, done_through: Arc<AtomicI64>) {
+    let hello = events::PublishRequest { subscribers_only: true, ..Default::default() };
+    let mut greeted = link.publish_request(hello.clone()).await.is_ok();
     let mut failing = false;
-    while let Some((mut events, mut through)) = queued.recv().await {
+    loop {
+        let next = if greeted {
+            queued.recv().await
+        } else {
+            tokio::select! {
+                next = queued.recv() => next,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    greeted = link.publish_request(hello.clone()).await.is_ok();
+                    continue;
+                }
+            }
+        };
+        let Some((mut events, mut through)) = next else { return };
         let mut taken = 1;
         while events.len() < BATCH as usize {
             match queued.try_recv() {
@@ -505,6 +595,7 @@ async fn send_copies(mut link: Publisher, mut queued: mpsc::Receiver<(Vec<events
         let sent = link.publish_request(events::PublishRequest { events, subscribers_only: true, copies_lost }).await;
         done_through.fetch_max(through, Ordering::AcqRel);
         waiting.fetch_sub(taken, Ordering::AcqRel);
+        greeted = sent.is_ok();
         match sent {
             Ok(()) if failing => {
                 tracing::info!("copies for a delivery replica's subscriptions go through again");
@@ -656,9 +747,9 @@ mod tests {
             let serving = CancellationToken::new();
             let server = jack_runtime::grpc::server(jack_runtime::callers::Authenticate::new(None), &Default::default()).unwrap().add_service(DeliveryServiceServer::new(delivery.clone()));
             tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
-            let client = DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&url, &jack_runtime::grpc::Credentials::none()).unwrap());
+            let replicas = jack_runtime::grpc::members(&[url], &jack_runtime::grpc::Credentials::none()).unwrap();
             let (store, _dir) = crate::store::tests::sqlite_store().await;
-            let (relay, handle) = Relay::new(store.clone(), vec![client], deadline);
+            let (relay, handle) = Relay::new(store.clone(), replicas, deadline);
             let shutdown = CancellationToken::new();
             let relay = tokio::spawn(relay.run(shutdown.clone()));
             let conversation = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
@@ -763,7 +854,7 @@ mod tests {
 
     async fn relay() -> (Relay, RelayHandle, Store, tempfile::TempDir) {
         let (store, dir) = crate::store::tests::sqlite_store().await;
-        let (relay, handle) = Relay::new(store.clone(), Vec::new(), Duration::from_secs(5));
+        let (relay, handle) = Relay::new(store.clone(), watch::channel(jack_runtime::grpc::Members::new()).1, Duration::from_secs(5));
         (relay, handle, store, dir)
     }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use jack_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
-use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_runtime::db::Database;
 use jack_runtime::{CancellationToken, grpc, housekeeping, time};
 use tokio::net::TcpListener;
@@ -23,8 +22,8 @@ pub(crate) static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// indexed by conversation, so a busy batch touches a page per active conversation; with
 /// too small a cache each of them is read back from the file. Not much larger: a commit
 /// after a page split scans the whole cache (SQLite renumbers split pages through a page
-/// number past the file's end, and dropping pages past the end walks every hash slot), so
-/// at 32 MiB that scan was 12 % of the writer thread's time under load.
+/// number past the file's end, and dropping pages past the end walks every hash slot), and
+/// with a much larger cache that scan took a noticeable share of the writer thread's time.
 const MESSAGE_WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// Conversations looked at by one read (a sweep reads until it has seen them all).
@@ -86,13 +85,8 @@ impl ConversationServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "conversation service listening");
-        let clients = self
-            .settings
-            .delivery_urls
-            .iter()
-            .map(|url| grpc::stream_channel(url, &self.settings.credentials).map(DeliveryServiceClient::new))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let (relay, handle) = Relay::new(self.store.clone(), clients, self.settings.publish_timeout);
+        let replicas = grpc::members(&self.settings.delivery_urls, &self.settings.credentials)?;
+        let (relay, handle) = Relay::new(self.store.clone(), replicas, self.settings.publish_timeout);
         // With several replicas on one database, one relay publishes at a time.
         let relay = relay.with_leadership(crate::leader::start(&self.settings.database_url, shutdown.clone()));
         crate::leader::listen(&self.settings.database_url, handle.clone(), shutdown.clone());

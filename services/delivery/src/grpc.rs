@@ -20,11 +20,18 @@ pub struct DeliveryApi {
     edge_queue: usize,
     subscriber_queue: usize,
     shutdown: CancellationToken,
+    /// Cancelled once a relay has opened a publish stream (or published) here: from then on
+    /// the relay sends this replica every event, or a copy of it.
+    relay_heard: CancellationToken,
 }
+
+/// How long a staff `Subscribe` waits for a relay to publish to this replica (one that just
+/// started, or that the relay has not yet found) before it is refused.
+pub const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl DeliveryApi {
     pub fn new(router: Arc<Router>, edge_queue: usize, subscriber_queue: usize, shutdown: CancellationToken) -> Self {
-        Self { router, edge_queue, subscriber_queue, shutdown }
+        Self { router, edge_queue, subscriber_queue, shutdown, relay_heard: CancellationToken::new() }
     }
 }
 
@@ -92,12 +99,14 @@ impl DeliveryService for DeliveryApi {
     }
 
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        self.relay_heard.cancel();
         Ok(Response::new(route(&self.router, request.into_inner())?))
     }
 
     type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<pb::PublishResponse, Status>> + Send>>;
 
     async fn publish_stream(&self, request: Request<Streaming<pb::PublishRequest>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+        self.relay_heard.cancel();
         let router = self.router.clone();
         // Each request is routed and answered as the connection reads it: no task or queue of
         // its own. An error ends the stream; so does shutdown, between two requests.
@@ -122,6 +131,12 @@ impl DeliveryService for DeliveryApi {
             filter.messages = true;
             filter.typing = true;
             filter.reads = true;
+        }
+        // A subscription is complete from the moment it is answered only once the relay sends
+        // this replica what it publishes: a replica that just started, or that the relay has
+        // not found yet, holds the answer until it does.
+        if tokio::time::timeout(RELAY_WAIT, self.relay_heard.cancelled()).await.is_err() {
+            return Err(Status::unavailable("no relay publishes to this delivery replica yet; try again, or another replica"));
         }
         // One slot more than the queue: the last carries why the stream ends, if it falls behind.
         let (tx, rx) = mpsc::channel(self.subscriber_queue + 1);

@@ -44,7 +44,9 @@ pub struct Settings {
     pub guest_url: Vec<String>,
     pub conversation_url: Vec<String>,
     pub upload_url: Vec<String>,
-    /// `EDGE_DELIVERY_URLS`: every delivery replica; the edge keeps a stream to each.
+    /// `EDGE_DELIVERY_URLS`: the delivery replicas, as URLs; a host name stands for every
+    /// replica it resolves to, found again as they come and go. The edge keeps a stream to
+    /// each (see `jack_runtime::grpc::members`).
     pub delivery_urls: Vec<String>,
     /// `GRPC_CALLERS_FILE` / `GRPC_AUTH`: who may call the edge's status API.
     pub grpc_auth: AuthSettings,

@@ -1,7 +1,7 @@
 //! The hub: which local sessions serve which conversation, and the streams to delivery.
 //!
 //! The edge keeps one bidirectional stream to every delivery replica (any replica may route
-//! any event). Over it the edge attaches each identified session's conversation and receives
+//! any event), following the replicas as they come and go ([`grpc::members`]). Over it the edge attaches each identified session's conversation and receives
 //! that conversation's events, which the hub hands to the sessions.
 //!
 //! Two of DESIGN.md's rules live here:
@@ -21,7 +21,7 @@ use jack_proto::delivery::v1 as pb;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_runtime::{CancellationToken, grpc};
 use rand::Rng as _;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// How long a session waits for delivery to acknowledge its attach before going on anyway
@@ -87,7 +87,8 @@ impl SessionHandle {
 
 #[derive(Debug)]
 struct Link {
-    url: String,
+    /// The replica, for logs.
+    name: String,
     /// The current stream's outbound half; `None` while the stream is down.
     out: Mutex<Option<mpsc::UnboundedSender<pb::EdgeMessage>>>,
     /// Attach acknowledgements being waited for, by token.
@@ -105,12 +106,11 @@ pub struct Hub {
     edge_id: String,
     /// Sessions by conversation; a key is the text its sessions' identities hold.
     sessions: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
-    links: Vec<Arc<Link>>,
+    /// One per delivery replica, by its name.
+    links: Mutex<std::collections::BTreeMap<String, Arc<Link>>>,
     next_token: AtomicU64,
     session_count: AtomicUsize,
     links_up: AtomicUsize,
-    /// What the edge presents to delivery.
-    credentials: jack_runtime::grpc::Credentials,
 }
 
 fn attach_message(conversation_id: &str, token: u64) -> pb::EdgeMessage {
@@ -118,33 +118,74 @@ fn attach_message(conversation_id: &str, token: u64) -> pb::EdgeMessage {
 }
 
 impl Hub {
-    pub fn new(edge_id: String, delivery_urls: &[String], credentials: jack_runtime::grpc::Credentials) -> Arc<Self> {
-        let links = delivery_urls
-            .iter()
-            .map(|url| Arc::new(Link { url: url.clone(), out: Mutex::new(None), pending: Mutex::new(HashMap::new()) }))
-            .collect();
+    pub fn new(edge_id: String) -> Arc<Self> {
         Arc::new(Self {
             edge_id,
             sessions: Mutex::new(HashMap::new()),
-            links,
+            links: Mutex::default(),
             next_token: AtomicU64::new(1),
             session_count: AtomicUsize::new(0),
             links_up: AtomicUsize::new(0),
-            credentials,
         })
     }
 
-    /// Starts one stream task per delivery replica.
-    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        self.links.iter().map(|link| tokio::spawn(self.clone().run_link(link.clone(), shutdown.clone()))).collect()
+    /// Keeps a stream to each of the delivery `replicas` until `shutdown`: a replica that
+    /// joins gets a stream (which attaches every session, then has them catch up), one that
+    /// leaves has its stream closed and every session catch up. Ends once every stream has.
+    pub fn start(self: &Arc<Self>, mut replicas: watch::Receiver<grpc::Members>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut running: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
+            loop {
+                let members = replicas.borrow_and_update().clone();
+                let before = running.len();
+                running.retain(|name, (stop, _)| {
+                    let stays = members.contains_key(name);
+                    if !stays {
+                        stop.cancel();
+                        hub.links.lock().expect("links lock").remove(name);
+                    }
+                    stays
+                });
+                if running.len() < before {
+                    // What a replica that left had accepted and not yet sent may never come:
+                    // every session fetches what it may have missed.
+                    hub.catch_up_all();
+                }
+                for (name, channel) in members {
+                    if running.contains_key(&name) {
+                        continue;
+                    }
+                    let link = Arc::new(Link { name: name.clone(), out: Mutex::new(None), pending: Mutex::new(HashMap::new()) });
+                    hub.links.lock().expect("links lock").insert(name.clone(), link.clone());
+                    let stop = shutdown.child_token();
+                    let task = tokio::spawn(hub.clone().run_link(link, DeliveryServiceClient::new(channel), stop.clone()));
+                    running.insert(name, (stop, task));
+                }
+                tokio::select! {
+                    changed = replicas.changed() => if changed.is_err() { break },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            shutdown.cancelled().await;
+            for (_, (_, task)) in running {
+                let _ = task.await;
+            }
+        })
     }
 
     pub fn sessions(&self) -> usize {
         self.session_count.load(Ordering::Relaxed)
     }
 
+    /// Delivery replicas, and how many of them have a stream up.
     pub fn links(&self) -> (usize, usize) {
-        (self.links.len(), self.links_up.load(Ordering::Relaxed))
+        (self.links.lock().expect("links lock").len(), self.links_up.load(Ordering::Relaxed))
+    }
+
+    /// The links as they are now.
+    fn current_links(&self) -> Vec<Arc<Link>> {
+        self.links.lock().expect("links lock").values().cloned().collect()
     }
 
     /// Registers a session for a conversation's events and waits until every live delivery
@@ -154,7 +195,7 @@ impl Hub {
         self.sessions.lock().expect("sessions lock").entry(conversation_id.clone()).or_insert_with(|| Vec::with_capacity(1)).push(session);
         self.session_count.fetch_add(1, Ordering::Relaxed);
         let mut acks = Vec::new();
-        for link in &self.links {
+        for link in &self.current_links() {
             let Some(out) = link.sender() else { continue };
             let token = self.next_token.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
@@ -187,7 +228,7 @@ impl Hub {
         drop(sessions);
         self.session_count.fetch_sub(1, Ordering::Relaxed);
         let detach = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Detach(pb::Detach { conversation_id: conversation_id.to_owned() })) };
-        for link in &self.links {
+        for link in &self.current_links() {
             if let Some(out) = link.sender() {
                 let _ = out.send(detach.clone());
             }
@@ -198,7 +239,7 @@ impl Hub {
     /// delivery replica has subscribers of its own.
     pub fn publish_guest_event(&self, event: pb::Event) -> bool {
         let message = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Event(event)) };
-        let sent = self.links.iter().filter_map(|l| l.sender()).filter(|out| out.send(message.clone()).is_ok()).count();
+        let sent = self.current_links().iter().filter_map(|l| l.sender()).filter(|out| out.send(message.clone()).is_ok()).count();
         sent > 0
     }
 
@@ -221,15 +262,9 @@ impl Hub {
         }
     }
 
-    /// Keeps a stream open to one delivery replica, re-opening it with backoff and jitter.
-    async fn run_link(self: Arc<Self>, link: Arc<Link>, shutdown: CancellationToken) {
-        let client = match grpc::stream_channel(&link.url, &self.credentials) {
-            Ok(channel) => DeliveryServiceClient::new(channel),
-            Err(err) => {
-                tracing::error!(url = %link.url, error = %err, "bad delivery URL");
-                return;
-            }
-        };
+    /// Keeps a stream open to one delivery replica, re-opening it with backoff and jitter,
+    /// until `shutdown` (the edge's, or the replica's leaving).
+    async fn run_link(self: Arc<Self>, link: Arc<Link>, client: DeliveryServiceClient<grpc::Traced>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             let (out, rx) = mpsc::unbounded_channel();
@@ -261,7 +296,7 @@ impl Hub {
             match opened {
                 Ok(response) => {
                     self.links_up.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(url = %link.url, "delivery stream open");
+                    tracing::info!(replica = %link.name, "delivery stream open");
                     backoff = Duration::from_millis(100);
                     if let Some(resync) = resync {
                         let hub = self.clone();
@@ -287,14 +322,14 @@ impl Hub {
                             Ok(Some(_)) => {}
                             Ok(None) => break,
                             Err(status) => {
-                                tracing::warn!(url = %link.url, code = ?status.code(), "delivery stream broke");
+                                tracing::warn!(replica = %link.name, code = ?status.code(), "delivery stream broke");
                                 break;
                             }
                         }
                     }
                     self.links_up.fetch_sub(1, Ordering::Relaxed);
                 }
-                Err(status) => tracing::debug!(url = %link.url, code = ?status.code(), "delivery stream did not open"),
+                Err(status) => tracing::debug!(replica = %link.name, code = ?status.code(), "delivery stream did not open"),
             }
             *link.out.lock().expect("link lock") = None;
             link.pending.lock().expect("pending lock").clear();

@@ -81,11 +81,11 @@ impl EdgeServer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let backends = Backends::connect(&self.settings)?;
-        let hub = Hub::new(self.settings.edge_id.clone(), &self.settings.delivery_urls, self.settings.credentials.clone());
+        let hub = Hub::new(self.settings.edge_id.clone());
         // The delivery streams outlive the listener: connections still open during the drain
         // get their live messages until their turn to close.
         let links_stop = CancellationToken::new();
-        let links = hub.start(links_stop.clone());
+        let links = hub.start(grpc::members(&self.settings.delivery_urls, &self.settings.credentials)?, links_stop.clone());
         let per_address = Arc::new(PerAddress::new(AddressLimits {
             max_connections: self.settings.max_connections_per_ip,
             connects_per_second: self.settings.connects_per_ip,
@@ -148,9 +148,7 @@ impl EdgeServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         links_stop.cancel();
-        for link in links {
-            let _ = link.await;
-        }
+        let _ = links.await;
         result.map_err(Into::into)
     }
 }
