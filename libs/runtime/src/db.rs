@@ -130,9 +130,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const FINISH_ON_WRITER_FRAMES: i64 = 1_024;
 /// Pages the WAL may grow to before the writer checkpoints by itself, inside a commit: a
 /// fallback for when the background checkpoint falls behind. It starts the WAL over every
-/// round, but under load a round's WAL grows past 16,384 pages (about 20,000 at 12,000
-/// messages a second, 27,000 at 17,000), where SQLite's default of 1,000 or a 64 MiB limit
-/// would make the writer stall: 65,536 pages of 4 KiB, 256 MiB.
+/// round, but under heavy load a round's WAL grows well past SQLite's default of 1,000 pages,
+/// where a smaller limit would make the writer stall inside a commit.
 const WRITER_CHECKPOINT_PAGES: u32 = 65_536;
 /// The writer's page cache, in KiB, unless the service asks for more: SQLite's default. (A
 /// writer keeps every page it wrote up to this, so a larger cache grows with the data.)
@@ -140,8 +139,8 @@ const DEFAULT_WRITER_CACHE_KIB: u32 = 2 * 1024;
 
 /// Each reader's page cache, in KiB (SQLite's default is 2 MiB). Readers look up rows here
 /// and there (a guest at identify, a page of history), which the operating system's file
-/// cache serves about as fast; at SQLite's default, the four readers of each of the three
-/// databases kept up to 24 MiB, most of it pages read once.
+/// cache serves about as fast; at SQLite's default, every reader of every database kept its
+/// full cache, most of it pages read once.
 const READER_CACHE_KIB: u32 = 256;
 
 fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
@@ -186,8 +185,8 @@ fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
 /// wrote to the database file unsynced (SQLite syncs the file only when a checkpoint copies
 /// the WAL to its end) and the WAL cannot start over from its beginning. The WAL then grows
 /// until the writer's own automatic checkpoint ([`WRITER_CHECKPOINT_PAGES`]) copies the rest
-/// and syncs every page written since the last sync, inside a commit: with a limit of 16,384
-/// pages, a 10–35 ms stall about every 800 ms at 6,000 messages a second. So each round, once the WAL is large:
+/// and syncs every page written since the last sync, inside a commit: a stall of the writer,
+/// again and again under steady load. So each round, once the WAL is large:
 /// 1. copies from a reader (the bulk, beside the writer), then syncs the database file from
 ///    a blocking thread (the slow part, beside the writer); twice, the second time only what
 ///    was committed during the first;

@@ -85,10 +85,9 @@ type Pending = (conv::AddGuestMessageRequest, Reply);
 
 /// The most guest messages in one batch, and how many batches may be unanswered at once.
 /// Few batches: the conversation service commits one batch at a time anyway, so a batch
-/// beyond a few only waits there, and every message that found room went alone. With 64 in
-/// flight, 96 % of the batches at 6,000 messages/s carried one message (1.3 on average) and
-/// the process spent ~200 µs of CPU a message; with 8, ~9 a batch and ~170 µs, at the same ack
-/// latency.
+/// beyond a few only waits there, and every message that found room went alone: with many
+/// batches in flight nearly every batch carried one message, at a higher CPU cost a message
+/// and the same ack latency (tests/loadgen/RESULTS.md).
 const GUEST_BATCH: usize = 64;
 const BATCHES_IN_FLIGHT: usize = 8;
 

@@ -3,8 +3,8 @@
 //! When a Wi-Fi blip brings thousands of guests back together, every one of their handshakes,
 //! identifies and replays is a task in the edge's run queues, and what is due to the guests
 //! who stayed connected — the delivery stream's batches, then each guest's socket — waits
-//! behind all of them (RESULTS.md, step 67: a live message up to 85 ms late with the storm's
-//! connections all let in, 34–48 ms with at most 64–256 being set up at once). So the listener
+//! behind all of them (tests/loadgen/RESULTS.md has the reconnect storms with and without the
+//! limit). So the listener
 //! takes a [`Slot`] before each `accept`, and the kernel's accept queue holds the rest of the
 //! storm. A connection gives its slot back once its first frame is handled, once a plain HTTP
 //! request is answered, when it closes — and after [`HANDSHAKE_SLOT_FOR`] in any case. The

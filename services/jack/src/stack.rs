@@ -101,9 +101,8 @@ pub fn credentials(data_dir: &Path) -> anyhow::Result<PathBuf> {
 /// How many tokio workers `jack up` gives the backends (guest, conversation, delivery,
 /// upload and the demo concierge share them): half the cores, at least one. The edge has
 /// threads of its own ([`EdgeThreads`], [`edge_workers`]), and the SQLite connections each
-/// have theirs. On 2 cores, 1 + 2 workers instead of 2 + 2 cost 5 % less CPU a message at 2,000
-/// outbound messages a second, with the same chat latency and ceiling (RESULTS.md, step 66).
-/// `TOKIO_WORKER_THREADS` overrides both counts: then `None` (tokio reads it itself).
+/// have theirs. Fewer backend workers than cores cost less CPU a message with the same chat
+/// latency and ceiling (tests/loadgen/RESULTS.md). `TOKIO_WORKER_THREADS` overrides both counts: then `None` (tokio reads it itself).
 pub fn backend_workers() -> Option<usize> {
     workers(|cores| (cores / 2).max(1))
 }
@@ -111,12 +110,11 @@ pub fn backend_workers() -> Option<usize> {
 /// How many tokio workers `jack up` gives the edge: twice the cores. While thousands of
 /// guests reconnect at once, each worker's queue is thousands of handshake, identify and
 /// replay tasks, and what is due to the guests already connected — the delivery stream's
-/// batches, then each guest's socket — waits behind them: with as many workers as cores, a
-/// live message reached its guest up to 0.13–0.46 s late (p99 49–260 ms) while 10,000 guests
-/// came back; with twice as many, up to 54–132 ms (p99 27–65 ms), the storm as long, and
-/// chat, outbound and the ceiling as before. The price is in the storm (5–9 % more CPU, the
-/// responder's sends p99 a few ms more) and 0.1–0.3 KiB a guest from cold at 19,700 guests
-/// (RESULTS.md, step 67). `TOKIO_WORKER_THREADS` overrides it: then `None`.
+/// batches, then each guest's socket — waits behind them. With twice as many workers as
+/// cores those live messages are late by far less, the storm takes as long, and chat,
+/// outbound and the ceiling stay as they were; the price is a little more CPU during the
+/// storm and a little memory a guest (tests/loadgen/RESULTS.md). `TOKIO_WORKER_THREADS`
+/// overrides it: then `None`.
 pub fn edge_workers() -> Option<usize> {
     workers(|cores| cores * 2)
 }
@@ -130,8 +128,8 @@ fn workers(of_cores: impl Fn(usize) -> usize) -> Option<usize> {
 /// The edge's own tokio threads. The edge holds every guest's socket: when a Wi-Fi blip
 /// brings thousands of guests back at once, their handshakes, identifies and replays are
 /// thousands of runnable tasks. On threads shared with the backends, a responder's
-/// `SendMessage` queued behind all of them — answered after up to 0.8 s while 10,000
-/// guests reconnected (RESULTS.md, step 66). On threads of its own the edge is as apart
+/// `SendMessage` queued behind all of them, and was answered late for as long as the storm
+/// lasted. On threads of its own the edge is as apart
 /// from the backends as in a deployment of separate processes, and the kernel shares the
 /// cores between the two.
 struct EdgeThreads(Option<tokio::runtime::Runtime>);

@@ -60,8 +60,8 @@ const MIN_TICK: Duration = Duration::from_micros(250);
 /// tick says how many messages are due by now (a running total up to `total`).
 ///
 /// The ticks come from a thread of their own sleeping to each due time: tokio's timer wakes
-/// on millisecond boundaries, so with it every message went out up to 2 ms after its due time
-/// — 1.0–1.3 ms on average — and latency, which counts from the due time, included that.
+/// on millisecond boundaries, so with it every message went out up to a millisecond or two
+/// after its due time, and latency, which counts from the due time, included that.
 pub fn schedule(start: Instant, rate: u64, total: u64) -> mpsc::UnboundedReceiver<u64> {
     let (tx, rx) = mpsc::unbounded_channel();
     let rate = rate.max(1) as f64;

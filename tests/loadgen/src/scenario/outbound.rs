@@ -85,8 +85,8 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     let n = conversations.len() as u64;
     // The responder gets a thread and runtime of its own, as a real responder is a process of
     // its own: while 10,000 guests reconnect, this process's runtime is busy with them, and
-    // sends sharing it measured the load generator's own queue (up to 0.8 s) instead of the
-    // target's answer (RESULTS.md, step 66).
+    // sends sharing it measured the load generator's own queue instead of the target's
+    // answer.
     let credentials = match &outbound.token_file {
         Some(path) => {
             let token = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()))?;
