@@ -119,8 +119,17 @@ impl ClientFrame {
         let too_long = |value: &Option<String>, max: usize| value.as_ref().is_some_and(|v| v.len() > max);
         match self {
             ClientFrame::Identify(i) => {
-                if too_long(&i.visitor_id, MAX_ID_LEN) || too_long(&i.visitor_token, MAX_TOKEN_LEN) || too_long(&i.user_hash, MAX_USER_HASH_LEN) || too_long(&i.email, MAX_EMAIL_LEN) {
-                    return Err(refuse(format!("visitorId may have at most {MAX_ID_LEN} characters, visitorToken {MAX_TOKEN_LEN}, userHash {MAX_USER_HASH_LEN}, email {MAX_EMAIL_LEN}"), None));
+                if too_long(&i.visitor_id, MAX_ID_LEN)
+                    || too_long(&i.visitor_token, MAX_TOKEN_LEN)
+                    || too_long(&i.user_hash, MAX_USER_HASH_LEN)
+                    || too_long(&i.email, MAX_EMAIL_LEN)
+                {
+                    return Err(refuse(
+                        format!(
+                            "visitorId may have at most {MAX_ID_LEN} characters, visitorToken {MAX_TOKEN_LEN}, userHash {MAX_USER_HASH_LEN}, email {MAX_EMAIL_LEN}"
+                        ),
+                        None,
+                    ));
                 }
                 if i.name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
                     return Err(refuse(format!("name may have at most {MAX_NAME_CHARS} characters"), None));
@@ -128,21 +137,43 @@ impl ClientFrame {
             }
             ClientFrame::Message(m) => {
                 if !id_ok(&m.client_message_id) {
-                    return Err(refuse(format!("clientMessageId must be 1 to {MAX_ID_LEN} printable characters"), Some(&m.client_message_id)));
+                    return Err(refuse(
+                        format!("clientMessageId must be 1 to {MAX_ID_LEN} printable characters"),
+                        Some(&m.client_message_id),
+                    ));
                 }
                 if m.attachments.len() > MAX_ATTACHMENTS || m.attachments.iter().any(|a| !id_ok(&a.id)) {
-                    return Err(refuse(format!("at most {MAX_ATTACHMENTS} attachments, each id 1 to {MAX_ID_LEN} printable characters"), Some(&m.client_message_id)));
+                    return Err(refuse(
+                        format!(
+                            "at most {MAX_ATTACHMENTS} attachments, each id 1 to {MAX_ID_LEN} printable characters"
+                        ),
+                        Some(&m.client_message_id),
+                    ));
                 }
             }
             ClientFrame::Postback(p) => {
                 if !id_ok(&p.client_message_id) {
-                    return Err(refuse(format!("clientMessageId must be 1 to {MAX_ID_LEN} printable characters"), Some(&p.client_message_id)));
+                    return Err(refuse(
+                        format!("clientMessageId must be 1 to {MAX_ID_LEN} printable characters"),
+                        Some(&p.client_message_id),
+                    ));
                 }
                 if p.message_id.as_deref().is_some_and(|id| !id_ok(id)) {
-                    return Err(refuse(format!("messageId must be 1 to {MAX_ID_LEN} printable characters"), Some(&p.client_message_id)));
+                    return Err(refuse(
+                        format!("messageId must be 1 to {MAX_ID_LEN} printable characters"),
+                        Some(&p.client_message_id),
+                    ));
                 }
-                if p.payload.is_empty() || p.payload.len() > MAX_PAYLOAD_BYTES || p.label.as_ref().is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS) {
-                    return Err(refuse(format!("payload must be 1 to {MAX_PAYLOAD_BYTES} bytes, label at most {MAX_LABEL_CHARS} characters"), Some(&p.client_message_id)));
+                if p.payload.is_empty()
+                    || p.payload.len() > MAX_PAYLOAD_BYTES
+                    || p.label.as_ref().is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS)
+                {
+                    return Err(refuse(
+                        format!(
+                            "payload must be 1 to {MAX_PAYLOAD_BYTES} bytes, label at most {MAX_LABEL_CHARS} characters"
+                        ),
+                        Some(&p.client_message_id),
+                    ));
                 }
             }
             ClientFrame::Typing(_) | ClientFrame::Read(_) | ClientFrame::LoadHistory(_) => {}
@@ -165,7 +196,8 @@ fn diagnose(text: &str, err: serde_json::Error) -> FrameError {
     let Some(object) = value.as_object() else {
         return error(ErrorCode::InvalidJson, "frame must be a JSON object".into(), None);
     };
-    let client_message_id = object.get("clientMessageId").and_then(|v| v.as_str()).filter(|id| id.len() <= MAX_ID_LEN).map(str::to_owned);
+    let client_message_id =
+        object.get("clientMessageId").and_then(|v| v.as_str()).filter(|id| id.len() <= MAX_ID_LEN).map(str::to_owned);
     match object.get("type") {
         None => error(ErrorCode::InvalidFrame, "missing field `type`".into(), client_message_id),
         Some(serde_json::Value::String(t)) if !CLIENT_TYPES.contains(&t.as_str()) => {
@@ -200,7 +232,11 @@ mod tests {
             (1usize..400).prop_map(|n| Value::String("x".repeat(n))),
         ];
         leaf.prop_recursive(2, 16, 4, |inner| {
-            prop_oneof![prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array), prop::collection::vec(("[a-z]{1,3}|id", inner), 0..3).prop_map(|kv| Value::Object(kv.into_iter().collect()))]
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{1,3}|id", inner), 0..3)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect()))
+            ]
         })
     }
 
@@ -208,12 +244,33 @@ mod tests {
     /// field names with any value.
     fn frame() -> impl Strategy<Value = Value> {
         let kind = prop_oneof![prop::sample::select(CLIENT_TYPES.to_vec()).prop_map(Value::from), value()];
-        let names = ["visitorId", "visitorToken", "userHash", "name", "email", "resumeConversation", "lastSeq", "clientMessageId", "content", "attachments", "payload", "label", "messageId", "isTyping", "upToSeq", "beforeSeq", "limit"];
-        (kind, prop::collection::vec((prop::sample::select(names.to_vec()), value()), 0..6)).prop_map(|(kind, fields)| {
-            let mut object: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            object.insert("type".into(), kind);
-            Value::Object(object)
-        })
+        let names = [
+            "visitorId",
+            "visitorToken",
+            "userHash",
+            "name",
+            "email",
+            "resumeConversation",
+            "lastSeq",
+            "clientMessageId",
+            "content",
+            "attachments",
+            "payload",
+            "label",
+            "messageId",
+            "isTyping",
+            "upToSeq",
+            "beforeSeq",
+            "limit",
+        ];
+        (kind, prop::collection::vec((prop::sample::select(names.to_vec()), value()), 0..6)).prop_map(
+            |(kind, fields)| {
+                let mut object: serde_json::Map<String, Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                object.insert("type".into(), kind);
+                Value::Object(object)
+            },
+        )
     }
 
     proptest! {
@@ -264,8 +321,16 @@ mod tests {
     #[test]
     fn parses_the_spec_frames() {
         let f = ClientFrame::parse(r#"{"type":"identify","visitorId":"v1","name":"Test Guest"}"#).unwrap();
-        assert_eq!(f, ClientFrame::Identify(Identify { visitor_id: Some("v1".into()), name: Some("Test Guest".into()), ..Default::default() }));
-        let f = ClientFrame::parse(r#"{"type":"message","clientMessageId":"msg_1","content":"I need extra towels"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Identify(Identify {
+                visitor_id: Some("v1".into()),
+                name: Some("Test Guest".into()),
+                ..Default::default()
+            })
+        );
+        let f = ClientFrame::parse(r#"{"type":"message","clientMessageId":"msg_1","content":"I need extra towels"}"#)
+            .unwrap();
         assert!(matches!(f, ClientFrame::Message(m) if m.content == "I need extra towels"));
         // The spec's widget sends attachment metadata along with the id; extra fields are fine.
         let f = ClientFrame::parse(r#"{"type":"message","clientMessageId":"m","content":"","attachments":[{"id":"att_1","filename":"a.png"}]}"#).unwrap();
@@ -288,15 +353,22 @@ mod tests {
         // Numbers beyond a double are well-formed JSON: the field is what is wrong.
         let e = ClientFrame::parse(r#"{"type":"identify","lastSeq":1e400}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidFrame, "{}", e.message);
-        assert_eq!(ClientFrame::parse(r#"{"type":"identify","lastSeq":1e400"#).unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"identify","lastSeq":1e400"#).unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
     }
 
     #[test]
     fn unbounded_fields_are_refused() {
         let long = "x".repeat(60_000);
-        let e = ClientFrame::parse(&format!(r#"{{"type":"postback","clientMessageId":"c1","payload":"p","messageId":"{long}"}}"#)).unwrap_err();
+        let e = ClientFrame::parse(&format!(
+            r#"{{"type":"postback","clientMessageId":"c1","payload":"p","messageId":"{long}"}}"#
+        ))
+        .unwrap_err();
         assert_eq!((e.code, e.client_message_id.as_deref()), (ErrorCode::InvalidFrame, Some("c1")));
-        let e = ClientFrame::parse(&format!(r#"{{"type":"message","clientMessageId":"{long}","content":"hi"}}"#)).unwrap_err();
+        let e = ClientFrame::parse(&format!(r#"{{"type":"message","clientMessageId":"{long}","content":"hi"}}"#))
+            .unwrap_err();
         assert_eq!((e.code, e.client_message_id), (ErrorCode::InvalidFrame, None), "a long id is not echoed back");
         for frame in [
             format!(r#"{{"type":"identify","visitorId":"{long}"}}"#),

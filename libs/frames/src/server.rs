@@ -220,6 +220,9 @@ mod tests {
         });
         assert!(ack.to_json().starts_with(r#"{"type":"message_ack","clientMessageId":"msg_1""#), "{}", ack.to_json());
         let err = ServerFrame::Error(Error::new(ErrorCode::NotIdentified, "Please identify first", None));
-        assert_eq!(err.to_json(), r#"{"type":"error","code":"NOT_IDENTIFIED","message":"Please identify first","retryable":false}"#);
+        assert_eq!(
+            err.to_json(),
+            r#"{"type":"error","code":"NOT_IDENTIFIED","message":"Please identify first","retryable":false}"#
+        );
     }
 }

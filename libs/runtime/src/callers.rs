@@ -116,7 +116,8 @@ const METHODS: &[(&str, &[Role])] = {
 };
 
 /// Services anyone may call: health checks and server reflection.
-const PUBLIC: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
+const PUBLIC: &[&str] =
+    &["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
 
 /// Whether `role` may call the method at `path` (`/package.Service/Method`).
 pub fn allowed(role: Role, path: &str) -> bool {
@@ -165,18 +166,29 @@ impl Callers {
         let mut by_hash = HashMap::new();
         for entry in entries {
             anyhow::ensure!(!entry.name.trim().is_empty(), "a caller has no name");
-            let hash = unhex(&entry.token_sha256).with_context(|| format!("caller {:?}: tokenSha256 must be 64 hex digits", entry.name))?;
-            anyhow::ensure!(entry.hotels.as_ref().is_none_or(|h| !h.is_empty()), "caller {:?}: hotels, when given, must name at least one", entry.name);
+            let hash = unhex(&entry.token_sha256)
+                .with_context(|| format!("caller {:?}: tokenSha256 must be 64 hex digits", entry.name))?;
+            anyhow::ensure!(
+                entry.hotels.as_ref().is_none_or(|h| !h.is_empty()),
+                "caller {:?}: hotels, when given, must name at least one",
+                entry.name
+            );
             let caller = Arc::new(Caller { name: entry.name.clone(), role: entry.role, hotels: entry.hotels.clone() });
-            anyhow::ensure!(by_hash.insert(hash, caller).is_none(), "caller {:?}: another caller has the same token", entry.name);
+            anyhow::ensure!(
+                by_hash.insert(hash, caller).is_none(),
+                "caller {:?}: another caller has the same token",
+                entry.name
+            );
         }
         Ok(Self { by_hash })
     }
 
     /// Reads a callers file (`GRPC_CALLERS_FILE`).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read GRPC_CALLERS_FILE {}", path.display()))?;
-        let entries: Vec<CallerEntry> = serde_json::from_str(&text).with_context(|| format!("invalid GRPC_CALLERS_FILE {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read GRPC_CALLERS_FILE {}", path.display()))?;
+        let entries: Vec<CallerEntry> =
+            serde_json::from_str(&text).with_context(|| format!("invalid GRPC_CALLERS_FILE {}", path.display()))?;
         Self::new(entries).with_context(|| format!("invalid GRPC_CALLERS_FILE {}", path.display()))
     }
 
@@ -205,7 +217,10 @@ impl Callers {
             return Err(Status::unauthenticated("unknown credentials"));
         };
         if !allowed(caller.role, path) {
-            return Err(Status::permission_denied(format!("{} (role {}) may not call {path}", caller.name, caller.role)));
+            return Err(Status::permission_denied(format!(
+                "{} (role {}) may not call {path}",
+                caller.name, caller.role
+            )));
         }
         Ok(Some(caller.clone()))
     }
@@ -267,7 +282,13 @@ pub fn credentials(env: &Env, name: &str, optional: bool) -> Result<Credentials,
     let credentials = match token {
         Some(token) => Credentials::bearer(token.trim()).map_err(|e| SettingsError::new(name, "(hidden)", e))?,
         None if optional => Credentials::none(),
-        None => return Err(SettingsError::new(name, "", format!("must be set (or {file_name}): this service's token for calling the others"))),
+        None => {
+            return Err(SettingsError::new(
+                name,
+                "",
+                format!("must be set (or {file_name}): this service's token for calling the others"),
+            ));
+        }
     };
     Ok(credentials.with_tls(crate::grpc::Tls::from_env(env)?))
 }
@@ -305,7 +326,9 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Caller> {
 /// for what depends on the request's content, such as the role a message is sent as.
 pub fn require<T>(request: &tonic::Request<T>, roles: &[Role], what: &str) -> Result<(), Status> {
     match caller(request) {
-        Some(c) if !roles.contains(&c.role) => Err(Status::permission_denied(format!("{} (role {}) may not {what}", c.name, c.role))),
+        Some(c) if !roles.contains(&c.role) => {
+            Err(Status::permission_denied(format!("{} (role {}) may not {what}", c.name, c.role)))
+        }
         _ => Ok(()),
     }
 }
@@ -313,7 +336,9 @@ pub fn require<T>(request: &tonic::Request<T>, roles: &[Role], what: &str) -> Re
 /// Refuses a request that names a hotel its caller may not act for (`PERMISSION_DENIED`).
 pub fn require_hotel<T>(request: &tonic::Request<T>, hotel_id: &str) -> Result<(), Status> {
     match caller(request) {
-        Some(c) if !c.serves(hotel_id) => Err(Status::permission_denied(format!("{} may not act for hotel {hotel_id:?}", c.name))),
+        Some(c) if !c.serves(hotel_id) => {
+            Err(Status::permission_denied(format!("{} may not act for hotel {hotel_id:?}", c.name)))
+        }
         _ => Ok(()),
     }
 }
@@ -333,7 +358,9 @@ pub fn scoped_hotel<T>(request: &tonic::Request<T>, asked: Option<&str>) -> Resu
         (Some(hotel), Some(_)) if c.serves(hotel) => Ok(Some(hotel.to_owned())),
         (Some(hotel), Some(_)) => Err(Status::permission_denied(format!("{} may not act for hotel {hotel:?}", c.name))),
         (None, Some([only])) => Ok(Some(only.clone())),
-        (None, Some(_)) => Err(Status::permission_denied(format!("{} acts for several hotels: name one (hotel_id)", c.name))),
+        (None, Some(_)) => {
+            Err(Status::permission_denied(format!("{} acts for several hotels: name one (hotel_id)", c.name)))
+        }
     }
 }
 
@@ -414,14 +441,20 @@ mod tests {
         let send = "/jack.conversation.v1.ConversationService/SendMessage";
         let identify = "/jack.guest.v1.GuestService/Identify";
         assert_eq!(callers.check(send, &headers("Bearer secret-token")).unwrap().unwrap().name, "ai");
-        assert_eq!(callers.check(identify, &headers("Bearer secret-token")).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            callers.check(identify, &headers("Bearer secret-token")).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         for bad in ["Bearer wrong", "secret-token", "Bearer ", "Basic c2VjcmV0"] {
             assert_eq!(callers.check(send, &headers(bad)).unwrap_err().code(), tonic::Code::Unauthenticated, "{bad}");
         }
         assert_eq!(callers.check(send, &http::HeaderMap::new()).unwrap_err().code(), tonic::Code::Unauthenticated);
         assert!(callers.check("/grpc.health.v1.Health/Check", &http::HeaderMap::new()).unwrap().is_none());
         // An unknown method is refused even to a known caller.
-        assert_eq!(callers.check("/jack.guest.v1.GuestService/Nope", &headers("Bearer secret-token")).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            callers.check("/jack.guest.v1.GuestService/Nope", &headers("Bearer secret-token")).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
     }
 
     #[test]
@@ -433,7 +466,9 @@ mod tests {
         assert!(err.contains("64 hex digits"), "{err}");
         std::fs::write(&path, r#"[{"name":"x","role":"root","tokenSha256":""}]"#).unwrap();
         assert!(format!("{:#}", Callers::from_file(&path).unwrap_err()).contains("unknown variant `root`"));
-        let twice = serde_json::to_string(&[CallerEntry::new("a", Role::Edge, "t"), CallerEntry::new("b", Role::Admin, "t")]).unwrap();
+        let twice =
+            serde_json::to_string(&[CallerEntry::new("a", Role::Edge, "t"), CallerEntry::new("b", Role::Admin, "t")])
+                .unwrap();
         std::fs::write(&path, twice).unwrap();
         assert!(format!("{:#}", Callers::from_file(&path).unwrap_err()).contains("same token"));
         let nowhere = serde_json::to_string(&[CallerEntry::new("a", Role::Responder, "t").for_hotels(&[])]).unwrap();

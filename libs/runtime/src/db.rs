@@ -43,7 +43,12 @@ impl Database {
 
     /// [`Database::open`] with a larger page cache for the SQLite writer, in KiB, for a
     /// service whose batches touch many pages at once (the conversation service's messages).
-    pub async fn open_with_writer_cache(url: &str, sqlite: &Migrator, postgres: &Migrator, writer_cache_kib: u32) -> anyhow::Result<Self> {
+    pub async fn open_with_writer_cache(
+        url: &str,
+        sqlite: &Migrator,
+        postgres: &Migrator,
+        writer_cache_kib: u32,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -56,9 +61,15 @@ impl Database {
             Engine::Sqlite => {
                 let (path, url) = sqlite_url(url)?;
                 let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
-                let write = sqlite_pool(1, Role::Write { cache_kib: writer_cache_kib }).connect_with(options.clone()).await.with_context(|| format!("failed to open {url}"))?;
+                let write = sqlite_pool(1, Role::Write { cache_kib: writer_cache_kib })
+                    .connect_with(options.clone())
+                    .await
+                    .with_context(|| format!("failed to open {url}"))?;
                 sqlite.run(&write).await.context("failed to migrate the database")?;
-                let read = sqlite_pool(4, Role::Read).connect_with(options).await.with_context(|| format!("failed to open {url}"))?;
+                let read = sqlite_pool(4, Role::Read)
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("failed to open {url}"))?;
                 tokio::spawn(checkpoint_in_background(read.clone(), write.clone(), path));
                 let groups = Some(group::Groups::start(write.clone()));
                 Self { engine, read, write, groups }
@@ -101,7 +112,11 @@ impl Database {
             .bind(fresh)
             .execute(&self.write)
             .await?;
-        sqlx::query("SELECT value FROM service_secrets WHERE name = $1").bind(name).fetch_one(&self.write).await?.try_get("value")
+        sqlx::query("SELECT value FROM service_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.write)
+            .await?
+            .try_get("value")
     }
 
     /// Whether the database answers a trivial query within a second: what readiness means
@@ -169,7 +184,8 @@ fn sqlite_pool(size: u32, role: Role) -> AnyPoolOptions {
                     // A checkpoint run by the writer happens inside a commit, holding up every
                     // message queued behind it: the background task checkpoints instead, and
                     // copies a page touched by many commits once.
-                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"))).await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")))
+                        .await?;
                     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{cache_kib}"))).await?;
                 }
                 Ok(())
@@ -247,7 +263,8 @@ async fn sync_file(path: &Path) -> std::io::Result<()> {
 
 /// Runs a passive checkpoint on a connection of `pool`; returns the WAL's size in frames.
 async fn checkpoint(pool: &AnyPool) -> Result<i64, sqlx::Error> {
-    let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
+    let (_busy, frames, _copied): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
     Ok(frames)
 }
 
@@ -262,7 +279,13 @@ fn sqlite_url(url: &str) -> anyhow::Result<(PathBuf, String)> {
     if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     }
-    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() { "mode=rwc".to_owned() } else { format!("{query}&mode=rwc") };
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
     Ok((PathBuf::from(path), format!("sqlite://{path}?{query}")))
 }
 
@@ -291,7 +314,9 @@ mod tests {
     async fn the_wal_starts_over_while_commits_never_pause() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("busy.db");
-        let db = Database::open(&format!("sqlite:{}", path.display()), &Migrator::DEFAULT, &Migrator::DEFAULT).await.unwrap();
+        let db = Database::open(&format!("sqlite:{}", path.display()), &Migrator::DEFAULT, &Migrator::DEFAULT)
+            .await
+            .unwrap();
         sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)").execute(&db.write).await.unwrap();
         // Only the background checkpoint may start the WAL over here, not the writer's own.
         sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&db.write).await.unwrap();

@@ -26,7 +26,9 @@ pub struct Credentials {
 impl Credentials {
     /// A bearer token, as a callers file knows it (see [`crate::callers`]).
     pub fn bearer(token: &str) -> anyhow::Result<Self> {
-        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| anyhow::anyhow!("a gRPC token must be printable ASCII"))?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("a gRPC token must be printable ASCII"))?;
         Ok(Self { authorization: Some(value), tls: Tls::default() })
     }
 
@@ -69,12 +71,20 @@ impl Tls {
         let identity = match (read("GRPC_TLS_CERT_FILE")?, read("GRPC_TLS_KEY_FILE")?) {
             (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(cert, key)),
             (None, None) => None,
-            (Some(_), None) => return Err(SettingsError::new("GRPC_TLS_KEY_FILE", "", "must be set with GRPC_TLS_CERT_FILE")),
-            (None, Some(_)) => return Err(SettingsError::new("GRPC_TLS_CERT_FILE", "", "must be set with GRPC_TLS_KEY_FILE")),
+            (Some(_), None) => {
+                return Err(SettingsError::new("GRPC_TLS_KEY_FILE", "", "must be set with GRPC_TLS_CERT_FILE"));
+            }
+            (None, Some(_)) => {
+                return Err(SettingsError::new("GRPC_TLS_CERT_FILE", "", "must be set with GRPC_TLS_KEY_FILE"));
+            }
         };
         let client_ca = read("GRPC_TLS_CLIENT_CA_FILE")?.map(tonic::transport::Certificate::from_pem);
         if client_ca.is_some() && identity.is_none() {
-            return Err(SettingsError::new("GRPC_TLS_CLIENT_CA_FILE", env.get("GRPC_TLS_CLIENT_CA_FILE").unwrap_or_default(), "needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE: mutual TLS is TLS first"));
+            return Err(SettingsError::new(
+                "GRPC_TLS_CLIENT_CA_FILE",
+                env.get("GRPC_TLS_CLIENT_CA_FILE").unwrap_or_default(),
+                "needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE: mutual TLS is TLS first",
+            ));
         }
         let ca = read("GRPC_TLS_CA_FILE")?.map(tonic::transport::Certificate::from_pem);
         Ok(Self { identity, ca, client_ca })
@@ -159,7 +169,8 @@ impl<S> tower::Layer<S> for Deadlines {
 #[derive(Debug, Clone)]
 pub struct WithDeadline<S>(S);
 
-type BoxedResponse<E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+type BoxedResponse<E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for WithDeadline<S>
 where
@@ -183,7 +194,10 @@ where
             Some(deadline) => Either::Right(Box::pin(async move {
                 match tokio::time::timeout(deadline.saturating_sub(Duration::from_millis(1)), answer).await {
                     Ok(answered) => answered,
-                    Err(_) => Ok(tonic::Status::deadline_exceeded("the call's deadline passed before its answer was ready").into_http()),
+                    Err(_) => {
+                        Ok(tonic::Status::deadline_exceeded("the call's deadline passed before its answer was ready")
+                            .into_http())
+                    }
                 }
             })),
         }
@@ -245,7 +259,9 @@ pub fn server(auth: Authenticate, tls: &Tls) -> anyhow::Result<Builder> {
         .trace_fn(trace_context::server_span);
     if let Some(config) = tls.server_config() {
         crypto();
-        builder = builder.tls_config(config).map_err(|e| anyhow::anyhow!("invalid GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE: {e}"))?;
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| anyhow::anyhow!("invalid GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE: {e}"))?;
     }
     Ok(builder.layer(auth).layer(Deadlines))
 }
@@ -268,7 +284,11 @@ const READY_EVERY: Duration = Duration::from_secs(2);
 /// readiness: `SERVING` while `ready` says so (its database answers, the streams it needs are
 /// up), checked every [`READY_EVERY`] and watched by `Watch` callers; `NOT_SERVING` from the
 /// moment shutdown begins.
-pub async fn health<F, R>(name: &'static str, shutdown: CancellationToken, ready: F) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
+pub async fn health<F, R>(
+    name: &'static str,
+    shutdown: CancellationToken,
+    ready: F,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
 where
     F: Fn() -> R + Send + 'static,
     R: std::future::Future<Output = bool> + Send,
@@ -303,12 +323,14 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 
 /// gRPC server reflection (v1) of every Jack contract and of health checks, so that grpcurl,
 /// Postman or Evans can list and call the services without the proto files.
-pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection> {
+pub fn reflection()
+-> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection> {
     reflection_builder().build_v1().expect("the compiled descriptor sets are valid")
 }
 
 /// The same, in the v1alpha protocol that older clients (grpcurl before 1.9) speak.
-pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection> {
+pub fn reflection_v1alpha()
+-> tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection> {
     reflection_builder().build_v1alpha().expect("the compiled descriptor sets are valid")
 }
 
@@ -317,11 +339,7 @@ pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflecti
 /// The accepted connections get `TCP_NODELAY` here: the builder's own setting applies only to
 /// listeners tonic binds itself. Without it a small response or stream message written
 /// behind an unacknowledged one waited for the peer's delayed ACK, about 40 ms.
-pub async fn serve(
-    router: Router,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve(router: Router, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
     Ok(())
@@ -389,7 +407,12 @@ impl Target {
     fn parse(url: &str) -> anyhow::Result<Self> {
         let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("{url} is not a URL: {e}"))?;
         let scheme = uri.scheme_str().unwrap_or("http").to_owned();
-        let host = uri.host().ok_or_else(|| anyhow::anyhow!("{url} has no host"))?.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("{url} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
         Ok(Self { scheme, host, port })
     }
@@ -413,7 +436,11 @@ impl Target {
 /// long of failed calls. Until the names first resolve, the URLs themselves are the balance;
 /// while no address answers, all stay in, so calls fail at once with `UNAVAILABLE` rather
 /// than wait for a replica. The task ends with the channel.
-fn replicas(urls: &[String], credentials: &Credentials, configure: impl Fn(Endpoint) -> Endpoint + Send + 'static) -> anyhow::Result<Traced> {
+fn replicas(
+    urls: &[String],
+    credentials: &Credentials,
+    configure: impl Fn(Endpoint) -> Endpoint + Send + 'static,
+) -> anyhow::Result<Traced> {
     let targets = urls.iter().map(|url| Target::parse(url)).collect::<anyhow::Result<Vec<_>>>()?;
     if let [one] = targets.as_slice()
         && one.host.parse::<std::net::IpAddr>().is_ok()
@@ -423,7 +450,10 @@ fn replicas(urls: &[String], credentials: &Credentials, configure: impl Fn(Endpo
     let (channel, changes) = Channel::balance_channel(urls.len().max(16));
     let mut live = std::collections::BTreeSet::new();
     for url in urls {
-        if changes.try_send(tonic::transport::channel::Change::Insert(url.clone(), configure(endpoint(url, credentials)?))).is_ok() {
+        if changes
+            .try_send(tonic::transport::channel::Change::Insert(url.clone(), configure(endpoint(url, credentials)?)))
+            .is_ok()
+        {
             live.insert(url.clone());
         }
     }
@@ -448,7 +478,9 @@ async fn resolve(targets: &[Target]) -> Vec<Option<Vec<SocketAddr>>> {
 
 /// Whether each address accepts a TCP connection within [`PROBE_TIMEOUT`].
 async fn probe(addrs: impl Iterator<Item = SocketAddr>) -> Vec<bool> {
-    let probes = addrs.map(|addr| async move { matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_))) });
+    let probes = addrs.map(|addr| async move {
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+    });
     futures_util::future::join_all(probes).await
 }
 
@@ -464,10 +496,14 @@ async fn discover(
 
     while !changes.is_closed() {
         let resolved = resolve(&targets).await;
-        let found: BTreeMap<String, (SocketAddr, &Target)> =
-            targets.iter().zip(&resolved).flat_map(|(target, addrs)| addrs.iter().flatten().map(move |addr| (addr.to_string(), (*addr, target)))).collect();
+        let found: BTreeMap<String, (SocketAddr, &Target)> = targets
+            .iter()
+            .zip(&resolved)
+            .flat_map(|(target, addrs)| addrs.iter().flatten().map(move |addr| (addr.to_string(), (*addr, target))))
+            .collect();
         let up = probe(found.values().map(|(addr, _)| *addr)).await;
-        let reachable: BTreeSet<String> = found.keys().zip(up).filter(|(_, up)| *up).map(|(key, _)| key.clone()).collect();
+        let reachable: BTreeSet<String> =
+            found.keys().zip(up).filter(|(_, up)| *up).map(|(key, _)| key.clone()).collect();
         let wanted = match (reachable.is_empty(), found.is_empty()) {
             (false, _) => reachable,
             (true, false) => found.keys().cloned().collect(),
@@ -539,8 +575,13 @@ async fn follow_members(targets: Vec<Target>, credentials: Credentials, members:
     while !members.is_closed() {
         let resolved = resolve(&targets).await;
         let scheme = |i: usize| targets[i].scheme.as_str();
-        let addrs: BTreeMap<String, (SocketAddr, usize)> =
-            resolved.iter().enumerate().flat_map(|(i, addrs)| addrs.iter().flatten().map(move |addr| (format!("{}://{addr}", scheme(i)), (*addr, i)))).collect();
+        let addrs: BTreeMap<String, (SocketAddr, usize)> = resolved
+            .iter()
+            .enumerate()
+            .flat_map(|(i, addrs)| {
+                addrs.iter().flatten().map(move |addr| (format!("{}://{addr}", scheme(i)), (*addr, i)))
+            })
+            .collect();
         let up = probe(addrs.values().map(|(addr, _)| *addr)).await;
         let mut joined = Members::new();
         for ((key, (addr, i)), up) in addrs.iter().zip(up) {
@@ -560,7 +601,9 @@ async fn follow_members(targets: Vec<Target>, credentials: Credentials, members:
         // Gone from its name (unless the name did not resolve at all), or not answering.
         let left: Vec<String> = found_by_name
             .iter()
-            .filter(|(key, (i, missed))| (resolved[*i].is_some() && !addrs.contains_key(*key)) || *missed >= MISSED_PROBES)
+            .filter(|(key, (i, missed))| {
+                (resolved[*i].is_some() && !addrs.contains_key(*key)) || *missed >= MISSED_PROBES
+            })
             .map(|(key, _)| key.clone())
             .collect();
         for key in &left {
@@ -603,7 +646,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let router = Server::builder().add_service(health("replica", stop.clone(), || async { true }).await);
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        (addr, tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await.unwrap() }))
+        (
+            addr,
+            tokio::spawn(async move {
+                router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await.unwrap()
+            }),
+        )
     }
 
     #[tokio::test]

@@ -17,11 +17,11 @@
 //! layers on its router.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::future::Future as _;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,7 +55,13 @@ const GRACE: Duration = Duration::from_secs(5);
 /// in progress finish for a moment. `info` makes each connection's `ConnectInfo` (the peer's
 /// address, or whatever the listener knows about it), as axum's
 /// `into_make_service_with_connect_info` would.
-pub async fn serve<L, C>(mut listener: L, app: Router, limits: Limits, shutdown: CancellationToken, info: impl Fn(&L::Io, &L::Addr) -> C) -> io::Result<()>
+pub async fn serve<L, C>(
+    mut listener: L,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    info: impl Fn(&L::Io, &L::Addr) -> C,
+) -> io::Result<()>
 where
     L: Listener,
     L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -138,7 +144,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
         self.watch(cx, polled)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.watch(cx, polled)
     }
@@ -171,7 +181,8 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 /// What a connection over its address's cap is told before it is closed.
-const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const TOO_MANY: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Open connections per address.
 type OpenPerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -252,7 +263,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -281,7 +296,8 @@ mod tests {
     async fn server(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = Router::new().route("/", get(|| async { "hello" })).route("/big", get(|| async { vec![b'x'; 64 << 20] }));
+        let app =
+            Router::new().route("/", get(|| async { "hello" })).route("/big", get(|| async { vec![b'x'; 64 << 20] }));
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, app, limits, shutdown.clone(), |_, addr| *addr));
         (addr, shutdown)
@@ -290,7 +306,10 @@ mod tests {
     /// Reads until the server closes the connection; what it sent.
     async fn until_closed(socket: &mut TcpStream) -> Vec<u8> {
         let mut got = Vec::new();
-        tokio::time::timeout(PATIENCE, socket.read_to_end(&mut got)).await.expect("the server closes the connection").ok();
+        tokio::time::timeout(PATIENCE, socket.read_to_end(&mut got))
+            .await
+            .expect("the server closes the connection")
+            .ok();
         got
     }
 

@@ -118,7 +118,8 @@ impl Env {
         self.list(name)
             .into_iter()
             .map(|item| {
-                let net = item.parse::<ipnet::IpNet>().or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                let net =
+                    item.parse::<ipnet::IpNet>().or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
                 net.map_err(|_| SettingsError::new(name, &item, "expected addresses or CIDRs, e.g. 10.0.0.0/8"))
             })
             .collect()

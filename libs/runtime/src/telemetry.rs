@@ -41,7 +41,8 @@ pub fn init(service: &str) -> anyhow::Result<Telemetry> {
     } else {
         None
     };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())).boxed());
+    let otel =
+        provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())).boxed());
     let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
     Ok(Telemetry { provider })
 }

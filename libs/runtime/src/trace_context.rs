@@ -56,12 +56,14 @@ mod tests {
     fn a_call_continues_the_callers_trace() {
         global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         tracing::subscriber::with_default(subscriber, || {
             let caller = tracing::info_span!("caller");
             let trace_id = caller.context().span().span_context().trace_id();
             let request = caller.in_scope(|| inject(Request::new(()))).unwrap();
-            let traceparent = request.metadata().get("traceparent").expect("traceparent sent").to_str().unwrap().to_owned();
+            let traceparent =
+                request.metadata().get("traceparent").expect("traceparent sent").to_str().unwrap().to_owned();
             assert!(traceparent.contains(&trace_id.to_string()), "{traceparent}");
 
             let incoming = http::Request::builder().header("traceparent", traceparent).body(()).unwrap();

@@ -91,7 +91,9 @@ pub fn check_guest_message(req: &pb::AddGuestMessageRequest) -> Result<(), Conve
     check_client_message_id(&req.client_message_id)?;
     check_content(&req.content)?;
     check_attachments(&req.attachments)?;
-    if req.reply_to_message_id.as_ref().is_some_and(|id| id.is_empty() || id.len() > MAX_CLIENT_MESSAGE_ID || !id.bytes().all(|b| b.is_ascii_graphic())) {
+    if req.reply_to_message_id.as_ref().is_some_and(|id| {
+        id.is_empty() || id.len() > MAX_CLIENT_MESSAGE_ID || !id.bytes().all(|b| b.is_ascii_graphic())
+    }) {
         return Err(invalid(format!("replyToMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} printable characters")));
     }
     match pb::MessageKind::try_from(req.kind).unwrap_or_default() {
@@ -115,7 +117,11 @@ pub fn check_butler_message(req: &pb::SendMessageRequest) -> Result<pb::Role, Co
         check_client_message_id(id)?;
     }
     check_content(&req.content)?;
-    let empty = req.content.trim().is_empty() && req.quick_replies.is_empty() && req.buttons.is_empty() && req.cards.is_empty() && req.attachments.is_empty();
+    let empty = req.content.trim().is_empty()
+        && req.quick_replies.is_empty()
+        && req.buttons.is_empty()
+        && req.cards.is_empty()
+        && req.attachments.is_empty();
     if empty {
         return Err(invalid("a message needs content, quick replies, buttons, cards or attachments"));
     }
@@ -190,13 +196,27 @@ mod tests {
         for ok in ["https://hotel.example/spa", "HTTP://hotel.example", "https://h.example?x=1"] {
             assert!(check_url("link", ok).is_ok(), "{ok}");
         }
-        for bad in ["javascript:alert(1)", "https://", "https:///path", " https://hotel.example", "https://hotel.example/a b", "https://hotel.example/\njavascript:x", "//hotel.example", "data:text/html,x"] {
+        for bad in [
+            "javascript:alert(1)",
+            "https://",
+            "https:///path",
+            " https://hotel.example",
+            "https://hotel.example/a b",
+            "https://hotel.example/\njavascript:x",
+            "//hotel.example",
+            "data:text/html,x",
+        ] {
             assert!(check_url("link", bad).is_err(), "{bad:?}");
         }
     }
 
     fn butler(content: &str) -> pb::SendMessageRequest {
-        pb::SendMessageRequest { conversation_id: "c".into(), role: pb::Role::Assistant as i32, content: content.into(), ..Default::default() }
+        pb::SendMessageRequest {
+            conversation_id: "c".into(),
+            role: pb::Role::Assistant as i32,
+            content: content.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -211,7 +231,12 @@ mod tests {
     #[test]
     fn buttons_are_checked() {
         let mut req = butler("Menu");
-        req.buttons.push(pb::Button { r#type: "url".into(), label: "Open".into(), payload: None, url: Some("javascript:alert(1)".into()) });
+        req.buttons.push(pb::Button {
+            r#type: "url".into(),
+            label: "Open".into(),
+            payload: None,
+            url: Some("javascript:alert(1)".into()),
+        });
         assert!(check_butler_message(&req).is_err());
         req.buttons[0].url = Some("https://hotel.example/menu".into());
         assert!(check_butler_message(&req).is_ok());
@@ -221,7 +246,12 @@ mod tests {
 
     #[test]
     fn guest_messages_need_an_id_and_content() {
-        let mut req = pb::AddGuestMessageRequest { client_message_id: "m1".into(), content: "hi".into(), kind: pb::MessageKind::Text as i32, ..Default::default() };
+        let mut req = pb::AddGuestMessageRequest {
+            client_message_id: "m1".into(),
+            content: "hi".into(),
+            kind: pb::MessageKind::Text as i32,
+            ..Default::default()
+        };
         assert!(check_guest_message(&req).is_ok());
         req.client_message_id = String::new();
         assert!(check_guest_message(&req).is_err());

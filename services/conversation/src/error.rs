@@ -25,7 +25,9 @@ impl From<ConversationError> for Status {
         match err {
             ConversationError::InvalidArgument(msg) => Status::invalid_argument(msg),
             ConversationError::ConversationNotFound => Status::not_found("conversation not found"),
-            ConversationError::ClientMessageIdReused => Status::already_exists("clientMessageId was already used for a different message"),
+            ConversationError::ClientMessageIdReused => {
+                Status::already_exists("clientMessageId was already used for a different message")
+            }
             ConversationError::Storage(cause) => {
                 tracing::error!(error = %cause, "storage failed");
                 Status::unavailable("storage unavailable")

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use jack_proto::conversation::v1 as pb;
 use jack_proto::conversation::v1::conversation_service_server::ConversationService;
 use jack_proto::delivery::v1 as events;
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use jack_proto::tonic::{self, Request, Response, Status, Streaming};
 use jack_runtime::CancellationToken;
 use tokio::sync::{mpsc, watch};
@@ -98,12 +98,18 @@ impl ConversationApi {
     /// A butler message's attachments as the upload service has them: each must be a file
     /// stored for this conversation; its name, type and size are the stored ones, whatever
     /// the request said.
-    async fn butler_attachments(&self, conversation_id: &str, refs: Vec<pb::AttachmentRef>) -> Result<Vec<pb::AttachmentRef>, Status> {
+    async fn butler_attachments(
+        &self,
+        conversation_id: &str,
+        refs: Vec<pb::AttachmentRef>,
+    ) -> Result<Vec<pb::AttachmentRef>, Status> {
         if refs.is_empty() {
             return Ok(refs);
         }
         let Some(upload) = &self.upload else {
-            return Err(Status::failed_precondition("attachments cannot be checked: no upload service (CONVERSATION_UPLOAD_URL)"));
+            return Err(Status::failed_precondition(
+                "attachments cannot be checked: no upload service (CONVERSATION_UPLOAD_URL)",
+            ));
         };
         let conversation = self.conversation_of(conversation_id, None).await?;
         let request = jack_proto::upload::v1::ResolveAttachmentsRequest {
@@ -119,8 +125,15 @@ impl ConversationApi {
         refs.into_iter()
             .map(|r| {
                 let stored = resolved.attachments.iter().find(|a| a.attachment_id == r.attachment_id);
-                let stored = stored.ok_or_else(|| Status::not_found(format!("attachment {} not found in this conversation", r.attachment_id)))?;
-                Ok(pb::AttachmentRef { attachment_id: r.attachment_id, filename: Some(stored.filename.clone()), content_type: Some(stored.content_type.clone()), size: Some(stored.size) })
+                let stored = stored.ok_or_else(|| {
+                    Status::not_found(format!("attachment {} not found in this conversation", r.attachment_id))
+                })?;
+                Ok(pb::AttachmentRef {
+                    attachment_id: r.attachment_id,
+                    filename: Some(stored.filename.clone()),
+                    content_type: Some(stored.content_type.clone()),
+                    size: Some(stored.size),
+                })
             })
             .collect()
     }
@@ -135,9 +148,14 @@ impl ConversationApi {
         announce(&self.relay, &self.committed);
     }
 
-    async fn conversation_of(&self, conversation_id: &str, guest_id: Option<&str>) -> Result<pb::Conversation, ConversationError> {
+    async fn conversation_of(
+        &self,
+        conversation_id: &str,
+        guest_id: Option<&str>,
+    ) -> Result<pb::Conversation, ConversationError> {
         required("conversation_id", conversation_id)?;
-        let conversation = self.store.conversation(conversation_id).await?.ok_or(ConversationError::ConversationNotFound)?;
+        let conversation =
+            self.store.conversation(conversation_id).await?.ok_or(ConversationError::ConversationNotFound)?;
         // Another guest's conversation looks exactly like one that does not exist.
         if guest_id.is_some_and(|g| g != conversation.guest_id) {
             return Err(ConversationError::ConversationNotFound);
@@ -173,10 +191,19 @@ impl ConversationApi {
     /// at once, so they share its next transactions. A batch over [`MAX_GUEST_BATCH`] is
     /// refused whole, each of its messages with `INVALID_ARGUMENT`.
     async fn add_guest_batch(&self, batch: pb::GuestMessageBatch) -> pb::GuestMessageResults {
-        let failure = |status: Status| pb::add_guest_message_result::Result::Failure(pb::Failure { code: status.code() as i32, message: status.message().to_owned() });
+        let failure = |status: Status| {
+            pb::add_guest_message_result::Result::Failure(pb::Failure {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })
+        };
         let results = if batch.messages.len() > MAX_GUEST_BATCH {
             let refused = Status::invalid_argument(format!("at most {MAX_GUEST_BATCH} messages per batch"));
-            batch.messages.iter().map(|_| pb::AddGuestMessageResult { result: Some(failure(refused.clone())) }).collect()
+            batch
+                .messages
+                .iter()
+                .map(|_| pb::AddGuestMessageResult { result: Some(failure(refused.clone())) })
+                .collect()
         } else {
             let results = futures_util::future::join_all(batch.messages.into_iter().map(|m| self.add_guest(m))).await;
             let result = |r: Result<pb::AddMessageResponse, ConversationError>| match r {
@@ -198,7 +225,10 @@ impl ConversationApi {
 
 #[tonic::async_trait]
 impl ConversationService for ConversationApi {
-    async fn get_active_conversation(&self, request: Request<pb::GetActiveConversationRequest>) -> Result<Response<pb::Conversation>, Status> {
+    async fn get_active_conversation(
+        &self,
+        request: Request<pb::GetActiveConversationRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
         jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let req = request.into_inner();
         required("hotel_id", &req.hotel_id)?;
@@ -208,18 +238,27 @@ impl ConversationService for ConversationApi {
         Ok(Response::new(found.ok_or(ConversationError::ConversationNotFound)?))
     }
 
-    async fn get_conversation(&self, request: Request<pb::GetConversationRequest>) -> Result<Response<pb::Conversation>, Status> {
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
         self.in_scope(&request, &request.get_ref().conversation_id).await?;
         Ok(Response::new(self.conversation_of(&request.into_inner().conversation_id, None).await?))
     }
 
-    async fn add_guest_message(&self, request: Request<pb::AddGuestMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
+    async fn add_guest_message(
+        &self,
+        request: Request<pb::AddGuestMessageRequest>,
+    ) -> Result<Response<pb::AddMessageResponse>, Status> {
         Ok(Response::new(self.add_guest(request.into_inner()).await?))
     }
 
     type AddGuestMessageBatchesStream = ReceiverStream<Result<pb::GuestMessageResults, Status>>;
 
-    async fn add_guest_message_batches(&self, request: Request<Streaming<pb::GuestMessageBatch>>) -> Result<Response<Self::AddGuestMessageBatchesStream>, Status> {
+    async fn add_guest_message_batches(
+        &self,
+        request: Request<Streaming<pb::GuestMessageBatch>>,
+    ) -> Result<Response<Self::AddGuestMessageBatchesStream>, Status> {
         let mut batches = request.into_inner();
         let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
         let api = self.clone();
@@ -251,7 +290,10 @@ impl ConversationService for ConversationApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::AddMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::AddMessageResponse>, Status> {
         let role = domain::check_butler_message(request.get_ref())?;
         may_act_as(&request, role)?;
         self.in_scope(&request, &request.get_ref().conversation_id).await?;
@@ -274,7 +316,10 @@ impl ConversationService for ConversationApi {
         Ok(Response::new(Self::stored(added)))
     }
 
-    async fn list_messages(&self, request: Request<pb::ListMessagesRequest>) -> Result<Response<pb::ListMessagesResponse>, Status> {
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         self.in_scope(&request, &request.get_ref().conversation_id).await?;
         let req = request.into_inner();
         required("conversation_id", &req.conversation_id)?;
@@ -285,13 +330,25 @@ impl ConversationService for ConversationApi {
             return Err(Status::invalid_argument("seq must not be negative"));
         }
         let limit = domain::page_size(req.limit);
-        let page = self.store.page(&req.conversation_id, req.after_seq, req.before_seq, limit, req.max_bytes.map(|b| b as usize)).await?;
+        let page = self
+            .store
+            .page(&req.conversation_id, req.after_seq, req.before_seq, limit, req.max_bytes.map(|b| b as usize))
+            .await?;
         // Another guest's conversation looks exactly like one that does not exist.
-        let page = page.filter(|p| req.guest_id.as_deref().is_none_or(|g| g == p.guest_id)).ok_or(ConversationError::ConversationNotFound)?;
-        Ok(Response::new(pb::ListMessagesResponse { messages: page.messages, has_more: page.has_more, last_seq: page.last_seq }))
+        let page = page
+            .filter(|p| req.guest_id.as_deref().is_none_or(|g| g == p.guest_id))
+            .ok_or(ConversationError::ConversationNotFound)?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.messages,
+            has_more: page.has_more,
+            last_seq: page.last_seq,
+        }))
     }
 
-    async fn set_typing(&self, request: Request<pb::SetTypingRequest>) -> Result<Response<pb::SetTypingResponse>, Status> {
+    async fn set_typing(
+        &self,
+        request: Request<pb::SetTypingRequest>,
+    ) -> Result<Response<pb::SetTypingResponse>, Status> {
         let role = pb::Role::try_from(request.get_ref().role).ok().filter(|r| *r != pb::Role::Unspecified);
         let role = role.ok_or_else(|| Status::invalid_argument("role must be set"))?;
         may_act_as(&request, role)?;
@@ -299,7 +356,12 @@ impl ConversationService for ConversationApi {
         let req = request.into_inner();
         let c = self.conversation_of(&req.conversation_id, None).await?;
         let typing = events::Typing { role: role as i32, is_typing: req.is_typing };
-        self.relay.publish_ephemeral(event_for(&c.conversation_id, &c.hotel_id, &c.guest_id, events::event::Kind::Typing(typing)));
+        self.relay.publish_ephemeral(event_for(
+            &c.conversation_id,
+            &c.hotel_id,
+            &c.guest_id,
+            events::event::Kind::Typing(typing),
+        ));
         Ok(Response::new(pb::SetTypingResponse {}))
     }
 
@@ -314,7 +376,10 @@ impl ConversationService for ConversationApi {
         }
         let conversation = self.conversation_of(&req.conversation_id, req.guest_id.as_deref()).await?;
         if req.up_to_seq > conversation.last_seq {
-            return Err(Status::out_of_range(format!("up_to_seq {} is past the conversation's last message ({})", req.up_to_seq, conversation.last_seq)));
+            return Err(Status::out_of_range(format!(
+                "up_to_seq {} is past the conversation's last message ({})",
+                req.up_to_seq, conversation.last_seq
+            )));
         }
         let up_to_seq = self.store.mark_read(&conversation, role, req.up_to_seq).await?;
         self.committed();
@@ -323,7 +388,10 @@ impl ConversationService for ConversationApi {
 
     type WatchMessagesStream = ReceiverStream<Result<pb::WatchMessagesResponse, Status>>;
 
-    async fn watch_messages(&self, request: Request<pb::WatchMessagesRequest>) -> Result<Response<Self::WatchMessagesStream>, Status> {
+    async fn watch_messages(
+        &self,
+        request: Request<pb::WatchMessagesRequest>,
+    ) -> Result<Response<Self::WatchMessagesStream>, Status> {
         // A caller limited to some hotels watches one of them.
         let hotel_id = jack_runtime::callers::scoped_hotel(&request, request.get_ref().hotel_id.as_deref())?;
         let mut req = request.into_inner();
@@ -339,7 +407,10 @@ impl ConversationService for ConversationApi {
         // restore from an older backup): waiting there would be silence for good.
         let end = self.store.last_position().await?;
         if req.after_cursor > end {
-            return Err(Status::out_of_range(format!("after_cursor {} is past the end of the message log ({end}): resume from a cursor this service gave, or 0", req.after_cursor)));
+            return Err(Status::out_of_range(format!(
+                "after_cursor {} is past the end of the message log ({end}): resume from a cursor this service gave, or 0",
+                req.after_cursor
+            )));
         }
         let (tx, rx) = mpsc::channel(WATCH_BATCH as usize);
         let store = self.store.clone();
@@ -353,15 +424,20 @@ impl ConversationService for ConversationApi {
             let (mut caught_up, mut last_sent) = (false, tokio::time::Instant::now());
             loop {
                 changes.borrow_and_update();
-                let (batch, scanned) = match store.messages_after_position(cursor, &roles, req.hotel_id.as_deref(), WATCH_BATCH).await {
-                    Ok(found) => found,
-                    Err(err) => {
-                        let _ = tx.send(Err(Status::from(err))).await;
-                        return;
-                    }
-                };
+                let (batch, scanned) =
+                    match store.messages_after_position(cursor, &roles, req.hotel_id.as_deref(), WATCH_BATCH).await {
+                        Ok(found) => found,
+                        Err(err) => {
+                            let _ = tx.send(Err(Status::from(err))).await;
+                            return;
+                        }
+                    };
                 for (position, message) in batch {
-                    if tx.send(Ok(pb::WatchMessagesResponse { cursor: position, message: Some(message) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::WatchMessagesResponse { cursor: position, message: Some(message) }))
+                        .await
+                        .is_err()
+                    {
                         return; // the watcher is gone
                     }
                     last_sent = tokio::time::Instant::now();

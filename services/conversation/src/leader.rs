@@ -118,7 +118,9 @@ impl Lock {
                 None => {
                     sqlx::any::install_default_drivers();
                     let connect = sqlx::AnyConnection::connect(url);
-                    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))??;
+                    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))??;
                     if let Err(err) = sqlx::query(IDLE_SESSION_TIMEOUT).execute(&mut conn).await {
                         // Before PostgreSQL 14: a dead leader's lock waits for TCP to notice.
                         tracing::debug!(error = %err, "idle_session_timeout not set");
@@ -127,7 +129,9 @@ impl Lock {
                 }
             };
             let taken = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut conn);
-            let taken: bool = tokio::time::timeout(EVERY, taken).await.map_err(|_| anyhow::anyhow!("PostgreSQL did not answer in time"))??;
+            let taken: bool = tokio::time::timeout(EVERY, taken)
+                .await
+                .map_err(|_| anyhow::anyhow!("PostgreSQL did not answer in time"))??;
             if taken {
                 Ok(Some(Self::Postgres(conn)))
             } else {
@@ -150,7 +154,9 @@ impl Lock {
         match self {
             Self::Postgres(conn) => {
                 let query = sqlx::query("SELECT 1").execute(&mut *conn);
-                tokio::time::timeout(EVERY, query).await.map_err(|_| anyhow::anyhow!("the lock's connection did not answer in time"))??;
+                tokio::time::timeout(EVERY, query)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the lock's connection did not answer in time"))??;
                 Ok(())
             }
             Self::Sqlite(_) => Ok(()),
@@ -194,7 +200,10 @@ mod tests {
         tokio::time::sleep(EVERY * 2).await;
         assert!(!*second.borrow(), "the lock is held: the second replica follows");
         first_stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), second.wait_for(|lead| *lead)).await.expect("the second replica takes over").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), second.wait_for(|lead| *lead))
+            .await
+            .expect("the second replica takes over")
+            .unwrap();
         second_stop.cancel();
     }
 
@@ -203,7 +212,8 @@ mod tests {
     /// waiting for TCP to give up.
     #[tokio::test]
     async fn a_silent_leaders_lock_is_freed_after_a_few_idle_seconds() {
-        let url = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let url = std::env::var("JACK_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let (mut first_spare, mut second_spare) = (None, None);
         let held = Lock::try_take(&url, &mut first_spare).await.unwrap().expect("the lock is free");
         assert!(Lock::try_take(&url, &mut second_spare).await.unwrap().is_none(), "held by the first");
@@ -223,7 +233,10 @@ mod tests {
 
     #[test]
     fn the_lock_file_sits_beside_the_database() {
-        assert_eq!(sqlite_lock_path("sqlite:data/conversation.db"), std::path::PathBuf::from("data/conversation.db.relay-lock"));
+        assert_eq!(
+            sqlite_lock_path("sqlite:data/conversation.db"),
+            std::path::PathBuf::from("data/conversation.db.relay-lock")
+        );
         assert_eq!(sqlite_lock_path("sqlite:///tmp/c.db?mode=rwc"), std::path::PathBuf::from("/tmp/c.db.relay-lock"));
     }
 }

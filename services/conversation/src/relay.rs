@@ -20,8 +20,8 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::delivery::v1 as events;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_proto::tonic::{Status, Streaming};
-use jack_runtime::grpc::{self, Traced};
 use jack_runtime::CancellationToken;
+use jack_runtime::grpc::{self, Traced};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -135,9 +135,29 @@ impl Relay {
         // The outbox may hold rows from before a restart.
         let outbox_written = Arc::new(AtomicBool::new(true));
         let foreign = Arc::new(AtomicBool::new(false));
-        let handle = RelayHandle { wake: wake.clone(), ephemeral: tx, handed: handed.clone(), outbox_written: outbox_written.clone(), foreign: foreign.clone() };
+        let handle = RelayHandle {
+            wake: wake.clone(),
+            ephemeral: tx,
+            handed: handed.clone(),
+            outbox_written: outbox_written.clone(),
+            foreign: foreign.clone(),
+        };
         let publisher = Publisher::new(replicas, deadline);
-        (Self { store, publisher, wake, ephemeral: rx, handed, outbox_written, foreign, covered: None, last_taken: None, leader: None }, handle)
+        (
+            Self {
+                store,
+                publisher,
+                wake,
+                ephemeral: rx,
+                handed,
+                outbox_written,
+                foreign,
+                covered: None,
+                last_taken: None,
+                leader: None,
+            },
+            handle,
+        )
     }
 
     /// Publishes messages and the outbox only while `leader` says this replica leads.
@@ -346,9 +366,10 @@ impl Relay {
                         published.send_replace(self.publisher.copied_through(position));
                     }
                     if let Some(position) = last_position
-                        && let Err(err) = self.store.outbox_done(position).await {
-                            tracing::warn!(error = %err, "outbox cleanup failed");
-                        }
+                        && let Err(err) = self.store.outbox_done(position).await
+                    {
+                        tracing::warn!(error = %err, "outbox cleanup failed");
+                    }
                 }
                 Err(status) => {
                     // What was taken is published again from the database and the outbox.
@@ -390,7 +411,14 @@ struct Publisher {
 impl Publisher {
     fn new(mut replicas: watch::Receiver<grpc::Members>, deadline: Duration) -> Self {
         let members = replicas.borrow_and_update().clone();
-        let mut publisher = Self { replicas, members: grpc::Members::new(), target: None, failed: None, deadline, copies: Default::default() };
+        let mut publisher = Self {
+            replicas,
+            members: grpc::Members::new(),
+            target: None,
+            failed: None,
+            deadline,
+            copies: Default::default(),
+        };
         publisher.take_members(members);
         publisher
     }
@@ -405,7 +433,10 @@ impl Publisher {
         if members.len() > 1 {
             for (name, channel) in &members {
                 if !self.copies.contains_key(name) {
-                    self.copies.insert(name.clone(), Copies::start(DeliveryServiceClient::new(channel.clone()), self.deadline));
+                    self.copies.insert(
+                        name.clone(),
+                        Copies::start(DeliveryServiceClient::new(channel.clone()), self.deadline),
+                    );
                 }
             }
         } else {
@@ -422,9 +453,12 @@ impl Publisher {
             self.take_members(members);
         }
         if self.target.is_none() {
-            let after = self.failed.as_deref().and_then(|failed| self.members.range::<str, _>((std::ops::Bound::Excluded(failed), std::ops::Bound::Unbounded)).next());
+            let after = self.failed.as_deref().and_then(|failed| {
+                self.members.range::<str, _>((std::ops::Bound::Excluded(failed), std::ops::Bound::Unbounded)).next()
+            });
             if let Some((name, channel)) = after.or_else(|| self.members.iter().next()) {
-                self.target = Some((name.clone(), Link::new(DeliveryServiceClient::new(channel.clone()), self.deadline)));
+                self.target =
+                    Some((name.clone(), Link::new(DeliveryServiceClient::new(channel.clone()), self.deadline)));
             }
         }
     }
@@ -458,7 +492,11 @@ impl Publisher {
     /// How far the cursor may be stored when delivery accepted everything through `accepted`:
     /// no further than the copies still waiting to go to other replicas (sent or given up on).
     fn copied_through(&self, accepted: i64) -> i64 {
-        self.copies.values().filter(|c| c.waiting.load(Ordering::Acquire) > 0).map(|c| c.done_through.load(Ordering::Acquire)).fold(accepted, i64::min)
+        self.copies
+            .values()
+            .filter(|c| c.waiting.load(Ordering::Acquire) > 0)
+            .map(|c| c.done_through.load(Ordering::Acquire))
+            .fold(accepted, i64::min)
     }
 
     /// Opens the stream to the replica published to, if it is not open: a replica answers
@@ -546,7 +584,13 @@ impl Copies {
     fn start(client: DeliveryServiceClient<Traced>, deadline: Duration) -> Self {
         let (queue, queued) = mpsc::channel(COPIES_QUEUE);
         let copies = Self { queue, lost: Arc::default(), waiting: Arc::default(), done_through: Arc::default() };
-        tokio::spawn(send_copies(Link::new(client, deadline), queued, copies.lost.clone(), copies.waiting.clone(), copies.done_through.clone()));
+        tokio::spawn(send_copies(
+            Link::new(client, deadline),
+            queued,
+            copies.lost.clone(),
+            copies.waiting.clone(),
+            copies.done_through.clone(),
+        ));
         copies
     }
 
@@ -563,7 +607,13 @@ impl Copies {
 /// Sends one replica its copies until the relay ends (or the replica leaves). The stream
 /// opens at once, before there is anything to copy: the replica answers staff subscriptions
 /// once a relay publishes to it.
-async fn send_copies(mut link: Link, mut queued: mpsc::Receiver<(Vec<events::Event>, i64)>, lost: Arc<AtomicBool>, waiting: Arc<AtomicUsize>, done_through: Arc<AtomicI64>) {
+async fn send_copies(
+    mut link: Link,
+    mut queued: mpsc::Receiver<(Vec<events::Event>, i64)>,
+    lost: Arc<AtomicBool>,
+    waiting: Arc<AtomicUsize>,
+    done_through: Arc<AtomicI64>,
+) {
     let hello = events::PublishRequest { subscribers_only: true, ..Default::default() };
     let mut greeted = link.publish_request(hello.clone()).await.is_ok();
     let mut failing = false;
@@ -672,22 +722,35 @@ mod tests {
         type EdgeStreamStream = ReceiverStream<Result<events::DeliveryMessage, Status>>;
         type SubscribeStream = ReceiverStream<Result<events::Event, Status>>;
 
-        async fn edge_stream(&self, _: Request<Streaming<events::EdgeMessage>>) -> Result<Response<Self::EdgeStreamStream>, Status> {
+        async fn edge_stream(
+            &self,
+            _: Request<Streaming<events::EdgeMessage>>,
+        ) -> Result<Response<Self::EdgeStreamStream>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
 
-        async fn publish(&self, request: Request<events::PublishRequest>) -> Result<Response<events::PublishResponse>, Status> {
+        async fn publish(
+            &self,
+            request: Request<events::PublishRequest>,
+        ) -> Result<Response<events::PublishResponse>, Status> {
             self.published.fetch_add(request.into_inner().events.len(), Ordering::SeqCst);
             Ok(Response::new(events::PublishResponse::default()))
         }
 
-        async fn subscribe(&self, _: Request<events::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        async fn subscribe(
+            &self,
+            _: Request<events::SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
 
-        type PublishStreamStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<events::PublishResponse, Status>> + Send>>;
+        type PublishStreamStream =
+            std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<events::PublishResponse, Status>> + Send>>;
 
-        async fn publish_stream(&self, request: Request<Streaming<events::PublishRequest>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+        async fn publish_stream(
+            &self,
+            request: Request<Streaming<events::PublishRequest>>,
+        ) -> Result<Response<Self::PublishStreamStream>, Status> {
             self.streams.fetch_add(1, Ordering::SeqCst);
             if self.stuck {
                 let requests = request.into_inner();
@@ -745,14 +808,18 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let serving = CancellationToken::new();
-            let server = jack_runtime::grpc::server(jack_runtime::callers::Authenticate::new(None), &Default::default()).unwrap().add_service(DeliveryServiceServer::new(delivery.clone()));
+            let server =
+                jack_runtime::grpc::server(jack_runtime::callers::Authenticate::new(None), &Default::default())
+                    .unwrap()
+                    .add_service(DeliveryServiceServer::new(delivery.clone()));
             tokio::spawn(jack_runtime::grpc::serve(server, listener, serving.clone()));
             let replicas = jack_runtime::grpc::members(&[url], &jack_runtime::grpc::Credentials::none()).unwrap();
             let (store, _dir) = crate::store::tests::sqlite_store().await;
             let (relay, handle) = Relay::new(store.clone(), replicas, deadline);
             let shutdown = CancellationToken::new();
             let relay = tokio::spawn(relay.run(shutdown.clone()));
-            let conversation = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
+            let conversation =
+                store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
             Self { store, _dir, handle, conversation, shutdown, relay, serving }
         }
 
@@ -830,7 +897,8 @@ mod tests {
         assert_eq!(published(), 2);
         assert_eq!(store.relay_cursor().await.unwrap(), 0, "no store while the writer keeps the connection");
         drop(writer);
-        until("the cursor stored once the connection is free", async || store.relay_cursor().await.unwrap() == next).await;
+        until("the cursor stored once the connection is free", async || store.relay_cursor().await.unwrap() == next)
+            .await;
         running.stop().await;
     }
 
@@ -841,9 +909,19 @@ mod tests {
         let delivery = Delivery { stuck: true, ..Default::default() };
         let running = Running::start(&delivery, Duration::from_millis(100)).await;
         let (store, handle) = (&running.store, &running.handle);
-        let committed = store.add_messages(vec![crate::store::tests::guest_message(&running.conversation, "c1", "m1")]).await.unwrap();
-        handle.messages_committed(Handoff { messages: committed.messages.clone(), after: None, through: committed.span.map(|(_, t)| t) });
-        until("a second stream after the first publish's deadline", async || delivery.streams.load(Ordering::SeqCst) >= 2).await;
+        let committed = store
+            .add_messages(vec![crate::store::tests::guest_message(&running.conversation, "c1", "m1")])
+            .await
+            .unwrap();
+        handle.messages_committed(Handoff {
+            messages: committed.messages.clone(),
+            after: None,
+            through: committed.span.map(|(_, t)| t),
+        });
+        until("a second stream after the first publish's deadline", async || {
+            delivery.streams.load(Ordering::SeqCst) >= 2
+        })
+        .await;
         assert_eq!(store.relay_cursor().await.unwrap(), 0, "nothing was answered: the cursor stays");
         running.stop().await;
     }
@@ -854,7 +932,8 @@ mod tests {
 
     async fn relay() -> (Relay, RelayHandle, Store, tempfile::TempDir) {
         let (store, dir) = crate::store::tests::sqlite_store().await;
-        let (relay, handle) = Relay::new(store.clone(), watch::channel(jack_runtime::grpc::Members::new()).1, Duration::from_secs(5));
+        let (relay, handle) =
+            Relay::new(store.clone(), watch::channel(jack_runtime::grpc::Members::new()).1, Duration::from_secs(5));
         (relay, handle, store, dir)
     }
 
@@ -891,7 +970,13 @@ mod tests {
         let (mut relay, handle, store, _dir) = relay().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
         let guest = |id: &str| {
-            let m = conv::Message { conversation_id: c.clone(), role: conv::Role::Guest as i32, content: id.into(), client_message_id: Some(id.into()), ..Default::default() };
+            let m = conv::Message {
+                conversation_id: c.clone(),
+                role: conv::Role::Guest as i32,
+                content: id.into(),
+                client_message_id: Some(id.into()),
+                ..Default::default()
+            };
             (m, None)
         };
         let committed = store.add_messages(vec![guest("a"), guest("b"), guest("c")]).await.unwrap();
@@ -901,11 +986,22 @@ mod tests {
         handle.messages_committed(handoff(None, through, committed.messages[2..].to_vec()));
         assert_eq!(relay.next_messages(0, false).await.iter().map(|(p, _)| *p).collect::<Vec<_>>(), positions);
         // Asked to read (at start, after a failed publish): the database, whatever was handed.
-        handle.messages_committed(handoff(through, through.map(|t| t + 1), vec![(through.unwrap() + 1, message("not stored"))]));
-        assert_eq!(relay.next_messages(positions[0], true).await.iter().map(|(p, _)| *p).collect::<Vec<_>>(), positions[1..]);
+        handle.messages_committed(handoff(
+            through,
+            through.map(|t| t + 1),
+            vec![(through.unwrap() + 1, message("not stored"))],
+        ));
+        assert_eq!(
+            relay.next_messages(positions[0], true).await.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            positions[1..]
+        );
         // The queue overflowed: what was handed is incomplete, so read.
         let last = through.unwrap() + 1;
-        handle.messages_committed(handoff(Some(last), Some(last + HANDED_MAX as i64 + 1), (0..HANDED_MAX as i64 + 1).map(|i| (last + 1 + i, message("lost"))).collect()));
+        handle.messages_committed(handoff(
+            Some(last),
+            Some(last + HANDED_MAX as i64 + 1),
+            (0..HANDED_MAX as i64 + 1).map(|i| (last + 1 + i, message("lost"))).collect(),
+        ));
         assert!(relay.next_messages(positions[2], false).await.is_empty(), "nothing beyond the last stored message");
     }
 }

@@ -75,7 +75,8 @@ impl ConversationServer {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let auth = settings.grpc_auth.layer()?;
         let listener = grpc::bind("the conversation gRPC API", settings.grpc_addr).await?;
-        let db = Database::open_with_writer_cache(&settings.database_url, &SQLITE, &POSTGRES, MESSAGE_WRITER_CACHE_KIB).await?;
+        let db = Database::open_with_writer_cache(&settings.database_url, &SQLITE, &POSTGRES, MESSAGE_WRITER_CACHE_KIB)
+            .await?;
         Ok(Self { listener, store: Store::new(db), settings, auth })
     }
 
@@ -90,17 +91,28 @@ impl ConversationServer {
         // With several replicas on one database, one relay publishes at a time.
         let relay = relay.with_leadership(crate::leader::start(&self.settings.database_url, shutdown.clone()));
         crate::leader::listen(&self.settings.database_url, handle.clone(), shutdown.clone());
-        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone()).context("failed to start the message writer")?.with_watch_heartbeat(self.settings.watch_heartbeat);
-        let upload = grpc::channel_to(&self.settings.upload_url, self.settings.publish_timeout.max(std::time::Duration::from_secs(2)), &self.settings.credentials)?;
+        let api = ConversationApi::new(self.store.clone(), handle, shutdown.clone())
+            .context("failed to start the message writer")?
+            .with_watch_heartbeat(self.settings.watch_heartbeat);
+        let upload = grpc::channel_to(
+            &self.settings.upload_url,
+            self.settings.publish_timeout.max(std::time::Duration::from_secs(2)),
+            &self.settings.credentials,
+        )?;
         let api = api.with_upload(jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(upload));
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
         // Conversations that never got a message are forgotten after a while.
         let ttl = self.settings.empty_ttl;
-        let janitor = std::sync::Arc::new(tokio::sync::Mutex::new(EmptyConversations { store: self.store.clone(), ttl, scanned: (0, String::new()) }));
-        let forgetting = tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
-            let janitor = janitor.clone();
-            async move { janitor.lock().await.sweep().await }
+        let janitor = std::sync::Arc::new(tokio::sync::Mutex::new(EmptyConversations {
+            store: self.store.clone(),
+            ttl,
+            scanned: (0, String::new()),
         }));
+        let forgetting =
+            tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
+                let janitor = janitor.clone();
+                async move { janitor.lock().await.sweep().await }
+            }));
         let store = self.store.clone();
         let ready = move || {
             let store = store.clone();

@@ -86,8 +86,13 @@ impl Planned {
 
     /// The batch's answers once its messages are stored with these positions; the stored
     /// seqs become their conversations' last.
-    fn committed(self, known: &mut HashMap<String, Known>, (positions, span): (Vec<i64>, Option<(i64, i64)>)) -> Committed {
-        let mut messages: Vec<(i64, pb::Message)> = self.finals.iter().flatten().zip(positions).map(|(m, p)| (p, m.clone())).collect();
+    fn committed(
+        self,
+        known: &mut HashMap<String, Known>,
+        (positions, span): (Vec<i64>, Option<(i64, i64)>),
+    ) -> Committed {
+        let mut messages: Vec<(i64, pb::Message)> =
+            self.finals.iter().flatten().zip(positions).map(|(m, p)| (p, m.clone())).collect();
         messages.sort_by_key(|(p, _)| *p);
         for (_, m) in &messages {
             if let Some(k) = known.get_mut(&m.conversation_id) {
@@ -131,7 +136,11 @@ pub enum Added {
 /// index seek. `$conversations` names the conversations table in the query.
 macro_rules! last_seq {
     ($conversations:literal) => {
-        concat!("COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conversation_id = ", $conversations, ".conversation_id), 0)")
+        concat!(
+            "COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conversation_id = ",
+            $conversations,
+            ".conversation_id), 0)"
+        )
     };
 }
 
@@ -284,12 +293,21 @@ impl Store {
     }
 
     pub async fn conversation(&self, conversation_id: &str) -> Result<Option<pb::Conversation>> {
-        let row = sqlx::query(select_conversation!("conversation_id = $1")).bind(conversation_id).fetch_optional(&self.db.read).await?;
+        let row = sqlx::query(select_conversation!("conversation_id = $1"))
+            .bind(conversation_id)
+            .fetch_optional(&self.db.read)
+            .await?;
         row.as_ref().map(conversation_from_row).transpose()
     }
 
     /// The guest's active conversation on the channel, created when asked and missing.
-    pub async fn active_conversation(&self, hotel_id: &str, guest_id: &str, channel: &str, create: bool) -> Result<Option<pb::Conversation>> {
+    pub async fn active_conversation(
+        &self,
+        hotel_id: &str,
+        guest_id: &str,
+        channel: &str,
+        create: bool,
+    ) -> Result<Option<pb::Conversation>> {
         let find = select_conversation!("guest_id = $1 AND channel = $2 AND status = 'active'");
         let row = sqlx::query(find).bind(guest_id).bind(channel).fetch_optional(&self.db.read).await?;
         if let Some(row) = row {
@@ -362,7 +380,11 @@ impl Store {
 
     /// [`Store::add_messages`] for the message writer, which keeps the SQLite write
     /// connection in `held` between batches that follow each other (see [`Held`]).
-    pub async fn add_messages_holding(&self, items: Vec<(pb::Message, Option<String>)>, held: &mut Option<Held>) -> Result<Committed> {
+    pub async fn add_messages_holding(
+        &self,
+        items: Vec<(pb::Message, Option<String>)>,
+        held: &mut Option<Held>,
+    ) -> Result<Committed> {
         // Held for the whole batch: batches are written one at a time.
         let mut known = self.known.lock().await;
         let outcome = match self.db.engine {
@@ -377,7 +399,11 @@ impl Store {
         outcome
     }
 
-    async fn add_in_transaction(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>) -> Result<Committed> {
+    async fn add_in_transaction(
+        &self,
+        known: &mut HashMap<String, Known>,
+        items: Vec<(pb::Message, Option<String>)>,
+    ) -> Result<Committed> {
         let mut tx = self.begin().await?;
         let planned = Self::plan(Engine::Postgres, &mut tx, known, &items, Lookup::Stored).await?;
         let inserted = Self::insert_messages(Engine::Postgres, &mut tx, &planned.new_messages()).await?;
@@ -385,14 +411,21 @@ impl Store {
         Ok(planned.committed(known, inserted))
     }
 
-    async fn add_as_only_writer(&self, known: &mut HashMap<String, Known>, items: Vec<(pb::Message, Option<String>)>, held: &mut Option<Held>) -> Result<Committed> {
+    async fn add_as_only_writer(
+        &self,
+        known: &mut HashMap<String, Known>,
+        items: Vec<(pb::Message, Option<String>)>,
+        held: &mut Option<Held>,
+    ) -> Result<Committed> {
         if held.as_ref().is_some_and(|h| h.since.elapsed() >= HOLD_AT_MOST) {
             // Let the service's other writes (new conversations, read marks) in.
             *held = None;
         }
         let conn = match held {
             Some(h) => &mut h.conn,
-            None => &mut held.insert(Held { conn: self.db.write.acquire().await?, since: std::time::Instant::now() }).conn,
+            None => {
+                &mut held.insert(Held { conn: self.db.write.acquire().await?, since: std::time::Instant::now() }).conn
+            }
         };
         // Resends are rare and remembered seqs are right: first write the batch as if no
         // client id were stored, which costs the INSERT alone. A stored client id (or a seq
@@ -425,7 +458,13 @@ impl Store {
 
     /// Decides each item of a batch — a resend, a refusal, or a new message — and numbers
     /// the new ones in batch order (see [`Lookup`] for what is read first).
-    async fn plan(engine: Engine, conn: &mut AnyConnection, known: &mut HashMap<String, Known>, items: &[(pb::Message, Option<String>)], lookup: Lookup) -> Result<Planned> {
+    async fn plan(
+        engine: Engine,
+        conn: &mut AnyConnection,
+        known: &mut HashMap<String, Known>,
+        items: &[(pb::Message, Option<String>)],
+        lookup: Lookup,
+    ) -> Result<Planned> {
         let existing = match lookup {
             Lookup::Stored => Self::stored_by_client_id(engine, conn, items).await?,
             Lookup::Remembered => HashMap::new(),
@@ -441,7 +480,10 @@ impl Store {
                 let same = crate::domain::same_message(stored, message);
                 if same { Ok(()) } else { Err(ConversationError::ClientMessageIdReused) }
             };
-            let plan = match (key.and_then(|k| existing.get(&(k.0.to_owned(), k.1.to_owned()))), key.and_then(|k| new_in_batch.get(&k))) {
+            let plan = match (
+                key.and_then(|k| existing.get(&(k.0.to_owned(), k.1.to_owned()))),
+                key.and_then(|k| new_in_batch.get(&k)),
+            ) {
                 (Some(stored), _) => Plan::Done(Box::new(resend(stored).map(|()| Added::Duplicate(stored.clone())))),
                 (None, Some(&first)) => match resend(&items[first].0) {
                     Ok(()) => Plan::SameAs(first),
@@ -482,8 +524,15 @@ impl Store {
     }
 
     /// Stored messages whose (conversation, client id) matches an item's.
-    async fn stored_by_client_id(engine: Engine, conn: &mut AnyConnection, items: &[(pb::Message, Option<String>)]) -> Result<HashMap<(String, String), pb::Message>> {
-        let keyed: Vec<(&str, &str)> = items.iter().filter_map(|(m, _)| Some((m.conversation_id.as_str(), m.client_message_id.as_deref()?))).collect();
+    async fn stored_by_client_id(
+        engine: Engine,
+        conn: &mut AnyConnection,
+        items: &[(pb::Message, Option<String>)],
+    ) -> Result<HashMap<(String, String), pb::Message>> {
+        let keyed: Vec<(&str, &str)> = items
+            .iter()
+            .filter_map(|(m, _)| Some((m.conversation_id.as_str(), m.client_message_id.as_deref()?)))
+            .collect();
         if keyed.is_empty() {
             return Ok(HashMap::new());
         }
@@ -508,14 +557,28 @@ impl Store {
 
     /// Makes `known` hold every item's conversation that exists: one query for those it
     /// lacks (or, with `fresh`, for all of them).
-    async fn learn_conversations(engine: Engine, conn: &mut AnyConnection, known: &mut HashMap<String, Known>, items: &[(pb::Message, Option<String>)], fresh: bool) -> Result<()> {
-        let wanted: HashSet<&str> = items.iter().map(|(m, _)| m.conversation_id.as_str()).filter(|id| fresh || !known.contains_key(*id)).collect();
+    async fn learn_conversations(
+        engine: Engine,
+        conn: &mut AnyConnection,
+        known: &mut HashMap<String, Known>,
+        items: &[(pb::Message, Option<String>)],
+        fresh: bool,
+    ) -> Result<()> {
+        let wanted: HashSet<&str> = items
+            .iter()
+            .map(|(m, _)| m.conversation_id.as_str())
+            .filter(|id| fresh || !known.contains_key(*id))
+            .collect();
         if wanted.is_empty() {
             return Ok(());
         }
         let ids = padded(wanted.into_iter().collect::<Vec<_>>());
         let sql = format!(
-            concat!("SELECT c.conversation_id, c.guest_id, c.hotel_id, ", last_seq!("c"), " AS last_seq FROM conversations c WHERE c.conversation_id IN ({})"),
+            concat!(
+                "SELECT c.conversation_id, c.guest_id, c.hotel_id, ",
+                last_seq!("c"),
+                " AS last_seq FROM conversations c WHERE c.conversation_id IN ({})"
+            ),
             Params::new(engine).list(ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -527,7 +590,11 @@ impl Store {
             known.clear();
         }
         for row in rows {
-            let k = Known { guest_id: row.try_get("guest_id")?, hotel_id: row.try_get("hotel_id")?, last_seq: row.try_get("last_seq")? };
+            let k = Known {
+                guest_id: row.try_get("guest_id")?,
+                hotel_id: row.try_get("hotel_id")?,
+                last_seq: row.try_get("last_seq")?,
+            };
             known.insert(row.try_get("conversation_id")?, k);
         }
         Ok(())
@@ -548,7 +615,11 @@ impl Store {
     /// takes the position after the rows before it (SQLite's AUTOINCREMENT and PostgreSQL's
     /// sequence both count it), so a chunk's span runs from its first row to its last row
     /// plus its padding.
-    async fn insert_messages(engine: Engine, conn: &mut AnyConnection, messages: &[&pb::Message]) -> Result<(Vec<i64>, Option<(i64, i64)>)> {
+    async fn insert_messages(
+        engine: Engine,
+        conn: &mut AnyConnection,
+        messages: &[&pb::Message],
+    ) -> Result<(Vec<i64>, Option<(i64, i64)>)> {
         const COLUMNS: usize = 13;
         let mut positions = Vec::with_capacity(messages.len());
         let mut span: Option<Option<(i64, i64)>> = None;
@@ -590,7 +661,9 @@ impl Store {
                     .bind(m.created_at_ms);
             }
             let returned = query.fetch_all(&mut *conn).await?;
-            let collided = |inserted: usize| ConversationError::Corrupt(format!("{inserted} of {} messages inserted: an id collided", chunk.len()));
+            let collided = |inserted: usize| {
+                ConversationError::Corrupt(format!("{inserted} of {} messages inserted: an id collided", chunk.len()))
+            };
             let start = positions.len();
             match engine {
                 Engine::Postgres => {
@@ -602,11 +675,17 @@ impl Store {
                         by_id.insert(row.try_get::<String, _>("message_id")?, row.try_get::<i64, _>("position")?);
                     }
                     for m in chunk {
-                        positions.push(by_id.get(&m.message_id).copied().ok_or_else(|| ConversationError::Corrupt(format!("no position for {}", m.message_id)))?);
+                        positions.push(
+                            by_id.get(&m.message_id).copied().ok_or_else(|| {
+                                ConversationError::Corrupt(format!("no position for {}", m.message_id))
+                            })?,
+                        );
                     }
                 }
                 Engine::Sqlite => {
-                    let row = returned.first().ok_or_else(|| ConversationError::Corrupt("no position after an insert".into()))?;
+                    let row = returned
+                        .first()
+                        .ok_or_else(|| ConversationError::Corrupt("no position after an insert".into()))?;
                     let (last, inserted): (i64, i64) = (row.try_get("last")?, row.try_get("inserted")?);
                     if inserted != chunk.len() as i64 {
                         return Err(collided(inserted as usize));
@@ -629,7 +708,12 @@ impl Store {
     /// Up to `limit` conversations opened after `after` (when, id) and before `cutoff_ms`,
     /// oldest first, each with when it was opened and whether it has a message. Read from the
     /// read pool: the writer never waits for it.
-    pub async fn opened_between(&self, after: &(i64, String), cutoff_ms: i64, limit: u64) -> Result<Vec<(i64, String, bool)>> {
+    pub async fn opened_between(
+        &self,
+        after: &(i64, String),
+        cutoff_ms: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, String, bool)>> {
         let rows = sqlx::query(
             "SELECT c.created_at_ms, c.conversation_id,
                     CASE WHEN EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.conversation_id) THEN 1 ELSE 0 END AS used
@@ -643,7 +727,15 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.db.read)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get("created_at_ms")?, row.try_get("conversation_id")?, row.try_get::<i64, _>("used")? != 0))).collect()
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("created_at_ms")?,
+                    row.try_get("conversation_id")?,
+                    row.try_get::<i64, _>("used")? != 0,
+                ))
+            })
+            .collect()
     }
 
     /// Forgets those of `ids` that still have no message, in one transaction; how many. (One
@@ -667,7 +759,13 @@ impl Store {
 
     /// Messages after `after_seq` (oldest first) or the page before `before_seq`; none for a
     /// conversation that does not exist.
-    pub async fn list_messages(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<(Vec<pb::Message>, bool)> {
+    pub async fn list_messages(
+        &self,
+        conversation_id: &str,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<(Vec<pb::Message>, bool)> {
         let page = self.page(conversation_id, after_seq, before_seq, limit, None).await?;
         Ok(page.map(|p| (p.messages, p.has_more)).unwrap_or_default())
     }
@@ -677,7 +775,14 @@ impl Store {
     /// `max_bytes`, the page ends before the message that would take it past that many bytes
     /// (it holds one at least): rows are read one by one and the rest are never read, so a page
     /// of long messages costs the service no more than what it returns.
-    pub async fn page(&self, conversation_id: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32, max_bytes: Option<usize>) -> Result<Option<Page>> {
+    pub async fn page(
+        &self,
+        conversation_id: &str,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: u32,
+        max_bytes: Option<usize>,
+    ) -> Result<Option<Page>> {
         use futures_util::TryStreamExt as _;
         // The page is joined onto the conversation's row, so that a conversation without
         // (such) messages still answers, with one row of NULL message columns.
@@ -695,8 +800,13 @@ impl Store {
         }
         let fetch = limit_shape(limit + 1);
         let (sql, bound) = match after_seq {
-            Some(after) => (format!(page_of!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}", "ASC"), fetch), after),
-            None => (format!(page_of!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}", "DESC"), fetch), before_seq.unwrap_or(i64::MAX)),
+            Some(after) => {
+                (format!(page_of!("conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT {}", "ASC"), fetch), after)
+            }
+            None => (
+                format!(page_of!("conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}", "DESC"), fetch),
+                before_seq.unwrap_or(i64::MAX),
+            ),
         };
         let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(conversation_id).bind(bound).fetch(&self.db.read);
         let Some(first) = rows.try_next().await? else { return Ok(None) };
@@ -724,7 +834,13 @@ impl Store {
 
     /// Messages after a global position, for WatchMessages, and the last position scanned
     /// (which moves past messages the filter left out). `roles` is empty for all roles.
-    pub async fn messages_after_position(&self, after: i64, roles: &[i32], hotel_id: Option<&str>, limit: u32) -> Result<(Vec<(i64, pb::Message)>, Option<i64>)> {
+    pub async fn messages_after_position(
+        &self,
+        after: i64,
+        roles: &[i32],
+        hotel_id: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<(i64, pb::Message)>, Option<i64>)> {
         let sql = format!(select_message!("position > $1 ORDER BY position ASC LIMIT {}"), limit_shape(limit));
         let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(after).fetch_all(&self.db.read).await?;
         rows.truncate(limit as usize);
@@ -745,7 +861,8 @@ impl Store {
     /// The position of the newest message (0 when there is none): the end of the log that
     /// WatchMessages cursors point into.
     pub async fn last_position(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(position), 0) AS last FROM messages").fetch_one(&self.db.read).await?;
+        let row =
+            sqlx::query("SELECT COALESCE(MAX(position), 0) AS last FROM messages").fetch_one(&self.db.read).await?;
         Ok(row.try_get::<i64, _>("last")?)
     }
 
@@ -754,28 +871,50 @@ impl Store {
     pub async fn mark_read(&self, conversation: &pb::Conversation, reader: pb::Role, up_to_seq: i64) -> Result<i64> {
         let guest_side = reader == pb::Role::Guest;
         let sql = if guest_side {
-            concat!("UPDATE conversations SET guest_read_seq = $2 WHERE conversation_id = $1 AND guest_read_seq < $2 AND ", last_seq!("conversations"), " >= $2")
+            concat!(
+                "UPDATE conversations SET guest_read_seq = $2 WHERE conversation_id = $1 AND guest_read_seq < $2 AND ",
+                last_seq!("conversations"),
+                " >= $2"
+            )
         } else {
-            concat!("UPDATE conversations SET butler_read_seq = $2 WHERE conversation_id = $1 AND butler_read_seq < $2 AND ", last_seq!("conversations"), " >= $2")
+            concat!(
+                "UPDATE conversations SET butler_read_seq = $2 WHERE conversation_id = $1 AND butler_read_seq < $2 AND ",
+                last_seq!("conversations"),
+                " >= $2"
+            )
         };
         let engine = self.db.engine;
-        let (conversation_id, hotel_id, guest_id) = (conversation.conversation_id.clone(), conversation.hotel_id.clone(), conversation.guest_id.clone());
+        let (conversation_id, hotel_id, guest_id) =
+            (conversation.conversation_id.clone(), conversation.hotel_id.clone(), conversation.guest_id.clone());
         // Committed together with the other writes of the moment: read receipts share disk syncs.
         let row = self
             .db
             .write_grouped(move |conn| {
-                let (conversation_id, hotel_id, guest_id) = (conversation_id.clone(), hotel_id.clone(), guest_id.clone());
+                let (conversation_id, hotel_id, guest_id) =
+                    (conversation_id.clone(), hotel_id.clone(), guest_id.clone());
                 Box::pin(async move {
                     if engine == Engine::Postgres {
                         sqlx::query(MESSAGE_LOCK).execute(&mut *conn).await?;
                     }
-                    let changed = sqlx::query(sql).bind(&conversation_id).bind(up_to_seq).execute(&mut *conn).await?.rows_affected() == 1;
+                    let changed = sqlx::query(sql)
+                        .bind(&conversation_id)
+                        .bind(up_to_seq)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected()
+                        == 1;
                     if changed {
                         let read = events::Read { role: reader as i32, up_to_seq };
                         let event = event_for(&conversation_id, &hotel_id, &guest_id, events::event::Kind::Read(read));
-                        sqlx::query("INSERT INTO outbox (event) VALUES ($1)").bind(event.encode_to_vec()).execute(&mut *conn).await?;
+                        sqlx::query("INSERT INTO outbox (event) VALUES ($1)")
+                            .bind(event.encode_to_vec())
+                            .execute(&mut *conn)
+                            .await?;
                     }
-                    sqlx::query(select_conversation!("conversation_id = $1")).bind(conversation_id).fetch_one(&mut *conn).await
+                    sqlx::query(select_conversation!("conversation_id = $1"))
+                        .bind(conversation_id)
+                        .fetch_one(&mut *conn)
+                        .await
                 })
             })
             .await?;
@@ -791,7 +930,8 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let bytes: Vec<u8> = row.try_get("event")?;
-                let event = events::Event::decode(bytes.as_slice()).map_err(|e| ConversationError::Corrupt(e.to_string()))?;
+                let event =
+                    events::Event::decode(bytes.as_slice()).map_err(|e| ConversationError::Corrupt(e.to_string()))?;
                 Ok((row.try_get("position")?, event))
             })
             .collect()
@@ -809,7 +949,9 @@ impl Store {
     }
 
     pub async fn relay_cursor(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT position FROM relay_cursor WHERE name = 'delivery'").fetch_optional(&self.db.read).await?;
+        let row = sqlx::query("SELECT position FROM relay_cursor WHERE name = 'delivery'")
+            .fetch_optional(&self.db.read)
+            .await?;
         Ok(row.map(|r| r.try_get("position")).transpose()?.unwrap_or(0))
     }
 
@@ -896,7 +1038,13 @@ pub(crate) mod tests {
         let (store, _dir) = sqlite_store().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap();
         assert_eq!(c.last_seq, 0);
-        store.add_messages(vec![guest_message(&c.conversation_id, "a", "x"), guest_message(&c.conversation_id, "b", "y")]).await.unwrap();
+        store
+            .add_messages(vec![
+                guest_message(&c.conversation_id, "a", "x"),
+                guest_message(&c.conversation_id, "b", "y"),
+            ])
+            .await
+            .unwrap();
         let now = store.conversation(&c.conversation_id).await.unwrap().unwrap();
         assert_eq!(now.last_seq, 2);
         // Not past the last message; then up to it.
@@ -916,12 +1064,19 @@ pub(crate) mod tests {
         assert!(matches!(&theirs.results[0], Ok(Added::New(m)) if m.seq == 2));
         // This writer still believes seq 1 is the last: its first INSERT meets seq 2 and
         // writes nothing, and the batch is numbered again from the table.
-        let batch = store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await.unwrap();
+        let batch =
+            store.add_messages(vec![guest_message(&c, "c", "third"), guest_message(&c, "d", "fourth")]).await.unwrap();
         assert!(batch.results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
         let (all, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
-        assert_eq!(all.iter().map(|m| (m.seq, m.content.as_str())).collect::<Vec<_>>(), [(1, "first"), (2, "second"), (3, "third"), (4, "fourth")]);
+        assert_eq!(
+            all.iter().map(|m| (m.seq, m.content.as_str())).collect::<Vec<_>>(),
+            [(1, "first"), (2, "second"), (3, "third"), (4, "fourth")]
+        );
         // The relay is handed positions that follow each other.
-        assert_eq!(batch.messages.iter().map(|(p, _)| *p).collect::<Vec<_>>().windows(2).filter(|w| w[1] != w[0] + 1).count(), 0);
+        assert_eq!(
+            batch.messages.iter().map(|(p, _)| *p).collect::<Vec<_>>().windows(2).filter(|w| w[1] != w[0] + 1).count(),
+            0
+        );
         other.close().await;
     }
 
@@ -931,14 +1086,17 @@ pub(crate) mod tests {
         let a = store.active_conversation("h", "ga", "webchat", true).await.unwrap().unwrap().conversation_id;
         let b = store.active_conversation("h", "gb", "webchat", true).await.unwrap().unwrap().conversation_id;
         // More than one INSERT statement's worth, and not a multiple of the padding.
-        let items: Vec<_> = (0..INSERT_ROWS + 11).map(|i| guest_message(if i % 3 == 0 { &b } else { &a }, &format!("m{i}"), &format!("text {i}"))).collect();
+        let items: Vec<_> = (0..INSERT_ROWS + 11)
+            .map(|i| guest_message(if i % 3 == 0 { &b } else { &a }, &format!("m{i}"), &format!("text {i}")))
+            .collect();
         let committed = store.add_messages(items).await.unwrap();
         assert!(committed.results.iter().all(|r| matches!(r, Ok(Added::New(_)))));
         let (in_a, _) = store.list_messages(&a, Some(0), None, 500).await.unwrap();
         let (in_b, _) = store.list_messages(&b, Some(0), None, 500).await.unwrap();
         assert_eq!(in_a.len() + in_b.len(), INSERT_ROWS + 11);
         assert!(in_a.iter().enumerate().all(|(i, m)| m.seq == i as i64 + 1));
-        let expected_b: Vec<String> = (0..INSERT_ROWS + 11).filter(|i| i % 3 == 0).map(|i| format!("text {i}")).collect();
+        let expected_b: Vec<String> =
+            (0..INSERT_ROWS + 11).filter(|i| i % 3 == 0).map(|i| format!("text {i}")).collect();
         assert_eq!(in_b.iter().map(|m| m.content.clone()).collect::<Vec<_>>(), expected_b);
         // Commit order: positions follow the batch.
         let (all, _) = store.messages_after_position(0, &[], None, 500).await.unwrap();
@@ -957,7 +1115,10 @@ pub(crate) mod tests {
     async fn a_page_ends_at_its_byte_budget_but_holds_one_message() {
         let (store, _dir) = sqlite_store().await;
         let c = store.active_conversation("h", "g", "webchat", true).await.unwrap().unwrap().conversation_id;
-        store.add_messages((1..=5).map(|i| guest_message(&c, &format!("m{i}"), &"x".repeat(1000))).collect()).await.unwrap();
+        store
+            .add_messages((1..=5).map(|i| guest_message(&c, &format!("m{i}"), &"x".repeat(1000))).collect())
+            .await
+            .unwrap();
         let seqs = |page: &Page| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
         let later = store.page(&c, Some(0), None, 500, Some(2500)).await.unwrap().unwrap();
         assert_eq!((seqs(&later), later.has_more), (vec![1, 2], true));
@@ -996,17 +1157,28 @@ pub(crate) mod tests {
         let got: Vec<_> = results.iter().map(seq).collect();
         assert_eq!(got, [("new", 1), ("new", 2), ("dup", 1), ("reused", 0), ("missing", 0)]);
         // A later batch sees the stored message as a resend; others get the next seq.
-        let again = store.add_messages(vec![guest_message(&c, "a", "hello"), guest_message(&c, "c", "third")]).await.unwrap();
+        let again =
+            store.add_messages(vec![guest_message(&c, "a", "hello"), guest_message(&c, "c", "third")]).await.unwrap();
         // The relay is handed the new message with its position.
         let (after_first, _) = store.messages_after_position(0, &[], None, 10).await.unwrap();
-        assert_eq!(again.messages.iter().map(|(p, m)| (*p, m.content.as_str())).collect::<Vec<_>>(), [(after_first[2].0, "third")]);
+        assert_eq!(
+            again.messages.iter().map(|(p, m)| (*p, m.content.as_str())).collect::<Vec<_>>(),
+            [(after_first[2].0, "third")]
+        );
         let again = again.results;
         assert_eq!(again.iter().map(seq).collect::<Vec<_>>(), [("dup", 1), ("new", 3)]);
         // A stored client id sent with other content is refused; the rest of its batch is not.
-        let reused = store.add_messages(vec![guest_message(&c, "d", "fourth"), guest_message(&c, "b", "not second")]).await.unwrap().results;
+        let reused = store
+            .add_messages(vec![guest_message(&c, "d", "fourth"), guest_message(&c, "b", "not second")])
+            .await
+            .unwrap()
+            .results;
         assert_eq!(reused.iter().map(seq).collect::<Vec<_>>(), [("new", 4), ("reused", 0)]);
         let (messages, _) = store.list_messages(&c, Some(0), None, 10).await.unwrap();
-        assert_eq!(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["hello", "second", "third", "fourth"]);
+        assert_eq!(
+            messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            ["hello", "second", "third", "fourth"]
+        );
         // Messages are their own outbox: nothing extra is written for them.
         assert_eq!(store.outbox(10).await.unwrap().len(), 0);
         let (after_cursor, _) = store.messages_after_position(0, &[], None, 10).await.unwrap();

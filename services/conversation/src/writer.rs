@@ -32,7 +32,9 @@ impl Writer {
     pub fn start(store: Store, on_commit: impl Fn(Handoff) + Send + 'static) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("message-writer".into()).spawn(move || runtime.block_on(run(store, rx, on_commit)))?;
+        std::thread::Builder::new()
+            .name("message-writer".into())
+            .spawn(move || runtime.block_on(run(store, rx, on_commit)))?;
         Ok(Self { queue: tx })
     }
 
@@ -114,7 +116,11 @@ mod tests {
         }
         // …and meanwhile new guests still get their conversations (a write of their own).
         for g in 0..20 {
-            let created = tokio::time::timeout(std::time::Duration::from_secs(10), store.active_conversation("h", &format!("other-{g}"), "webchat", true)).await;
+            let created = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                store.active_conversation("h", &format!("other-{g}"), "webchat", true),
+            )
+            .await;
             assert!(matches!(created, Ok(Ok(Some(_)))), "a new conversation waited behind the message writer");
         }
         stop.store(true, Ordering::Relaxed);

@@ -56,7 +56,10 @@ fn route(router: &Router, request: pb::PublishRequest) -> Result<pb::PublishResp
 impl DeliveryService for DeliveryApi {
     type EdgeStreamStream = ReceiverStream<Result<pb::DeliveryMessage, Status>>;
 
-    async fn edge_stream(&self, request: Request<Streaming<pb::EdgeMessage>>) -> Result<Response<Self::EdgeStreamStream>, Status> {
+    async fn edge_stream(
+        &self,
+        request: Request<Streaming<pb::EdgeMessage>>,
+    ) -> Result<Response<Self::EdgeStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.edge_queue);
         // The router holds the only sender: when it drops the link (too slow, or shutdown)
@@ -105,7 +108,10 @@ impl DeliveryService for DeliveryApi {
 
     type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<pb::PublishResponse, Status>> + Send>>;
 
-    async fn publish_stream(&self, request: Request<Streaming<pb::PublishRequest>>) -> Result<Response<Self::PublishStreamStream>, Status> {
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
         self.relay_heard.cancel();
         let router = self.router.clone();
         // Each request is routed and answered as the connection reads it: no task or queue of
@@ -116,14 +122,19 @@ impl DeliveryService for DeliveryApi {
 
     type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         // A caller limited to some hotels subscribes to one of them.
         let hotel_id = jack_runtime::callers::scoped_hotel(&request, request.get_ref().hotel_id.as_deref())?;
         let mut filter = request.into_inner();
         filter.hotel_id = hotel_id;
         for (name, value) in [("hotel_id", &filter.hotel_id), ("conversation_id", &filter.conversation_id)] {
             if value.as_deref().is_some_and(|v| v.is_empty() || v.len() > 128) {
-                return Err(Status::invalid_argument(format!("{name}, when given, must be 1 to 128 characters (leave it out for every one)")));
+                return Err(Status::invalid_argument(format!(
+                    "{name}, when given, must be 1 to 128 characters (leave it out for every one)"
+                )));
             }
         }
         if !(filter.messages || filter.typing || filter.reads) {
@@ -136,7 +147,9 @@ impl DeliveryService for DeliveryApi {
         // this replica what it publishes: a replica that just started, or that the relay has
         // not found yet, holds the answer until it does.
         if tokio::time::timeout(RELAY_WAIT, self.relay_heard.cancelled()).await.is_err() {
-            return Err(Status::unavailable("no relay publishes to this delivery replica yet; try again, or another replica"));
+            return Err(Status::unavailable(
+                "no relay publishes to this delivery replica yet; try again, or another replica",
+            ));
         }
         // One slot more than the queue: the last carries why the stream ends, if it falls behind.
         let (tx, rx) = mpsc::channel(self.subscriber_queue + 1);

@@ -193,7 +193,9 @@ impl Router {
         let mut slow = Vec::new();
         for (link, batch) in per_edge {
             if let Some(edge) = s.edges.get(&link) {
-                let message = pb::DeliveryMessage { kind: Some(pb::delivery_message::Kind::Events(pb::EventBatch { events: batch })) };
+                let message = pb::DeliveryMessage {
+                    kind: Some(pb::delivery_message::Kind::Events(pb::EventBatch { events: batch })),
+                };
                 if edge.tx.try_send(Ok(message)).is_err() {
                     slow.push(link);
                 }

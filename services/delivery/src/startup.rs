@@ -32,7 +32,12 @@ impl DeliveryServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "delivery service listening");
-        let api = DeliveryApi::new(self.router.clone(), self.settings.edge_queue, self.settings.subscriber_queue, shutdown.clone());
+        let api = DeliveryApi::new(
+            self.router.clone(),
+            self.settings.edge_queue,
+            self.settings.subscriber_queue,
+            shutdown.clone(),
+        );
         let router = grpc::server(self.auth, &self.settings.grpc_tls)?
             // Delivery needs nothing else to route: ready while it serves.
             .add_service(grpc::health("jack.delivery.v1.DeliveryService", shutdown.clone(), || async { true }).await)

@@ -14,10 +14,10 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::guest::v1 as guest_pb;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
-use jack_runtime::grpc::Traced;
 use jack_proto::tonic::{Code, Status, Streaming};
 use jack_proto::upload::v1::upload_service_client::UploadServiceClient;
 use jack_runtime::grpc;
+use jack_runtime::grpc::Traced;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -55,7 +55,11 @@ impl Backends {
         Ok(Self {
             guest: GuestServiceClient::new(grpc::channel_to(&settings.guest_url, deadline, credentials)?),
             guest_messages: GuestMessages::start(streams, deadline),
-            conversation: ConversationServiceClient::new(grpc::channel_to(&settings.conversation_url, deadline, credentials)?),
+            conversation: ConversationServiceClient::new(grpc::channel_to(
+                &settings.conversation_url,
+                deadline,
+                credentials,
+            )?),
             upload: UploadServiceClient::new(grpc::channel_to(&settings.upload_url, deadline, credentials)?),
             identifies: Turns::new(IDENTIFIES_IN_FLIGHT, IDENTIFY_WAIT),
         })
@@ -122,15 +126,21 @@ impl GuestMessages {
 /// batch at once. Whatever fails the stream, its unanswered batches get a retryable
 /// `UNAVAILABLE` (never the stream's own status: an `INVALID_ARGUMENT` ending it says nothing
 /// about each message), and their guests resend with the same `clientMessageId`, stored once.
-async fn batch_guest_messages(mut client: ConversationServiceClient<Traced>, deadline: Duration, mut queue: mpsc::Receiver<Pending>) {
+async fn batch_guest_messages(
+    mut client: ConversationServiceClient<Traced>,
+    deadline: Duration,
+    mut queue: mpsc::Receiver<Pending>,
+) {
     let mut batch = Vec::with_capacity(GUEST_BATCH);
     let mut next_id = 0u64;
     while queue.recv_many(&mut batch, GUEST_BATCH).await > 0 {
         let (requests, outgoing) = mpsc::channel(BATCHES_IN_FLIGHT);
-        let mut link = Link { requests, in_flight: VecDeque::with_capacity(BATCHES_IN_FLIGHT), next_id: &mut next_id, deadline };
+        let mut link =
+            Link { requests, in_flight: VecDeque::with_capacity(BATCHES_IN_FLIGHT), next_id: &mut next_id, deadline };
         // The first batch goes with the stream's headers (into a new channel: it has room).
         link.send(&mut batch);
-        let opened = tokio::time::timeout(deadline, client.add_guest_message_batches(ReceiverStream::new(outgoing))).await;
+        let opened =
+            tokio::time::timeout(deadline, client.add_guest_message_batches(ReceiverStream::new(outgoing))).await;
         match opened {
             Ok(Ok(response)) => link.run(response.into_inner(), &mut queue, &mut batch).await,
             Ok(Err(status)) => link.fail_all(&format!("the stream did not open: {status}")),
@@ -170,7 +180,12 @@ impl Link<'_> {
     /// the stream breaks or a batch misses its deadline (then every unanswered batch fails,
     /// and dropping the stream makes conversation drop what it had not read of it) or the
     /// edge shuts down.
-    async fn run(mut self, mut results: Streaming<conv::GuestMessageResults>, queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
+    async fn run(
+        mut self,
+        mut results: Streaming<conv::GuestMessageResults>,
+        queue: &mut mpsc::Receiver<Pending>,
+        batch: &mut Vec<Pending>,
+    ) {
         let timer = tokio::time::sleep(self.deadline);
         tokio::pin!(timer);
         loop {
@@ -208,7 +223,9 @@ impl Link<'_> {
         for reply in answered.replies {
             let result = match results.next().and_then(|r| r.result) {
                 Some(conv::add_guest_message_result::Result::Added(added)) => Ok(added),
-                Some(conv::add_guest_message_result::Result::Failure(f)) => Err(Status::new(Code::from_i32(f.code), f.message)),
+                Some(conv::add_guest_message_result::Result::Failure(f)) => {
+                    Err(Status::new(Code::from_i32(f.code), f.message))
+                }
                 None => Err(Status::internal("missing result")),
             };
             let _ = reply.send(result);
@@ -229,7 +246,9 @@ impl Link<'_> {
 pub fn error_frame(status: &Status, client_message_id: Option<String>) -> ErrorFrame {
     let (code, message) = match status.code() {
         Code::InvalidArgument => (ErrorCode::InvalidFrame, status.message().to_owned()),
-        Code::AlreadyExists => (ErrorCode::DuplicateMessageId, "clientMessageId was already used for a different message".to_owned()),
+        Code::AlreadyExists => {
+            (ErrorCode::DuplicateMessageId, "clientMessageId was already used for a different message".to_owned())
+        }
         Code::ResourceExhausted => (ErrorCode::RateLimited, "too many requests; retry later".to_owned()),
         Code::NotFound | Code::OutOfRange => (ErrorCode::InvalidFrame, status.message().to_owned()),
         _ => {
@@ -265,14 +284,19 @@ impl HotelPolicies {
     /// The hotel's policy; `None` when the guest service cannot say (it is down).
     pub async fn get(&self, backends: &Backends, hotel_id: &str) -> Option<HotelPolicy> {
         if let Some((at, policy)) = self.cache.lock().expect("policy cache").get(hotel_id)
-            && at.elapsed() < self.ttl {
-                return Some(policy.clone());
-            }
+            && at.elapsed() < self.ttl
+        {
+            return Some(policy.clone());
+        }
         let request = guest_pb::GetHotelPolicyRequest { hotel_id: hotel_id.to_owned() };
         match backends.guest.clone().get_hotel_policy(request).await {
             Ok(response) => {
                 let p = response.into_inner();
-                let policy = HotelPolicy { registry_enabled: p.registry_enabled, known: p.known, allowed_origins: p.allowed_origins };
+                let policy = HotelPolicy {
+                    registry_enabled: p.registry_enabled,
+                    known: p.known,
+                    allowed_origins: p.allowed_origins,
+                };
                 let mut cache = self.cache.lock().expect("policy cache");
                 if cache.len() >= POLICY_CACHE_MAX {
                     cache.clear();

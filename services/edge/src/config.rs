@@ -109,12 +109,17 @@ impl Settings {
             .parse()
             .map_err(|_| SettingsError::new("WEBSOCKET_HOST", &host, "expected an IP address, e.g. 0.0.0.0"))?;
         let ws_path = env.string("WEBSOCKET_PATH", "/ws/chat");
-        if !ws_path.starts_with('/') || ws_path.contains(char::is_whitespace) || ws_path.starts_with("/health") || ws_path == "/metrics" {
+        if !ws_path.starts_with('/')
+            || ws_path.contains(char::is_whitespace)
+            || ws_path.starts_with("/health")
+            || ws_path == "/metrics"
+        {
             return Err(SettingsError::new("WEBSOCKET_PATH", &ws_path, "expected a path such as /ws/chat"));
         }
         let max_message_size = env.number("WIDGET_MAX_MESSAGE_SIZE", 4096, 1, 64 * 1024)? as usize;
         let default_frame = (max_message_size * 16).max(64 * 1024) as u64;
-        let max_frame_size = env.number("EDGE_MAX_FRAME_SIZE", default_frame, max_message_size as u64 + 1024, 16 << 20)? as usize;
+        let max_frame_size =
+            env.number("EDGE_MAX_FRAME_SIZE", default_frame, max_message_size as u64 + 1024, 16 << 20)? as usize;
         let metrics_token = env.get("EDGE_METRICS_TOKEN").map(str::to_owned);
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(SettingsError::new("EDGE_METRICS_TOKEN", "…", "must be at least 16 characters"));
@@ -125,7 +130,11 @@ impl Settings {
         let origins = env.list("WIDGET_ALLOWED_ORIGINS");
         for origin in &origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
-                return Err(SettingsError::new("WIDGET_ALLOWED_ORIGINS", origin, "expected origins like https://hotel.com"));
+                return Err(SettingsError::new(
+                    "WIDGET_ALLOWED_ORIGINS",
+                    origin,
+                    "expected origins like https://hotel.com",
+                ));
             }
         }
         Ok(Self {
@@ -189,12 +198,20 @@ mod tests {
     #[test]
     fn bad_values_are_one_line_errors() {
         let err = Settings::from_env(&Env::default()).unwrap_err();
-        assert!(err.to_string().starts_with("invalid GRPC_CALLERS_FILE=\"\": must name the file of the gRPC API's callers"), "{err}");
+        assert!(
+            err.to_string().starts_with("invalid GRPC_CALLERS_FILE=\"\": must name the file of the gRPC API's callers"),
+            "{err}"
+        );
         let err = Settings::from_env(&Env::from_pairs([("GRPC_CALLERS_FILE", "callers.json")])).unwrap_err();
-        assert!(err.to_string().starts_with("invalid EDGE_GRPC_TOKEN=\"\": must be set (or EDGE_GRPC_TOKEN_FILE)"), "{err}");
-        let err = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off"), ("WEBSOCKET_PING_INTERVAL", "soon")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid EDGE_GRPC_TOKEN=\"\": must be set (or EDGE_GRPC_TOKEN_FILE)"),
+            "{err}"
+        );
+        let err = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off"), ("WEBSOCKET_PING_INTERVAL", "soon")]))
+            .unwrap_err();
         assert!(err.to_string().starts_with("invalid WEBSOCKET_PING_INTERVAL=\"soon\""), "{err}");
-        let err = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off"), ("WIDGET_ALLOWED_ORIGINS", "hotel.com")])).unwrap_err();
+        let err = Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off"), ("WIDGET_ALLOWED_ORIGINS", "hotel.com")]))
+            .unwrap_err();
         assert!(err.to_string().contains("WIDGET_ALLOWED_ORIGINS"), "{err}");
     }
 }

@@ -24,12 +24,21 @@ pub fn message(m: &pb::Message) -> frames::Message {
         conversation_id: m.conversation_id.clone(),
         role: role(m.role),
         content: m.content.clone(),
-        quick_replies: m.quick_replies.iter().map(|q| frames::QuickReply { label: q.label.clone(), payload: q.payload.clone() }).collect(),
+        quick_replies: m
+            .quick_replies
+            .iter()
+            .map(|q| frames::QuickReply { label: q.label.clone(), payload: q.payload.clone() })
+            .collect(),
         buttons: m.buttons.iter().map(button).collect(),
         cards: m
             .cards
             .iter()
-            .map(|c| frames::Card { title: c.title.clone(), subtitle: c.subtitle.clone(), image_url: c.image_url.clone(), buttons: c.buttons.iter().map(button).collect() })
+            .map(|c| frames::Card {
+                title: c.title.clone(),
+                subtitle: c.subtitle.clone(),
+                image_url: c.image_url.clone(),
+                buttons: c.buttons.iter().map(button).collect(),
+            })
             .collect(),
         attachments: m
             .attachments

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
+use axum::extract::connect_info::ConnectInfo;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::Listener;
@@ -101,7 +101,11 @@ impl<L> Gated<L> {
 
     fn open(&mut self, now: Instant, why: &'static str) {
         if self.open_until.is_none_or(|until| now >= until) {
-            tracing::warn!(why, for_s = self.hold_for.as_secs_f64(), "accepting connections without waiting for a slot");
+            tracing::warn!(
+                why,
+                for_s = self.hold_for.as_secs_f64(),
+                "accepting connections without waiting for a slot"
+            );
         }
         self.open_until = Some(now + self.hold_for);
     }
@@ -182,7 +186,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -245,7 +253,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waiting.is_finished(), "the only slot is held: the second connection waits in the accept queue");
         first.slot.release();
-        let (_gate, _second) = tokio::time::timeout(PATIENCE, waiting).await.expect("accepted once the slot is back").expect("task");
+        let (_gate, _second) =
+            tokio::time::timeout(PATIENCE, waiting).await.expect("accepted once the slot is back").expect("task");
     }
 
     #[tokio::test]
@@ -289,7 +298,8 @@ mod tests {
         gate.wait = LONG;
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.expect("connect"));
-            let (io, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("let in at once while the gate is open");
+            let (io, _) =
+                tokio::time::timeout(PATIENCE, gate.accept()).await.expect("let in at once while the gate is open");
             assert!(!has_slot(&io), "no slot was free");
         }
         // A slot given back is taken by the next connection.
@@ -308,7 +318,8 @@ mod tests {
         let (first, _) = gate.accept().await;
         assert!(has_slot(&first));
         silent.push(TcpStream::connect(addr).await.expect("connect"));
-        let (second, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted once the first slot expired");
+        let (second, _) =
+            tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted once the first slot expired");
         assert!(has_slot(&second), "the expired slot is free again");
         silent.push(TcpStream::connect(addr).await.expect("connect"));
         let (third, _) = tokio::time::timeout(PATIENCE, gate.accept()).await.expect("accepted");
@@ -333,7 +344,11 @@ mod tests {
             stream
         };
         // The first connection stays open (keep-alive) after its answer.
-        let _kept = tokio::time::timeout(PATIENCE, get(TcpStream::connect(addr).await.expect("connect"))).await.expect("first answered");
-        tokio::time::timeout(PATIENCE, get(TcpStream::connect(addr).await.expect("connect"))).await.expect("the second is let in");
+        let _kept = tokio::time::timeout(PATIENCE, get(TcpStream::connect(addr).await.expect("connect")))
+            .await
+            .expect("first answered");
+        tokio::time::timeout(PATIENCE, get(TcpStream::connect(addr).await.expect("connect")))
+            .await
+            .expect("the second is let in");
     }
 }

@@ -85,7 +85,9 @@ async fn health(State(edge): State<Arc<Edge>>) -> Response {
 
 /// The metrics listener's routes (`EDGE_METRICS_ADDR`): `GET /metrics`, for Prometheus.
 pub fn metrics_router(edge: Arc<Edge>) -> Router {
-    Router::new().route("/metrics", get(|State(edge): State<Arc<Edge>>| async move { render_metrics(&edge) })).with_state(edge)
+    Router::new()
+        .route("/metrics", get(|State(edge): State<Arc<Edge>>| async move { render_metrics(&edge) }))
+        .with_state(edge)
 }
 
 fn render_metrics(edge: &Edge) -> Response {
@@ -98,15 +100,27 @@ async fn metrics(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response 
     let Some(expected) = &edge.settings.metrics_token else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
     if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a metrics token is required\n").into_response();
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a metrics token is required\n")
+            .into_response();
     }
     render_metrics(&edge)
 }
 
 async fn script(source: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")], source).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "application/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        source,
+    )
+        .into_response()
 }
 
 async fn demo_page() -> Response {
@@ -132,7 +146,14 @@ async fn visitor(edge: &Edge, peer: &Peer, headers: &HeaderMap) -> Result<(guest
     let client = client_ip(peer.addr.ip(), headers, &edge.settings.trusted_proxies);
     if let Err(wait) = edge.per_address.api_call(client) {
         let retry = (header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
-        return Err((StatusCode::TOO_MANY_REQUESTS, [retry], axum::Json(json!({ "error": "RATE_LIMITED", "message": "too many requests from this address; retry later" }))).into_response());
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            [retry],
+            axum::Json(
+                json!({ "error": "RATE_LIMITED", "message": "too many requests from this address; retry later" }),
+            ),
+        )
+            .into_response());
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -141,13 +162,28 @@ async fn visitor(edge: &Edge, peer: &Peer, headers: &HeaderMap) -> Result<(guest
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "a visitor token is required (Authorization: Bearer <visitorToken>)"));
+        return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "a visitor token is required (Authorization: Bearer <visitorToken>)",
+        ));
     };
-    let verified = edge.backends.guest.clone().verify_visitor_token(guest::VerifyVisitorTokenRequest { visitor_token: token.to_owned() }).await;
+    let verified = edge
+        .backends
+        .guest
+        .clone()
+        .verify_visitor_token(guest::VerifyVisitorTokenRequest { visitor_token: token.to_owned() })
+        .await;
     match verified {
         Ok(r) => Ok((r.into_inner().guest.unwrap_or_default(), client)),
-        Err(s) if s.code() == Code::Unauthenticated => Err(json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid visitor token")),
-        Err(_) => Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the chat service is temporarily unavailable")),
+        Err(s) if s.code() == Code::Unauthenticated => {
+            Err(json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid visitor token"))
+        }
+        Err(_) => Err(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the chat service is temporarily unavailable",
+        )),
     }
 }
 
@@ -159,23 +195,45 @@ struct AttachmentUrlsRequest {
 
 /// `POST /chat/attachment-urls {attachmentIds}`: short-lived download URLs for attachments
 /// of the visitor's own conversation (ids of any other come back in `missing`).
-async fn attachment_urls(State(edge): State<Arc<Edge>>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+async fn attachment_urls(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let guest = match visitor(&edge, &peer, &headers).await {
         Ok((guest, _)) => guest,
         Err(response) => return response,
     };
     let request: AttachmentUrlsRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("expected {{attachmentIds: [...]}}: {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                &format!("expected {{attachmentIds: [...]}}: {e}"),
+            );
+        }
     };
     if request.attachment_ids.len() > 100 {
         return json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "at most 100 attachment ids at once");
     }
-    let active = conversation::GetActiveConversationRequest { hotel_id: guest.hotel_id, guest_id: guest.guest_id, channel: "webchat".into(), create: false };
+    let active = conversation::GetActiveConversationRequest {
+        hotel_id: guest.hotel_id,
+        guest_id: guest.guest_id,
+        channel: "webchat".into(),
+        create: false,
+    };
     let conversation_id = match edge.backends.conversation.clone().get_active_conversation(active).await {
         Ok(r) => r.into_inner().conversation_id,
         Err(s) if s.code() == Code::NotFound => String::new(),
-        Err(_) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the chat service is temporarily unavailable"),
+        Err(_) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the chat service is temporarily unavailable",
+            );
+        }
     };
     if conversation_id.is_empty() {
         return axum::Json(json!({ "downloads": [], "missing": request.attachment_ids })).into_response();
@@ -201,19 +259,32 @@ async fn attachment_urls(State(edge): State<Arc<Edge>>, ConnectInfo(peer): Conne
                 .collect();
             axum::Json(json!({ "downloads": downloads, "missing": r.missing })).into_response()
         }
-        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable"),
+        Err(_) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable")
+        }
     }
 }
 
 /// `POST /chat/upload-url`, authenticated by the visitor token.
-async fn upload_url(State(edge): State<Arc<Edge>>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+async fn upload_url(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (guest, client) = match visitor(&edge, &peer, &headers).await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let request: UploadUrlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("expected {{filename, contentType, size}}: {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                &format!("expected {{filename, contentType, size}}: {e}"),
+            );
+        }
     };
     let create = upload::CreateUploadRequest {
         hotel_id: guest.hotel_id,
@@ -234,9 +305,17 @@ async fn upload_url(State(edge): State<Arc<Edge>>, ConnectInfo(peer): ConnectInf
             }))
             .into_response()
         }
-        Err(s) if s.code() == Code::InvalidArgument => json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", s.message()),
-        Err(s) if s.code() == Code::FailedPrecondition => json_error(StatusCode::NOT_IMPLEMENTED, "UPLOADS_DISABLED", s.message()),
-        Err(s) if s.code() == Code::ResourceExhausted => json_error(StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED", s.message()),
-        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable"),
+        Err(s) if s.code() == Code::InvalidArgument => {
+            json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", s.message())
+        }
+        Err(s) if s.code() == Code::FailedPrecondition => {
+            json_error(StatusCode::NOT_IMPLEMENTED, "UPLOADS_DISABLED", s.message())
+        }
+        Err(s) if s.code() == Code::ResourceExhausted => {
+            json_error(StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED", s.message())
+        }
+        Err(_) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the upload service is temporarily unavailable")
+        }
     }
 }

@@ -114,7 +114,9 @@ pub struct Hub {
 }
 
 fn attach_message(conversation_id: &str, token: u64) -> pb::EdgeMessage {
-    pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Attach(pb::Attach { conversation_id: conversation_id.to_owned(), token })) }
+    pb::EdgeMessage {
+        kind: Some(pb::edge_message::Kind::Attach(pb::Attach { conversation_id: conversation_id.to_owned(), token })),
+    }
 }
 
 impl Hub {
@@ -132,7 +134,11 @@ impl Hub {
     /// Keeps a stream to each of the delivery `replicas` until `shutdown`: a replica that
     /// joins gets a stream (which attaches every session, then has them catch up), one that
     /// leaves has its stream closed and every session catch up. Ends once every stream has.
-    pub fn start(self: &Arc<Self>, mut replicas: watch::Receiver<grpc::Members>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn start(
+        self: &Arc<Self>,
+        mut replicas: watch::Receiver<grpc::Members>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
         tokio::spawn(async move {
             let mut running: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
@@ -156,10 +162,15 @@ impl Hub {
                     if running.contains_key(&name) {
                         continue;
                     }
-                    let link = Arc::new(Link { name: name.clone(), out: Mutex::new(None), pending: Mutex::new(HashMap::new()) });
+                    let link = Arc::new(Link {
+                        name: name.clone(),
+                        out: Mutex::new(None),
+                        pending: Mutex::new(HashMap::new()),
+                    });
                     hub.links.lock().expect("links lock").insert(name.clone(), link.clone());
                     let stop = shutdown.child_token();
-                    let task = tokio::spawn(hub.clone().run_link(link, DeliveryServiceClient::new(channel), stop.clone()));
+                    let task =
+                        tokio::spawn(hub.clone().run_link(link, DeliveryServiceClient::new(channel), stop.clone()));
                     running.insert(name, (stop, task));
                 }
                 tokio::select! {
@@ -192,7 +203,12 @@ impl Hub {
     /// stream routes them here. Call before replaying from conversation.
     pub async fn attach(&self, conversation_id: &Arc<str>, session: SessionHandle) {
         // Most conversations have one tab open: room for one (a Vec's first growth makes four).
-        self.sessions.lock().expect("sessions lock").entry(conversation_id.clone()).or_insert_with(|| Vec::with_capacity(1)).push(session);
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .entry(conversation_id.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(session);
         self.session_count.fetch_add(1, Ordering::Relaxed);
         let mut acks = Vec::new();
         for link in &self.current_links() {
@@ -227,7 +243,9 @@ impl Hub {
         }
         drop(sessions);
         self.session_count.fetch_sub(1, Ordering::Relaxed);
-        let detach = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Detach(pb::Detach { conversation_id: conversation_id.to_owned() })) };
+        let detach = pb::EdgeMessage {
+            kind: Some(pb::edge_message::Kind::Detach(pb::Detach { conversation_id: conversation_id.to_owned() })),
+        };
         for link in &self.current_links() {
             if let Some(out) = link.sender() {
                 let _ = out.send(detach.clone());
@@ -239,7 +257,12 @@ impl Hub {
     /// delivery replica has subscribers of its own.
     pub fn publish_guest_event(&self, event: pb::Event) -> bool {
         let message = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Event(event)) };
-        let sent = self.current_links().iter().filter_map(|l| l.sender()).filter(|out| out.send(message.clone()).is_ok()).count();
+        let sent = self
+            .current_links()
+            .iter()
+            .filter_map(|l| l.sender())
+            .filter(|out| out.send(message.clone()).is_ok())
+            .count();
         sent > 0
     }
 
@@ -264,11 +287,18 @@ impl Hub {
 
     /// Keeps a stream open to one delivery replica, re-opening it with backoff and jitter,
     /// until `shutdown` (the edge's, or the replica's leaving).
-    async fn run_link(self: Arc<Self>, link: Arc<Link>, client: DeliveryServiceClient<grpc::Traced>, shutdown: CancellationToken) {
+    async fn run_link(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        client: DeliveryServiceClient<grpc::Traced>,
+        shutdown: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             let (out, rx) = mpsc::unbounded_channel();
-            let hello = pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Hello(pb::Hello { edge_id: self.edge_id.clone() })) };
+            let hello = pb::EdgeMessage {
+                kind: Some(pb::edge_message::Kind::Hello(pb::Hello { edge_id: self.edge_id.clone() })),
+            };
             let _ = out.send(hello);
             *link.out.lock().expect("link lock") = Some(out.clone());
             // Re-attach every session; the last attach's acknowledgement means all are routed.
@@ -313,7 +343,9 @@ impl Hub {
                             _ = shutdown.cancelled() => break,
                         };
                         match next {
-                            Ok(Some(pb::DeliveryMessage { kind: Some(pb::delivery_message::Kind::Events(batch)) })) => self.route(batch.events),
+                            Ok(Some(pb::DeliveryMessage { kind: Some(pb::delivery_message::Kind::Events(batch)) })) => {
+                                self.route(batch.events)
+                            }
                             Ok(Some(pb::DeliveryMessage { kind: Some(pb::delivery_message::Kind::Attached(ack)) })) => {
                                 if let Some(tx) = link.pending.lock().expect("pending lock").remove(&ack.token) {
                                     let _ = tx.send(());
@@ -329,7 +361,9 @@ impl Hub {
                     }
                     self.links_up.fetch_sub(1, Ordering::Relaxed);
                 }
-                Err(status) => tracing::debug!(replica = %link.name, code = ?status.code(), "delivery stream did not open"),
+                Err(status) => {
+                    tracing::debug!(replica = %link.name, code = ?status.code(), "delivery stream did not open")
+                }
             }
             *link.out.lock().expect("link lock") = None;
             link.pending.lock().expect("pending lock").clear();

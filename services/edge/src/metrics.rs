@@ -92,8 +92,14 @@ impl Metrics {
 
     pub fn new() -> Self {
         let registry = Registry::new();
-        let connections_active = IntGaugeVec::new(Opts::new("webchat_connections_active", "Open guest WebSocket connections"), &["hotelId"]).expect("valid metric");
-        let messages_total = IntCounterVec::new(Opts::new("webchat_messages_total", "Chat messages through the edge"), &["direction", "type"]).expect("valid metric");
+        let connections_active =
+            IntGaugeVec::new(Opts::new("webchat_connections_active", "Open guest WebSocket connections"), &["hotelId"])
+                .expect("valid metric");
+        let messages_total = IntCounterVec::new(
+            Opts::new("webchat_messages_total", "Chat messages through the edge"),
+            &["direction", "type"],
+        )
+        .expect("valid metric");
         let connection_duration = HistogramVec::new(
             HistogramOpts::new("webchat_connection_duration_seconds", "How long guest connections last")
                 .buckets(vec![1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0]),
@@ -143,7 +149,12 @@ mod tests {
         let c = metrics.connection_opened("hotel_c", false, 2);
         let registered = metrics.connection_opened("hotel_r", true, 2);
         let text = metrics.render();
-        for line in [r#"{hotelId="hotel_a"} 1"#, r#"{hotelId="hotel_b"} 1"#, r#"{hotelId="other hotels"} 1"#, r#"{hotelId="hotel_r"} 1"#] {
+        for line in [
+            r#"{hotelId="hotel_a"} 1"#,
+            r#"{hotelId="hotel_b"} 1"#,
+            r#"{hotelId="other hotels"} 1"#,
+            r#"{hotelId="hotel_r"} 1"#,
+        ] {
             assert!(text.contains(line), "{line} in {text}");
         }
         assert!(!text.contains("hotel_c"), "{text}");

@@ -54,7 +54,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     for hop in forwarded.iter().rev() {
         // Some proxies write the port too; what cannot be read at all leaves the nearest
         // trusted proxy's own address as the best known.
-        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip())) else { return nearest };
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip())) else {
+            return nearest;
+        };
         if !is_trusted(&ip) {
             return ip;
         }
@@ -91,13 +93,19 @@ pub struct AddressLimits {
 
 /// A keyed token bucket of `rate` a second with bursts of five seconds' worth, unless 0.
 fn per_second(rate: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
-    NonZeroU32::new(rate).map(|rate| RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::new(5).expect("5 is not 0")))))
+    NonZeroU32::new(rate).map(|rate| {
+        RateLimiter::keyed(
+            Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::new(5).expect("5 is not 0"))),
+        )
+    })
 }
 
 /// Takes one from `limiter`'s bucket for `ip`, or says how long until one is there.
 fn take(limiter: &Option<DefaultKeyedRateLimiter<IpAddr>>, ip: IpAddr) -> Result<(), RetryAfter> {
     match limiter {
-        Some(limiter) => limiter.check_key(&address_key(ip)).map_err(|not_until| RetryAfter(not_until.wait_time_from(limiter.clock().now()))),
+        Some(limiter) => limiter
+            .check_key(&address_key(ip))
+            .map_err(|not_until| RetryAfter(not_until.wait_time_from(limiter.clock().now()))),
         None => Ok(()),
     }
 }
@@ -119,7 +127,8 @@ impl PerAddress {
             max_connections: limits.max_connections,
             connections: Mutex::default(),
             connects: per_second(limits.connects_per_second),
-            new_visitors: NonZeroU32::new(limits.new_visitors_per_minute).map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
+            new_visitors: NonZeroU32::new(limits.new_visitors_per_minute)
+                .map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
             messages: per_second(limits.messages_per_second),
             api_calls: per_second(limits.api_calls_per_second),
         }
@@ -216,7 +225,10 @@ mod tests {
         assert_eq!(client_ip(ip("203.0.113.9"), &headers(&["1.2.3.4"]), &proxies), ip("203.0.113.9"));
         // From a proxy: the nearest address it did not add itself.
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4, 198.51.100.7"]), &proxies), ip("198.51.100.7"));
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4", "198.51.100.7, 10.0.0.5"]), &proxies), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4", "198.51.100.7, 10.0.0.5"]), &proxies),
+            ip("198.51.100.7")
+        );
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&[]), &proxies), ip("10.0.0.2"));
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["nonsense, 10.0.0.5"]), &proxies), ip("10.0.0.5"));
         assert_eq!(client_ip(ip("::1"), &headers(&["2001:db8::1"]), &proxies), ip("2001:db8::1"));

@@ -14,9 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use jack_frames::ErrorCode;
 use jack_frames::client::{self, ClientFrame};
 use jack_frames::server::{self as frames, ServerFrame};
-use jack_frames::ErrorCode;
 use jack_proto::conversation::v1 as conv;
 use jack_proto::delivery::v1 as events;
 use jack_proto::guest::v1 as guest;
@@ -125,7 +125,21 @@ impl Session {
         let mailbox = Arc::new(Mailbox::default());
         let handle = SessionHandle { id, mailbox: mailbox.clone() };
         let limit = RateLimit::new(edge.settings.rate_limit);
-        let session = Self { session_id, hotel_id, client, edge, handle, identity: None, high: 0, own: BTreeSet::new(), limit, catch_up_pending: false, engaged: false, follow: None, expired: false };
+        let session = Self {
+            session_id,
+            hotel_id,
+            client,
+            edge,
+            handle,
+            identity: None,
+            high: 0,
+            own: BTreeSet::new(),
+            limit,
+            catch_up_pending: false,
+            engaged: false,
+            follow: None,
+            expired: false,
+        };
         (session, mailbox)
     }
 
@@ -193,7 +207,11 @@ impl Session {
                     client_message_id: m.client_message_id,
                     kind: conv::MessageKind::Text as i32,
                     content: m.content,
-                    attachments: m.attachments.into_iter().map(|a| conv::AttachmentRef { attachment_id: a.id, ..Default::default() }).collect(),
+                    attachments: m
+                        .attachments
+                        .into_iter()
+                        .map(|a| conv::AttachmentRef { attachment_id: a.id, ..Default::default() })
+                        .collect(),
                     ..Default::default()
                 };
                 self.add_message(request, kind, received, out).await;
@@ -232,16 +250,25 @@ impl Session {
         // says so instead of creating one, and it counts as new.
         let limited = self.edge.per_address.limits_new_visitors();
         let proof = req.visitor_token.is_some() || req.user_hash.is_some();
-        if limited && !proof && let Some(refusal) = self.refuse_new_visitor() {
+        if limited
+            && !proof
+            && let Some(refusal) = self.refuse_new_visitor()
+        {
             return out.push(refusal);
         }
         request.no_new_visitor = limited && proof;
         // Held until the guest is identified: every backend call of an identify.
         let Some(_turn) = self.edge.backends.identifies.take().await else {
-            return out.push(error(ErrorCode::Unavailable, "too many guests are connecting at once; retry shortly", None));
+            return out.push(error(
+                ErrorCode::Unavailable,
+                "too many guests are connecting at once; retry shortly",
+                None,
+            ));
         };
         let mut answer = self.edge.backends.guest.clone().identify(request.clone()).await;
-        if request.no_new_visitor && answer.as_ref().is_err_and(|s| s.code() == jack_proto::tonic::Code::FailedPrecondition) {
+        if request.no_new_visitor
+            && answer.as_ref().is_err_and(|s| s.code() == jack_proto::tonic::Code::FailedPrecondition)
+        {
             if let Some(refusal) = self.refuse_new_visitor() {
                 return out.push(refusal);
             }
@@ -255,7 +282,12 @@ impl Session {
         let Some(g) = identified.guest else {
             return out.push(error(ErrorCode::Unavailable, "identify failed; retry", None));
         };
-        let active = conv::GetActiveConversationRequest { hotel_id: g.hotel_id.clone(), guest_id: g.guest_id.clone(), channel: "webchat".into(), create: true };
+        let active = conv::GetActiveConversationRequest {
+            hotel_id: g.hotel_id.clone(),
+            guest_id: g.guest_id.clone(),
+            channel: "webchat".into(),
+            create: true,
+        };
         let conversation = match self.edge.backends.conversation.clone().get_active_conversation(active).await {
             Ok(r) => r.into_inner(),
             Err(status) => return out.push(ServerFrame::Error(error_frame(&status, None))),
@@ -310,7 +342,12 @@ impl Session {
         self.next_page(out).await;
     }
 
-    async fn list(&self, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32) -> Result<conv::ListMessagesResponse, jack_proto::tonic::Status> {
+    async fn list(
+        &self,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<conv::ListMessagesResponse, jack_proto::tonic::Status> {
         let identity = self.identity.as_ref().expect("listing needs an identity");
         let request = conv::ListMessagesRequest {
             conversation_id: identity.conversation_id.to_string(),
@@ -334,7 +371,8 @@ impl Session {
     /// too many.
     fn refuse_new_visitor(&self) -> Option<ServerFrame> {
         let wait = self.edge.per_address.new_visitor(self.client).err()?;
-        let refusal = frames::Error::new(ErrorCode::RateLimited, "too many new visitors from this address; retry later", None);
+        let refusal =
+            frames::Error::new(ErrorCode::RateLimited, "too many new visitors from this address; retry later", None);
         Some(ServerFrame::Error(refusal.retry_after(wait.0)))
     }
 
@@ -366,7 +404,11 @@ impl Session {
                 self.high = last.seq;
             }
             let conversation_id = self.identity.as_ref().map(|i| i.conversation_id.to_string()).unwrap_or_default();
-            out.push(ServerFrame::History(frames::History { conversation_id, messages: page.messages.iter().map(convert::message).collect(), has_more: false }));
+            out.push(ServerFrame::History(frames::History {
+                conversation_id,
+                messages: page.messages.iter().map(convert::message).collect(),
+                has_more: false,
+            }));
         } else {
             for message in &page.messages {
                 self.deliver_in_order(message, out);
@@ -428,7 +470,8 @@ impl Session {
         let mut ids: Vec<String> = attachments(out).filter(|a| a.url.is_none()).map(|a| a.id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let request = upload::SignDownloadsRequest { conversation_id: identity.conversation_id.to_string(), attachment_ids: ids };
+        let request =
+            upload::SignDownloadsRequest { conversation_id: identity.conversation_id.to_string(), attachment_ids: ids };
         let signed = match self.edge.backends.upload.clone().sign_downloads(request).await {
             Ok(r) => r.into_inner().downloads,
             Err(status) => {
@@ -475,7 +518,11 @@ impl Session {
                 out.push(ServerFrame::Typing(frames::Typing { is_typing: t.is_typing, role: convert::role(t.role) }));
             }
             Some(events::event::Kind::Read(r)) if r.role != conv::Role::Guest as i32 => {
-                out.push(ServerFrame::Read(frames::Read { up_to_seq: r.up_to_seq, role: convert::role(r.role), timestamp: rfc3339_ms(event.at_ms) }));
+                out.push(ServerFrame::Read(frames::Read {
+                    up_to_seq: r.up_to_seq,
+                    role: convert::role(r.role),
+                    timestamp: rfc3339_ms(event.at_ms),
+                }));
             }
             _ => {}
         }
@@ -492,7 +539,13 @@ impl Session {
         }
     }
 
-    async fn add_message(&mut self, mut request: conv::AddGuestMessageRequest, kind: &str, received: Instant, out: &mut Out) {
+    async fn add_message(
+        &mut self,
+        mut request: conv::AddGuestMessageRequest,
+        kind: &str,
+        received: Instant,
+        out: &mut Out,
+    ) {
         let client_message_id = request.client_message_id.clone();
         let Some(identity) = self.identity.clone() else {
             return out.push(error(ErrorCode::NotIdentified, "Please identify first", Some(client_message_id)));
@@ -501,12 +554,20 @@ impl Session {
             return out.push(error(ErrorCode::InvalidFrame, "clientMessageId must not be empty", None));
         }
         if let Err(wait) = self.edge.per_address.message(self.client) {
-            let refusal = frames::Error::new(ErrorCode::RateLimited, "too many messages from this address; retry shortly", Some(client_message_id));
+            let refusal = frames::Error::new(
+                ErrorCode::RateLimited,
+                "too many messages from this address; retry shortly",
+                Some(client_message_id),
+            );
             return out.push(ServerFrame::Error(refusal.retry_after(wait.0)));
         }
         if request.content.len() > self.edge.settings.max_message_size {
             let max = self.edge.settings.max_message_size;
-            return out.push(error(ErrorCode::MessageTooLarge, format!("content is over {max} bytes"), Some(client_message_id)));
+            return out.push(error(
+                ErrorCode::MessageTooLarge,
+                format!("content is over {max} bytes"),
+                Some(client_message_id),
+            ));
         }
         if !request.attachments.is_empty() {
             let ids = request.attachments.iter().map(|a| a.attachment_id.clone()).collect();
@@ -523,7 +584,9 @@ impl Session {
                         // The precise reason where upload gave one: a file that is not what was
                         // declared is ATTACHMENT_INVALID, anything else ATTACHMENT_NOT_FOUND.
                         let problem = resolved.problems.iter().find(|p| &p.attachment_id == id);
-                        let invalid = problem.is_some_and(|p| matches!(p.problem(), upload::Problem::SizeMismatch | upload::Problem::TypeMismatch));
+                        let invalid = problem.is_some_and(|p| {
+                            matches!(p.problem(), upload::Problem::SizeMismatch | upload::Problem::TypeMismatch)
+                        });
                         let (code, message) = match problem {
                             Some(p) if invalid => (ErrorCode::AttachmentInvalid, p.message.clone()),
                             Some(p) if !p.message.is_empty() => (ErrorCode::AttachmentNotFound, p.message.clone()),
@@ -534,7 +597,12 @@ impl Session {
                     request.attachments = resolved
                         .attachments
                         .into_iter()
-                        .map(|a| conv::AttachmentRef { attachment_id: a.attachment_id, filename: Some(a.filename), content_type: Some(a.content_type), size: Some(a.size) })
+                        .map(|a| conv::AttachmentRef {
+                            attachment_id: a.attachment_id,
+                            filename: Some(a.filename),
+                            content_type: Some(a.content_type),
+                            size: Some(a.size),
+                        })
                         .collect();
                 }
                 Err(status) => return out.push(ServerFrame::Error(error_frame(&status, Some(client_message_id)))),
@@ -572,7 +640,11 @@ impl Session {
             conversation_id: message.conversation_id,
             timestamp: rfc3339_ms(message.created_at_ms),
         }));
-        self.edge.metrics.message_latency.with_label_values(&["inbound"]).observe(received.elapsed().as_secs_f64() * 1000.0);
+        self.edge
+            .metrics
+            .message_latency
+            .with_label_values(&["inbound"])
+            .observe(received.elapsed().as_secs_f64() * 1000.0);
     }
 
     fn typing(&mut self, typing: client::Typing, out: &mut Out) {
@@ -584,7 +656,10 @@ impl Session {
             hotel_id: self.hotel_id.clone(),
             guest_id: identity.guest_id.clone(),
             at_ms: now_ms(),
-            kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Guest as i32, is_typing: typing.is_typing })),
+            kind: Some(events::event::Kind::Typing(events::Typing {
+                role: conv::Role::Guest as i32,
+                is_typing: typing.is_typing,
+            })),
             ..Default::default()
         };
         // Typing is ephemeral: with no delivery stream up it is simply not shown.

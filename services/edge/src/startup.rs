@@ -18,7 +18,7 @@ use crate::context::Edge;
 use crate::gate::{self, Gated, Slotted};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::peer::{AddressLimits, PerAddress, Peer};
+use crate::peer::{AddressLimits, Peer, PerAddress};
 
 /// How long hotel policies are cached.
 const POLICY_TTL: Duration = Duration::from_secs(30);
@@ -50,7 +50,11 @@ impl EdgeServer {
         if let Some(limit) = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| open_files_limit(&l)) {
             let usable = limit.saturating_sub(FD_RESERVE).max(1);
             if settings.max_connections > usable {
-                tracing::warn!(configured = settings.max_connections, usable, "WEBSOCKET_MAX_CONNECTIONS is above what the open-files limit allows; using the lower figure");
+                tracing::warn!(
+                    configured = settings.max_connections,
+                    usable,
+                    "WEBSOCKET_MAX_CONNECTIONS is above what the open-files limit allows; using the lower figure"
+                );
                 settings.max_connections = usable;
             }
         }
@@ -85,7 +89,8 @@ impl EdgeServer {
         // The delivery streams outlive the listener: connections still open during the drain
         // get their live messages until their turn to close.
         let links_stop = CancellationToken::new();
-        let links = hub.start(grpc::members(&self.settings.delivery_urls, &self.settings.credentials)?, links_stop.clone());
+        let links =
+            hub.start(grpc::members(&self.settings.delivery_urls, &self.settings.credentials)?, links_stop.clone());
         let per_address = Arc::new(PerAddress::new(AddressLimits {
             max_connections: self.settings.max_connections_per_ip,
             connects_per_second: self.settings.connects_per_ip,
@@ -108,10 +113,13 @@ impl EdgeServer {
         });
         tracing::info!(%addr, path = %edge.settings.ws_path, "edge listening");
         let status = grpc::server(self.auth, &edge.settings.grpc_tls)?
-            .add_service(grpc::health("jack.edge.v1.EdgeService", shutdown.clone(), {
-                let edge = edge.clone();
-                move || std::future::ready(edge.ready())
-            }).await)
+            .add_service(
+                grpc::health("jack.edge.v1.EdgeService", shutdown.clone(), {
+                    let edge = edge.clone();
+                    move || std::future::ready(edge.ready())
+                })
+                .await,
+            )
             .add_service(grpc::reflection())
             .add_service(grpc::reflection_v1alpha())
             .add_service(EdgeServiceServer::new(StatusApi { edge: edge.clone() }));
@@ -119,21 +127,36 @@ impl EdgeServer {
         let limits_task = tokio::spawn(follow_upload_limits(edge.clone(), shutdown.clone()));
         // Forgets, now and then, the addresses whose rate limits are back to full.
         let swept = edge.clone();
-        let sweep_task = tokio::spawn(jack_runtime::housekeeping::every(Duration::from_secs(60), shutdown.clone(), move || {
-            swept.per_address.sweep();
-            std::future::ready(())
-        }));
-        let http_limits = jack_runtime::http::Limits { header_read: edge.settings.header_timeout, write_stall: edge.settings.write_timeout };
+        let sweep_task =
+            tokio::spawn(jack_runtime::housekeeping::every(Duration::from_secs(60), shutdown.clone(), move || {
+                swept.per_address.sweep();
+                std::future::ready(())
+            }));
+        let http_limits = jack_runtime::http::Limits {
+            header_read: edge.settings.header_timeout,
+            write_stall: edge.settings.write_timeout,
+        };
         let metrics_task = self.metrics.map(|listener| {
-            let serving = jack_runtime::http::serve(listener, crate::http::metrics_router(edge.clone()), http_limits, shutdown.clone(), |_, addr| *addr);
+            let serving = jack_runtime::http::serve(
+                listener,
+                crate::http::metrics_router(edge.clone()),
+                http_limits,
+                shutdown.clone(),
+                |_, addr| *addr,
+            );
             tokio::spawn(serving)
         });
         let app = crate::http::router(edge.clone());
         // No Nagle: an ack or a live message must not wait for the guest's delayed ACK.
         // One address holds only so many connections, counted as they are accepted (a trusted
         // proxy's are counted by client, at the upgrade, see `crate::peer`).
-        let per_peer = jack_runtime::http::PerPeer::new(self.http.tap_io(jack_runtime::no_delay), edge.settings.max_connections_per_ip, edge.settings.trusted_proxies.clone());
-        let listener = Gated::new(per_peer, gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
+        let per_peer = jack_runtime::http::PerPeer::new(
+            self.http.tap_io(jack_runtime::no_delay),
+            edge.settings.max_connections_per_ip,
+            edge.settings.trusted_proxies.clone(),
+        );
+        let listener =
+            Gated::new(per_peer, gate::HANDSHAKES_IN_FLIGHT, gate::HANDSHAKE_SLOT_FOR, gate::HANDSHAKE_SLOT_WAIT);
         let peer = |io: &Slotted<_>, addr: &SocketAddr| Peer { addr: *addr, slot: io.slot() };
         let result = jack_runtime::http::serve(listener, app, http_limits, shutdown.clone(), peer).await;
         let _ = grpc_task.await;

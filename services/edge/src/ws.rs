@@ -21,19 +21,19 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use jack_frames::{ServerFrame, close, server as frames};
-use tracing::Instrument as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::Instrument as _;
 
 use crate::context::Edge;
 use crate::gate::Slot;
-use crate::peer::{Peer, client_ip};
 use crate::hub::Mailbox;
+use crate::peer::{Peer, client_ip};
 use crate::session::Session;
 
 /// How long a close frame may take to go out (a peer that stopped reading gets none).
@@ -76,21 +76,28 @@ fn url_params(query: &str) -> Vec<(String, String)> {
 /// `GET {WEBSOCKET_PATH}`: checks, then upgrades.
 pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Response {
     let headers = request.headers();
-    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade") && header_has_token(headers, header::UPGRADE, "websocket");
+    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket");
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
     let (Some(key), true, true) = (key, is_upgrade, version_ok) else {
         return plain(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade (version 13)");
     };
     // One address may hold only so many connections, and open them only so fast.
-    let peer = request.extensions().get::<ConnectInfo<Peer>>().map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.addr.ip());
+    let peer =
+        request.extensions().get::<ConnectInfo<Peer>>().map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.addr.ip());
     let client = client_ip(peer, headers, &edge.settings.trusted_proxies);
     let counted = match edge.per_address.connect(client) {
         Ok(counted) => counted,
         Err(wait) => {
             tracing::debug!(%client, "connection refused: too many from this address");
             let retry = HeaderValue::from(wait.seconds());
-            return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry)], "Too many connections from this address").into_response();
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry)],
+                "Too many connections from this address",
+            )
+                .into_response();
         }
     };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -107,7 +114,10 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
         _ => &edge.settings.allowed_origins,
     };
     if !allowed.is_empty() && !origin.as_ref().is_some_and(|o| allowed.iter().any(|a| a == o)) {
-        tracing::warn!(origin = origin.as_deref().unwrap_or("(none)"), "rejected WebSocket connection from unauthorized origin");
+        tracing::warn!(
+            origin = origin.as_deref().unwrap_or("(none)"),
+            "rejected WebSocket connection from unauthorized origin"
+        );
         return plain(StatusCode::FORBIDDEN, "Origin not allowed");
     }
     // Count the connection now, so concurrent upgrades cannot overshoot the limit.
@@ -153,7 +163,9 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
         // refusing it) is boxed, so that the task keeps only the connection loop's state.
         let ws = Box::pin(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))).await;
         match (close_with, hotel_id) {
-            (None, Some(hotel_id)) => Connection::open(task_edge.clone(), ws, hotel_id, client, slot).serve(registered).await,
+            (None, Some(hotel_id)) => {
+                Connection::open(task_edge.clone(), ws, hotel_id, client, slot).serve(registered).await
+            }
             (Some((code, reason)), _) => Box::pin(refuse(ws, code, reason)).await,
             (None, None) => {}
         }
@@ -164,7 +176,10 @@ pub async fn upgrade(State(edge): State<Arc<Edge>>, mut request: Request) -> Res
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"),
+    );
     response
 }
 
@@ -252,21 +267,43 @@ impl Connection {
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let (session, mailbox) = Session::new(edge.clone(), session_id, hotel_id, client, id);
         let out = vec![session.connected_frame()];
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + edge.settings.ping_interval, edge.settings.ping_interval);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + edge.settings.ping_interval,
+            edge.settings.ping_interval,
+        );
         // A tick missed while pages were written comes once, not in a burst.
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let turn = rand::random();
-        Box::new(Self { edge, ws, session, mailbox, out, ping, heard_since_ping: true, started: Instant::now(), slot, turn })
+        Box::new(Self {
+            edge,
+            ws,
+            session,
+            mailbox,
+            out,
+            ping,
+            heard_since_ping: true,
+            started: Instant::now(),
+            slot,
+            turn,
+        })
     }
 
     /// The connection loop: reads frames, writes answers and live events, pings.
     async fn serve(mut self: Box<Self>, registered: bool) {
-        let gauge = self.edge.metrics.connection_opened(&self.session.hotel_id, registered, self.edge.settings.metrics_max_hotels);
+        let gauge = self.edge.metrics.connection_opened(
+            &self.session.hotel_id,
+            registered,
+            self.edge.settings.metrics_max_hotels,
+        );
         tracing::debug!(session_id = %self.session.session_id, hotel_id = %self.session.hotel_id, "webchat connection established");
         let reason = self.run().await;
         self.session.close();
         drop(gauge);
-        self.edge.metrics.connection_duration.with_label_values(&[reason]).observe(self.started.elapsed().as_secs_f64());
+        self.edge
+            .metrics
+            .connection_duration
+            .with_label_values(&[reason])
+            .observe(self.started.elapsed().as_secs_f64());
         tracing::debug!(session_id = %self.session.session_id, reason, "webchat connection closed");
     }
 
@@ -396,7 +433,8 @@ impl TypingShown {
     /// ends it.
     fn update(shown: &mut Option<Box<Self>>, out: &[ServerFrame], ttl: Duration) {
         let now = tokio::time::Instant::now();
-        let mut until = shown.as_ref().map_or([(frames::Role::Assistant, None), (frames::Role::Staff, None)], |s| s.until);
+        let mut until =
+            shown.as_ref().map_or([(frames::Role::Assistant, None), (frames::Role::Staff, None)], |s| s.until);
         for frame in out {
             if let ServerFrame::Typing(t) = frame
                 && let Some(side) = until.iter_mut().find(|(role, _)| *role == t.role)
@@ -404,7 +442,11 @@ impl TypingShown {
                 side.1 = t.is_typing.then_some(now + ttl);
             }
         }
-        *shown = until.iter().filter_map(|(_, at)| *at).min().map(|soonest| Box::new(Self { until, timer: Box::pin(tokio::time::sleep_until(soonest)) }));
+        *shown = until
+            .iter()
+            .filter_map(|(_, at)| *at)
+            .min()
+            .map(|soonest| Box::new(Self { until, timer: Box::pin(tokio::time::sleep_until(soonest)) }));
     }
 
     /// Ends the typing whose time is up.

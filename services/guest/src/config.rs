@@ -38,7 +38,11 @@ impl Settings {
                 return Err(SettingsError::new("GUEST_TOKEN_SECRET", "(hidden)", "must be at least 32 characters"));
             }
             if looks_like_a_placeholder(secret) {
-                return Err(SettingsError::new("GUEST_TOKEN_SECRET", "(hidden)", "looks like an example, not a secret: use 32 random characters or more (e.g. `openssl rand -hex 32`), or leave it unset"));
+                return Err(SettingsError::new(
+                    "GUEST_TOKEN_SECRET",
+                    "(hidden)",
+                    "looks like an example, not a secret: use 32 random characters or more (e.g. `openssl rand -hex 32`), or leave it unset",
+                ));
             }
         }
         Ok(Self {
@@ -47,7 +51,12 @@ impl Settings {
             token_secret,
             hotels_file: env.get("GUEST_HOTELS_FILE").map(PathBuf::from),
             token_ttl: Duration::from_secs(env.number("GUEST_TOKEN_TTL", 30 * 24 * 3600, 1, 400 * 24 * 3600)?),
-            silent_visitor_ttl: Duration::from_secs(env.number("GUEST_SILENT_VISITOR_TTL", 24 * 3600, 1, 400 * 24 * 3600)?),
+            silent_visitor_ttl: Duration::from_secs(env.number(
+                "GUEST_SILENT_VISITOR_TTL",
+                24 * 3600,
+                1,
+                400 * 24 * 3600,
+            )?),
             grpc_auth: AuthSettings::from_env(env)?,
             grpc_tls: jack_runtime::grpc::Tls::from_env(env)?,
         })
@@ -62,7 +71,6 @@ fn looks_like_a_placeholder(secret: &str) -> bool {
     words.iter().any(|w| lower.contains(w)) || distinct < 10
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,7 +81,11 @@ mod tests {
 
     #[test]
     fn an_example_token_secret_stops_start_up_with_one_line() {
-        for example in ["change-me-to-a-long-random-secret-of-32-chars-or-more", "your-secret-goes-here-at-least-32-characters", &"ab".repeat(20)] {
+        for example in [
+            "change-me-to-a-long-random-secret-of-32-chars-or-more",
+            "your-secret-goes-here-at-least-32-characters",
+            &"ab".repeat(20),
+        ] {
             let err = with_secret(example).expect_err("refused").to_string();
             assert!(err.contains("GUEST_TOKEN_SECRET") && !err.contains('\n'), "{err}");
         }
@@ -81,6 +93,9 @@ mod tests {
         if let Err(err) = with_secret("9f3c1e7a0b54d28e6f1a9c3b7d05e2f48a6c1d9e3b7f5a20") {
             panic!("a random secret is taken: {err}");
         }
-        assert!(Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off")])).is_ok(), "unset: made and kept in the database");
+        assert!(
+            Settings::from_env(&Env::from_pairs([("GRPC_AUTH", "off")])).is_ok(),
+            "unset: made and kept in the database"
+        );
     }
 }

@@ -60,7 +60,8 @@ impl TokenSigner {
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
-        let payload = format!("2\n{}\n{}\n{}\n{}", claims.hotel_id, claims.guest_id, claims.epoch, claims.expires_at_ms);
+        let payload =
+            format!("2\n{}\n{}\n{}\n{}", claims.hotel_id, claims.guest_id, claims.epoch, claims.expires_at_ms);
         let tag = self.mac(payload.as_bytes()).finalize().into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(tag))
     }
@@ -102,7 +103,12 @@ impl TokenSigner {
         else {
             return None;
         };
-        let claims = Claims { hotel_id: hotel_id.to_owned(), guest_id: guest_id.to_owned(), epoch: epoch.parse().ok()?, expires_at_ms: expires.parse().ok()? };
+        let claims = Claims {
+            hotel_id: hotel_id.to_owned(),
+            guest_id: guest_id.to_owned(),
+            epoch: epoch.parse().ok()?,
+            expires_at_ms: expires.parse().ok()?,
+        };
         (claims.expires_at_ms > now_ms).then_some(claims)
     }
 }
@@ -112,7 +118,9 @@ impl TokenSigner {
 /// identity secret these are the only ids bound without a user hash, so that an id the hotel
 /// issues (a booking number, an account id) can never be claimed before its guest arrives.
 pub fn is_anonymous_id(visitor_id: &str) -> bool {
-    visitor_id.strip_prefix("vis_").is_some_and(|rest| rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    visitor_id.strip_prefix("vis_").is_some_and(|rest| {
+        rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 /// What a caller proves about the visitor id it asks for.
@@ -185,13 +193,17 @@ pub fn check_id(what: &str, value: &str) -> Result<(), GuestError> {
     if ok {
         Ok(())
     } else {
-        Err(GuestError::InvalidArgument(format!("{what} must be 1 to {MAX_ID_LEN} printable characters without spaces")))
+        Err(GuestError::InvalidArgument(format!(
+            "{what} must be 1 to {MAX_ID_LEN} printable characters without spaces"
+        )))
     }
 }
 
 pub fn check_name(name: &str) -> Result<(), GuestError> {
     if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(GuestError::InvalidArgument(format!("name must be at most {MAX_NAME_LEN} characters, without control characters")));
+        return Err(GuestError::InvalidArgument(format!(
+            "name must be at most {MAX_NAME_LEN} characters, without control characters"
+        )));
     }
     Ok(())
 }
@@ -199,7 +211,9 @@ pub fn check_name(name: &str) -> Result<(), GuestError> {
 pub fn check_email(email: &str) -> Result<(), GuestError> {
     let valid = email.len() <= MAX_EMAIL_LEN
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'));
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+        });
     if valid { Ok(()) } else { Err(GuestError::InvalidArgument("email is not a valid address".into())) }
 }
 
@@ -244,7 +258,10 @@ mod tests {
         assert_eq!(binding(Some(false), hash, true, false), Binding::TakeOver);
         assert_eq!(binding(Some(true), hash, true, false), Binding::Resume { verify: false });
         assert_eq!(binding(Some(false), token, true, false), Binding::Resume { verify: false });
-        assert_eq!(binding(Some(false), Proof { by_token: true, by_hash: true, hash_refused: false }, true, false), Binding::Resume { verify: true });
+        assert_eq!(
+            binding(Some(false), Proof { by_token: true, by_hash: true, hash_refused: false }, true, false),
+            Binding::Resume { verify: true }
+        );
         assert_eq!(binding(Some(true), none, true, false), Binding::Replace);
         assert_eq!(binding(Some(false), none, false, false), Binding::Replace);
         // Unbound ids: a hotel with a secret binds only proven or anonymous ones.

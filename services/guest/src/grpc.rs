@@ -29,7 +29,12 @@ impl GuestApi {
     /// A fresh token for the guest: (token, expiry).
     fn token_for(&self, guest: &StoredGuest) -> (String, i64) {
         let expires_at_ms = time::now_ms() + self.token_ttl.as_millis() as i64;
-        let claims = Claims { hotel_id: guest.guest.hotel_id.clone(), guest_id: guest.guest.guest_id.clone(), epoch: guest.token_epoch, expires_at_ms };
+        let claims = Claims {
+            hotel_id: guest.guest.hotel_id.clone(),
+            guest_id: guest.guest.guest_id.clone(),
+            epoch: guest.token_epoch,
+            expires_at_ms,
+        };
         (self.signer.sign(&claims), expires_at_ms)
     }
 
@@ -55,7 +60,9 @@ impl GuestApi {
             domain::check_email(email)?;
         }
         if req.user_hash.as_ref().is_some_and(|h| h.len() > MAX_USER_HASH_LEN) {
-            return Err(GuestError::InvalidArgument(format!("userHash must be at most {MAX_USER_HASH_LEN} characters")));
+            return Err(GuestError::InvalidArgument(format!(
+                "userHash must be at most {MAX_USER_HASH_LEN} characters"
+            )));
         }
         let requested = req.visitor_id.filter(|v| !v.is_empty());
         if let Some(visitor_id) = &requested {
@@ -72,13 +79,18 @@ impl GuestApi {
         let mut result = None;
         if let Some(visitor_id) = &requested {
             let claims = req.visitor_token.as_deref().and_then(|t| self.signer.verify(t, time::now_ms()));
-            let first_format = req.visitor_token.as_deref().and_then(|t| self.signer.verify_first_format(t)).filter(|(h, v)| *h == req.hotel_id && v == visitor_id);
+            let first_format = req
+                .visitor_token
+                .as_deref()
+                .and_then(|t| self.signer.verify_first_format(t))
+                .filter(|(h, v)| *h == req.hotel_id && v == visitor_id);
             let by_hash = match (req.user_hash.as_deref(), secret) {
                 (Some(hash), Some(secret)) => domain::user_hash_matches(secret, visitor_id, hash),
                 _ => false,
             };
             let proof_for = |held: Option<&StoredGuest>| Proof {
-                by_token: held.zip(claims.as_ref()).is_some_and(|(g, c)| holds(g, c)) || held.is_some_and(|g| first_format.is_some() && opens_with_first_format(g)),
+                by_token: held.zip(claims.as_ref()).is_some_and(|(g, c)| holds(g, c))
+                    || held.is_some_and(|g| first_format.is_some() && opens_with_first_format(g)),
                 by_hash,
                 hash_refused: req.user_hash.is_some() && !by_hash,
             };
@@ -87,7 +99,12 @@ impl GuestApi {
             // Twice at most: a write that loses a race for the id decides again on the record
             // that won it.
             for _ in 0..2 {
-                let binding = domain::binding(held.as_ref().map(|g| g.guest.verified), proof_for(held.as_ref()), secret.is_some(), anonymous);
+                let binding = domain::binding(
+                    held.as_ref().map(|g| g.guest.verified),
+                    proof_for(held.as_ref()),
+                    secret.is_some(),
+                    anonymous,
+                );
                 let won = match binding {
                     Binding::Resume { verify } => {
                         result = held.take().map(|g| (g, false, verify));
@@ -131,12 +148,21 @@ impl GuestApi {
         let name = req.name.as_deref().filter(|n| !n.is_empty());
         let email = req.email.as_deref().filter(|e| !e.is_empty());
         let guest = if name.is_some() || email.is_some() || (verify && !guest.guest.verified) {
-            self.store.update_guest(&guest.guest.guest_id, name, email, verify).await?.ok_or(GuestError::GuestNotFound)?
+            self.store
+                .update_guest(&guest.guest.guest_id, name, email, verify)
+                .await?
+                .ok_or(GuestError::GuestNotFound)?
         } else {
             guest
         };
         let (visitor_token, visitor_token_expires_at_ms) = self.token_for(&guest);
-        Ok(pb::IdentifyResponse { guest: Some(guest.guest), visitor_token, created, replaced_visitor, visitor_token_expires_at_ms })
+        Ok(pb::IdentifyResponse {
+            guest: Some(guest.guest),
+            visitor_token,
+            created,
+            replaced_visitor,
+            visitor_token_expires_at_ms,
+        })
     }
 
     /// The guest a token opens, if it still does.
@@ -159,7 +185,9 @@ fn opens_with_first_format(guest: &StoredGuest) -> bool {
 
 /// Whether a token's claims open this record: same hotel and guest, not revoked since.
 fn holds(guest: &StoredGuest, claims: &Claims) -> bool {
-    claims.hotel_id == guest.guest.hotel_id && claims.guest_id == guest.guest.guest_id && claims.epoch == guest.token_epoch
+    claims.hotel_id == guest.guest.hotel_id
+        && claims.guest_id == guest.guest.guest_id
+        && claims.epoch == guest.token_epoch
 }
 
 fn new_guest(hotel_id: &str, channel: &str, visitor_id: &str, verified: bool) -> pb::Guest {
@@ -192,39 +220,61 @@ impl GuestService for GuestApi {
         if let Some(email) = &req.email {
             domain::check_email(email)?;
         }
-        let guest = self.store.update_guest(&req.guest_id, req.name.as_deref(), req.email.as_deref(), false).await.map_err(GuestError::from)?;
+        let guest = self
+            .store
+            .update_guest(&req.guest_id, req.name.as_deref(), req.email.as_deref(), false)
+            .await
+            .map_err(GuestError::from)?;
         Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?.guest))
     }
 
     async fn get_guest(&self, request: Request<pb::GetGuestRequest>) -> Result<Response<pb::Guest>, Status> {
         let guest = self.store.guest(&request.get_ref().guest_id).await.map_err(GuestError::from)?;
         // Another hotel's guest looks exactly like one that does not exist.
-        let guest = guest.filter(|g| jack_runtime::callers::caller(&request).is_none_or(|c| c.serves(&g.guest.hotel_id)));
+        let guest =
+            guest.filter(|g| jack_runtime::callers::caller(&request).is_none_or(|c| c.serves(&g.guest.hotel_id)));
         Ok(Response::new(guest.ok_or(GuestError::GuestNotFound)?.guest))
     }
 
-    async fn verify_visitor_token(&self, request: Request<pb::VerifyVisitorTokenRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+    async fn verify_visitor_token(
+        &self,
+        request: Request<pb::VerifyVisitorTokenRequest>,
+    ) -> Result<Response<pb::IdentifyResponse>, Status> {
         let token = request.into_inner().visitor_token;
         let guest = self.token_guest(&token).await?;
         let expires_at_ms = self.signer.verify(&token, 0).map_or(0, |c| c.expires_at_ms);
-        Ok(Response::new(pb::IdentifyResponse { guest: Some(guest.guest), visitor_token: token, created: false, replaced_visitor: false, visitor_token_expires_at_ms: expires_at_ms }))
+        Ok(Response::new(pb::IdentifyResponse {
+            guest: Some(guest.guest),
+            visitor_token: token,
+            created: false,
+            replaced_visitor: false,
+            visitor_token_expires_at_ms: expires_at_ms,
+        }))
     }
 
     async fn mark_engaged(&self, request: Request<pb::MarkEngagedRequest>) -> Result<Response<pb::Guest>, Status> {
         let guest_id = request.into_inner().guest_id;
-        let guest = self.store.mark_engaged(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
+        let guest =
+            self.store.mark_engaged(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
         Ok(Response::new(guest.guest))
     }
 
-    async fn revoke_visitor_tokens(&self, request: Request<pb::RevokeVisitorTokensRequest>) -> Result<Response<pb::Guest>, Status> {
+    async fn revoke_visitor_tokens(
+        &self,
+        request: Request<pb::RevokeVisitorTokensRequest>,
+    ) -> Result<Response<pb::Guest>, Status> {
         self.in_scope(&request, &request.get_ref().guest_id).await?;
         let guest_id = request.into_inner().guest_id;
-        let guest = self.store.revoke_tokens(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
+        let guest =
+            self.store.revoke_tokens(&guest_id).await.map_err(GuestError::from)?.ok_or(GuestError::GuestNotFound)?;
         tracing::info!(%guest_id, "visitor tokens revoked");
         Ok(Response::new(guest.guest))
     }
 
-    async fn get_hotel_policy(&self, request: Request<pb::GetHotelPolicyRequest>) -> Result<Response<pb::HotelPolicy>, Status> {
+    async fn get_hotel_policy(
+        &self,
+        request: Request<pb::GetHotelPolicyRequest>,
+    ) -> Result<Response<pb::HotelPolicy>, Status> {
         jack_runtime::callers::require_hotel(&request, &request.get_ref().hotel_id)?;
         let hotel_id = request.into_inner().hotel_id;
         let lookup = self.store.lookup(&hotel_id, None).await.map_err(GuestError::from)?;
@@ -246,7 +296,8 @@ impl GuestService for GuestApi {
             identity_secret: req.identity_secret.filter(|s| !s.is_empty()),
         };
         self.store.upsert_hotel(&hotel, time::now_ms()).await.map_err(GuestError::from)?;
-        let stored = self.store.hotel(&hotel.hotel_id).await.map_err(GuestError::from)?.ok_or(GuestError::UnknownHotel)?;
+        let stored =
+            self.store.hotel(&hotel.hotel_id).await.map_err(GuestError::from)?.ok_or(GuestError::UnknownHotel)?;
         Ok(Response::new(pb::Hotel {
             hotel_id: stored.hotel_id,
             name: stored.name,

@@ -54,16 +54,32 @@ impl GuestServer {
             None => store.secret("visitor_token").await?,
         };
         if let Some(path) = &settings.hotels_file {
-            let text = std::fs::read_to_string(path).with_context(|| format!("failed to read GUEST_HOTELS_FILE {}", path.display()))?;
-            let hotels: Vec<HotelEntry> = serde_json::from_str(&text).with_context(|| format!("invalid GUEST_HOTELS_FILE {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read GUEST_HOTELS_FILE {}", path.display()))?;
+            let hotels: Vec<HotelEntry> =
+                serde_json::from_str(&text).with_context(|| format!("invalid GUEST_HOTELS_FILE {}", path.display()))?;
             for h in hotels {
-                crate::domain::check_id("hotelId", &h.hotel_id).map_err(|e| anyhow::anyhow!("invalid GUEST_HOTELS_FILE {}: {e}", path.display()))?;
-                let record = HotelRecord { hotel_id: h.hotel_id, name: h.name, allowed_origins: h.allowed_origins, identity_secret: h.identity_secret };
+                crate::domain::check_id("hotelId", &h.hotel_id)
+                    .map_err(|e| anyhow::anyhow!("invalid GUEST_HOTELS_FILE {}: {e}", path.display()))?;
+                let record = HotelRecord {
+                    hotel_id: h.hotel_id,
+                    name: h.name,
+                    allowed_origins: h.allowed_origins,
+                    identity_secret: h.identity_secret,
+                };
                 store.upsert_hotel(&record, time::now_ms()).await?;
             }
         }
         let api = GuestApi::new(store.clone(), TokenSigner::new(&secret), settings.token_ttl);
-        Ok(Self { listener, db, api, store, silent_visitor_ttl: settings.silent_visitor_ttl, auth, tls: settings.grpc_tls })
+        Ok(Self {
+            listener,
+            db,
+            api,
+            store,
+            silent_visitor_ttl: settings.silent_visitor_ttl,
+            auth,
+            tls: settings.grpc_tls,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,10 +100,16 @@ impl GuestServer {
             .add_service(GuestServiceServer::new(self.api));
         // Anonymous visitors who never sent anything are forgotten after a while.
         let (store, ttl) = (self.store, self.silent_visitor_ttl);
-        let forgetting = tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
-            let (store, cutoff) = (store.clone(), time::now_ms() - ttl.as_millis() as i64);
-            async move { housekeeping::forget_in_batches("silent visitors", FORGET_BATCH, |limit| store.forget_silent(cutoff, limit)).await }
-        }));
+        let forgetting =
+            tokio::spawn(housekeeping::every(housekeeping::sweep_period(ttl), shutdown.clone(), move || {
+                let (store, cutoff) = (store.clone(), time::now_ms() - ttl.as_millis() as i64);
+                async move {
+                    housekeeping::forget_in_batches("silent visitors", FORGET_BATCH, |limit| {
+                        store.forget_silent(cutoff, limit)
+                    })
+                    .await
+                }
+            }));
         let result = grpc::serve(router, self.listener, shutdown).await;
         let _ = forgetting.await;
         self.db.close().await;

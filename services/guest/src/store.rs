@@ -93,7 +93,12 @@ impl Store {
         Self { db }
     }
 
-    pub async fn find_guest(&self, hotel_id: &str, channel: &str, visitor_id: &str) -> Result<Option<StoredGuest>, sqlx::Error> {
+    pub async fn find_guest(
+        &self,
+        hotel_id: &str,
+        channel: &str,
+        visitor_id: &str,
+    ) -> Result<Option<StoredGuest>, sqlx::Error> {
         let sql = select_guest!("hotel_id = $1 AND channel = $2 AND visitor_id = $3");
         let row = sqlx::query(sql).bind(hotel_id).bind(channel).bind(visitor_id).fetch_optional(&self.db.read).await?;
         row.as_ref().map(guest_from_row).transpose()
@@ -117,7 +122,12 @@ impl Store {
     /// record keeps its conversation under a fresh anonymous id (`vacated_as`), every token
     /// issued for it is revoked, and `guest` is inserted in its place. Nothing changes when the
     /// old record has meanwhile been verified; returns whether `guest` was inserted.
-    pub async fn take_over(&self, unproven_guest_id: &str, vacated_as: &str, guest: &pb::Guest) -> Result<bool, sqlx::Error> {
+    pub async fn take_over(
+        &self,
+        unproven_guest_id: &str,
+        vacated_as: &str,
+        guest: &pb::Guest,
+    ) -> Result<bool, sqlx::Error> {
         let (old, vacated_as, guest) = (unproven_guest_id.to_owned(), vacated_as.to_owned(), guest.clone());
         self.db
             .write_grouped(move |conn| {
@@ -141,8 +151,12 @@ impl Store {
             .write_grouped(move |conn| {
                 let guest_id = guest_id.clone();
                 Box::pin(async move {
-                    sqlx::query("UPDATE guests SET engaged = 1 WHERE guest_id = $1 AND engaged = 0").bind(&guest_id).execute(&mut *conn).await?;
-                    let row = sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
+                    sqlx::query("UPDATE guests SET engaged = 1 WHERE guest_id = $1 AND engaged = 0")
+                        .bind(&guest_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    let row =
+                        sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
                     row.as_ref().map(guest_from_row).transpose()
                 })
             })
@@ -173,8 +187,12 @@ impl Store {
             .write_grouped(move |conn| {
                 let guest_id = guest_id.clone();
                 Box::pin(async move {
-                    sqlx::query("UPDATE guests SET token_epoch = token_epoch + 1 WHERE guest_id = $1").bind(&guest_id).execute(&mut *conn).await?;
-                    let row = sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
+                    sqlx::query("UPDATE guests SET token_epoch = token_epoch + 1 WHERE guest_id = $1")
+                        .bind(&guest_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    let row =
+                        sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
                     row.as_ref().map(guest_from_row).transpose()
                 })
             })
@@ -182,7 +200,13 @@ impl Store {
     }
 
     /// Sets name, email and/or verified where given; returns the guest after the change.
-    pub async fn update_guest(&self, guest_id: &str, name: Option<&str>, email: Option<&str>, verified: bool) -> Result<Option<StoredGuest>, sqlx::Error> {
+    pub async fn update_guest(
+        &self,
+        guest_id: &str,
+        name: Option<&str>,
+        email: Option<&str>,
+        verified: bool,
+    ) -> Result<Option<StoredGuest>, sqlx::Error> {
         let (guest_id, name, email) = (guest_id.to_owned(), name.map(str::to_owned), email.map(str::to_owned));
         self.db
             .write_grouped(move |conn| {
@@ -202,7 +226,8 @@ impl Store {
                     .bind(i64::from(verified))
                     .execute(&mut *conn)
                     .await?;
-                    let row = sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
+                    let row =
+                        sqlx::query(select_guest!("guest_id = $1")).bind(guest_id).fetch_optional(&mut *conn).await?;
                     row.as_ref().map(guest_from_row).transpose()
                 })
             })
@@ -231,15 +256,18 @@ impl Store {
             Some(hotel_id) => Some(hotel_from_row(hotel_id, &row)?),
             None => None,
         };
-        let guest = if row.try_get::<Option<String>, _>("guest_id")?.is_some() { Some(guest_from_row(&row)?) } else { None };
+        let guest =
+            if row.try_get::<Option<String>, _>("guest_id")?.is_some() { Some(guest_from_row(&row)?) } else { None };
         Ok(Lookup { hotel, registry_enabled: row.try_get::<i64, _>("registry")? > 0, guest })
     }
 
     pub async fn hotel(&self, hotel_id: &str) -> Result<Option<HotelRecord>, sqlx::Error> {
-        let row = sqlx::query("SELECT hotel_id, name AS hotel_name, allowed_origins, identity_secret FROM hotels WHERE hotel_id = $1")
-            .bind(hotel_id)
-            .fetch_optional(&self.db.read)
-            .await?;
+        let row = sqlx::query(
+            "SELECT hotel_id, name AS hotel_name, allowed_origins, identity_secret FROM hotels WHERE hotel_id = $1",
+        )
+        .bind(hotel_id)
+        .fetch_optional(&self.db.read)
+        .await?;
         row.map(|row| hotel_from_row(row.try_get("hotel_id")?, &row)).transpose()
     }
 

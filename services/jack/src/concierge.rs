@@ -23,10 +23,16 @@ const CALL_DEADLINE: Duration = Duration::from_secs(5);
 const TYPING_PAUSE: Duration = Duration::from_millis(400);
 
 /// Runs until shutdown, reconnecting when conversation is unreachable.
-pub async fn run(conversation_url: Vec<String>, credentials: grpc::Credentials, cursor_file: PathBuf, shutdown: CancellationToken) {
+pub async fn run(
+    conversation_url: Vec<String>,
+    credentials: grpc::Credentials,
+    cursor_file: PathBuf,
+    shutdown: CancellationToken,
+) {
     // The watch is a long-lived stream; every other call has a deadline. Both go to any
     // replica that answers (one or more URLs, as the edge's).
-    let clients = grpc::stream_channel_to(&conversation_url, &credentials).and_then(|s| Ok((s, grpc::channel_to(&conversation_url, CALL_DEADLINE, &credentials)?)));
+    let clients = grpc::stream_channel_to(&conversation_url, &credentials)
+        .and_then(|s| Ok((s, grpc::channel_to(&conversation_url, CALL_DEADLINE, &credentials)?)));
     let (watcher, caller) = match clients {
         Ok((stream, unary)) => (ConversationServiceClient::new(stream), ConversationServiceClient::new(unary)),
         Err(err) => return tracing::error!(error = %err, "concierge: bad conversation URL"),
@@ -49,7 +55,11 @@ async fn watch(
     cursor: Arc<Cursor>,
     shutdown: &CancellationToken,
 ) -> Result<(), jack_proto::tonic::Status> {
-    let request = pb::WatchMessagesRequest { after_cursor: cursor.resume_after(), roles: vec![pb::Role::Guest as i32], hotel_id: None };
+    let request = pb::WatchMessagesRequest {
+        after_cursor: cursor.resume_after(),
+        roles: vec![pb::Role::Guest as i32],
+        hotel_id: None,
+    };
     let mut stream = watcher.watch_messages(request).await?.into_inner();
     let mut tasks = JoinSet::new();
     loop {
@@ -74,10 +84,24 @@ async fn watch(
     }
 }
 
-async fn answer(mut client: ConversationServiceClient<Traced>, message: &pb::Message) -> Result<(), jack_proto::tonic::Status> {
+async fn answer(
+    mut client: ConversationServiceClient<Traced>,
+    message: &pb::Message,
+) -> Result<(), jack_proto::tonic::Status> {
     let conversation_id = message.conversation_id.clone();
-    let typing = |is_typing| pb::SetTypingRequest { conversation_id: conversation_id.clone(), role: pb::Role::Assistant as i32, is_typing };
-    client.mark_read(pb::MarkReadRequest { conversation_id: conversation_id.clone(), role: pb::Role::Assistant as i32, up_to_seq: message.seq, guest_id: None }).await?;
+    let typing = |is_typing| pb::SetTypingRequest {
+        conversation_id: conversation_id.clone(),
+        role: pb::Role::Assistant as i32,
+        is_typing,
+    };
+    client
+        .mark_read(pb::MarkReadRequest {
+            conversation_id: conversation_id.clone(),
+            role: pb::Role::Assistant as i32,
+            up_to_seq: message.seq,
+            guest_id: None,
+        })
+        .await?;
     client.set_typing(typing(true)).await?;
     tokio::time::sleep(TYPING_PAUSE).await;
     let mut reply = reply_to(message);
@@ -131,9 +155,11 @@ pub fn reply_to(message: &pb::Message) -> pb::SendMessageRequest {
         ];
     } else if payload == "room_service" || has(&["room service", "breakfast", "menu", "order"]) {
         reply.content = "Our in-room dining is available around the clock. Would you like to order?".into();
-        reply.buttons = vec![postback("Order Breakfast", "order_breakfast"), link("View Menu", "https://jack.example/menu")];
+        reply.buttons =
+            vec![postback("Order Breakfast", "order_breakfast"), link("View Menu", "https://jack.example/menu")];
     } else if let Some(place) = payload.strip_prefix("book_") {
-        reply.content = format!("Your table is reserved at **{}** for 8 pm. Enjoy your evening!", restaurant_name(place));
+        reply.content =
+            format!("Your table is reserved at **{}** for 8 pm. Enjoy your evening!", restaurant_name(place));
     } else if payload.starts_with("confirm_") || payload == "add_pillows" || payload == "order_breakfast" {
         reply.content = "Done! Is there anything else I can do for you?".into();
         reply.quick_replies = quick_replies();

@@ -94,10 +94,13 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let concierge_on = env.string("JACK_CONCIERGE", "on") != "off";
     let shutdown = shutdown::on_signal();
     if command == "concierge" {
-        let url = env.urls("JACK_CONVERSATION_URL", "http://127.0.0.1:50052").unwrap_or_else(|e| exit_with(e.to_string()));
-        std::fs::create_dir_all(&data_dir).unwrap_or_else(|e| exit_with(format!("cannot create {}: {e}", data_dir.display())));
+        let url =
+            env.urls("JACK_CONVERSATION_URL", "http://127.0.0.1:50052").unwrap_or_else(|e| exit_with(e.to_string()));
+        std::fs::create_dir_all(&data_dir)
+            .unwrap_or_else(|e| exit_with(format!("cannot create {}: {e}", data_dir.display())));
         let off = env.get("GRPC_AUTH") == Some("off");
-        let credentials = jack_runtime::callers::credentials(&env, "JACK_CONCIERGE_TOKEN", off).unwrap_or_else(|e| exit_with(e.to_string()));
+        let credentials = jack_runtime::callers::credentials(&env, "JACK_CONCIERGE_TOKEN", off)
+            .unwrap_or_else(|e| exit_with(e.to_string()));
         concierge::run(url, credentials, data_dir.join("concierge.cursor"), shutdown).await;
         return Ok(());
     }
@@ -105,7 +108,14 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     // The concierge is a responder like any other: it presents the token `jack up` made for
     // that role (or JACK_CONCIERGE_TOKEN / _FILE, with callers of the operator's own).
     let concierge_credentials = match concierge_on {
-        true => Some(jack_runtime::callers::credentials(stack.env(), "JACK_CONCIERGE_TOKEN", stack.env().get("GRPC_AUTH") == Some("off")).unwrap_or_else(|e| exit_with(e.to_string()))),
+        true => Some(
+            jack_runtime::callers::credentials(
+                stack.env(),
+                "JACK_CONCIERGE_TOKEN",
+                stack.env().get("GRPC_AUTH") == Some("off"),
+            )
+            .unwrap_or_else(|e| exit_with(e.to_string())),
+        ),
         false => None,
     };
     let edge = stack.addr(Service::Edge);
@@ -121,11 +131,19 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     println!("  ConversationService (for AI responders)  {}", stack.url(Service::Conversation));
     println!("  DeliveryService (staff subscriptions)    {}", stack.url(Service::Delivery));
     if let Some(dir) = stack.credentials_dir() {
-        println!("  gRPC tokens       {}/ (responder.token for AI responders, dashboard.token for staff tools)", dir.display());
+        println!(
+            "  gRPC tokens       {}/ (responder.token for AI responders, dashboard.token for staff tools)",
+            dir.display()
+        );
     }
     if let Some(credentials) = concierge_credentials {
         let cursor_file = data_dir.join("concierge.cursor");
-        tokio::spawn(concierge::run(vec![stack.url(Service::Conversation)], credentials, cursor_file, shutdown.clone()));
+        tokio::spawn(concierge::run(
+            vec![stack.url(Service::Conversation)],
+            credentials,
+            cursor_file,
+            shutdown.clone(),
+        ));
         println!("  demo concierge answering through ConversationService");
     }
     stack.wait().await

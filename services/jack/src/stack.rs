@@ -29,12 +29,21 @@ struct Running {
 /// Runs one service alone, configured only by `env` (what each service's own binary does).
 pub async fn run_one(service: Service, env: &Env, shutdown: CancellationToken) -> anyhow::Result<()> {
     match service {
-        Service::Guest => jack_guest::GuestServer::build(jack_guest::Settings::from_env(env)?).await?.run(shutdown).await,
-        Service::Conversation => {
-            jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(env)?).await?.run(shutdown).await
+        Service::Guest => {
+            jack_guest::GuestServer::build(jack_guest::Settings::from_env(env)?).await?.run(shutdown).await
         }
-        Service::Delivery => jack_delivery::DeliveryServer::build(jack_delivery::Settings::from_env(env)?).await?.run(shutdown).await,
-        Service::Upload => jack_upload::UploadServer::build(jack_upload::Settings::from_env(env)?).await?.run(shutdown).await,
+        Service::Conversation => {
+            jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(env)?)
+                .await?
+                .run(shutdown)
+                .await
+        }
+        Service::Delivery => {
+            jack_delivery::DeliveryServer::build(jack_delivery::Settings::from_env(env)?).await?.run(shutdown).await
+        }
+        Service::Upload => {
+            jack_upload::UploadServer::build(jack_upload::Settings::from_env(env)?).await?.run(shutdown).await
+        }
         Service::Edge => jack_edge::EdgeServer::build(jack_edge::Settings::from_env(env)?).await?.run(shutdown).await,
     }
 }
@@ -58,11 +67,14 @@ pub struct Stack {
 pub async fn health(env: &Env, url: &str, service: &str) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let tls = jack_runtime::grpc::Tls::from_env(env)?;
-    let channel = jack_runtime::grpc::channel(url, std::time::Duration::from_secs(3), &Credentials::none().with_tls(tls))?;
+    let channel =
+        jack_runtime::grpc::channel(url, std::time::Duration::from_secs(3), &Credentials::none().with_tls(tls))?;
     let answer = HealthClient::new(channel).check(HealthCheckRequest { service: service.to_owned() }).await;
     let name = if service.is_empty() { "the service" } else { service };
     let answer = answer.map_err(|s| anyhow::anyhow!("{url}: {name}: {}", s.message()))?;
-    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(answer.into_inner().status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(answer.into_inner().status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN");
     anyhow::ensure!(status == "SERVING", "{url}: {name} is {status}");
     Ok(())
 }
@@ -78,7 +90,11 @@ pub fn credentials(data_dir: &Path) -> anyhow::Result<PathBuf> {
     use std::io::Write as _;
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let dir = data_dir.join("credentials");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let mut callers = Vec::new();
     for role in Role::ALL {
         let path = dir.join(format!("{role}.token"));
@@ -86,15 +102,20 @@ pub fn credentials(data_dir: &Path) -> anyhow::Result<PathBuf> {
             Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
             Ok(_) | Err(_) => {
                 let token = jack_runtime::callers::new_token();
-                let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path);
-                file.as_mut().map_err(|e| anyhow::anyhow!("{e}")).and_then(|f| Ok(writeln!(f, "{token}")?)).with_context(|| format!("cannot write {}", path.display()))?;
+                let mut file =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path);
+                file.as_mut()
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|f| Ok(writeln!(f, "{token}")?))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 token
             }
         };
         callers.push(CallerEntry::new(&format!("jack up {role}"), role, &token));
     }
     let list = dir.join("callers.json");
-    std::fs::write(&list, serde_json::to_string_pretty(&callers)?).with_context(|| format!("cannot write {}", list.display()))?;
+    std::fs::write(&list, serde_json::to_string_pretty(&callers)?)
+        .with_context(|| format!("cannot write {}", list.display()))?;
     Ok(dir)
 }
 
@@ -159,7 +180,6 @@ impl Drop for EdgeThreads {
     }
 }
 
-
 impl Stack {
     /// Starts every service. Unset addresses and database URLs default to the embedded
     /// layout: loopback gRPC ports 50051–50055 and SQLite files under `data_dir`.
@@ -185,7 +205,17 @@ impl Stack {
             credentials_dir = Some(dir);
         }
         let edge_threads = EdgeThreads::new().map_err(|e| anyhow::anyhow!("cannot start the edge's threads: {e}"))?;
-        let mut stack = Self { env, addrs: HashMap::new(), edge_grpc: None, edge_metrics: None, upload_http: None, running: HashMap::new(), shutdown, edge_threads, credentials_dir };
+        let mut stack = Self {
+            env,
+            addrs: HashMap::new(),
+            edge_grpc: None,
+            edge_metrics: None,
+            upload_http: None,
+            running: HashMap::new(),
+            shutdown,
+            edge_threads,
+            credentials_dir,
+        };
         for service in [Service::Delivery, Service::Guest, Service::Upload, Service::Conversation, Service::Edge] {
             stack.start_service(service).await?;
         }
@@ -197,7 +227,8 @@ impl Stack {
     pub fn credentials(&self, role: Role) -> Credentials {
         let tls = jack_runtime::grpc::Tls::from_env(&self.env).expect("the services started with these TLS files");
         let Some(dir) = &self.credentials_dir else { return Credentials::none().with_tls(tls) };
-        let token = std::fs::read_to_string(dir.join(format!("{role}.token"))).expect("the stack's token files are readable");
+        let token =
+            std::fs::read_to_string(dir.join(format!("{role}.token"))).expect("the stack's token files are readable");
         Credentials::bearer(&token).expect("the stack's tokens are ASCII").with_tls(tls)
     }
 
@@ -276,9 +307,16 @@ impl Stack {
             }
         }
         if let Some(d) = self.addrs.get(&Service::Delivery) {
-            env = env.with_default("CONVERSATION_DELIVERY_URLS", self.url_of(*d)).with_default("EDGE_DELIVERY_URLS", self.url_of(*d));
+            env = env
+                .with_default("CONVERSATION_DELIVERY_URLS", self.url_of(*d))
+                .with_default("EDGE_DELIVERY_URLS", self.url_of(*d));
         }
-        for (service, name) in [(Service::Guest, "EDGE_GUEST_URL"), (Service::Conversation, "EDGE_CONVERSATION_URL"), (Service::Upload, "EDGE_UPLOAD_URL"), (Service::Upload, "CONVERSATION_UPLOAD_URL")] {
+        for (service, name) in [
+            (Service::Guest, "EDGE_GUEST_URL"),
+            (Service::Conversation, "EDGE_CONVERSATION_URL"),
+            (Service::Upload, "EDGE_UPLOAD_URL"),
+            (Service::Upload, "CONVERSATION_UPLOAD_URL"),
+        ] {
             if let Some(addr) = self.addrs.get(&service) {
                 env = env.with_default(name, self.url_of(*addr));
             }
@@ -297,7 +335,8 @@ impl Stack {
                 (server.local_addr(), tokio::spawn(server.run(token.clone())))
             }
             Service::Conversation => {
-                let server = jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(&env)?).await?;
+                let server =
+                    jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(&env)?).await?;
                 (server.local_addr(), tokio::spawn(server.run(token.clone())))
             }
             Service::Delivery => {
@@ -312,7 +351,8 @@ impl Stack {
             Service::Edge => {
                 // Built on its threads too: its sockets and gRPC channels belong to them.
                 let threads = self.edge_threads.handle();
-                let server = threads.spawn(jack_edge::EdgeServer::build(jack_edge::Settings::from_env(&env)?)).await??;
+                let server =
+                    threads.spawn(jack_edge::EdgeServer::build(jack_edge::Settings::from_env(&env)?)).await??;
                 self.edge_grpc = Some(server.grpc_addr());
                 self.edge_metrics = server.metrics_addr();
                 (server.local_addr(), threads.spawn(server.run(token.clone())))

@@ -59,7 +59,13 @@ impl Processes {
             }
             None => Command::new(jack),
         };
-        let child = command.args(["run", service]).env_clear().envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).stdout(Stdio::null()).spawn().expect("spawn a service");
+        let child = command
+            .args(["run", service])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn a service");
         self.children.push((name.to_owned(), child));
     }
 
@@ -129,13 +135,17 @@ async fn delivery_replicas_are_found_by_name_as_they_come_and_go() {
     write_hosts(&hosts, &["127.0.0.2"]);
     if !namespaces_work(&hosts) {
         // CI runs as root; elsewhere the test says why it did not run.
-        assert!(std::env::var_os("CI").is_none(), "this test needs `unshare --mount` (root) to give services their own /etc/hosts");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs `unshare --mount` (root) to give services their own /etc/hosts"
+        );
         eprintln!("skipped: `unshare --mount` is not permitted here (run as root to test DNS discovery)");
         return;
     }
     let credentials = jack::stack::credentials(dir.path()).unwrap();
     let file = |name: &str| credentials.join(name).display().to_string();
-    let dashboard = Credentials::bearer(&std::fs::read_to_string(credentials.join("dashboard.token")).unwrap()).unwrap();
+    let dashboard =
+        Credentials::bearer(&std::fs::read_to_string(credentials.join("dashboard.token")).unwrap()).unwrap();
     let [guest, conversation, upload, upload_http, delivery, edge, edge_grpc] = [(); 7].map(|()| free_port());
     let db = |name: &str| format!("sqlite:{}", dir.path().join(format!("{name}.db")).display());
     let url = |port: u16| format!("http://127.0.0.1:{port}");
@@ -185,7 +195,9 @@ async fn delivery_replicas_are_found_by_name_as_they_come_and_go() {
             let base = base.clone();
             async move {
                 let health = edge_health(&base, edge).await;
-                health["status"] == "healthy" && health["deliveryStreams"] == total && health["deliveryStreamsUp"] == total
+                health["status"] == "healthy"
+                    && health["deliveryStreams"] == total
+                    && health["deliveryStreamsUp"] == total
             }
         }
     };
@@ -196,7 +208,11 @@ async fn delivery_replicas_are_found_by_name_as_they_come_and_go() {
     let mut first = Guest::connect(&ws).await;
     let identified = first.identify(json!({"visitorId": "v_discovery"})).await;
     let mut second = Guest::connect(&ws).await;
-    second.identify(json!({"visitorId": "v_discovery", "visitorToken": identified["visitorToken"], "resumeConversation": true})).await;
+    second
+        .identify(
+            json!({"visitorId": "v_discovery", "visitorToken": identified["visitorToken"], "resumeConversation": true}),
+        )
+        .await;
     let mut said = Vec::new();
     say(&mut first, &mut said, 0).await;
     shown_in_order(&mut second, &said).await;
@@ -207,8 +223,13 @@ async fn delivery_replicas_are_found_by_name_as_they_come_and_go() {
     // A staff dashboard on the new replica as soon as it listens, whichever replica the relay
     // publishes to: the replica answers once the relay has found it too, and from then on it
     // has every event.
-    wait_until("the new replica listens", || async { tokio::net::TcpStream::connect(("127.0.0.3", delivery)).await.is_ok() }).await;
-    let mut staff = DeliveryServiceClient::new(grpc::channel(&format!("http://127.0.0.3:{delivery}"), Duration::from_secs(5), &dashboard).unwrap());
+    wait_until("the new replica listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.3", delivery)).await.is_ok()
+    })
+    .await;
+    let mut staff = DeliveryServiceClient::new(
+        grpc::channel(&format!("http://127.0.0.3:{delivery}"), Duration::from_secs(5), &dashboard).unwrap(),
+    );
     let filter = events::SubscribeRequest { hotel_id: Some(HOTEL.into()), messages: true, ..Default::default() };
     let mut subscription = staff.subscribe(filter).await.unwrap().into_inner();
     let from = said.len();
@@ -232,7 +253,11 @@ async fn delivery_replicas_are_found_by_name_as_they_come_and_go() {
     // The dashboard on the replica that joined saw every message from then on, once.
     let mut staff_saw = Vec::new();
     while staff_saw.len() < said.len() - from {
-        let event = tokio::time::timeout(PATIENCE, subscription.message()).await.unwrap_or_else(|_| panic!("the dashboard saw only {staff_saw:?}")).unwrap().expect("the subscription stays open");
+        let event = tokio::time::timeout(PATIENCE, subscription.message())
+            .await
+            .unwrap_or_else(|_| panic!("the dashboard saw only {staff_saw:?}"))
+            .unwrap()
+            .expect("the subscription stays open");
         staff_saw.extend(message_content(event));
     }
     assert_eq!(staff_saw, said[from..], "the dashboard on the new replica sees each message once, in order");

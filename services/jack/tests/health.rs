@@ -8,7 +8,11 @@ use jack_e2e::{Svc, TestStack};
 /// Runs `jack health` (off the runtime's thread: the services answering it run on it).
 async fn health(args: &[&str]) -> (i32, String) {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_jack")).arg("health").args(args).env_clear().output().expect("run jack health")).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_jack")).arg("health").args(args).env_clear().output().expect("run jack health")
+    })
+    .await
+    .unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -53,7 +53,13 @@ impl Processes {
             ("RUST_LOG", "warn".into()),
         ];
         let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        let mut this = Self { env, children: Vec::new(), edge: format!("127.0.0.1:{edge}"), conversation: format!("http://127.0.0.1:{conversation}"), responder: jack_runtime::grpc::Credentials::bearer(&token).unwrap() };
+        let mut this = Self {
+            env,
+            children: Vec::new(),
+            edge: format!("127.0.0.1:{edge}"),
+            conversation: format!("http://127.0.0.1:{conversation}"),
+            responder: jack_runtime::grpc::Credentials::bearer(&token).unwrap(),
+        };
         for service in ["delivery", "guest", "upload", "conversation", "edge"] {
             this.start(service);
         }
@@ -140,7 +146,8 @@ async fn sigkilled_delivery_and_conversation_lose_no_committed_message() {
     procs.wait_ready().await;
 
     let mut guest = Guest::connect(&format!("ws://{}/ws/chat?hotelId=hotel_kill", procs.edge)).await;
-    let conversation_id = guest.identify(json!({"visitorId": "v_kill"})).await["conversationId"].as_str().unwrap().to_owned();
+    let conversation_id =
+        guest.identify(json!({"visitorId": "v_kill"})).await["conversationId"].as_str().unwrap().to_owned();
     procs.assistant_says(&conversation_id, "m1").await;
     guest.until(|f| f["content"] == "m1").await;
 

@@ -76,7 +76,17 @@ struct Visitor {
 
 impl Visitor {
     fn new(edges: Vec<String>, first_edge: usize, visitor_id: String) -> Self {
-        Self { edges, next_edge: first_edge, visitor_id, token: None, conversation_id: String::new(), socket: None, has: BTreeMap::new(), shown: HashMap::new(), contents: BTreeMap::new() }
+        Self {
+            edges,
+            next_edge: first_edge,
+            visitor_id,
+            token: None,
+            conversation_id: String::new(),
+            socket: None,
+            has: BTreeMap::new(),
+            shown: HashMap::new(),
+            contents: BTreeMap::new(),
+        }
     }
 
     fn note(&mut self, frame: &Value) {
@@ -149,9 +159,13 @@ impl Visitor {
             let mut answer = None;
             if socket.try_send(frame.clone()).await {
                 loop {
-                    let Some(next) = self.socket.as_mut().unwrap().try_next(Duration::from_secs(5)).await else { break };
+                    let Some(next) = self.socket.as_mut().unwrap().try_next(Duration::from_secs(5)).await else {
+                        break;
+                    };
                     self.note(&next);
-                    if next["clientMessageId"] == client_message_id && (next["type"] == "message_ack" || next["type"] == "error") {
+                    if next["clientMessageId"] == client_message_id
+                        && (next["type"] == "message_ack" || next["type"] == "error")
+                    {
                         answer = Some(next);
                         break;
                     }
@@ -181,7 +195,12 @@ impl Visitor {
     async fn catch_up(&mut self, last: i64) {
         let started = Instant::now();
         while self.has.keys().next_back().copied().unwrap_or(0) < last || self.has.len() < last as usize {
-            assert!(started.elapsed() < PATIENCE, "{} has {:?}, not 1..={last}", self.visitor_id, self.has.keys().collect::<Vec<_>>());
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{} has {:?}, not 1..={last}",
+                self.visitor_id,
+                self.has.keys().collect::<Vec<_>>()
+            );
             // Every edge left is up by now: what is missing must arrive live.
             let socket = self.socket().await;
             if let Some(frame) = socket.try_next(Duration::from_secs(1)).await {
@@ -198,8 +217,11 @@ async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     let vars = databases.clone();
     let credentials = jack::stack::credentials(dir.path()).unwrap();
     let file = |name: &str| credentials.join(name).display().to_string();
-    let token = |role: &str| Credentials::bearer(&std::fs::read_to_string(credentials.join(format!("{role}.token"))).unwrap()).unwrap();
-    let [guest, upload, upload_http, conversation_1, conversation_2, delivery_1, delivery_2] = [(); 7].map(|()| free_port());
+    let token = |role: &str| {
+        Credentials::bearer(&std::fs::read_to_string(credentials.join(format!("{role}.token"))).unwrap()).unwrap()
+    };
+    let [guest, upload, upload_http, conversation_1, conversation_2, delivery_1, delivery_2] =
+        [(); 7].map(|()| free_port());
     let [edge_1, edge_1_grpc, edge_2, edge_2_grpc] = [(); 4].map(|()| free_port());
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let conversations = format!("{},{}", url(conversation_1), url(conversation_2));
@@ -236,27 +258,59 @@ async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     deployment.start("delivery-2", "delivery", &with(&[("DELIVERY_GRPC_ADDR", format!("127.0.0.1:{delivery_2}"))]));
     deployment.start("guest", "guest", &base);
     deployment.start("upload", "upload", &base);
-    deployment.start("conversation-1", "conversation", &with(&[("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation_1}"))]));
+    deployment.start(
+        "conversation-1",
+        "conversation",
+        &with(&[("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation_1}"))]),
+    );
     // The first replica takes the relay's lock (PostgreSQL migrations, then the lock) before
     // the second starts: it is the one killed below.
-    let mut responder = ConversationServiceClient::new(grpc::channel_to(&[url(conversation_1), url(conversation_2)], Duration::from_secs(5), &token("responder")).unwrap());
-    wait_until(|| async { responder.clone().get_conversation(conv::GetConversationRequest { conversation_id: "cnv_none".into() }).await.is_err_and(|s| s.code() == tonic::Code::NotFound) }).await;
+    let mut responder = ConversationServiceClient::new(
+        grpc::channel_to(&[url(conversation_1), url(conversation_2)], Duration::from_secs(5), &token("responder"))
+            .unwrap(),
+    );
+    wait_until(|| async {
+        responder
+            .clone()
+            .get_conversation(conv::GetConversationRequest { conversation_id: "cnv_none".into() })
+            .await
+            .is_err_and(|s| s.code() == tonic::Code::NotFound)
+    })
+    .await;
     wait_until(|| async { jack_e2e::relay_lock_holders(&vars).await == 1 }).await;
-    deployment.start("conversation-2", "conversation", &with(&[("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation_2}"))]));
+    deployment.start(
+        "conversation-2",
+        "conversation",
+        &with(&[("CONVERSATION_GRPC_ADDR", format!("127.0.0.1:{conversation_2}"))]),
+    );
     for (name, ws, grpc) in [("edge-1", edge_1, edge_1_grpc), ("edge-2", edge_2, edge_2_grpc)] {
-        deployment.start(name, "edge", &with(&[("WEBSOCKET_PORT", ws.to_string()), ("EDGE_GRPC_ADDR", format!("127.0.0.1:{grpc}")), ("EDGE_ID", name.to_owned())]));
+        deployment.start(
+            name,
+            "edge",
+            &with(&[
+                ("WEBSOCKET_PORT", ws.to_string()),
+                ("EDGE_GRPC_ADDR", format!("127.0.0.1:{grpc}")),
+                ("EDGE_ID", name.to_owned()),
+            ]),
+        );
     }
     for ws in [edge_1, edge_2] {
         let base = format!("http://127.0.0.1:{ws}");
         wait_until(|| async {
-            let (status, body) = if tokio::net::TcpStream::connect(("127.0.0.1", ws)).await.is_ok() { http(&base, "GET", "/health/websocket", &[], "").await } else { (0, String::new()) };
+            let (status, body) = if tokio::net::TcpStream::connect(("127.0.0.1", ws)).await.is_ok() {
+                http(&base, "GET", "/health/websocket", &[], "").await
+            } else {
+                (0, String::new())
+            };
             status == 200 && json_body(&body)["deliveryStreamsUp"] == 2
         })
         .await;
     }
 
     // A staff dashboard on the delivery replica that stays up.
-    let mut staff = DeliveryServiceClient::new(grpc::channel(&url(delivery_2), Duration::from_secs(5), &token("dashboard")).unwrap());
+    let mut staff = DeliveryServiceClient::new(
+        grpc::channel(&url(delivery_2), Duration::from_secs(5), &token("dashboard")).unwrap(),
+    );
     let filter = events::SubscribeRequest { hotel_id: Some(HOTEL.into()), messages: true, ..Default::default() };
     let mut subscription = staff.subscribe(filter).await.unwrap().into_inner();
     let dashboard_saw: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
@@ -272,7 +326,8 @@ async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     });
 
     let edges = vec![format!("127.0.0.1:{edge_1}"), format!("127.0.0.1:{edge_2}")];
-    let mut visitors: Vec<Visitor> = (0..GUESTS).map(|i| Visitor::new(edges.clone(), i, format!("v_replica_{i}"))).collect();
+    let mut visitors: Vec<Visitor> =
+        (0..GUESTS).map(|i| Visitor::new(edges.clone(), i, format!("v_replica_{i}"))).collect();
     for visitor in &mut visitors {
         visitor.socket().await;
     }
@@ -324,8 +379,19 @@ async fn replicas_under_sigkill_lose_nothing_and_show_nothing_twice() {
     // what conversation stored.
     let mut stored_ids = Vec::new();
     for visitor in &mut visitors {
-        let request = conv::ListMessagesRequest { conversation_id: visitor.conversation_id.clone(), limit: 200, ..Default::default() };
-        let stored = ConversationServiceClient::new(grpc::channel(&url(conversation_2), Duration::from_secs(5), &token("responder")).unwrap()).list_messages(request).await.unwrap().into_inner().messages;
+        let request = conv::ListMessagesRequest {
+            conversation_id: visitor.conversation_id.clone(),
+            limit: 200,
+            ..Default::default()
+        };
+        let stored = ConversationServiceClient::new(
+            grpc::channel(&url(conversation_2), Duration::from_secs(5), &token("responder")).unwrap(),
+        )
+        .list_messages(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
         assert_eq!(stored.len(), 2 * ROUNDS, "each question and answer stored once");
         visitor.catch_up(stored.len() as i64).await;
         for m in &stored {

@@ -120,9 +120,17 @@ impl Settings {
                 let prefix = env.string("UPLOAD_S3_PREFIX", "").trim_matches('/').to_owned();
                 let region = env.get("UPLOAD_S3_REGION").filter(|r| !r.is_empty()).map(str::to_owned);
                 let credentials = match (env.get("UPLOAD_S3_ACCESS_KEY_ID"), env.get("UPLOAD_S3_SECRET_ACCESS_KEY")) {
-                    (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Some((id.to_owned(), secret.to_owned())),
+                    (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+                        Some((id.to_owned(), secret.to_owned()))
+                    }
                     (None, None) => None,
-                    _ => return Err(SettingsError::new("UPLOAD_S3_ACCESS_KEY_ID", "…", "set both UPLOAD_S3_ACCESS_KEY_ID and UPLOAD_S3_SECRET_ACCESS_KEY, or neither")),
+                    _ => {
+                        return Err(SettingsError::new(
+                            "UPLOAD_S3_ACCESS_KEY_ID",
+                            "…",
+                            "set both UPLOAD_S3_ACCESS_KEY_ID and UPLOAD_S3_SECRET_ACCESS_KEY, or neither",
+                        ));
+                    }
                 };
                 Backend::S3(S3Settings { bucket, endpoint, public_endpoint, region, path_style, prefix, credentials })
             }

@@ -12,7 +12,9 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Filename => write!(f, "filename must be 1 to {MAX_FILENAME} characters without control characters"),
+            Refusal::Filename => {
+                write!(f, "filename must be 1 to {MAX_FILENAME} characters without control characters")
+            }
             Refusal::Size { max } => write!(f, "size must be from 1 to {max} bytes"),
             Refusal::ContentType => f.write_str("this file type is not allowed"),
         }
@@ -21,7 +23,10 @@ impl std::fmt::Display for Refusal {
 
 /// Characters that reorder the text around them (Unicode's Bidi_Control): in a filename they
 /// can make `invoice\u{202E}fdp.exe` read as `invoiceexe.pdf`. They are dropped from names.
-const BIDI_CONTROLS: [char; 12] = ['\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}'];
+const BIDI_CONTROLS: [char; 12] = [
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}',
+    '\u{2067}', '\u{2068}', '\u{2069}',
+];
 
 /// The name a file is kept and shown under: what was given, without characters that reorder
 /// the text around them.
@@ -30,7 +35,13 @@ pub fn clean_filename(filename: &str) -> String {
 }
 
 /// What a guest may declare for an upload.
-pub fn check_upload(filename: &str, content_type: &str, size: i64, max: u64, allowed: &[String]) -> Result<(), Refusal> {
+pub fn check_upload(
+    filename: &str,
+    content_type: &str,
+    size: i64,
+    max: u64,
+    allowed: &[String],
+) -> Result<(), Refusal> {
     if filename.trim().is_empty() || filename.chars().count() > MAX_FILENAME || filename.chars().any(char::is_control) {
         return Err(Refusal::Filename);
     }
@@ -71,10 +82,17 @@ pub fn served_inline(content_type: &str) -> bool {
 /// the name in plain ASCII (anything else replaced) and in full as RFC 5987 UTF-8.
 pub fn content_disposition(content_type: &str, filename: &str) -> String {
     let kind = if served_inline(content_type) { "inline" } else { "attachment" };
-    let ascii: String = filename.chars().map(|c| if c.is_ascii_alphanumeric() || " .-_()".contains(c) { c } else { '_' }).collect();
+    let ascii: String =
+        filename.chars().map(|c| if c.is_ascii_alphanumeric() || " .-_()".contains(c) { c } else { '_' }).collect();
     let encoded: String = filename
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect();
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
@@ -90,7 +108,9 @@ impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mismatch::Size { declared, actual } => write!(f, "the file is {actual} bytes, not the {declared} declared"),
-            Mismatch::Type { declared, actual: Some(actual) } => write!(f, "the file is {actual}, not the {declared} declared"),
+            Mismatch::Type { declared, actual: Some(actual) } => {
+                write!(f, "the file is {actual}, not the {declared} declared")
+            }
             Mismatch::Type { declared, actual: None } => write!(f, "the file's bytes are not {declared}"),
         }
     }
@@ -154,7 +174,10 @@ mod tests {
 
     #[test]
     fn only_images_are_shown_inline_and_names_cannot_break_the_header() {
-        assert_eq!(content_disposition("image/png", "room.png"), "inline; filename=\"room.png\"; filename*=UTF-8''room.png");
+        assert_eq!(
+            content_disposition("image/png", "room.png"),
+            "inline; filename=\"room.png\"; filename*=UTF-8''room.png"
+        );
         let pdf = content_disposition("application/pdf", "menu \"spa\";\r\n.pdf");
         assert!(pdf.starts_with("attachment; filename=\"menu _spa____.pdf\""), "{pdf}");
         assert!(!pdf.contains('\r') && !pdf.contains('\n'));
@@ -167,12 +190,24 @@ mod tests {
         assert_eq!(check_file("image/png", png.len() as i64, png), Ok(()));
         assert_eq!(check_file("image/png", 99, png), Err(Mismatch::Size { declared: 99, actual: png.len() as u64 }));
         let html = b"<html><script>alert(1)</script></html>";
-        assert_eq!(check_file("image/png", html.len() as i64, html), Err(Mismatch::Type { declared: "image/png".into(), actual: Some("text/html") }));
-        assert_eq!(check_file("image/png", 5, b"hello"), Err(Mismatch::Type { declared: "image/png".into(), actual: None }));
-        assert_eq!(Mismatch::Type { declared: "image/png".into(), actual: None }.to_string(), "the file's bytes are not image/png");
+        assert_eq!(
+            check_file("image/png", html.len() as i64, html),
+            Err(Mismatch::Type { declared: "image/png".into(), actual: Some("text/html") })
+        );
+        assert_eq!(
+            check_file("image/png", 5, b"hello"),
+            Err(Mismatch::Type { declared: "image/png".into(), actual: None })
+        );
+        assert_eq!(
+            Mismatch::Type { declared: "image/png".into(), actual: None }.to_string(),
+            "the file's bytes are not image/png"
+        );
         let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>";
         assert!(check_file("image/png", svg.len() as i64, svg).is_err());
-        assert_eq!(check_file("application/pdf", png.len() as i64, png), Err(Mismatch::Type { declared: "application/pdf".into(), actual: Some("image/png") }));
+        assert_eq!(
+            check_file("application/pdf", png.len() as i64, png),
+            Err(Mismatch::Type { declared: "application/pdf".into(), actual: Some("image/png") })
+        );
         assert_eq!(sniff(b"%PDF-1.7\n"), Some("application/pdf"));
     }
 }

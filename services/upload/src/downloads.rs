@@ -54,7 +54,11 @@ impl Downloads {
 
     fn url(&self, attachment_id: &str, variant: Variant, expires: &str) -> String {
         let signature = self.signer.sign(&get_parts(attachment_id, variant.name(), expires));
-        format!("{}/files/{attachment_id}?variant={}&expires={expires}&signature={signature}", self.public_url, variant.name())
+        format!(
+            "{}/files/{attachment_id}?variant={}&expires={expires}&signature={signature}",
+            self.public_url,
+            variant.name()
+        )
     }
 
     pub fn sign(&self, attachment: &pb::Attachment) -> pb::Download {
@@ -63,7 +67,9 @@ impl Downloads {
         pb::Download {
             attachment_id: attachment.attachment_id.clone(),
             url: self.url(&attachment.attachment_id, Variant::File, &expires),
-            thumbnail_url: attachment.has_thumbnail.then(|| self.url(&attachment.attachment_id, Variant::Thumbnail, &expires)),
+            thumbnail_url: attachment
+                .has_thumbnail
+                .then(|| self.url(&attachment.attachment_id, Variant::Thumbnail, &expires)),
             expires_at_ms,
             filename: attachment.filename.clone(),
             content_type: attachment.content_type.clone(),

@@ -72,7 +72,11 @@ impl Receiving {
     /// The receipt of an upload starting on `key`, or the answer refusing it.
     fn start(&self, key: &str) -> Result<Receipt, Box<Response>> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            let busy = (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "too many uploads at once; retry shortly\n");
+            let busy = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "too many uploads at once; retry shortly\n",
+            );
             return Err(Box::new(busy.into_response()));
         };
         if !self.keys.lock().expect("receiving lock").insert(key.to_owned()) {
@@ -111,7 +115,13 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 }
 
 /// `PUT /upload/incoming/{id}?type&size&expires&signature`: exactly the declared bytes, once.
-async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(String, String)>, query: Result<Query<Signed>, QueryRejection>, headers: HeaderMap, body: Body) -> Response {
+async fn upload(
+    State(state): State<HttpState>,
+    Path((folder, name)): Path<(String, String)>,
+    query: Result<Query<Signed>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(disk) = state.disk else {
         return refuse(StatusCode::NOT_FOUND, "uploads go to the S3 store on this deployment");
     };
@@ -119,7 +129,11 @@ async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(Stri
     let Ok(Query(signed)) = query else {
         return refuse(StatusCode::FORBIDDEN, "this URL is not signed");
     };
-    if folder != "incoming" || !disk.signer().verify(&put_parts(&key, &signed.content_type, &signed.size, &signed.expires), &signed.signature) {
+    if folder != "incoming"
+        || !disk
+            .signer()
+            .verify(&put_parts(&key, &signed.content_type, &signed.size, &signed.expires), &signed.signature)
+    {
         return refuse(StatusCode::FORBIDDEN, "the signature does not match this upload");
     }
     let (Ok(size), Ok(expires)) = (signed.size.parse::<u64>(), signed.expires.parse::<i64>()) else {
@@ -149,7 +163,8 @@ async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(Stri
     };
     // An upload must be done by the time its URL expires (one that starts at the last moment
     // gets the body timeout), however steadily it trickles: a place is not held for ever.
-    let left = Duration::from_millis(u64::try_from(expires - jack_runtime::time::now_ms()).unwrap_or(0)).max(state.body_timeout);
+    let left = Duration::from_millis(u64::try_from(expires - jack_runtime::time::now_ms()).unwrap_or(0))
+        .max(state.body_timeout);
     match tokio::time::timeout(left, receive(&disk, body, size, &target)).await {
         Ok(Ok(())) => StatusCode::OK.into_response(),
         Ok(Err(response)) => response,
@@ -162,7 +177,9 @@ async fn upload(State(state): State<HttpState>, Path((folder, name)): Path<(Stri
 async fn receive(disk: &LocalDisk, body: Body, size: u64, target: &std::path::Path) -> Result<(), Response> {
     let tmp = disk.temp_path();
     let result = async {
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
         let mut stream = body.into_data_stream();
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -200,7 +217,11 @@ pub struct SignedGet {
 
 /// `GET /files/{id}?variant&expires&signature`: the file (images inline, anything else as a
 /// download) or its preview, never sniffed into something else by the browser.
-async fn download(State(state): State<HttpState>, Path(id): Path<String>, query: Result<Query<SignedGet>, QueryRejection>) -> Response {
+async fn download(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    query: Result<Query<SignedGet>, QueryRejection>,
+) -> Response {
     let Ok(Query(signed)) = query else {
         return refuse(StatusCode::FORBIDDEN, "this URL is not signed");
     };
@@ -226,7 +247,12 @@ async fn download(State(state): State<HttpState>, Path(id): Path<String>, query:
     // run at once is bounded, and one whose browser stops reading is dropped by the listener's
     // write-stall limit.
     let Ok(sending) = state.downloads_in_flight.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "too many downloads at once; retry shortly\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many downloads at once; retry shortly\n",
+        )
+            .into_response();
     };
     let (len, chunks) = match state.storage.stream(&key).await {
         Ok(Some(object)) => object,
@@ -248,7 +274,10 @@ async fn download(State(state): State<HttpState>, Path(id): Path<String>, query:
             (header::CONTENT_DISPOSITION, disposition),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
             // Even opened directly, a file cannot run anything.
-            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox".to_owned()),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox".to_owned(),
+            ),
             (header::CACHE_CONTROL, "private, max-age=3600".to_owned()),
         ],
         body,

@@ -23,7 +23,13 @@ pub const PENDING_FOR: Duration = Duration::from_secs(25 * 3600);
 /// Records handled per sweep, so one sweep stays short.
 const BATCH: i64 = 500;
 
-pub async fn run(store: Store, storage: Storage, url_ttl: Duration, body_timeout: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    storage: Storage,
+    url_ttl: Duration,
+    body_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     jack_runtime::housekeeping::every(EVERY, shutdown, || async {
         match sweep(&store, &storage, jack_runtime::time::now_ms(), url_ttl, body_timeout).await {
             Ok(0) => {}
@@ -35,7 +41,13 @@ pub async fn run(store: Store, storage: Storage, url_ttl: Duration, body_timeout
 }
 
 /// One sweep at `now_ms`: the number of attachments forgotten.
-pub async fn sweep(store: &Store, storage: &Storage, now_ms: i64, url_ttl: Duration, body_timeout: Duration) -> anyhow::Result<usize> {
+pub async fn sweep(
+    store: &Store,
+    storage: &Storage,
+    now_ms: i64,
+    url_ttl: Duration,
+    body_timeout: Duration,
+) -> anyhow::Result<usize> {
     let mut forgotten = 0;
     // URLs that expired: uploaded ones wait for their message, the others are forgotten.
     let expired = now_ms - (url_ttl + body_timeout + UPLOAD_GRACE).as_millis() as i64;
@@ -98,8 +110,15 @@ mod tests {
     async fn unsent_uploads_are_forgotten_after_a_day_and_nothing_else_is() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("upload.db").display());
-        let store = Store::new(Database::open(&url, &crate::startup::MIGRATIONS, &crate::startup::MIGRATIONS).await.unwrap());
-        let disk = LocalDisk::open(dir.path().join("files"), "http://x".into(), Signer::new("0123456789abcdef0123456789abcdef")).await.unwrap();
+        let store =
+            Store::new(Database::open(&url, &crate::startup::MIGRATIONS, &crate::startup::MIGRATIONS).await.unwrap());
+        let disk = LocalDisk::open(
+            dir.path().join("files"),
+            "http://x".into(),
+            Signer::new("0123456789abcdef0123456789abcdef"),
+        )
+        .await
+        .unwrap();
         let storage = Storage::Local(disk);
         let now = jack_runtime::time::now_ms();
         let day = 24 * 3600 * 1000;
@@ -125,17 +144,38 @@ mod tests {
     async fn an_upload_url_that_expired_unused_is_forgotten_within_minutes() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("upload.db").display());
-        let store = Store::new(Database::open(&url, &crate::startup::MIGRATIONS, &crate::startup::MIGRATIONS).await.unwrap());
-        let disk = LocalDisk::open(dir.path().join("files"), "http://x".into(), Signer::new("0123456789abcdef0123456789abcdef")).await.unwrap();
+        let store =
+            Store::new(Database::open(&url, &crate::startup::MIGRATIONS, &crate::startup::MIGRATIONS).await.unwrap());
+        let disk = LocalDisk::open(
+            dir.path().join("files"),
+            "http://x".into(),
+            Signer::new("0123456789abcdef0123456789abcdef"),
+        )
+        .await
+        .unwrap();
         let storage = Storage::Local(disk);
         let now = jack_runtime::time::now_ms();
-        let quota = crate::store::Quota { files_per_guest: 10, bytes_per_guest: 1 << 20, bytes_per_address: 1 << 20, bytes_per_hotel: 1 << 20 };
+        let quota = crate::store::Quota {
+            files_per_guest: 10,
+            bytes_per_guest: 1 << 20,
+            bytes_per_address: 1 << 20,
+            bytes_per_hotel: 1 << 20,
+        };
         let ten_minutes_ago = now - 600 * 1000;
         for id in ["att_unused", "att_uploaded"] {
-            assert_eq!(store.insert_pending(&attachment(id, "pending", ten_minutes_ago), "192.0.2.1", &quota).await.unwrap(), None);
+            assert_eq!(
+                store.insert_pending(&attachment(id, "pending", ten_minutes_ago), "192.0.2.1", &quota).await.unwrap(),
+                None
+            );
         }
-        assert_eq!(store.insert_pending(&attachment("att_fresh", "pending", now), "192.0.2.1", &quota).await.unwrap(), None);
-        storage.put(&domain::incoming_key("att_uploaded"), bytes::Bytes::from_static(b"abc"), "image/png").await.unwrap();
+        assert_eq!(
+            store.insert_pending(&attachment("att_fresh", "pending", now), "192.0.2.1", &quota).await.unwrap(),
+            None
+        );
+        storage
+            .put(&domain::incoming_key("att_uploaded"), bytes::Bytes::from_static(b"abc"), "image/png")
+            .await
+            .unwrap();
 
         assert_eq!(sweep(&store, &storage, now, Duration::from_secs(300), Duration::from_secs(30)).await.unwrap(), 1);
         assert!(store.get("att_unused").await.unwrap().is_none(), "its URL expired with nothing uploaded");

@@ -68,6 +68,9 @@ mod tests {
         assert!(!signer.verify(&["PUT", "incoming/att_1", "image/png", "11", "99"], &sig));
         assert!(!signer.verify(&["PUT", "incoming/att_1image/png", "", "10", "99"], &sig), "parts cannot be shifted");
         assert!(!signer.verify(&["PUT", "incoming/att_1", "image/png", "10", "99"], "zz"));
-        assert!(!Signer::new("another secret of at least 32 chars").verify(&["PUT", "incoming/att_1", "image/png", "10", "99"], &sig));
+        assert!(
+            !Signer::new("another secret of at least 32 chars")
+                .verify(&["PUT", "incoming/att_1", "image/png", "10", "99"], &sig)
+        );
     }
 }

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 
 use crate::config::{Backend, Settings};
 use crate::downloads::Downloads;
-use crate::http::HttpState;
 use crate::grpc::UploadApi;
+use crate::http::HttpState;
 use crate::signing::Signer;
 use crate::storage::{LocalDisk, S3Store, Storage};
 use crate::store::Store;
@@ -43,7 +43,8 @@ impl UploadServer {
             None => store.secret("url_signing").await?,
         };
         let signer = Signer::new(&secret);
-        let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", http.local_addr().expect("bound")));
+        let public_url =
+            settings.public_url.clone().unwrap_or_else(|| format!("http://{}", http.local_addr().expect("bound")));
         let downloads = Downloads::new(signer.clone(), public_url.clone(), settings.download_ttl);
         let storage = match &settings.backend {
             Backend::Local { dir } => {
@@ -84,11 +85,24 @@ impl UploadServer {
         };
         // No Nagle: a small answer (an upload's result, a thumbnail) must not wait for the
         // browser's delayed ACK, as on the edge's listener.
-        let listener = jack_runtime::http::PerPeer::new(self.http.tap_io(jack_runtime::no_delay), self.settings.max_connections_per_ip, self.settings.trusted_proxies.clone());
-        let limits = jack_runtime::http::Limits { header_read: self.settings.header_timeout, write_stall: self.settings.write_timeout };
+        let listener = jack_runtime::http::PerPeer::new(
+            self.http.tap_io(jack_runtime::no_delay),
+            self.settings.max_connections_per_ip,
+            self.settings.trusted_proxies.clone(),
+        );
+        let limits = jack_runtime::http::Limits {
+            header_read: self.settings.header_timeout,
+            write_stall: self.settings.write_timeout,
+        };
         let app = crate::http::router(state);
         let http = tokio::spawn(jack_runtime::http::serve(listener, app, limits, shutdown.clone(), |_, addr| *addr));
-        let janitor = tokio::spawn(crate::janitor::run(self.store.clone(), self.storage.clone(), self.settings.url_ttl, self.settings.body_timeout, shutdown.clone()));
+        let janitor = tokio::spawn(crate::janitor::run(
+            self.store.clone(),
+            self.storage.clone(),
+            self.settings.url_ttl,
+            self.settings.body_timeout,
+            shutdown.clone(),
+        ));
         let store = self.store.clone();
         let ready = move || {
             let store = store.clone();

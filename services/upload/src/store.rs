@@ -20,7 +20,9 @@ macro_rules! select_among_ids {
     ($engine:expr, $condition:literal) => {
         match $engine {
             Engine::Sqlite => select_where!("attachment_id IN (SELECT value FROM json_each($1)) AND ", $condition),
-            Engine::Postgres => select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND ", $condition),
+            Engine::Postgres => {
+                select_where!("attachment_id IN (SELECT json_array_elements_text($1::json)) AND ", $condition)
+            }
         }
     };
 }
@@ -48,7 +50,11 @@ fn id_list(ids: &[String]) -> String {
 
 /// Inserts an attachment; `client_address` for one asked for by a guest (an upload URL, whose
 /// file is not seen yet), `None` for one stored at once.
-async fn insert_on(conn: &mut sqlx::AnyConnection, a: &pb::Attachment, client_address: Option<&str>) -> Result<(), sqlx::Error> {
+async fn insert_on(
+    conn: &mut sqlx::AnyConnection,
+    a: &pb::Attachment,
+    client_address: Option<&str>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO attachments (attachment_id, hotel_id, guest_id, filename, content_type, size, status, created_at_ms, conversation_id, has_thumbnail, client_address, uploaded)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -108,7 +114,12 @@ impl Store {
     /// as `quota` allows; the quota exceeded when it was not recorded. Guests are checked one at
     /// a time (SQLite has one writer; on PostgreSQL a lock per guest), so concurrent requests
     /// cannot slip past the quota together.
-    pub async fn insert_pending(&self, a: &pb::Attachment, client_address: &str, quota: &Quota) -> Result<Option<Exceeded>, sqlx::Error> {
+    pub async fn insert_pending(
+        &self,
+        a: &pb::Attachment,
+        client_address: &str,
+        quota: &Quota,
+    ) -> Result<Option<Exceeded>, sqlx::Error> {
         let mut tx = self.db.write.begin().await?;
         if self.db.engine == Engine::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(&a.guest_id).execute(&mut *tx).await?;
@@ -150,14 +161,23 @@ impl Store {
     }
 
     /// The guest's attachments among `ids`, whatever their status.
-    pub async fn of_guest(&self, hotel_id: &str, guest_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
+    pub async fn of_guest(
+        &self,
+        hotel_id: &str,
+        guest_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<pb::Attachment>, sqlx::Error> {
         let sql = select_among_ids!(self.db.engine, "hotel_id = $2 AND guest_id = $3");
         let rows = sqlx::query(sql).bind(id_list(ids)).bind(hotel_id).bind(guest_id).fetch_all(&self.db.read).await?;
         rows.iter().map(attachment).collect()
     }
 
     /// The stored attachments among `ids` that messages of this conversation carry.
-    pub async fn of_conversation(&self, conversation_id: &str, ids: &[String]) -> Result<Vec<pb::Attachment>, sqlx::Error> {
+    pub async fn of_conversation(
+        &self,
+        conversation_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<pb::Attachment>, sqlx::Error> {
         let sql = select_among_ids!(self.db.engine, "conversation_id = $2 AND status = 'stored'");
         let rows = sqlx::query(sql).bind(id_list(ids)).bind(conversation_id).fetch_all(&self.db.read).await?;
         rows.iter().map(attachment).collect()
@@ -165,16 +185,19 @@ impl Store {
 
     /// One attachment by id (for a signed download).
     pub async fn get(&self, attachment_id: &str) -> Result<Option<pb::Attachment>, sqlx::Error> {
-        let row = sqlx::query(select_where!("attachment_id = $1"))
-            .bind(attachment_id)
-            .fetch_optional(&self.db.read)
-            .await?;
+        let row =
+            sqlx::query(select_where!("attachment_id = $1")).bind(attachment_id).fetch_optional(&self.db.read).await?;
         row.map(|r| attachment(&r)).transpose()
     }
 
     /// The file is verified and kept: from now on the attachment can be sent, and the
     /// participants of its conversation may download it.
-    pub async fn mark_stored(&self, attachment_id: &str, conversation_id: &str, has_thumbnail: bool) -> Result<(), sqlx::Error> {
+    pub async fn mark_stored(
+        &self,
+        attachment_id: &str,
+        conversation_id: &str,
+        has_thumbnail: bool,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE attachments SET status = 'stored', conversation_id = COALESCE(conversation_id, $2), has_thumbnail = $3 WHERE attachment_id = $1")
             .bind(attachment_id)
             .bind(Some(conversation_id).filter(|c| !c.is_empty()))
@@ -219,13 +242,19 @@ impl Store {
 
     /// The attachment's file has been uploaded: it may wait to be sent for the usual while.
     pub async fn mark_uploaded(&self, attachment_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE attachments SET uploaded = 1 WHERE attachment_id = $1").bind(attachment_id).execute(&self.db.write).await?;
+        sqlx::query("UPDATE attachments SET uploaded = 1 WHERE attachment_id = $1")
+            .bind(attachment_id)
+            .execute(&self.db.write)
+            .await?;
         Ok(())
     }
 
     /// Deletes a pending attachment's record (a stored one is never touched).
     pub async fn forget_pending(&self, attachment_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM attachments WHERE attachment_id = $1 AND status = 'pending'").bind(attachment_id).execute(&self.db.write).await?;
+        sqlx::query("DELETE FROM attachments WHERE attachment_id = $1 AND status = 'pending'")
+            .bind(attachment_id)
+            .execute(&self.db.write)
+            .await?;
         Ok(())
     }
 

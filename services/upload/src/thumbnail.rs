@@ -61,7 +61,9 @@ mod tests {
     fn a_preview_is_a_small_jpeg() {
         let mut png = Vec::new();
         let big = image::RgbImage::from_fn(1200, 600, |x, _| image::Rgb([(x % 256) as u8, 90, 160]));
-        image::DynamicImage::ImageRgb8(big).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        image::DynamicImage::ImageRgb8(big)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
         let preview = make(&png, 64 << 20).expect("a preview");
         assert_eq!(crate::domain::sniff(&preview), Some("image/jpeg"));
         let decoded = image::load_from_memory(&preview).unwrap();

@@ -12,9 +12,9 @@ use jack_proto::conversation::v1 as conv;
 use jack_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use jack_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 use jack_proto::guest::v1::guest_service_client::GuestServiceClient;
+use jack_runtime::CancellationToken;
 pub use jack_runtime::callers::Role;
 use jack_runtime::grpc::{Credentials, Traced};
-use jack_runtime::CancellationToken;
 use jack_runtime::settings::Env;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,7 +33,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// outgoing connection takes it as its source port while a service that is to bind it is down.
 pub fn free_port() -> u16 {
     loop {
-        let port = 20_000 + (u32::from_str_radix(&jack_runtime::ids::random_hex()[..4], 16).expect("hex") % 12_000) as u16;
+        let port =
+            20_000 + (u32::from_str_radix(&jack_runtime::ids::random_hex()[..4], 16).expect("hex") % 12_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -55,10 +56,17 @@ impl TestStack {
     pub async fn start_with(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut env = Env::from_pairs(vars.iter().copied());
-        for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "EDGE_GRPC_ADDR"] {
+        for name in
+            ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "EDGE_GRPC_ADDR"]
+        {
             env = env.with_default(name, "127.0.0.1:0");
         }
-        env = env.with_default("UPLOAD_HTTP_ADDR", "127.0.0.1:0").with_default("EDGE_METRICS_ADDR", "127.0.0.1:0").with_default("WEBSOCKET_HOST", "127.0.0.1").with_default("WEBSOCKET_PORT", "0").with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
+        env = env
+            .with_default("UPLOAD_HTTP_ADDR", "127.0.0.1:0")
+            .with_default("EDGE_METRICS_ADDR", "127.0.0.1:0")
+            .with_default("WEBSOCKET_HOST", "127.0.0.1")
+            .with_default("WEBSOCKET_PORT", "0")
+            .with_default("EDGE_BACKEND_TIMEOUT_MS", "2000");
         let shutdown = CancellationToken::new();
         let stack = Stack::start(env, dir.path(), shutdown.clone()).await.expect("stack starts");
         let this = Self { stack, shutdown, _dir: dir };
@@ -96,7 +104,9 @@ impl TestStack {
 
     /// ConversationService as a caller with `role`.
     pub fn conversation_as(&self, role: Role) -> ConversationServiceClient<Traced> {
-        ConversationServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT, &self.credentials(role)).unwrap())
+        ConversationServiceClient::new(
+            jack_runtime::grpc::channel(&self.stack.url(Service::Conversation), WAIT, &self.credentials(role)).unwrap(),
+        )
     }
 
     /// UploadService as an AI responder calls it.
@@ -106,7 +116,9 @@ impl TestStack {
 
     /// UploadService as a caller with `role`.
     pub fn upload_as(&self, role: Role) -> jack_proto::upload::v1::upload_service_client::UploadServiceClient<Traced> {
-        jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Upload), WAIT, &self.credentials(role)).unwrap())
+        jack_proto::upload::v1::upload_service_client::UploadServiceClient::new(
+            jack_runtime::grpc::channel(&self.stack.url(Service::Upload), WAIT, &self.credentials(role)).unwrap(),
+        )
     }
 
     /// DeliveryService as a staff dashboard calls it.
@@ -116,12 +128,16 @@ impl TestStack {
 
     /// DeliveryService as a caller with `role`.
     pub fn delivery_as(&self, role: Role) -> DeliveryServiceClient<Traced> {
-        DeliveryServiceClient::new(jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery), &self.credentials(role)).unwrap())
+        DeliveryServiceClient::new(
+            jack_runtime::grpc::stream_channel(&self.stack.url(Service::Delivery), &self.credentials(role)).unwrap(),
+        )
     }
 
     /// GuestService as a caller with `role` (`Edge` for identify, `Admin` for the registry).
     pub fn guests(&self, role: Role) -> GuestServiceClient<Traced> {
-        GuestServiceClient::new(jack_runtime::grpc::channel(&self.stack.url(Service::Guest), WAIT, &self.credentials(role)).unwrap())
+        GuestServiceClient::new(
+            jack_runtime::grpc::channel(&self.stack.url(Service::Guest), WAIT, &self.credentials(role)).unwrap(),
+        )
     }
 
     /// Waits until the edge has this many delivery streams up (as its health check says:
@@ -184,7 +200,10 @@ pub struct Guest {
 impl Guest {
     /// Opens the socket without reading anything.
     pub async fn open(url: &str) -> Self {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.expect("connect in time").expect("connect");
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
         Self { ws, session_id: String::new(), seen: Vec::new() }
     }
 
@@ -194,7 +213,9 @@ impl Guest {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
         let mut request = url.into_client_request().expect("a WebSocket URL");
         for (name, value) in headers {
-            request.headers_mut().append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            request
+                .headers_mut()
+                .append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("connect in time") {
             Ok((ws, _)) => Ok(Self { ws, session_id: String::new(), seen: Vec::new() }),
@@ -207,11 +228,15 @@ impl Guest {
     /// all) has: what the server sends beyond it waits on the server's side.
     pub async fn open_slow_reader(url: &str) -> Self {
         let addr = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).expect("a ws:// URL");
-        let addr: std::net::SocketAddr = tokio::net::lookup_host(addr).await.expect("resolve").next().expect("an address");
+        let addr: std::net::SocketAddr =
+            tokio::net::lookup_host(addr).await.expect("resolve").next().expect("an address");
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
         let stream = socket.connect(addr).await.expect("connect");
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))).await.expect("handshake in time").expect("handshake");
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
         Self { ws, session_id: String::new(), seen: Vec::new() }
     }
 
@@ -266,7 +291,11 @@ impl Guest {
     /// The next text frame.
     pub async fn next(&mut self) -> Value {
         loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame in time").expect("socket open").expect("read");
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("read");
             match message {
                 Message::Text(text) => return serde_json::from_str(text.as_str()).expect("frames are JSON"),
                 Message::Close(frame) => panic!("connection closed: {frame:?}"),
@@ -301,12 +330,22 @@ impl Guest {
     /// Sends a chat message and returns its `message_ack`.
     pub async fn say(&mut self, client_message_id: &str, content: &str) -> Value {
         self.send(json!({"type": "message", "clientMessageId": client_message_id, "content": content})).await;
-        self.until(|f| (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id).await
+        self.until(|f| {
+            (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id
+        })
+        .await
     }
 
     /// Reads until `count` butler (assistant) messages have arrived; their contents, in order.
     pub async fn butler_contents(&mut self, count: usize) -> Vec<String> {
-        let contents = |guest: &Self| guest.seen_messages().into_iter().filter(|m| m["role"] == "assistant").map(|m| m["content"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>();
+        let contents = |guest: &Self| {
+            guest
+                .seen_messages()
+                .into_iter()
+                .filter(|m| m["role"] == "assistant")
+                .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        };
         while contents(self).len() < count {
             let frame = self.next().await;
             self.seen.push(frame);
@@ -344,7 +383,9 @@ impl Guest {
         let mut frames = Vec::new();
         loop {
             match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
-                Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(text.as_str()).expect("frames are JSON")),
+                Some(Ok(Message::Text(text))) => {
+                    frames.push(serde_json::from_str(text.as_str()).expect("frames are JSON"))
+                }
                 Some(Ok(Message::Close(frame))) => return (frames, frame),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return (frames, None),
@@ -412,7 +453,8 @@ async fn raw_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[
     };
     tokio::time::timeout(WAIT, reading).await.expect("response in time");
     let line = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line in {line:?}"));
+    let status =
+        line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line in {line:?}"));
     (status, response)
 }
 
@@ -439,25 +481,38 @@ pub async fn upgrade_status(base: &str, path: &str, origin: &str) -> u16 {
 /// [`TestStack::start_with`]. Uses `JACK_TEST_POSTGRES_URL` (default: the machine's server,
 /// trust auth).
 pub async fn postgres_databases() -> Vec<(String, String)> {
-    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("PostgreSQL is reachable (set JACK_TEST_POSTGRES_URL)");
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("PostgreSQL is reachable (set JACK_TEST_POSTGRES_URL)");
     // Databases of earlier runs are dropped here: those made over an hour ago (their name
     // says when). A younger one may belong to a test running now, which may have closed all
     // its connections for a moment (one that takes its database away, say).
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("a clock after 1970").as_secs();
-    let old: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'jack_test_%'").fetch_all(&mut conn).await.unwrap();
+    let old: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'jack_test_%'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
     for name in old {
-        let made = name.strip_prefix("jack_test_").and_then(|rest| rest.split('_').next()).and_then(|secs| secs.parse::<u64>().ok());
+        let made = name
+            .strip_prefix("jack_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
         if made.is_none_or(|made| made + 3600 < now) {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
+            let _ =
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
         }
     }
     let run = jack_runtime::ids::random_hex();
     let mut vars = Vec::new();
     for service in ["guest", "conversation", "upload"] {
         let name = format!("jack_test_{now}_{}_{service}", &run[..8]);
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
         vars.push((format!("{}_DATABASE_URL", service.to_uppercase()), format!("{base}/{name}")));
     }
@@ -470,7 +525,8 @@ pub async fn postgres_databases() -> Vec<(String, String)> {
 pub async fn relay_lock_holders(vars: &[(String, String)]) -> i64 {
     let url = &vars.iter().find(|(k, _)| k == "CONVERSATION_DATABASE_URL").expect("a conversation database").1;
     let database = url.rsplit_once('/').expect("a database URL").1.split('?').next().unwrap_or_default();
-    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("PostgreSQL is reachable");
     // A bigint advisory key shows as its high half in classid and its low half in objid.
     let query = format!(

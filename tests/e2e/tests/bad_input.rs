@@ -16,7 +16,10 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_open() {
 
     guest.send(json!({"type": "message", "clientMessageId": "early", "content": "hi"})).await;
     let e = guest.expect("error").await;
-    assert_eq!((e["code"].as_str(), e["clientMessageId"].as_str(), e["retryable"].as_bool()), (Some("NOT_IDENTIFIED"), Some("early"), Some(false)));
+    assert_eq!(
+        (e["code"].as_str(), e["clientMessageId"].as_str(), e["retryable"].as_bool()),
+        (Some("NOT_IDENTIFIED"), Some("early"), Some(false))
+    );
 
     guest.identify(json!({"visitorId": "v_bad"})).await;
 
@@ -45,7 +48,9 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_open() {
     still_works(&mut guest, "ok4").await;
 
     // Nothing unbounded reaches a backend: a postback naming a 60,000-character message.
-    guest.send(json!({"type": "postback", "clientMessageId": "long", "payload": "SPA", "messageId": "m".repeat(60_000)})).await;
+    guest
+        .send(json!({"type": "postback", "clientMessageId": "long", "payload": "SPA", "messageId": "m".repeat(60_000)}))
+        .await;
     let e = guest.expect("error").await;
     assert_eq!((e["code"].as_str(), e["clientMessageId"].as_str()), (Some("INVALID_FRAME"), Some("long")));
     // Well-formed JSON with a number no field can hold is a bad field, not bad JSON.
@@ -53,7 +58,9 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_open() {
     assert_eq!(guest.expect("error").await["code"], "INVALID_FRAME");
     still_works(&mut guest, "ok4b").await;
 
-    guest.send(json!({"type": "message", "clientMessageId": "att", "content": "", "attachments": [{"id": "att_nope"}]})).await;
+    guest
+        .send(json!({"type": "message", "clientMessageId": "att", "content": "", "attachments": [{"id": "att_nope"}]}))
+        .await;
     let e = guest.expect("error").await;
     assert_eq!((e["code"].as_str(), e["clientMessageId"].as_str()), (Some("ATTACHMENT_NOT_FOUND"), Some("att")));
     still_works(&mut guest, "ok5").await;
@@ -65,7 +72,10 @@ async fn a_flood_is_rate_limited_without_closing_the_socket() {
     // The limit is announced, so that a client can pace itself under it.
     let mut guest = jack_e2e::Guest::open(&stack.ws_url("hotel_1")).await;
     let connected = guest.next().await;
-    assert_eq!((connected["type"].as_str(), connected["limits"]["maxFramesPerSecond"].as_u64()), (Some("connected"), Some(5)));
+    assert_eq!(
+        (connected["type"].as_str(), connected["limits"]["maxFramesPerSecond"].as_u64()),
+        (Some("connected"), Some(5))
+    );
     guest.identify(json!({"visitorId": "v_flood"})).await;
     for _ in 0..30 {
         guest.send(json!({"type": "typing", "isTyping": true})).await;
@@ -123,7 +133,9 @@ async fn a_silent_peer_is_dropped_after_a_ping_interval() {
     let addr = stack.http_base().trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let request = format!("GET /ws/chat?hotelId=hotel_1 HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+    let request = format!(
+        "GET /ws/chat?hotelId=hotel_1 HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
     socket.write_all(request.as_bytes()).await.unwrap();
     // Read (and ignore) whatever comes — handshake, `connected`, pings — until the server hangs up.
     let mut buf = [0u8; 4096];
@@ -177,8 +189,10 @@ async fn health_and_metrics_report_the_specs_names() {
 async fn upload_url_needs_a_valid_visitor_token() {
     let stack = TestStack::start().await;
     let body = r#"{"filename":"a.png","contentType":"image/png","size":10}"#;
-    let (status, _) = http(&stack.http_base(), "POST", "/chat/upload-url", &[("Content-Type", "application/json")], body).await;
+    let (status, _) =
+        http(&stack.http_base(), "POST", "/chat/upload-url", &[("Content-Type", "application/json")], body).await;
     assert_eq!(status, 401);
-    let (status, _) = http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", "Bearer forged.token")], body).await;
+    let (status, _) =
+        http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", "Bearer forged.token")], body).await;
     assert_eq!(status, 401);
 }

@@ -28,18 +28,29 @@ async fn assistant_message_reaches_the_connected_guest() {
 async fn rich_messages_keep_their_quick_replies_buttons_and_cards() {
     let stack = TestStack::start().await;
     let mut guest = stack.guest("hotel_1").await;
-    let conversation_id = guest.identify(json!({"visitorId": "v_rich"})).await["conversationId"].as_str().unwrap().to_owned();
+    let conversation_id =
+        guest.identify(json!({"visitorId": "v_rich"})).await["conversationId"].as_str().unwrap().to_owned();
     let request = conv::SendMessageRequest {
         conversation_id,
         role: conv::Role::Assistant as i32,
         content: "Here are some restaurants nearby:".into(),
         quick_replies: vec![conv::QuickReply { label: "Room Service".into(), payload: "room_service".into() }],
-        buttons: vec![conv::Button { r#type: "url".into(), label: "View Menu".into(), payload: None, url: Some("https://hotel.com/menu".into()) }],
+        buttons: vec![conv::Button {
+            r#type: "url".into(),
+            label: "View Menu".into(),
+            payload: None,
+            url: Some("https://hotel.com/menu".into()),
+        }],
         cards: vec![conv::Card {
             title: "Sushi Garden".into(),
             subtitle: Some("10 min walk".into()),
             image_url: Some("https://hotel.com/sushi.jpg".into()),
-            buttons: vec![conv::Button { r#type: "postback".into(), label: "Book Table".into(), payload: Some("book_sushi".into()), url: None }],
+            buttons: vec![conv::Button {
+                r#type: "postback".into(),
+                label: "Book Table".into(),
+                payload: Some("book_sushi".into()),
+                url: None,
+            }],
         }],
         ..Default::default()
     };
@@ -74,7 +85,11 @@ async fn an_offline_guest_gets_missed_messages_once_in_order_after_reconnecting(
     }
 
     let mut guest = stack.guest("hotel_1").await;
-    let identified = guest.identify(json!({"visitorId": "v_offline", "visitorToken": token, "resumeConversation": true, "lastSeq": last_seq})).await;
+    let identified = guest
+        .identify(
+            json!({"visitorId": "v_offline", "visitorToken": token, "resumeConversation": true, "lastSeq": last_seq}),
+        )
+        .await;
     assert_eq!(identified["conversationId"], conversation_id.as_str());
     // A live message after the replay proves the replay is over and nothing else follows.
     stack.assistant_says(&conversation_id, "live after resume").await;
@@ -109,7 +124,12 @@ async fn a_resent_unacked_message_is_stored_once() {
     assert_eq!(conflict["retryable"], false);
 
     let conversation_id = first["conversationId"].as_str().unwrap().to_owned();
-    let list = stack.conversation().list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() }).await.unwrap().into_inner();
+    let list = stack
+        .conversation()
+        .list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.messages.len(), 1);
     assert_eq!(list.messages[0].content, "I need extra towels");
 }
@@ -145,7 +165,8 @@ async fn two_tabs_of_one_visitor_both_see_every_message() {
 async fn load_history_pages_backwards() {
     let stack = TestStack::start().await;
     let mut guest = stack.guest("hotel_1").await;
-    let conversation_id = guest.identify(json!({"visitorId": "v_pages"})).await["conversationId"].as_str().unwrap().to_owned();
+    let conversation_id =
+        guest.identify(json!({"visitorId": "v_pages"})).await["conversationId"].as_str().unwrap().to_owned();
     for i in 1..=7 {
         stack.assistant_says(&conversation_id, &format!("m{i}")).await;
     }
@@ -203,7 +224,8 @@ async fn a_resuming_guest_without_last_seq_gets_the_latest_page() {
 async fn identified(stack: &TestStack, visitor: &str) -> (Guest, String, String) {
     let mut guest = stack.guest("hotel_1").await;
     let identified = guest.identify(json!({"visitorId": visitor})).await;
-    let (conversation_id, guest_id) = (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
+    let (conversation_id, guest_id) =
+        (identified["conversationId"].as_str().unwrap().to_owned(), identified["guestId"].as_str().unwrap().to_owned());
     (guest, conversation_id, guest_id)
 }
 
@@ -228,24 +250,42 @@ async fn a_batch_of_guest_messages_answers_each_message_on_its_own() {
     let (_guest, conversation_id, guest_id) = identified(&stack, "v_batch").await;
     let message = |client_id: &str, content: &str, guest_id: &str| text(&conversation_id, guest_id, client_id, content);
     let batches = vec![
-        conv::GuestMessageBatch { batch_id: 7, messages: vec![message("b1", "first", &guest_id), message("b2", "   ", &guest_id), message("b3", "not yours", "gst_someone_else")] },
-        conv::GuestMessageBatch { batch_id: 8, messages: vec![message("b4", "second", &guest_id), message("b1", "first", &guest_id)] },
+        conv::GuestMessageBatch {
+            batch_id: 7,
+            messages: vec![
+                message("b1", "first", &guest_id),
+                message("b2", "   ", &guest_id),
+                message("b3", "not yours", "gst_someone_else"),
+            ],
+        },
+        conv::GuestMessageBatch {
+            batch_id: 8,
+            messages: vec![message("b4", "second", &guest_id), message("b1", "first", &guest_id)],
+        },
     ];
-    let mut answers = stack.conversation_as(jack_e2e::Role::Edge).add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
+    let mut answers = stack
+        .conversation_as(jack_e2e::Role::Edge)
+        .add_guest_message_batches(futures_util::stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
     let mut outcome = std::collections::BTreeMap::new();
     while let Some(answer) = answers.message().await.expect("the stream ends cleanly") {
         let results: Vec<String> = answer
             .results
             .iter()
             .map(|r| match &r.result {
-                Some(conv::add_guest_message_result::Result::Added(a)) => format!("seq {}{}", a.message.as_ref().unwrap().seq, if a.duplicate { " again" } else { "" }),
+                Some(conv::add_guest_message_result::Result::Added(a)) => {
+                    format!("seq {}{}", a.message.as_ref().unwrap().seq, if a.duplicate { " again" } else { "" })
+                }
                 Some(conv::add_guest_message_result::Result::Failure(f)) => format!("code {}", f.code),
                 None => "none".into(),
             })
             .collect();
         outcome.insert(answer.batch_id, results);
     }
-    let (invalid, not_found) = (jack_proto::tonic::Code::InvalidArgument as i32, jack_proto::tonic::Code::NotFound as i32);
+    let (invalid, not_found) =
+        (jack_proto::tonic::Code::InvalidArgument as i32, jack_proto::tonic::Code::NotFound as i32);
     assert_eq!(outcome[&7], ["seq 1".to_owned(), format!("code {invalid}"), format!("code {not_found}")]);
     assert_eq!(outcome[&8], ["seq 2", "seq 1 again"]);
     assert_eq!(outcome.len(), 2);
@@ -262,7 +302,12 @@ async fn a_batch_of_guest_messages_over_the_limit_is_refused_and_the_stream_goes
         conv::GuestMessageBatch { batch_id: 1, messages: (0..513).map(|i| message(format!("big{i}"))).collect() },
         conv::GuestMessageBatch { batch_id: 2, messages: vec![message("after".into())] },
     ];
-    let mut answers = stack.conversation_as(jack_e2e::Role::Edge).add_guest_message_batches(futures_util::stream::iter(batches)).await.unwrap().into_inner();
+    let mut answers = stack
+        .conversation_as(jack_e2e::Role::Edge)
+        .add_guest_message_batches(futures_util::stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
     let mut by_batch = std::collections::BTreeMap::new();
     while let Some(answer) = answers.message().await.expect("the stream ends cleanly") {
         by_batch.insert(answer.batch_id, answer.results);
@@ -270,13 +315,22 @@ async fn a_batch_of_guest_messages_over_the_limit_is_refused_and_the_stream_goes
     let refused = &by_batch[&1];
     assert_eq!(refused.len(), 513, "a result for every message");
     for result in refused {
-        let Some(conv::add_guest_message_result::Result::Failure(f)) = &result.result else { panic!("refused: {result:?}") };
+        let Some(conv::add_guest_message_result::Result::Failure(f)) = &result.result else {
+            panic!("refused: {result:?}")
+        };
         assert_eq!(f.code, jack_proto::tonic::Code::InvalidArgument as i32);
         assert!(f.message.contains("512"), "{f:?}");
     }
-    let Some(conv::add_guest_message_result::Result::Added(added)) = &by_batch[&2][0].result else { panic!("stored: {:?}", by_batch[&2]) };
+    let Some(conv::add_guest_message_result::Result::Added(added)) = &by_batch[&2][0].result else {
+        panic!("stored: {:?}", by_batch[&2])
+    };
     assert_eq!(added.message.as_ref().unwrap().seq, 1);
-    let list = stack.conversation().list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() }).await.unwrap().into_inner();
+    let list = stack
+        .conversation()
+        .list_messages(conv::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let stored: Vec<_> = list.messages.iter().map(|m| m.client_message_id.as_deref().unwrap_or_default()).collect();
     assert_eq!(stored, ["after"], "nothing of the refused batch is stored");
 }
@@ -290,26 +344,45 @@ async fn history_is_listed_for_the_conversations_own_guest_only() {
     let mut other = stack.guest("hotel_1").await;
     let other_id = other.identify(json!({"visitorId": "v_other"})).await["guestId"].as_str().unwrap().to_owned();
     let list = |guest_id: Option<&str>, after_seq: Option<i64>, before_seq: Option<i64>, limit: u32| {
-        let request = conv::ListMessagesRequest { conversation_id: conversation_id.clone(), after_seq, before_seq, limit, guest_id: guest_id.map(str::to_owned), max_bytes: None };
+        let request = conv::ListMessagesRequest {
+            conversation_id: conversation_id.clone(),
+            after_seq,
+            before_seq,
+            limit,
+            guest_id: guest_id.map(str::to_owned),
+            max_bytes: None,
+        };
         let mut client = stack.conversation();
         async move { client.list_messages(request).await }
     };
 
     let empty = list(Some(&guest_id), Some(0), None, 10).await.unwrap().into_inner();
-    assert_eq!((empty.messages.len(), empty.has_more, empty.last_seq), (0, false, 0), "a new conversation has no history");
+    assert_eq!(
+        (empty.messages.len(), empty.has_more, empty.last_seq),
+        (0, false, 0),
+        "a new conversation has no history"
+    );
     for n in 1..=3 {
         guest.say(&format!("c{n}"), &format!("message {n}")).await;
     }
     let page = list(Some(&guest_id), Some(1), None, 1).await.unwrap().into_inner();
     assert_eq!((contents_of(&page.messages), page.has_more, page.last_seq), (vec!["message 2".to_owned()], true, 3));
     let older = list(Some(&guest_id), None, Some(3), 10).await.unwrap().into_inner();
-    assert_eq!((contents_of(&older.messages), older.has_more), (vec!["message 1".to_owned(), "message 2".to_owned()], false));
+    assert_eq!(
+        (contents_of(&older.messages), older.has_more),
+        (vec!["message 1".to_owned(), "message 2".to_owned()], false)
+    );
     let past_the_end = list(None, Some(3), None, 10).await.unwrap().into_inner();
-    assert_eq!((past_the_end.messages.len(), past_the_end.last_seq), (0, 3), "after the last message: none, and the last seq");
+    assert_eq!(
+        (past_the_end.messages.len(), past_the_end.last_seq),
+        (0, 3),
+        "after the last message: none, and the last seq"
+    );
 
     let stolen = list(Some(&other_id), Some(0), None, 10).await.expect_err("another guest's history");
     assert_eq!(stolen.code(), jack_proto::tonic::Code::NotFound);
-    let request = conv::ListMessagesRequest { conversation_id: "cnv_nope".into(), after_seq: Some(0), ..Default::default() };
+    let request =
+        conv::ListMessagesRequest { conversation_id: "cnv_nope".into(), after_seq: Some(0), ..Default::default() };
     let unknown = stack.conversation().list_messages(request).await.expect_err("no such conversation");
     assert_eq!(unknown.code(), jack_proto::tonic::Code::NotFound);
 }
@@ -334,26 +407,50 @@ async fn the_publish_stream_answers_each_request_and_ends_at_an_invalid_event() 
         ..Default::default()
     };
     let invalid = events::Event { kind: None, ..typing(&conversation_id, true) };
-    let refused = stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![invalid.clone()], ..Default::default() }).await.expect_err("refused");
+    let refused = stack
+        .delivery_as(jack_e2e::Role::Conversation)
+        .publish(events::PublishRequest { events: vec![invalid.clone()], ..Default::default() })
+        .await
+        .expect_err("refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::InvalidArgument);
 
     let requests = vec![
-        events::PublishRequest { events: vec![typing(&conversation_id, true), typing("cnv_nobody_listens", true)], ..Default::default() },
+        events::PublishRequest {
+            events: vec![typing(&conversation_id, true), typing("cnv_nobody_listens", true)],
+            ..Default::default()
+        },
         events::PublishRequest { events: vec![typing(&conversation_id, false)], ..Default::default() },
         events::PublishRequest { events: vec![invalid], ..Default::default() },
         events::PublishRequest { events: vec![typing(&conversation_id, true)], ..Default::default() },
     ];
-    let mut answers = stack.delivery_as(jack_e2e::Role::Conversation).publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    let mut answers = stack
+        .delivery_as(jack_e2e::Role::Conversation)
+        .publish_stream(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1), "one of two events had a live session");
     assert_eq!(answers.message().await.unwrap().map(|a| a.routed), Some(1));
     let ended = answers.message().await.expect_err("an invalid event ends the stream");
     assert_eq!(ended.code(), jack_proto::tonic::Code::InvalidArgument);
     // A marker published after the stream ended: nothing of the request after the invalid one
     // reaches the guest before it.
-    let marker = events::Event { kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Assistant as i32, is_typing: true })), ..typing(&conversation_id, true) };
-    stack.delivery_as(jack_e2e::Role::Conversation).publish(events::PublishRequest { events: vec![marker], ..Default::default() }).await.unwrap();
+    let marker = events::Event {
+        kind: Some(events::event::Kind::Typing(events::Typing { role: conv::Role::Assistant as i32, is_typing: true })),
+        ..typing(&conversation_id, true)
+    };
+    stack
+        .delivery_as(jack_e2e::Role::Conversation)
+        .publish(events::PublishRequest { events: vec![marker], ..Default::default() })
+        .await
+        .unwrap();
     guest.until(|f| f["type"] == "typing" && f["role"] == "assistant").await;
-    let staff_typing: Vec<bool> = guest.seen.iter().filter(|f| f["type"] == "typing" && f["role"] == "staff").map(|f| f["isTyping"].as_bool().unwrap()).collect();
+    let staff_typing: Vec<bool> = guest
+        .seen
+        .iter()
+        .filter(|f| f["type"] == "typing" && f["role"] == "staff")
+        .map(|f| f["isTyping"].as_bool().unwrap())
+        .collect();
     assert_eq!(staff_typing, [true, false], "each request's events in order, and nothing after the invalid one");
 }
 
@@ -379,7 +476,13 @@ async fn a_subscription_that_falls_behind_ends_with_resource_exhausted() {
     let mut publisher = stack.delivery_as(jack_e2e::Role::Conversation);
     let published = 20_000u32;
     for batch in (0..published).collect::<Vec<_>>().chunks(500) {
-        publisher.publish(events::PublishRequest { events: batch.iter().map(|i| typing(*i)).collect(), ..Default::default() }).await.unwrap();
+        publisher
+            .publish(events::PublishRequest {
+                events: batch.iter().map(|i| typing(*i)).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
     let mut received = 0u32;
     let ended = loop {
@@ -391,10 +494,17 @@ async fn a_subscription_that_falls_behind_ends_with_resource_exhausted() {
     };
     assert!(received < published, "{received}");
     assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
-    assert!(ended.message().contains("subscribe again") && ended.message().contains("ListMessages"), "{}", ended.message());
+    assert!(
+        ended.message().contains("subscribe again") && ended.message().contains("ListMessages"),
+        "{}",
+        ended.message()
+    );
 
     // Asking for an empty hotel or conversation is a mistake, not a subscription to nothing.
-    for filter in [events::SubscribeRequest { hotel_id: Some(String::new()), ..Default::default() }, events::SubscribeRequest { conversation_id: Some(String::new()), ..Default::default() }] {
+    for filter in [
+        events::SubscribeRequest { hotel_id: Some(String::new()), ..Default::default() },
+        events::SubscribeRequest { conversation_id: Some(String::new()), ..Default::default() },
+    ] {
         let refused = dashboard.subscribe(filter).await.expect_err("refused");
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     }
@@ -422,8 +532,19 @@ async fn a_changed_retry_under_the_same_client_message_id_is_already_exists() {
     assert_eq!(again.message.unwrap().seq, first.message.unwrap().seq);
     let changed = responder.send_message(reply("Evening")).await.expect_err("another message under the same id");
     assert_eq!(changed.code(), jack_proto::tonic::Code::AlreadyExists, "{changed:?}");
-    let buttons = conv::SendMessageRequest { buttons: vec![conv::Button { r#type: "postback".into(), label: "Now".into(), payload: Some("now".into()), url: None }], ..reply("Morning") };
-    assert_eq!(responder.send_message(buttons).await.expect_err("refused").code(), jack_proto::tonic::Code::AlreadyExists);
+    let buttons = conv::SendMessageRequest {
+        buttons: vec![conv::Button {
+            r#type: "postback".into(),
+            label: "Now".into(),
+            payload: Some("now".into()),
+            url: None,
+        }],
+        ..reply("Morning")
+    };
+    assert_eq!(
+        responder.send_message(buttons).await.expect_err("refused").code(),
+        jack_proto::tonic::Code::AlreadyExists
+    );
 }
 
 /// Two delivery replicas: the relay publishes each batch to one, for the edges, and copies it
@@ -445,7 +566,11 @@ async fn a_staff_subscription_on_any_delivery_replica_sees_every_event_once() {
     }
     async fn read_until(subscription: &mut tonic::Streaming<events::Event>, seen: &mut Seen, messages: usize) {
         while seen.messages.len() < messages {
-            let event = tokio::time::timeout(jack_e2e::WAIT, subscription.message()).await.expect("events in time").unwrap().expect("the subscription goes on");
+            let event = tokio::time::timeout(jack_e2e::WAIT, subscription.message())
+                .await
+                .expect("events in time")
+                .unwrap()
+                .expect("the subscription goes on");
             match event.kind {
                 Some(events::event::Kind::Message(m)) => {
                     *seen.messages.entry(m.message_id).or_default() += 1;
@@ -460,7 +585,12 @@ async fn a_staff_subscription_on_any_delivery_replica_sees_every_event_once() {
     let (first, second) = (jack_e2e::free_port(), jack_e2e::free_port());
     let urls = format!("http://127.0.0.1:{first},http://127.0.0.1:{second}");
     let first_addr = format!("127.0.0.1:{first}");
-    let mut stack = TestStack::start_with(&[("DELIVERY_GRPC_ADDR", &first_addr), ("CONVERSATION_DELIVERY_URLS", &urls), ("EDGE_DELIVERY_URLS", &urls)]).await;
+    let mut stack = TestStack::start_with(&[
+        ("DELIVERY_GRPC_ADDR", &first_addr),
+        ("CONVERSATION_DELIVERY_URLS", &urls),
+        ("EDGE_DELIVERY_URLS", &urls),
+    ])
+    .await;
     let env = stack.stack.env().clone().with("DELIVERY_GRPC_ADDR", format!("127.0.0.1:{second}"));
     let replica = jack_delivery::DeliveryServer::build(jack_delivery::Settings::from_env(&env).unwrap()).await.unwrap();
     let replica_stop = jack_runtime::CancellationToken::new();
@@ -468,10 +598,17 @@ async fn a_staff_subscription_on_any_delivery_replica_sees_every_event_once() {
     stack.wait_delivery_streams(2).await;
 
     let staff = stack.credentials(jack_e2e::Role::Dashboard);
-    let filter = events::SubscribeRequest { hotel_id: Some("hotel_1".into()), messages: true, typing: true, ..Default::default() };
+    let filter = events::SubscribeRequest {
+        hotel_id: Some("hotel_1".into()),
+        messages: true,
+        typing: true,
+        ..Default::default()
+    };
     let mut subscriptions = Vec::new();
     for port in [first, second] {
-        let mut client = DeliveryServiceClient::new(jack_runtime::grpc::channel(&format!("http://127.0.0.1:{port}"), jack_e2e::WAIT, &staff).unwrap());
+        let mut client = DeliveryServiceClient::new(
+            jack_runtime::grpc::channel(&format!("http://127.0.0.1:{port}"), jack_e2e::WAIT, &staff).unwrap(),
+        );
         subscriptions.push(client.subscribe(filter.clone()).await.unwrap().into_inner());
     }
     let mut seen = [Seen::default(), Seen::default()];

@@ -30,7 +30,9 @@ async fn a_request_head_sent_a_byte_at_a_time_is_cut_off() {
     let stack = TestStack::start_with(&[("EDGE_HEADER_TIMEOUT_MS", "500")]).await;
     let mut socket = TcpStream::connect(stack.stack.addr(jack_e2e::Svc::Edge)).await.unwrap();
     let trickle = async {
-        for byte in b"GET /ws/chat?hotelId=hotel_1 HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+        for byte in
+            b"GET /ws/chat?hotelId=hotel_1 HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a'))
+        {
             if socket.write_all(&[*byte]).await.is_err() {
                 return;
             }
@@ -85,11 +87,19 @@ async fn oversized_or_slow_http_requests_are_refused() {
     let token = guest.identify(json!({"visitorId": "v_http"})).await["visitorToken"].as_str().unwrap().to_owned();
     let auth = format!("Bearer {token}");
     // A body far beyond what the JSON endpoints take.
-    let big = format!(r#"{{"filename":"a.png","contentType":"image/png","size":10,"pad":"{}"}}"#, "x".repeat(64 * 1024));
+    let big =
+        format!(r#"{{"filename":"a.png","contentType":"image/png","size":10,"pad":"{}"}}"#, "x".repeat(64 * 1024));
     let (status, _) = http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &big).await;
     assert_eq!(status, 413);
     // A body that never comes.
-    let (status, response) = http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth), ("Content-Length", "100")], "{").await;
+    let (status, response) = http(
+        &stack.http_base(),
+        "POST",
+        "/chat/upload-url",
+        &[("Authorization", &auth), ("Content-Length", "100")],
+        "{",
+    )
+    .await;
     assert_eq!(status, 408, "{}", json_body(&response));
 }
 
@@ -142,8 +152,12 @@ async fn the_public_port_shows_metrics_only_to_a_bearer_of_the_metrics_token() {
     let stack = TestStack::start_with(&[("EDGE_METRICS_TOKEN", token)]).await;
     let _guest = stack.guest("hotel_1").await;
     assert_eq!(http(&stack.http_base(), "GET", "/metrics", &[], "").await.0, 401);
-    assert_eq!(http(&stack.http_base(), "GET", "/metrics", &[("Authorization", "Bearer not-the-token-at-all")], "").await.0, 401);
-    let (status, text) = http(&stack.http_base(), "GET", "/metrics", &[("Authorization", &format!("Bearer {token}"))], "").await;
+    assert_eq!(
+        http(&stack.http_base(), "GET", "/metrics", &[("Authorization", "Bearer not-the-token-at-all")], "").await.0,
+        401
+    );
+    let (status, text) =
+        http(&stack.http_base(), "GET", "/metrics", &[("Authorization", &format!("Bearer {token}"))], "").await;
     assert_eq!(status, 200);
     assert!(text.contains("webchat_connections_active"), "{text}");
 }
@@ -183,14 +197,27 @@ async fn one_address_may_hold_and_open_only_so_many_connections() {
     let opened = statuses.iter().filter(|s| **s == 101).count();
     assert!((5..=8).contains(&opened), "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
-    let head = http(&stack.http_base(), "GET", "/ws/chat?hotelId=hotel_1", &[("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")], "").await;
+    let head = http(
+        &stack.http_base(),
+        "GET",
+        "/ws/chat?hotelId=hotel_1",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "",
+    )
+    .await;
     assert_eq!(head.0, 429);
     assert!(head.1.to_ascii_lowercase().contains("retry-after: 1"), "{}", head.1);
 }
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_client_address_has_its_own_limits() {
-    let stack = TestStack::start_with(&[("EDGE_MAX_CONNECTIONS_PER_IP", "2"), ("EDGE_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let stack =
+        TestStack::start_with(&[("EDGE_MAX_CONNECTIONS_PER_IP", "2"), ("EDGE_TRUSTED_PROXIES", "127.0.0.1")]).await;
     let url = stack.ws_url("hotel_1");
     let from = |client: &'static str| [("X-Forwarded-For", client)];
     let mut held = Vec::new();
@@ -199,7 +226,10 @@ async fn behind_a_trusted_proxy_each_client_address_has_its_own_limits() {
     }
     assert_eq!(jack_e2e::Guest::open_with_headers(&url, &from("198.51.100.7")).await.err(), Some(429));
     // An address the client put in front of the proxy's own entry is not believed.
-    assert_eq!(jack_e2e::Guest::open_with_headers(&url, &[("X-Forwarded-For", "192.0.2.1, 203.0.113.9")]).await.err(), Some(429));
+    assert_eq!(
+        jack_e2e::Guest::open_with_headers(&url, &[("X-Forwarded-For", "192.0.2.1, 203.0.113.9")]).await.err(),
+        Some(429)
+    );
     assert!(jack_e2e::Guest::open_with_headers(&url, &from("192.0.2.1")).await.is_ok());
 }
 
@@ -220,7 +250,11 @@ async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() 
     let mut refused = 0;
     for round in 0..3 {
         for guest in &mut guests {
-            let frame = if round == 1 { json!({"type": "identify", "visitorId": "v_x", "visitorToken": "made.up"}) } else { json!({"type": "identify"}) };
+            let frame = if round == 1 {
+                json!({"type": "identify", "visitorId": "v_x", "visitorToken": "made.up"})
+            } else {
+                json!({"type": "identify"})
+            };
             guest.send(frame).await;
             let answer = guest.until(|f| f["type"] == "identified" || f["type"] == "error").await;
             match answer["type"].as_str() {
@@ -228,7 +262,11 @@ async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() 
                     created.insert(answer["guestId"].as_str().unwrap().to_owned());
                 }
                 _ => {
-                    assert_eq!((answer["code"].as_str(), answer["retryable"].as_bool()), (Some("RATE_LIMITED"), Some(true)), "{answer}");
+                    assert_eq!(
+                        (answer["code"].as_str(), answer["retryable"].as_bool()),
+                        (Some("RATE_LIMITED"), Some(true)),
+                        "{answer}"
+                    );
                     assert!(answer["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0 && ms <= 60_000), "{answer}");
                     refused += 1;
                 }
@@ -237,7 +275,11 @@ async fn a_storm_of_identifies_from_one_address_creates_only_so_many_visitors() 
     }
     // Five new visitors a minute: one went to the regular guest (and one more may have come due
     // while the test ran).
-    assert!((4..=5).contains(&created.len()) && created.len() + refused == 60, "{} created, {refused} refused", created.len());
+    assert!(
+        (4..=5).contains(&created.len()) && created.len() + refused == 60,
+        "{} created, {refused} refused",
+        created.len()
+    );
     // The returning guest is not a new visitor: its token lets it in during the storm.
     let mut back = stack.guest("hotel_1").await;
     let again = back.identify(json!({"visitorId": known["visitorId"], "visitorToken": known["visitorToken"]})).await;
@@ -272,7 +314,11 @@ async fn visitors_who_only_look_are_forgotten_and_an_idle_tab_starts_afresh() {
             while guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(looker, "guestId") }).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            while conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(looker, "conversationId") }).await.is_ok() {
+            while conversations
+                .get_conversation(conv::GetConversationRequest { conversation_id: id(looker, "conversationId") })
+                .await
+                .is_ok()
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -281,14 +327,21 @@ async fn visitors_who_only_look_are_forgotten_and_an_idle_tab_starts_afresh() {
     assert!(forgotten.is_ok(), "guests who never wrote, and their empty conversations, are forgotten");
     // The guest who wrote is kept, with its conversation.
     assert!(guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&wrote, "guestId") }).await.is_ok());
-    assert!(conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") }).await.is_ok());
+    assert!(
+        conversations
+            .get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") })
+            .await
+            .is_ok()
+    );
 
     // The idle tab writes at last: its session has expired, and the guest starts afresh.
     idle.send(json!({"type": "message", "clientMessageId": "late", "content": "anyone there?"})).await;
     let close = idle.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4010);
     let mut back = stack.guest("hotel_1").await;
-    let again = back.identify(json!({"visitorId": silent["visitorId"], "visitorToken": silent["visitorToken"], "lastSeq": 0})).await;
+    let again = back
+        .identify(json!({"visitorId": silent["visitorId"], "visitorToken": silent["visitorToken"], "lastSeq": 0}))
+        .await;
     assert_ne!(again["guestId"], silent["guestId"]);
     let ack = back.say("late", "anyone there?").await;
     assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("message_ack"), Some(1)), "{ack}");
@@ -323,7 +376,12 @@ async fn connections_over_an_addresss_cap_are_refused_as_they_are_accepted() {
 
 #[tokio::test]
 async fn one_address_may_send_only_so_many_messages_and_api_calls() {
-    let stack = TestStack::start_with(&[("EDGE_MESSAGES_PER_IP", "1"), ("EDGE_API_CALLS_PER_IP", "1"), ("EDGE_RATE_LIMIT", "1000")]).await;
+    let stack = TestStack::start_with(&[
+        ("EDGE_MESSAGES_PER_IP", "1"),
+        ("EDGE_API_CALLS_PER_IP", "1"),
+        ("EDGE_RATE_LIMIT", "1000"),
+    ])
+    .await;
     // Two guests behind one address share its budget: five seconds' worth, then one a second.
     let mut a = stack.guest("hotel_1").await;
     let token = a.identify(json!({"visitorId": "v_a"})).await["visitorToken"].as_str().unwrap().to_owned();

@@ -23,7 +23,8 @@ async fn registered_hotels_have_their_own_origins_and_unknown_hotels_are_closed_
 async fn the_guest_service_serves_every_hotel_until_one_is_registered_then_only_registered_ones() {
     let stack = TestStack::start().await;
     let (mut guests, mut edge) = (stack.guests(Role::Admin), stack.guests(Role::Edge));
-    let identify = |hotel_id: &str| IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
+    let identify =
+        |hotel_id: &str| IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
     let policy = |hotel_id: &str| GetHotelPolicyRequest { hotel_id: hotel_id.into() };
 
     // No registry: any hotel id is served (the spec's behaviour).
@@ -32,7 +33,12 @@ async fn the_guest_service_serves_every_hotel_until_one_is_registered_then_only_
     edge.identify(identify("any_hotel")).await.expect("served without a registry");
 
     // One hotel registered: it is known and served; every other hotel id is refused.
-    let hotel = UpsertHotelRequest { hotel_id: "grand_hotel".into(), name: "The Grand".into(), allowed_origins: vec!["https://grand.example".into()], identity_secret: None };
+    let hotel = UpsertHotelRequest {
+        hotel_id: "grand_hotel".into(),
+        name: "The Grand".into(),
+        allowed_origins: vec!["https://grand.example".into()],
+        identity_secret: None,
+    };
     guests.upsert_hotel(hotel).await.unwrap();
     let known = guests.get_hotel_policy(policy("grand_hotel")).await.unwrap().into_inner();
     assert!(known.registry_enabled && known.known);

@@ -22,13 +22,21 @@ async fn a_visitor_id_without_its_token_cannot_read_that_visitors_history() {
     let mut other = stack.guest("hotel_1").await;
     let other_id = other.identify(json!({"visitorId": "v_other"})).await;
     let mut forger = stack.guest("hotel_1").await;
-    let got = forger.identify(json!({"visitorId": "v_private", "visitorToken": other_id["visitorToken"], "resumeConversation": true})).await;
+    let got = forger
+        .identify(
+            json!({"visitorId": "v_private", "visitorToken": other_id["visitorToken"], "resumeConversation": true}),
+        )
+        .await;
     assert_ne!(got["guestId"], identified["guestId"]);
     assert!(forger.seen_messages().is_empty());
 
     // The owner, with the token, gets the history back.
     let mut back = stack.guest("hotel_1").await;
-    let again = back.identify(json!({"visitorId": "v_private", "visitorToken": identified["visitorToken"], "resumeConversation": true})).await;
+    let again = back
+        .identify(
+            json!({"visitorId": "v_private", "visitorToken": identified["visitorToken"], "resumeConversation": true}),
+        )
+        .await;
     assert_eq!(again["guestId"], identified["guestId"]);
     assert_eq!(back.seen_messages().len(), 1);
 }
@@ -40,7 +48,9 @@ async fn a_token_from_one_hotel_is_worthless_at_another() {
     let at_a = a.identify(json!({"visitorId": "v_shared"})).await;
     a.say("x", "hello from A").await;
     let mut b = stack.guest("hotel_b").await;
-    let at_b = b.identify(json!({"visitorId": "v_shared", "visitorToken": at_a["visitorToken"], "resumeConversation": true})).await;
+    let at_b = b
+        .identify(json!({"visitorId": "v_shared", "visitorToken": at_a["visitorToken"], "resumeConversation": true}))
+        .await;
     assert_ne!(at_b["guestId"], at_a["guestId"]);
     assert!(b.seen_messages().is_empty());
 }
@@ -51,7 +61,12 @@ async fn a_hotel_issued_user_hash_proves_the_visitor() {
     let mut guests = stack.guests(jack_e2e::Role::Admin);
     let secret = "hotel-identity-secret";
     guests
-        .upsert_hotel(guest_pb::UpsertHotelRequest { hotel_id: "hotel_hash".into(), name: "Hash Hotel".into(), allowed_origins: vec![], identity_secret: Some(secret.into()) })
+        .upsert_hotel(guest_pb::UpsertHotelRequest {
+            hotel_id: "hotel_hash".into(),
+            name: "Hash Hotel".into(),
+            allowed_origins: vec![],
+            identity_secret: Some(secret.into()),
+        })
         .await
         .unwrap();
     let hash = jack_guest::domain::user_hash(secret, "booking-42");
@@ -66,7 +81,9 @@ async fn a_hotel_issued_user_hash_proves_the_visitor() {
     assert_eq!(second.seen_messages().len(), 1);
     // A wrong hash proves nothing.
     let mut third = stack.guest("hotel_hash").await;
-    let three = third.identify(json!({"visitorId": "booking-42", "userHash": "00".repeat(32), "resumeConversation": true})).await;
+    let three = third
+        .identify(json!({"visitorId": "booking-42", "userHash": "00".repeat(32), "resumeConversation": true}))
+        .await;
     assert_ne!(three["guestId"], one["guestId"]);
     assert!(third.seen_messages().is_empty());
 }
@@ -74,14 +91,27 @@ async fn a_hotel_issued_user_hash_proves_the_visitor() {
 /// A hotel with an identity secret, registered through the API as a hotel's tooling would.
 async fn hotel_with_secret(stack: &TestStack, hotel_id: &str, secret: Option<&str>) {
     let mut guests = stack.guests(jack_e2e::Role::Admin);
-    let hotel = guest_pb::UpsertHotelRequest { hotel_id: hotel_id.into(), name: "Proving Hotel".into(), allowed_origins: vec![], identity_secret: secret.map(str::to_owned) };
+    let hotel = guest_pb::UpsertHotelRequest {
+        hotel_id: hotel_id.into(),
+        name: "Proving Hotel".into(),
+        allowed_origins: vec![],
+        identity_secret: secret.map(str::to_owned),
+    };
     guests.upsert_hotel(hotel).await.unwrap();
 }
 
 /// The HTTP status `POST /chat/upload-url` answers a bearer of this token (401: not a token).
 async fn upload_url_status(stack: &TestStack, token: &str) -> u16 {
     let body = r#"{"filename":"a.png","contentType":"image/png","size":10}"#;
-    http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")], body).await.0
+    http(
+        &stack.http_base(),
+        "POST",
+        "/chat/upload-url",
+        &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")],
+        body,
+    )
+    .await
+    .0
 }
 
 #[tokio::test]
@@ -109,7 +139,11 @@ async fn a_hotels_own_visitor_id_cannot_be_claimed_before_its_guest_arrives() {
         let mut back = stack.guest("hotel_proving").await;
         let again = back.identify(json!({"visitorId": visitor, "visitorToken": squat["visitorToken"], "lastSeq": 0, "resumeConversation": true})).await;
         assert_ne!(again["guestId"], real["guestId"]);
-        assert!(back.seen_messages().iter().all(|m| !m["content"].as_str().unwrap_or_default().contains("passport")), "{:?}", back.seen);
+        assert!(
+            back.seen_messages().iter().all(|m| !m["content"].as_str().unwrap_or_default().contains("passport")),
+            "{:?}",
+            back.seen
+        );
     }
     // An anonymous visitor's own random id is bound without proof, as before.
     let mut anonymous = stack.guest("hotel_proving").await;
@@ -132,7 +166,9 @@ async fn a_proven_login_never_joins_a_record_bound_without_proof() {
     let secret = "the-hotel-now-proves-its-guests-ids";
     hotel_with_secret(&stack, "hotel_later", Some(secret)).await;
     let mut owner = stack.guest("hotel_later").await;
-    let real = owner.identify(json!({"visitorId": "booking-42", "userHash": jack_guest::domain::user_hash(secret, "booking-42")})).await;
+    let real = owner
+        .identify(json!({"visitorId": "booking-42", "userHash": jack_guest::domain::user_hash(secret, "booking-42")}))
+        .await;
     assert_eq!(real["visitorId"], "booking-42");
     assert_ne!(real["guestId"], squat["guestId"], "the proven guest gets a record of its own");
     assert_ne!(real["conversationId"], squat["conversationId"]);
@@ -140,7 +176,9 @@ async fn a_proven_login_never_joins_a_record_bound_without_proof() {
 
     // The squatter's token opens nothing any more: not the id, not the uploads.
     let mut back = stack.guest("hotel_later").await;
-    let again = back.identify(json!({"visitorId": "booking-42", "visitorToken": token, "lastSeq": 0, "resumeConversation": true})).await;
+    let again = back
+        .identify(json!({"visitorId": "booking-42", "visitorToken": token, "lastSeq": 0, "resumeConversation": true}))
+        .await;
     assert_ne!(again["guestId"], real["guestId"]);
     assert_ne!(again["guestId"], squat["guestId"]);
     assert!(back.seen_messages().is_empty(), "{:?}", back.seen);
@@ -166,7 +204,10 @@ async fn visitor_tokens_expire_are_renewed_by_every_identify_and_can_be_revoked(
     let renewed = tab.identify(json!({"visitorId": "v_expiring", "visitorToken": token, "lastSeq": 0})).await;
     assert_eq!(renewed["guestId"], first["guestId"]);
     assert_eq!(tab.seen_messages().len(), 1);
-    assert!(renewed["visitorTokenExpiresAt"].as_str().unwrap() > first["visitorTokenExpiresAt"].as_str().unwrap(), "{renewed} {first}");
+    assert!(
+        renewed["visitorTokenExpiresAt"].as_str().unwrap() > first["visitorTokenExpiresAt"].as_str().unwrap(),
+        "{renewed} {first}"
+    );
 
     // Past its expiry a token opens nothing: the visitor starts afresh.
     let expired = tokio::time::timeout(jack_e2e::WAIT, async {
@@ -188,7 +229,12 @@ async fn visitor_tokens_expire_are_renewed_by_every_identify_and_can_be_revoked(
     let token = identified["visitorToken"].as_str().unwrap().to_owned();
     assert_eq!(upload_url_status(&stack, &token).await, 200);
     let mut guests = stack.guests(jack_e2e::Role::Admin);
-    guests.revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest { guest_id: identified["guestId"].as_str().unwrap().into() }).await.unwrap();
+    guests
+        .revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest {
+            guest_id: identified["guestId"].as_str().unwrap().into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(upload_url_status(&stack, &token).await, 401);
     let mut back = stack.guest("hotel_1").await;
     let after = back.identify(json!({"visitorId": "v_revoked", "visitorToken": token})).await;
@@ -230,7 +276,12 @@ async fn visitors_from_before_keep_their_conversation_with_a_token_of_the_first_
     assert_eq!(upload_url_status(&stack, &forged).await, 401);
     // Once the record's tokens are revoked, the first format opens nothing either.
     let mut guests = stack.guests(jack_e2e::Role::Admin);
-    guests.revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest { guest_id: first["guestId"].as_str().unwrap().into() }).await.unwrap();
+    guests
+        .revoke_visitor_tokens(guest_pb::RevokeVisitorTokensRequest {
+            guest_id: first["guestId"].as_str().unwrap().into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(upload_url_status(&stack, &old).await, 401);
 }
 

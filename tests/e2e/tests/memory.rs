@@ -46,7 +46,9 @@ async fn guests_who_replay_a_long_history_without_reading_cost_a_page_each() {
     for _ in 0..10 {
         let mut reader = Guest::open_slow_reader(&stack.ws_url("hotel_1")).await;
         assert_eq!(reader.next().await["type"], "connected");
-        reader.send(json!({"type": "identify", "visitorId": "v_long_history", "visitorToken": token, "lastSeq": 0})).await;
+        reader
+            .send(json!({"type": "identify", "visitorId": "v_long_history", "visitorToken": token, "lastSeq": 0}))
+            .await;
         assert_eq!(reader.next().await["type"], "history");
         readers.push(reader);
     }
@@ -62,7 +64,9 @@ async fn guests_who_replay_a_long_history_without_reading_cost_a_page_each() {
         loop {
             let frame = reader.next().await;
             match frame["type"].as_str() {
-                Some("history") => seqs.extend(frame["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap())),
+                Some("history") => {
+                    seqs.extend(frame["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()))
+                }
                 Some("identified") => break,
                 other => panic!("unexpected {other:?}"),
             }
@@ -99,15 +103,19 @@ async fn downloads_that_are_never_read_cost_a_chunk_each_and_are_bounded_in_numb
     let mut pdf = b"%PDF-1.7\n".to_vec();
     pdf.resize(5 << 20, b'.');
     let ask = json!({"filename": "big.pdf", "contentType": "application/pdf", "size": pdf.len()}).to_string();
-    let (_, answer) = jack_e2e::http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &ask).await;
+    let (_, answer) =
+        jack_e2e::http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &ask).await;
     let answer = jack_e2e::json_body(&answer);
-    let (status, _) = jack_e2e::request("PUT", answer["uploadUrl"].as_str().unwrap(), &[("Content-Type", "application/pdf")], &pdf).await;
+    let (status, _) =
+        jack_e2e::request("PUT", answer["uploadUrl"].as_str().unwrap(), &[("Content-Type", "application/pdf")], &pdf)
+            .await;
     assert_eq!(status, 200);
     let id = answer["attachmentId"].as_str().unwrap().to_owned();
     guest.send(json!({"type": "message", "clientMessageId": "pdf", "content": "", "attachments": [{"id": id}]})).await;
     assert_eq!(guest.expect("message_ack").await["clientMessageId"], "pdf");
     let ask = json!({"attachmentIds": [id]}).to_string();
-    let (_, urls) = jack_e2e::http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth)], &ask).await;
+    let (_, urls) =
+        jack_e2e::http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth)], &ask).await;
     let url = jack_e2e::json_body(&urls)["downloads"][0]["url"].as_str().unwrap().to_owned();
     let path = &url[url.find("/files/").unwrap()..];
 
@@ -173,9 +181,11 @@ async fn an_image_that_decodes_to_hundreds_of_megabytes_is_kept_without_a_previe
     let token = guest.identify(json!({"visitorId": "v_huge_image"})).await["visitorToken"].as_str().unwrap().to_owned();
     let auth = format!("Bearer {token}");
     let ask = json!({"filename": "huge.png", "contentType": "image/png", "size": png.len()}).to_string();
-    let (_, answer) = jack_e2e::http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &ask).await;
+    let (_, answer) =
+        jack_e2e::http(&stack.http_base(), "POST", "/chat/upload-url", &[("Authorization", &auth)], &ask).await;
     let answer = jack_e2e::json_body(&answer);
-    let (status, _) = jack_e2e::request("PUT", answer["uploadUrl"].as_str().unwrap(), &[("Content-Type", "image/png")], &png).await;
+    let (status, _) =
+        jack_e2e::request("PUT", answer["uploadUrl"].as_str().unwrap(), &[("Content-Type", "image/png")], &png).await;
     assert_eq!(status, 200);
     let id = answer["attachmentId"].as_str().unwrap().to_owned();
 
@@ -188,7 +198,8 @@ async fn an_image_that_decodes_to_hundreds_of_megabytes_is_kept_without_a_previe
     // Decoded, it would be 98 MB.
     assert!(grown < 48 * MIB, "verifying a {} KB PNG grew the process by {} MiB", png.len() >> 10, grown / MIB);
     let ask = json!({"attachmentIds": [id]}).to_string();
-    let (_, urls) = jack_e2e::http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth)], &ask).await;
+    let (_, urls) =
+        jack_e2e::http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth)], &ask).await;
     let download = &jack_e2e::json_body(&urls)["downloads"][0];
     assert!(download["url"].is_string() && download["thumbnailUrl"].is_null(), "kept, without a preview: {download}");
 }

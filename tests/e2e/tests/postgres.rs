@@ -33,7 +33,11 @@ async fn the_spine_runs_on_postgresql() {
 
     let mut watch = stack
         .conversation()
-        .watch_messages(conv::WatchMessagesRequest { after_cursor: 0, roles: vec![conv::Role::Guest as i32], hotel_id: Some("hotel_pg".into()) })
+        .watch_messages(conv::WatchMessagesRequest {
+            after_cursor: 0,
+            roles: vec![conv::Role::Guest as i32],
+            hotel_id: Some("hotel_pg".into()),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -42,12 +46,25 @@ async fn the_spine_runs_on_postgresql() {
 
     // The hotel registry: once a hotel is registered, only registered hotels are served.
     let (mut guests, mut edge) = (stack.guests(Role::Admin), stack.guests(Role::Edge));
-    let hotel = guest_pb::UpsertHotelRequest { hotel_id: "hotel_pg".into(), name: "PG Hotel".into(), allowed_origins: vec!["https://pg.example".into()], identity_secret: None };
+    let hotel = guest_pb::UpsertHotelRequest {
+        hotel_id: "hotel_pg".into(),
+        name: "PG Hotel".into(),
+        allowed_origins: vec!["https://pg.example".into()],
+        identity_secret: None,
+    };
     guests.upsert_hotel(hotel).await.unwrap();
-    let known = guests.get_hotel_policy(guest_pb::GetHotelPolicyRequest { hotel_id: "hotel_pg".into() }).await.unwrap().into_inner();
+    let known = guests
+        .get_hotel_policy(guest_pb::GetHotelPolicyRequest { hotel_id: "hotel_pg".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(known.registry_enabled && known.known);
     assert_eq!(known.allowed_origins, vec!["https://pg.example".to_owned()]);
-    let identify = |hotel_id: &str| guest_pb::IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
+    let identify = |hotel_id: &str| guest_pb::IdentifyRequest {
+        hotel_id: hotel_id.into(),
+        channel: "webchat".into(),
+        ..Default::default()
+    };
     edge.identify(identify("hotel_pg")).await.expect("a registered hotel is served");
     let refused = edge.identify(identify("other_hotel")).await.expect_err("an unregistered hotel is refused");
     assert_eq!(refused.code(), jack_proto::tonic::Code::NotFound);
@@ -56,7 +73,10 @@ async fn the_spine_runs_on_postgresql() {
 #[tokio::test]
 async fn visitors_who_only_look_are_forgotten_on_postgresql_too() {
     let mut vars = jack_e2e::postgres_databases().await;
-    vars.extend([("GUEST_SILENT_VISITOR_TTL".to_owned(), "1".to_owned()), ("CONVERSATION_EMPTY_TTL".to_owned(), "1".to_owned())]);
+    vars.extend([
+        ("GUEST_SILENT_VISITOR_TTL".to_owned(), "1".to_owned()),
+        ("CONVERSATION_EMPTY_TTL".to_owned(), "1".to_owned()),
+    ]);
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let stack = TestStack::start_with(&pairs).await;
     let mut guests = stack.guests(Role::Admin);
@@ -69,7 +89,10 @@ async fn visitors_who_only_look_are_forgotten_on_postgresql_too() {
     let id = |v: &serde_json::Value, field: &str| v[field].as_str().unwrap().to_owned();
     let forgotten = tokio::time::timeout(WAIT, async {
         while guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&looked, "guestId") }).await.is_ok()
-            || conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&looked, "conversationId") }).await.is_ok()
+            || conversations
+                .get_conversation(conv::GetConversationRequest { conversation_id: id(&looked, "conversationId") })
+                .await
+                .is_ok()
         {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -77,7 +100,12 @@ async fn visitors_who_only_look_are_forgotten_on_postgresql_too() {
     .await;
     assert!(forgotten.is_ok());
     assert!(guests.get_guest(guest_pb::GetGuestRequest { guest_id: id(&wrote, "guestId") }).await.is_ok());
-    assert!(conversations.get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") }).await.is_ok());
+    assert!(
+        conversations
+            .get_conversation(conv::GetConversationRequest { conversation_id: id(&wrote, "conversationId") })
+            .await
+            .is_ok()
+    );
 }
 
 /// Two conversation replicas on one database: exactly one relay publishes, so a staff
@@ -101,16 +129,23 @@ async fn two_conversation_replicas_publish_each_message_once_and_one_takes_over(
         .with("CONVERSATION_GRPC_ADDR", "127.0.0.1:0")
         .with("CONVERSATION_DELIVERY_URLS", stack.stack.url(jack_e2e::Svc::Delivery))
         .with("CONVERSATION_UPLOAD_URL", stack.stack.url(jack_e2e::Svc::Upload));
-    let second = jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(&env).unwrap()).await.unwrap();
+    let second = jack_conversation::ConversationServer::build(jack_conversation::Settings::from_env(&env).unwrap())
+        .await
+        .unwrap();
     let second_url = format!("http://{}", second.local_addr());
     let second_stop = jack_runtime::CancellationToken::new();
     let second_task = tokio::spawn(second.run(second_stop.clone()));
-    let mut second_client = ConversationServiceClient::new(jack_runtime::grpc::channel(&second_url, WAIT, &stack.credentials(Role::Responder)).unwrap());
+    let mut second_client = ConversationServiceClient::new(
+        jack_runtime::grpc::channel(&second_url, WAIT, &stack.credentials(Role::Responder)).unwrap(),
+    );
 
-    let filter = events::SubscribeRequest { hotel_id: Some("hotel_replicas".into()), messages: true, ..Default::default() };
+    let filter =
+        events::SubscribeRequest { hotel_id: Some("hotel_replicas".into()), messages: true, ..Default::default() };
     let mut staff = stack.delivery().subscribe(filter).await.unwrap().into_inner();
     let mut seen: HashMap<String, u32> = HashMap::new();
-    let collect = async |staff: &mut tonic::Streaming<events::Event>, seen: &mut HashMap<String, u32>, distinct: usize| {
+    let collect = async |staff: &mut tonic::Streaming<events::Event>,
+                         seen: &mut HashMap<String, u32>,
+                         distinct: usize| {
         while seen.len() < distinct {
             let event = tokio::time::timeout(WAIT, staff.message()).await.expect("events in time").unwrap().unwrap();
             if let Some(events::event::Kind::Message(m)) = event.kind {
@@ -124,7 +159,13 @@ async fn two_conversation_replicas_publish_each_message_once_and_one_takes_over(
     let mut guest = stack.guest("hotel_replicas").await;
     let identified = guest.identify(json!({"visitorId": "v_replicas"})).await;
     let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
-    let say = |n: u32| conv::SendMessageRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, content: format!("answer {n}"), client_message_id: Some(format!("a{n}")), ..Default::default() };
+    let say = |n: u32| conv::SendMessageRequest {
+        conversation_id: conversation_id.clone(),
+        role: conv::Role::Assistant as i32,
+        content: format!("answer {n}"),
+        client_message_id: Some(format!("a{n}")),
+        ..Default::default()
+    };
     for n in 0..5 {
         guest.say(&format!("g{n}"), &format!("question {n}")).await;
         second_client.send_message(say(n)).await.unwrap();
@@ -143,13 +184,22 @@ async fn two_conversation_replicas_publish_each_message_once_and_one_takes_over(
         let conversation_id = conversation_id.clone();
         async move {
             loop {
-                let typing = conv::SetTypingRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, is_typing: true };
+                let typing = conv::SetTypingRequest {
+                    conversation_id: conversation_id.clone(),
+                    role: conv::Role::Assistant as i32,
+                    is_typing: true,
+                };
                 let _ = leader.set_typing(typing).await;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
     });
-    let read = conv::MarkReadRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, up_to_seq: 9, ..Default::default() };
+    let read = conv::MarkReadRequest {
+        conversation_id: conversation_id.clone(),
+        role: conv::Role::Assistant as i32,
+        up_to_seq: 9,
+        ..Default::default()
+    };
     second_client.mark_read(read).await.unwrap();
     let receipt = guest.until(|f| f["type"] == "read").await;
     assert_eq!(receipt["upToSeq"], 9);
@@ -185,9 +235,19 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
     let vars = jack_e2e::postgres_databases().await;
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let stack = TestStack::start_with(&pairs).await;
-    let guest_db = vars.iter().find(|(k, _)| k == "GUEST_DATABASE_URL").unwrap().1.rsplit_once('/').unwrap().1.to_owned();
-    let mut health = HealthClient::new(jack_runtime::grpc::channel(&stack.stack.url(jack_e2e::Svc::Guest), WAIT, &jack_runtime::grpc::Credentials::none()).unwrap());
-    let status = async |health: &mut HealthClient<jack_runtime::grpc::Traced>, service: &str| health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
+    let guest_db =
+        vars.iter().find(|(k, _)| k == "GUEST_DATABASE_URL").unwrap().1.rsplit_once('/').unwrap().1.to_owned();
+    let mut health = HealthClient::new(
+        jack_runtime::grpc::channel(
+            &stack.stack.url(jack_e2e::Svc::Guest),
+            WAIT,
+            &jack_runtime::grpc::Credentials::none(),
+        )
+        .unwrap(),
+    );
+    let status = async |health: &mut HealthClient<jack_runtime::grpc::Traced>, service: &str| {
+        health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status
+    };
     let wait_for = async |health: &mut HealthClient<jack_runtime::grpc::Traced>, wanted: ServingStatus| {
         let started = std::time::Instant::now();
         while status(health, "jack.guest.v1.GuestService").await != wanted as i32 {
@@ -197,11 +257,15 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
     };
     wait_for(&mut health, ServingStatus::Serving).await;
 
-    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
     let sql = |text: String| sqlx::query(sqlx::AssertSqlSafe(text));
     sql(format!("ALTER DATABASE {guest_db} WITH ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
-    sql(format!("SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE datname = '{guest_db}'")).execute(&mut admin).await.unwrap();
+    sql(format!("SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE datname = '{guest_db}'"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     wait_for(&mut health, ServingStatus::NotServing).await;
     assert_eq!(status(&mut health, "").await, ServingStatus::Serving as i32, "liveness does not follow the database");
 
@@ -213,7 +277,8 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
 /// machine's server offers TLS; `pg_stat_ssl` says whether a session uses it.)
 #[tokio::test]
 async fn the_services_reach_postgresql_over_tls_when_the_url_asks() {
-    let vars: Vec<(String, String)> = jack_e2e::postgres_databases().await.into_iter().map(|(k, v)| (k, format!("{v}?sslmode=require"))).collect();
+    let vars: Vec<(String, String)> =
+        jack_e2e::postgres_databases().await.into_iter().map(|(k, v)| (k, format!("{v}?sslmode=require"))).collect();
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let stack = TestStack::start_with(&pairs).await;
     let mut guest = stack.guest("hotel_tls").await;
@@ -222,11 +287,13 @@ async fn the_services_reach_postgresql_over_tls_when_the_url_asks() {
 
     let (_, conversation_url) = vars.iter().find(|(k, _)| k == "CONVERSATION_DATABASE_URL").unwrap();
     let database = conversation_url.rsplit_once('/').unwrap().1.split('?').next().unwrap().to_owned();
-    let admin = std::env::var("JACK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("JACK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-    let query = format!("SELECT count(*) FILTER (WHERE NOT s.ssl) AS plain, count(*) AS total FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid WHERE a.datname = '{database}'");
+    let query = format!(
+        "SELECT count(*) FILTER (WHERE NOT s.ssl) AS plain, count(*) AS total FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid WHERE a.datname = '{database}'"
+    );
     let row: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(query)).fetch_one(&mut admin).await.unwrap();
     assert!(row.1 > 0, "the conversation service holds connections");
     assert_eq!(row.0, 0, "every one of them over TLS");
 }
-

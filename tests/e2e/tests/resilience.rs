@@ -15,7 +15,8 @@ fn butler_contents(messages: &[Value]) -> Vec<String> {
 async fn killing_and_restarting_delivery_loses_no_committed_message() {
     let mut stack = TestStack::start().await;
     let mut guest = stack.guest("hotel_1").await;
-    let conversation_id = guest.identify(json!({"visitorId": "v_delivery_dies"})).await["conversationId"].as_str().unwrap().to_owned();
+    let conversation_id =
+        guest.identify(json!({"visitorId": "v_delivery_dies"})).await["conversationId"].as_str().unwrap().to_owned();
     stack.assistant_says(&conversation_id, "before").await;
     guest.until(|f| f["content"] == "before").await;
 
@@ -57,7 +58,11 @@ async fn killing_and_restarting_conversation_loses_no_committed_message() {
     assert_eq!(ack["seq"], first["seq"].as_i64().unwrap() + 1);
     stack.assistant_says(&conversation_id, "still here").await;
     guest.until(|f| f["content"] == "still here").await;
-    assert!(guest.seen_messages().iter().all(|m| m["role"] == "assistant"), "no echo of its own messages: {:?}", guest.seen);
+    assert!(
+        guest.seen_messages().iter().all(|m| m["role"] == "assistant"),
+        "no echo of its own messages: {:?}",
+        guest.seen
+    );
 }
 
 #[tokio::test]
@@ -118,7 +123,11 @@ impl Stall {
         Self { addr, target, held, accepted }
     }
 
-    async fn pass(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut held: tokio::sync::watch::Receiver<bool>) {
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut held: tokio::sync::watch::Receiver<bool>,
+    ) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut buf = vec![0; 16 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buf).await {
@@ -141,14 +150,19 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     let stack = TestStack::start_with(&[("EDGE_CONVERSATION_URL", &format!("http://{}", stall.addr))]).await;
     stall.target.send_replace(Some(stack.stack.addr(Svc::Conversation)));
     let mut guest = stack.guest("hotel_1").await;
-    let conversation_id = guest.identify(json!({"visitorId": "v_stalled"})).await["conversationId"].as_str().unwrap().to_owned();
+    let conversation_id =
+        guest.identify(json!({"visitorId": "v_stalled"})).await["conversationId"].as_str().unwrap().to_owned();
     let first = guest.say("s1", "one").await;
     assert_eq!(first["type"], "message_ack");
     let connections = stall.accepted.load(Ordering::SeqCst);
 
     stall.held.send_replace(true);
     let refused = guest.say("s2", "two").await;
-    assert_eq!((refused["type"].as_str(), refused["code"].as_str(), refused["retryable"].as_bool()), (Some("error"), Some("UNAVAILABLE"), Some(true)), "{refused}");
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str(), refused["retryable"].as_bool()),
+        (Some("error"), Some("UNAVAILABLE"), Some(true)),
+        "{refused}"
+    );
 
     stall.held.send_replace(false);
     let ack = guest.say("s2", "two").await;
@@ -156,8 +170,19 @@ async fn a_conversation_service_that_stops_answering_costs_a_retryable_error_and
     assert_eq!(ack["seq"], first["seq"].as_i64().unwrap() + 1);
     let third = guest.say("s3", "three").await;
     assert_eq!(third["seq"], first["seq"].as_i64().unwrap() + 2, "{third}");
-    let request = jack_proto::conversation::v1::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() };
-    let stored: Vec<String> = stack.conversation().list_messages(request).await.unwrap().into_inner().messages.into_iter().filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32).map(|m| m.content).collect();
+    let request =
+        jack_proto::conversation::v1::ListMessagesRequest { conversation_id, after_seq: Some(0), ..Default::default() };
+    let stored: Vec<String> = stack
+        .conversation()
+        .list_messages(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .into_iter()
+        .filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32)
+        .map(|m| m.content)
+        .collect();
     assert_eq!(stored, ["one", "two", "three"]);
     assert_eq!(stall.accepted.load(Ordering::SeqCst), connections, "the edge kept its connections to conversation");
 }
@@ -174,7 +199,10 @@ async fn conversation_stopping_under_traffic_answers_every_message_and_loses_non
     let mut guests = Vec::new();
     for g in 0..GUESTS {
         let mut guest = stack.guest("hotel_1").await;
-        let conversation_id = guest.identify(json!({"visitorId": format!("v_busy_{g}")})).await["conversationId"].as_str().unwrap().to_owned();
+        let conversation_id = guest.identify(json!({"visitorId": format!("v_busy_{g}")})).await["conversationId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         guests.push((guest, conversation_id));
     }
     // Every guest sends all its messages at once; conversation stops once half of them have
@@ -199,7 +227,10 @@ async fn conversation_stopping_under_traffic_answers_every_message_and_loses_non
             stack.stop(Svc::Conversation).await;
         }
         for k in 0..EACH {
-            guests[g].0.send(json!({"type": "message", "clientMessageId": format!("m{k}"), "content": format!("m{k}")})).await;
+            guests[g]
+                .0
+                .send(json!({"type": "message", "clientMessageId": format!("m{k}"), "content": format!("m{k}")}))
+                .await;
         }
     }
     for (g, (guest, _)) in guests.iter_mut().enumerate() {
@@ -214,9 +245,17 @@ async fn conversation_stopping_under_traffic_answers_every_message_and_loses_non
         assert_eq!(ack["type"], "message_ack", "{ack}");
     }
     for (_, conversation_id) in &guests {
-        let request = jack_proto::conversation::v1::ListMessagesRequest { conversation_id: conversation_id.clone(), after_seq: Some(0), ..Default::default() };
+        let request = jack_proto::conversation::v1::ListMessagesRequest {
+            conversation_id: conversation_id.clone(),
+            after_seq: Some(0),
+            ..Default::default()
+        };
         let stored = stack.conversation().list_messages(request).await.unwrap().into_inner().messages;
-        let mut contents: Vec<String> = stored.iter().filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32).map(|m| m.content.clone()).collect();
+        let mut contents: Vec<String> = stored
+            .iter()
+            .filter(|m| m.role == jack_proto::conversation::v1::Role::Guest as i32)
+            .map(|m| m.content.clone())
+            .collect();
         contents.sort_by_key(|c| c[1..].parse::<usize>().unwrap());
         let expected: Vec<String> = (0..EACH).map(|k| format!("m{k}")).collect();
         assert_eq!(contents, expected, "each message stored exactly once");
@@ -233,7 +272,8 @@ async fn conversation_stopping_under_traffic_answers_every_message_and_loses_non
 async fn the_responder_is_answered_while_every_edge_thread_is_busy() {
     let stack = TestStack::start().await;
     let mut guest = stack.guest("hotel_1").await;
-    let conversation_id = guest.identify(json!({"visitorId": "v_edge_busy"})).await["conversationId"].as_str().unwrap().to_owned();
+    let conversation_id =
+        guest.identify(json!({"visitorId": "v_edge_busy"})).await["conversationId"].as_str().unwrap().to_owned();
 
     // Hold every one of the edge's workers until the gate opens.
     let edge = stack.stack.edge_runtime().clone();

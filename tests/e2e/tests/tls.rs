@@ -67,7 +67,12 @@ async fn services_speak_mutual_tls_and_refuse_whoever_does_not() {
     let ack = guest.say("t1", "Is the spa open?").await;
     assert_eq!(ack["type"], "message_ack", "{ack}");
     let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
-    let answer = conv::SendMessageRequest { conversation_id, role: conv::Role::Assistant as i32, content: "Until 9 pm.".into(), ..Default::default() };
+    let answer = conv::SendMessageRequest {
+        conversation_id,
+        role: conv::Role::Assistant as i32,
+        content: "Until 9 pm.".into(),
+        ..Default::default()
+    };
     stack.conversation().send_message(answer.clone()).await.expect("a responder with a certificate and a token");
     assert_eq!(guest.expect("message").await["content"], "Until 9 pm.");
 
@@ -76,13 +81,31 @@ async fn services_speak_mutual_tls_and_refuse_whoever_does_not() {
     let plaintext = url.replacen("https://", "http://", 1);
     let refusals = [
         ("plaintext", plaintext.as_str(), Credentials::none()),
-        ("no client certificate", url.as_str(), Credentials::none().with_tls(Tls::from_env(&Env::from_pairs([("GRPC_TLS_CA_FILE", ca.as_str())])).unwrap())),
-        ("another CA", url.as_str(), token.clone().with_tls(Tls::from_env(&Env::from_pairs([("GRPC_TLS_CERT_FILE", cert.as_str()), ("GRPC_TLS_KEY_FILE", key.as_str()), ("GRPC_TLS_CA_FILE", &pki.path("other-ca.pem"))])).unwrap())),
+        (
+            "no client certificate",
+            url.as_str(),
+            Credentials::none().with_tls(Tls::from_env(&Env::from_pairs([("GRPC_TLS_CA_FILE", ca.as_str())])).unwrap()),
+        ),
+        (
+            "another CA",
+            url.as_str(),
+            token.clone().with_tls(
+                Tls::from_env(&Env::from_pairs([
+                    ("GRPC_TLS_CERT_FILE", cert.as_str()),
+                    ("GRPC_TLS_KEY_FILE", key.as_str()),
+                    ("GRPC_TLS_CA_FILE", &pki.path("other-ca.pem")),
+                ]))
+                .unwrap(),
+            ),
+        ),
     ];
     for (who, url, credentials) in refusals {
         let mut client = ConversationServiceClient::new(jack_runtime::grpc::channel(url, WAIT, &credentials).unwrap());
         let refused = client.send_message(answer.clone()).await.expect_err(who);
-        assert!(matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal), "{who}: {refused:?}");
+        assert!(
+            matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+            "{who}: {refused:?}"
+        );
     }
 }
 

@@ -65,7 +65,8 @@ impl S3Server {
 
     async fn start() -> Self {
         let binary = std::env::var_os("S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
-            let cached = PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/jack-tools/bin/s3s-fs");
+            let cached =
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/jack-tools/bin/s3s-fs");
             if cached.exists() { cached } else { PathBuf::from("s3s-fs") }
         });
         let root = tempfile::tempdir().unwrap();
@@ -125,7 +126,13 @@ async fn guest(stack: &TestStack) -> (Guest, String, String) {
 }
 
 /// `POST /chat/upload-url` as the widget calls it: (status, body).
-async fn upload_url(stack: &TestStack, token: Option<&str>, filename: &str, content_type: &str, size: usize) -> (u16, Value) {
+async fn upload_url(
+    stack: &TestStack,
+    token: Option<&str>,
+    filename: &str,
+    content_type: &str,
+    size: usize,
+) -> (u16, Value) {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(auth) = &auth {
@@ -143,8 +150,14 @@ async fn put(url: &str, content_type: &str, body: &[u8]) -> u16 {
 /// Sends a message carrying attachments; the `message_ack` or the `error`.
 async fn send_with(guest: &mut Guest, client_message_id: &str, ids: &[&str]) -> Value {
     let attachments: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
-    guest.send(json!({"type": "message", "clientMessageId": client_message_id, "content": "", "attachments": attachments})).await;
-    guest.until(|f| (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id).await
+    guest
+        .send(
+            json!({"type": "message", "clientMessageId": client_message_id, "content": "", "attachments": attachments}),
+        )
+        .await;
+    guest
+        .until(|f| (f["type"] == "message_ack" || f["type"] == "error") && f["clientMessageId"] == client_message_id)
+        .await
 }
 
 /// A full upload: URL, PUT, then a message carrying it; what the guest and a gRPC client see.
@@ -168,7 +181,12 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     // The guest's other tab sees it in history; the butler sees it over gRPC.
     let mut tab = stack.guest("demo_hotel").await;
     tab.identify(json!({"visitorId": visitor, "visitorToken": token, "lastSeq": 0})).await;
-    let history: Vec<Value> = tab.seen.iter().filter(|f| f["type"] == "history").flat_map(|f| f["messages"].as_array().unwrap().clone()).collect();
+    let history: Vec<Value> = tab
+        .seen
+        .iter()
+        .filter(|f| f["type"] == "history")
+        .flat_map(|f| f["messages"].as_array().unwrap().clone())
+        .collect();
     let shown = history.iter().find(|m| m["messageId"] == ack["messageId"]).expect("in history");
     assert_eq!(shown["attachments"][0]["id"], id.as_str());
     assert_eq!(shown["attachments"][0]["filename"], evil_name);
@@ -181,7 +199,11 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     assert!(shown["attachments"][0]["expiresAt"].as_str().is_some());
     let listed = stack
         .conversation()
-        .list_messages(conv::ListMessagesRequest { conversation_id: ack["conversationId"].as_str().unwrap().into(), after_seq: Some(0), ..Default::default() })
+        .list_messages(conv::ListMessagesRequest {
+            conversation_id: ack["conversationId"].as_str().unwrap().into(),
+            after_seq: Some(0),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -199,7 +221,10 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     let head = head.to_ascii_lowercase();
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
     assert!(head.contains("content-type: image/png"), "{head}");
-    assert!(head.contains("content-disposition: inline; filename=\".._.._.._etc_passwd__script_.png\""), "the name is made harmless: {head}");
+    assert!(
+        head.contains("content-disposition: inline; filename=\".._.._.._etc_passwd__script_.png\""),
+        "the name is made harmless: {head}"
+    );
     assert_eq!(body, PNG, "the very bytes");
     let (status, head, preview) = fetch(download["thumbnailUrl"].as_str().expect("an image has a preview")).await;
     assert_eq!(status, 200);
@@ -210,7 +235,15 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     let (_, theirs) = attachment_urls(stack, &stranger, &[&id]).await;
     assert_eq!(theirs["downloads"], json!([]));
     assert_eq!(theirs["missing"], json!([id]));
-    let signed = stack.upload().sign_downloads(up::SignDownloadsRequest { conversation_id: conversation_id.clone(), attachment_ids: vec![id.clone(), "att_other".into()] }).await.unwrap().into_inner();
+    let signed = stack
+        .upload()
+        .sign_downloads(up::SignDownloadsRequest {
+            conversation_id: conversation_id.clone(),
+            attachment_ids: vec![id.clone(), "att_other".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(signed.missing, ["att_other"]);
     let (status, _, body) = fetch(&signed.downloads[0].url).await;
     assert_eq!(status, 200);
@@ -221,17 +254,41 @@ async fn full_upload(stack: &TestStack, files: &Files) {
 
     // The butler sends a file: a PDF over gRPC, then a message carrying it.
     let pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n".to_vec();
-    let put = up::PutAttachmentRequest { hotel_id: "demo_hotel".into(), conversation_id: conversation_id.clone(), filename: "Spa menu.pdf".into(), content_type: "application/pdf".into(), data: pdf.clone() };
+    let put = up::PutAttachmentRequest {
+        hotel_id: "demo_hotel".into(),
+        conversation_id: conversation_id.clone(),
+        filename: "Spa menu.pdf".into(),
+        content_type: "application/pdf".into(),
+        data: pdf.clone(),
+    };
     let stored = stack.upload().put_attachment(put).await.unwrap().into_inner().attachment.unwrap();
-    let disguised = up::PutAttachmentRequest { hotel_id: "demo_hotel".into(), conversation_id: conversation_id.clone(), filename: "x.pdf".into(), content_type: "application/pdf".into(), data: PNG.to_vec() };
+    let disguised = up::PutAttachmentRequest {
+        hotel_id: "demo_hotel".into(),
+        conversation_id: conversation_id.clone(),
+        filename: "x.pdf".into(),
+        content_type: "application/pdf".into(),
+        data: PNG.to_vec(),
+    };
     let refused = stack.upload().put_attachment(disguised).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "the butler's files are checked too: {refused:?}");
-    let reference = conv::AttachmentRef { attachment_id: stored.attachment_id.clone(), filename: Some(stored.filename.clone()), content_type: Some(stored.content_type.clone()), size: Some(stored.size) };
-    let send = conv::SendMessageRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, content: "Here is our spa menu.".into(), attachments: vec![reference], ..Default::default() };
+    let reference = conv::AttachmentRef {
+        attachment_id: stored.attachment_id.clone(),
+        filename: Some(stored.filename.clone()),
+        content_type: Some(stored.content_type.clone()),
+        size: Some(stored.size),
+    };
+    let send = conv::SendMessageRequest {
+        conversation_id: conversation_id.clone(),
+        role: conv::Role::Assistant as i32,
+        content: "Here is our spa menu.".into(),
+        attachments: vec![reference],
+        ..Default::default()
+    };
     stack.conversation().send_message(send).await.unwrap();
     let pushed = guest.until(|f| f["type"] == "message" && f["role"] == "assistant").await;
     assert_eq!(pushed["attachments"][0]["filename"], "Spa menu.pdf");
-    let (status, _, body) = fetch(pushed["attachments"][0]["url"].as_str().expect("a live message carries a download URL")).await;
+    let (status, _, body) =
+        fetch(pushed["attachments"][0]["url"].as_str().expect("a live message carries a download URL")).await;
     assert_eq!((status, body.as_slice()), (200, pdf.as_slice()));
     let (_, urls) = attachment_urls(stack, &token, &[&stored.attachment_id]).await;
     let download = &urls["downloads"][0];
@@ -240,34 +297,68 @@ async fn full_upload(stack: &TestStack, files: &Files) {
     assert_eq!(status, 200);
     assert_eq!(body, pdf);
     let head = head.to_ascii_lowercase();
-    assert!(head.contains("content-disposition: attachment; filename=\"spa menu.pdf\""), "not an image: a download, {head}");
+    assert!(
+        head.contains("content-disposition: attachment; filename=\"spa menu.pdf\""),
+        "not an image: a download, {head}"
+    );
     assert!(head.contains("x-content-type-options: nosniff"));
 
     // A butler's message carries only files stored for its conversation, as they were stored:
     // an id nobody issued, or another conversation's file, is NOT_FOUND; a made-up name, type
     // or size is replaced by the stored ones.
-    let with = |conversation_id: &str, reference: conv::AttachmentRef| conv::SendMessageRequest { conversation_id: conversation_id.to_owned(), role: conv::Role::Assistant as i32, content: "See attached.".into(), attachments: vec![reference], ..Default::default() };
-    let made_up = conv::AttachmentRef { attachment_id: "att_nope".into(), filename: Some("invoice.pdf".into()), content_type: Some("application/pdf".into()), size: Some(1234) };
+    let with = |conversation_id: &str, reference: conv::AttachmentRef| conv::SendMessageRequest {
+        conversation_id: conversation_id.to_owned(),
+        role: conv::Role::Assistant as i32,
+        content: "See attached.".into(),
+        attachments: vec![reference],
+        ..Default::default()
+    };
+    let made_up = conv::AttachmentRef {
+        attachment_id: "att_nope".into(),
+        filename: Some("invoice.pdf".into()),
+        content_type: Some("application/pdf".into()),
+        size: Some(1234),
+    };
     let refused = stack.conversation().send_message(with(&conversation_id, made_up)).await.expect_err("no such file");
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
     assert!(refused.message().contains("att_nope"), "{}", refused.message());
     let (mut other, _, _) = self::guest(stack).await;
     let other_conversation = other.identify(json!({})).await["conversationId"].as_str().unwrap().to_owned();
     let borrowed = conv::AttachmentRef { attachment_id: stored.attachment_id.clone(), ..Default::default() };
-    let refused = stack.conversation().send_message(with(&other_conversation, borrowed)).await.expect_err("another conversation's file");
+    let refused = stack
+        .conversation()
+        .send_message(with(&other_conversation, borrowed))
+        .await
+        .expect_err("another conversation's file");
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
-    let lying = conv::AttachmentRef { attachment_id: stored.attachment_id.clone(), filename: Some("totally-safe.exe".into()), content_type: Some("application/x-msdownload".into()), size: Some(1) };
+    let lying = conv::AttachmentRef {
+        attachment_id: stored.attachment_id.clone(),
+        filename: Some("totally-safe.exe".into()),
+        content_type: Some("application/x-msdownload".into()),
+        size: Some(1),
+    };
     stack.conversation().send_message(with(&conversation_id, lying)).await.unwrap();
     let pushed = guest.until(|f| f["type"] == "message" && f["content"] == "See attached.").await;
     let shown = &pushed["attachments"][0];
-    assert_eq!((&shown["filename"], shown["size"].as_u64()), (&json!("Spa menu.pdf"), Some(pdf.len() as u64)), "{shown}");
+    assert_eq!(
+        (&shown["filename"], shown["size"].as_u64()),
+        (&json!("Spa menu.pdf"), Some(pdf.len() as u64)),
+        "{shown}"
+    );
 }
 
 /// `POST /chat/attachment-urls` as the widget calls it.
 async fn attachment_urls(stack: &TestStack, token: &str, ids: &[&str]) -> (u16, Value) {
     let auth = format!("Bearer {token}");
     let body = json!({"attachmentIds": ids}).to_string();
-    let (status, response) = http(&stack.http_base(), "POST", "/chat/attachment-urls", &[("Authorization", &auth), ("Content-Type", "application/json")], &body).await;
+    let (status, response) = http(
+        &stack.http_base(),
+        "POST",
+        "/chat/attachment-urls",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &body,
+    )
+    .await;
     (status, json_body(&response))
 }
 
@@ -283,7 +374,8 @@ async fn refusals(stack: &TestStack, files: &Files, s3: bool) {
 
     // More bytes than declared: the storage refuses them (S3 by its signature over the length).
     let (_, answer) = upload_url(stack, Some(&token), "photo.png", "image/png", PNG.len()).await;
-    let (id, url) = (answer["attachmentId"].as_str().unwrap().to_owned(), answer["uploadUrl"].as_str().unwrap().to_owned());
+    let (id, url) =
+        (answer["attachmentId"].as_str().unwrap().to_owned(), answer["uploadUrl"].as_str().unwrap().to_owned());
     let mut bigger = PNG.to_vec();
     bigger.extend_from_slice(&[0u8; 4096]);
     let status = put(&url, "image/png", &bigger).await;
@@ -297,7 +389,10 @@ async fn refusals(stack: &TestStack, files: &Files, s3: bool) {
     assert!(files.kept(&id).is_none());
 
     // HTML or SVG declared as PNG: uploaded, but refused by its bytes when sent.
-    for (name, bytes) in [("page.png", b"<html><script>alert(1)</script></html>".to_vec()), ("icon.png", b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>".to_vec())] {
+    for (name, bytes) in [
+        ("page.png", b"<html><script>alert(1)</script></html>".to_vec()),
+        ("icon.png", b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>".to_vec()),
+    ] {
         let (_, answer) = upload_url(stack, Some(&token), name, "image/png", bytes.len()).await;
         let id = answer["attachmentId"].as_str().unwrap().to_owned();
         assert_eq!(put(answer["uploadUrl"].as_str().unwrap(), "image/png", &bytes).await, 200);
@@ -309,7 +404,8 @@ async fn refusals(stack: &TestStack, files: &Files, s3: bool) {
 
     // A second PUT on a used URL: refused (local) or harmless (S3): the kept file stays the checked one.
     let (_, answer) = upload_url(stack, Some(&token), "first.png", "image/png", PNG.len()).await;
-    let (id, url) = (answer["attachmentId"].as_str().unwrap().to_owned(), answer["uploadUrl"].as_str().unwrap().to_owned());
+    let (id, url) =
+        (answer["attachmentId"].as_str().unwrap().to_owned(), answer["uploadUrl"].as_str().unwrap().to_owned());
     assert_eq!(put(&url, "image/png", PNG).await, 200);
     let mut other = PNG.to_vec();
     *other.last_mut().unwrap() ^= 0xff;
@@ -408,7 +504,10 @@ async fn a_tampered_upload_url_is_refused() {
     let other = url.replace("incoming/att_", "incoming/att_0");
     assert_eq!(put(&other, "image/png", PNG).await, 403);
     let bigger = url.replace(&format!("size={}", PNG.len()), "size=999999");
-    assert_eq!(request("PUT", &bigger, &[("Content-Type", "image/png"), ("Content-Length", "999999")], PNG).await.0, 403);
+    assert_eq!(
+        request("PUT", &bigger, &[("Content-Type", "image/png"), ("Content-Length", "999999")], PNG).await.0,
+        403
+    );
     assert_eq!(put(url.split('?').next().unwrap(), "image/png", PNG).await, 403);
     let files = url.replace("/upload/incoming/", "/upload/files/");
     assert_eq!(put(&files, "image/png", PNG).await, 403, "the kept files cannot be written");
@@ -417,7 +516,11 @@ async fn a_tampered_upload_url_is_refused() {
 #[tokio::test]
 async fn browsers_on_hotel_pages_may_call_across_origins() {
     let (stack, _) = local_stack(&[]).await;
-    let preflight = [("Origin", "https://hotel.example"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization,content-type")];
+    let preflight = [
+        ("Origin", "https://hotel.example"),
+        ("Access-Control-Request-Method", "POST"),
+        ("Access-Control-Request-Headers", "authorization,content-type"),
+    ];
     let (status, response) = http(&stack.http_base(), "OPTIONS", "/chat/upload-url", &preflight, "").await;
     assert_eq!(status, 200, "{response}");
     assert!(response.to_ascii_lowercase().contains("access-control-allow-origin: *"), "{response}");
@@ -426,7 +529,11 @@ async fn browsers_on_hotel_pages_may_call_across_origins() {
     let (_, token, _) = guest(&stack).await;
     let (_, answer) = upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await;
     let url = answer["uploadUrl"].as_str().unwrap();
-    let preflight = [("Origin", "https://hotel.example"), ("Access-Control-Request-Method", "PUT"), ("Access-Control-Request-Headers", "content-type")];
+    let preflight = [
+        ("Origin", "https://hotel.example"),
+        ("Access-Control-Request-Method", "PUT"),
+        ("Access-Control-Request-Headers", "content-type"),
+    ];
     let (status, response) = request("OPTIONS", url, &preflight, b"").await;
     assert_eq!(status, 200, "{response}");
     assert!(response.to_ascii_lowercase().contains("access-control-allow-methods: put"), "{response}");
@@ -459,9 +566,15 @@ async fn an_upload_that_stops_sending_is_refused_with_408() {
     let url = answer["uploadUrl"].as_str().unwrap();
     // Half the declared bytes, then nothing: the connection is not held open waiting.
     let declared = PNG.len().to_string();
-    let (status, _) = request("PUT", url, &[("Content-Type", "image/png"), ("Content-Length", &declared)], &PNG[..PNG.len() / 2]).await;
+    let (status, _) =
+        request("PUT", url, &[("Content-Type", "image/png"), ("Content-Length", &declared)], &PNG[..PNG.len() / 2])
+            .await;
     assert_eq!(status, 408);
-    assert!(files.all().iter().all(|f| !f.starts_with("incoming") && !f.starts_with("tmp")), "nothing is kept: {:?}", files.all());
+    assert!(
+        files.all().iter().all(|f| !f.starts_with("incoming") && !f.starts_with("tmp")),
+        "nothing is kept: {:?}",
+        files.all()
+    );
 }
 
 #[tokio::test]
@@ -509,7 +622,11 @@ async fn a_download_nobody_reads_is_dropped_and_frees_its_place() {
 
 #[tokio::test]
 async fn what_waits_to_be_sent_is_bounded_per_guest_and_per_hotel() {
-    let limits = [("UPLOAD_MAX_PENDING_FILES", "3"), ("UPLOAD_MAX_PENDING_BYTES", "1000"), ("UPLOAD_MAX_PENDING_BYTES_PER_HOTEL", "1500")];
+    let limits = [
+        ("UPLOAD_MAX_PENDING_FILES", "3"),
+        ("UPLOAD_MAX_PENDING_BYTES", "1000"),
+        ("UPLOAD_MAX_PENDING_BYTES_PER_HOTEL", "1500"),
+    ];
     let (stack, _files) = local_stack(&limits).await;
     let (mut first, token, _) = guest(&stack).await;
     let mut asked = Vec::new();
@@ -522,7 +639,10 @@ async fn what_waits_to_be_sent_is_bounded_per_guest_and_per_hotel() {
     assert_eq!((status, answer["error"].as_str()), (429, Some("QUOTA_EXCEEDED")), "{answer}");
     // A file sent in a message no longer waits: its place is free.
     assert_eq!(put(asked[0]["uploadUrl"].as_str().unwrap(), "image/png", PNG).await, 200);
-    assert_eq!(send_with(&mut first, "sent", &[asked[0]["attachmentId"].as_str().unwrap()]).await["type"], "message_ack");
+    assert_eq!(
+        send_with(&mut first, "sent", &[asked[0]["attachmentId"].as_str().unwrap()]).await["type"],
+        "message_ack"
+    );
     assert_eq!(upload_url(&stack, Some(&token), "a.png", "image/png", PNG.len()).await.0, 200);
 
     // Bytes per guest.
@@ -546,7 +666,10 @@ async fn an_upload_url_takes_one_upload_at_a_time() {
     let (addr, path) = url.trim_start_matches("http://").split_once('/').unwrap();
     // The first upload sends half the file and pauses.
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!("PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", PNG.len());
+    let head = format!(
+        "PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        PNG.len()
+    );
     first.write_all(head.as_bytes()).await.unwrap();
     first.write_all(&PNG[..PNG.len() / 2]).await.unwrap();
     let receiving = tokio::time::timeout(WAIT, async {
@@ -572,7 +695,8 @@ async fn characters_that_reorder_a_filename_are_dropped() {
     let mut pdf = b"%PDF-1.7\n".to_vec();
     pdf.resize(100, b'.');
     // Shown as it is, the name reads "invoicefdp.exe": the override reverses what follows it.
-    let (status, answer) = upload_url(&stack, Some(&token), "invoice\u{202E}exe.pdf", "application/pdf", pdf.len()).await;
+    let (status, answer) =
+        upload_url(&stack, Some(&token), "invoice\u{202E}exe.pdf", "application/pdf", pdf.len()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(put(answer["uploadUrl"].as_str().unwrap(), "application/pdf", &pdf).await, 200);
     let id = answer["attachmentId"].as_str().unwrap().to_owned();
@@ -590,7 +714,9 @@ async fn an_upload_must_end_by_the_time_its_url_expires() {
     let url = answer["uploadUrl"].as_str().unwrap().to_owned();
     let (addr, path) = url.trim_start_matches("http://").split_once('/').unwrap();
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!("PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/pdf\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/pdf\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+    );
     socket.write_all(head.as_bytes()).await.unwrap();
     // A byte every 100 ms never idles past the body timeout, but would take 100 s.
     let trickle = async {
@@ -625,7 +751,8 @@ async fn one_address_holds_only_so_many_connections_to_the_file_listener() {
     use tokio::io::AsyncReadExt as _;
     let (stack, _files) = local_stack(&[("UPLOAD_MAX_CONNECTIONS_PER_IP", "2")]).await;
     let addr = stack.stack.upload_http_addr();
-    let _held = [tokio::net::TcpStream::connect(addr).await.unwrap(), tokio::net::TcpStream::connect(addr).await.unwrap()];
+    let _held =
+        [tokio::net::TcpStream::connect(addr).await.unwrap(), tokio::net::TcpStream::connect(addr).await.unwrap()];
     let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(WAIT, over.read_to_end(&mut answer)).await.expect("answered and closed at once").unwrap();

@@ -11,7 +11,11 @@ use serde_json::json;
 /// The next event that carries a message (heartbeats, which carry only the cursor, skipped).
 async fn next_message(stream: &mut tonic::Streaming<conv::WatchMessagesResponse>) -> conv::WatchMessagesResponse {
     loop {
-        let event = tokio::time::timeout(WAIT, stream.message()).await.expect("an event in time").unwrap().expect("the stream goes on");
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream goes on");
         if event.message.is_some() {
             return event;
         }
@@ -26,7 +30,11 @@ async fn watch_messages_resumed_from_a_cursor_replays_what_was_missed() {
     guest.say("w1", "first").await;
 
     let mut client = stack.conversation();
-    let request = |after| conv::WatchMessagesRequest { after_cursor: after, roles: vec![conv::Role::Guest as i32], hotel_id: None };
+    let request = |after| conv::WatchMessagesRequest {
+        after_cursor: after,
+        roles: vec![conv::Role::Guest as i32],
+        hotel_id: None,
+    };
     let mut stream = client.watch_messages(request(0)).await.unwrap().into_inner();
     let first = next_message(&mut stream).await;
     assert_eq!(first.message.as_ref().unwrap().content, "first");
@@ -54,7 +62,12 @@ async fn the_staff_subscription_sees_a_guest_typing_and_the_butler_reading() {
     let identified = guest.identify(json!({"visitorId": "v_typing"})).await;
     let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
 
-    let filter = events::SubscribeRequest { hotel_id: Some("hotel_staff".into()), typing: true, messages: true, ..Default::default() };
+    let filter = events::SubscribeRequest {
+        hotel_id: Some("hotel_staff".into()),
+        typing: true,
+        messages: true,
+        ..Default::default()
+    };
     let mut staff = stack.delivery().subscribe(filter).await.unwrap().into_inner();
     // Subscriptions are live from the moment delivery registers them: keep typing until one
     // arrives rather than guessing when that is.
@@ -76,11 +89,26 @@ async fn the_staff_subscription_sees_a_guest_typing_and_the_butler_reading() {
 
     // The butler's typing and read receipt reach the guest.
     let mut client = stack.conversation();
-    client.set_typing(conv::SetTypingRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, is_typing: true }).await.unwrap();
+    client
+        .set_typing(conv::SetTypingRequest {
+            conversation_id: conversation_id.clone(),
+            role: conv::Role::Assistant as i32,
+            is_typing: true,
+        })
+        .await
+        .unwrap();
     let typing = guest.expect("typing").await;
     assert_eq!(typing, json!({"type": "typing", "isTyping": true, "role": "assistant"}));
     let ack = guest.say("r1", "Can I get a late checkout?").await;
-    client.mark_read(conv::MarkReadRequest { conversation_id, role: conv::Role::Assistant as i32, up_to_seq: ack["seq"].as_i64().unwrap(), guest_id: None }).await.unwrap();
+    client
+        .mark_read(conv::MarkReadRequest {
+            conversation_id,
+            role: conv::Role::Assistant as i32,
+            up_to_seq: ack["seq"].as_i64().unwrap(),
+            guest_id: None,
+        })
+        .await
+        .unwrap();
     let read = guest.expect("read").await;
     assert_eq!(read["upToSeq"], ack["seq"]);
     assert_eq!(read["role"], "assistant");
@@ -119,9 +147,17 @@ async fn a_caught_up_watch_sends_heartbeats_and_a_cursor_past_the_log_is_out_of_
 
     // A read receipt past the last message is refused too, not answered with nothing.
     let conversation_id = hello.message.unwrap().conversation_id;
-    let beyond = conv::MarkReadRequest { conversation_id, role: conv::Role::Assistant as i32, up_to_seq: 1_000_000, guest_id: None };
+    let beyond = conv::MarkReadRequest {
+        conversation_id,
+        role: conv::Role::Assistant as i32,
+        up_to_seq: 1_000_000,
+        guest_id: None,
+    };
     let refused = client.mark_read(beyond).await.expect_err("refused");
-    assert_eq!((refused.code(), refused.message()), (tonic::Code::OutOfRange, "up_to_seq 1000000 is past the conversation's last message (2)"));
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::OutOfRange, "up_to_seq 1000000 is past the conversation's last message (2)")
+    );
 }
 
 /// A call whose deadline passes before its answer is ready is answered DEADLINE_EXCEEDED by
@@ -154,20 +190,26 @@ async fn a_passed_deadline_is_deadline_exceeded_and_a_retry_stores_once() {
     sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.unwrap();
 
     let tcp = tokio::net::TcpStream::connect(stack.stack.addr(jack_e2e::Svc::Conversation)).await.unwrap();
-    let (mut h2, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(connection);
     let body = prost::Message::encode_to_vec(&send);
     let mut framed = vec![0u8];
     framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
     framed.extend_from_slice(&body);
     for _ in 0..20 {
-        let request = http::Request::post(format!("http://{}/jack.conversation.v1.ConversationService/SendMessage", stack.stack.addr(jack_e2e::Svc::Conversation)))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("grpc-timeout", "50m")
-            .header("authorization", format!("Bearer {}", token.trim()))
-            .body(http_body_util::Full::new(bytes::Bytes::from(framed.clone())))
-            .unwrap();
+        let request = http::Request::post(format!(
+            "http://{}/jack.conversation.v1.ConversationService/SendMessage",
+            stack.stack.addr(jack_e2e::Svc::Conversation)
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "50m")
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(http_body_util::Full::new(bytes::Bytes::from(framed.clone())))
+        .unwrap();
         let response = tokio::time::timeout(WAIT, h2.send_request(request)).await.unwrap().unwrap();
         let headers = response.headers().clone();
         let trailers = response.into_body().collect().await.unwrap().trailers().cloned().unwrap_or_default();
@@ -193,7 +235,11 @@ async fn typing_that_is_not_renewed_ends_on_its_own() {
     let identified = guest.identify(json!({"visitorId": "v_typing_ttl"})).await;
     let conversation_id = identified["conversationId"].as_str().unwrap().to_owned();
     let mut responder = stack.conversation();
-    let typing = |is_typing| conv::SetTypingRequest { conversation_id: conversation_id.clone(), role: conv::Role::Assistant as i32, is_typing };
+    let typing = |is_typing| conv::SetTypingRequest {
+        conversation_id: conversation_id.clone(),
+        role: conv::Role::Assistant as i32,
+        is_typing,
+    };
 
     responder.set_typing(typing(true)).await.unwrap();
     assert_eq!(guest.expect("typing").await, json!({"type": "typing", "isTyping": true, "role": "assistant"}));

@@ -53,7 +53,12 @@ async fn widget_works_in_a_real_browser_against_the_real_stack() {
     let stack = TestStack::start().await;
     let shutdown = CancellationToken::new();
     let cursor = tempfile::tempdir().unwrap();
-    let concierge = tokio::spawn(jack::concierge::run(vec![stack.stack.url(Svc::Conversation)], stack.credentials(jack_e2e::Role::Responder), cursor.path().join("cursor"), shutdown.clone()));
+    let concierge = tokio::spawn(jack::concierge::run(
+        vec![stack.stack.url(Svc::Conversation)],
+        stack.credentials(jack_e2e::Role::Responder),
+        cursor.path().join("cursor"),
+        shutdown.clone(),
+    ));
 
     let mut command = Command::new("node");
     command
@@ -62,7 +67,8 @@ async fn widget_works_in_a_real_browser_against_the_real_stack() {
         .env("JACK_URL", stack.http_base())
         .env("JACK_CONVERSATION_ADDR", stack.stack.addr(Svc::Conversation).to_string())
         .env("JACK_RESPONDER_TOKEN_FILE", stack.data_dir().join("credentials/responder.token"));
-    let out = tokio::task::spawn_blocking(move || run(&mut command, "browser tests (widget/test/browser)")).await.unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || run(&mut command, "browser tests (widget/test/browser)")).await.unwrap();
     println!("{out}");
 
     shutdown.cancel();

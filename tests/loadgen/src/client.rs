@@ -59,7 +59,9 @@ pub async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws>
     }
     let stream = socket.connect(target.addr).await.context("connect failed")?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config())).await.context("WebSocket handshake failed")?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config()))
+        .await
+        .context("WebSocket handshake failed")?;
     Ok(ws)
 }
 
@@ -83,7 +85,11 @@ pub async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
 
 /// Opens, reads `connected`, identifies, and returns the frames that came before
 /// `identified` (e.g. `history`) along with the identity.
-pub async fn connect_and_identify(target: &Target, source: Option<IpAddr>, identify: Value) -> anyhow::Result<(Ws, Identity, Vec<Value>)> {
+pub async fn connect_and_identify(
+    target: &Target,
+    source: Option<IpAddr>,
+    identify: Value,
+) -> anyhow::Result<(Ws, Identity, Vec<Value>)> {
     let mut ws = open(target, source).await?;
     let connected = recv(&mut ws).await?;
     if connected["type"] != "connected" {
@@ -97,7 +103,11 @@ pub async fn connect_and_identify(target: &Target, source: Option<IpAddr>, ident
         match frame["type"].as_str() {
             Some("identified") => {
                 let identity = Identity {
-                    visitor_id: frame["visitorId"].as_str().or(identify["visitorId"].as_str()).unwrap_or_default().to_owned(),
+                    visitor_id: frame["visitorId"]
+                        .as_str()
+                        .or(identify["visitorId"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
                     visitor_token: frame["visitorToken"].as_str().map(str::to_owned),
                     conversation_id: frame["conversationId"].as_str().map(str::to_owned),
                     protocol,

@@ -5,7 +5,8 @@ use anyhow::Context as _;
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -19,12 +20,15 @@ const USER_HZ: f64 = 100.0;
 
 /// CPU time the process has used so far, user and system, in seconds (10 ms resolution).
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces and parentheses: count fields after its end.
     let (_, fields) = stat.rsplit_once(')').context("no command name in stat")?;
     let fields: Vec<&str> = fields.split_whitespace().collect();
     // utime and stime are fields 14 and 15; field 3 comes first after the name.
-    let ticks = |field: usize| -> anyhow::Result<u64> { fields.get(field - 3).and_then(|f| f.parse().ok()).with_context(|| format!("no field {field} in stat")) };
+    let ticks = |field: usize| -> anyhow::Result<u64> {
+        fields.get(field - 3).and_then(|f| f.parse().ok()).with_context(|| format!("no field {field} in stat"))
+    };
     Ok((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
 }
 
@@ -52,9 +56,10 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
         for fd in fds.flatten() {
             if let Ok(link) = std::fs::read_link(fd.path())
-                && inodes.iter().any(|i| link.to_string_lossy() == *i) {
-                    return Some(pid);
-                }
+                && inodes.iter().any(|i| link.to_string_lossy() == *i)
+            {
+                return Some(pid);
+            }
         }
     }
     None

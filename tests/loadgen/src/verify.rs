@@ -64,7 +64,12 @@ pub fn compare(expected: &[String], seen: &[String]) -> Verdict {
 }
 
 /// Reconnects as the guest and checks its stored history against the acknowledged ids.
-pub async fn stored_history(target: &Target, source: Option<IpAddr>, identity: &Identity, acked_ids: &[String]) -> Verdict {
+pub async fn stored_history(
+    target: &Target,
+    source: Option<IpAddr>,
+    identity: &Identity,
+    acked_ids: &[String],
+) -> Verdict {
     let identify = json!({
         "type": "identify",
         "visitorId": identity.visitor_id,

@@ -18,7 +18,15 @@ async fn stack(dir: &std::path::Path) -> (Stack, CancellationToken) {
         ("EDGE_CONNECTS_PER_IP", "0"),
         ("EDGE_NEW_VISITORS_PER_IP", "0"),
     ]);
-    for name in ["GUEST_GRPC_ADDR", "CONVERSATION_GRPC_ADDR", "DELIVERY_GRPC_ADDR", "UPLOAD_GRPC_ADDR", "UPLOAD_HTTP_ADDR", "EDGE_GRPC_ADDR", "EDGE_METRICS_ADDR"] {
+    for name in [
+        "GUEST_GRPC_ADDR",
+        "CONVERSATION_GRPC_ADDR",
+        "DELIVERY_GRPC_ADDR",
+        "UPLOAD_GRPC_ADDR",
+        "UPLOAD_HTTP_ADDR",
+        "EDGE_GRPC_ADDR",
+        "EDGE_METRICS_ADDR",
+    ] {
         env = env.with(name, "127.0.0.1:0");
     }
     let shutdown = CancellationToken::new();
@@ -27,7 +35,11 @@ async fn stack(dir: &std::path::Path) -> (Stack, CancellationToken) {
 
 fn clean(report: &Value) {
     let v = &report["exactly_once"];
-    assert_eq!((v["lost"].as_u64(), v["duplicated"].as_u64(), v["out_of_order"].as_u64(), v["failed_checks"].as_u64()), (Some(0), Some(0), Some(0), Some(0)), "{report}");
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicated"].as_u64(), v["out_of_order"].as_u64(), v["failed_checks"].as_u64()),
+        (Some(0), Some(0), Some(0), Some(0)),
+        "{report}"
+    );
     assert!(v["messages"].as_u64().unwrap() > 0, "{report}");
 }
 
@@ -37,7 +49,14 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     let (stack, shutdown) = stack(dir.path()).await;
     let url = format!("ws://{}/ws/chat?hotelId=bench", stack.addr(Service::Edge));
 
-    let traffic = |clients, duration, sources: &str| chat::Traffic { url: url.clone(), clients, rate: 200, duration, sources: sources.into(), target_pid: None };
+    let traffic = |clients, duration, sources: &str| chat::Traffic {
+        url: url.clone(),
+        clients,
+        rate: 200,
+        duration,
+        sources: sources.into(),
+        target_pid: None,
+    };
     let args = chat::ChatArgs { traffic: traffic(20, 2, "127.0.0.1-127.0.0.4"), size: 64, no_verify: false };
     let report = chat::run(&args, "chat").await.unwrap().to_json();
     assert_eq!(report["acked"], report["scheduled"], "{report}");
@@ -46,7 +65,11 @@ async fn chat_outbound_and_reconnect_lose_and_duplicate_nothing() {
     assert_eq!(report["target_pid"], std::process::id(), "{report}");
     assert!(report["target_cpu_us_per_message"].as_f64().is_some_and(|us| us > 0.0), "{report}");
 
-    let args = outbound::OutboundArgs { traffic: traffic(20, 2, "127.0.0.1"), conversation: stack.url(Service::Conversation), token_file: Some(dir.path().join("credentials/responder.token")) };
+    let args = outbound::OutboundArgs {
+        traffic: traffic(20, 2, "127.0.0.1"),
+        conversation: stack.url(Service::Conversation),
+        token_file: Some(dir.path().join("credentials/responder.token")),
+    };
     let report = outbound::run(&args, false).await.unwrap().to_json();
     assert_eq!(report["received"], report["sent"], "{report}");
     assert_eq!(report["send_to_committed_latency"]["count"], report["sent"], "every send answered and timed: {report}");
@@ -83,7 +106,9 @@ async fn the_durable_echo_acknowledges_only_what_its_log_holds() {
     assert!(connected.as_str().contains(r#""type":"connected""#), "{connected}");
     ws.send(Message::text(r#"{"type":"identify","visitorId":"v1"}"#)).await.unwrap();
     for i in 0..3 {
-        ws.send(Message::text(format!(r#"{{"type":"message","content":"towels {i}","clientMessageId":"c{i}"}}"#))).await.unwrap();
+        ws.send(Message::text(format!(r#"{{"type":"message","content":"towels {i}","clientMessageId":"c{i}"}}"#)))
+            .await
+            .unwrap();
     }
     let mut acked = Vec::new();
     while acked.len() < 3 {
@@ -93,7 +118,10 @@ async fn the_durable_echo_acknowledges_only_what_its_log_holds() {
             let client_id = frame["clientMessageId"].as_str().unwrap().to_owned();
             // Read when the ack arrives: the frame is already in the file.
             let kept = std::fs::read_to_string(&log).unwrap();
-            assert!(kept.contains(&format!(r#""clientMessageId":"{client_id}""#)), "acked {client_id} but the log holds {kept:?}");
+            assert!(
+                kept.contains(&format!(r#""clientMessageId":"{client_id}""#)),
+                "acked {client_id} but the log holds {kept:?}"
+            );
             acked.push(client_id);
         }
     }

@@ -117,7 +117,9 @@ async fn commit_groups(write: AnyPool, mut rx: mpsc::Receiver<Box<dyn Job>>) {
                     }
                     continue;
                 }
-                Err(err) => tracing::debug!(error = %err, size = jobs.len(), "a group of writes failed; each runs alone"),
+                Err(err) => {
+                    tracing::debug!(error = %err, size = jobs.len(), "a group of writes failed; each runs alone")
+                }
             }
         }
         for mut job in jobs.drain(..) {

@@ -42,7 +42,9 @@ impl LocalDisk {
     /// The file of a key. Keys are ours (`incoming/att_…`); anything else is refused.
     pub fn path(&self, key: &str) -> Option<PathBuf> {
         let (folder, name) = key.split_once('/')?;
-        let safe = matches!(folder, "incoming" | "files" | "thumbs") && !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let safe = matches!(folder, "incoming" | "files" | "thumbs")
+            && !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         safe.then(|| self.root.join(folder).join(name))
     }
 
@@ -110,7 +112,13 @@ impl LocalDisk {
     pub async fn remove_stale_parts(&self, age: Duration) {
         let Ok(mut entries) = tokio::fs::read_dir(self.root.join("tmp")).await else { return };
         while let Ok(Some(entry)) = entries.next_entry().await {
-            let old = entry.metadata().await.ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age);
+            let old = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e > age);
             if old {
                 let _ = tokio::fs::remove_file(entry.path()).await;
             }

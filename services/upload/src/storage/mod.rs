@@ -33,7 +33,13 @@ pub enum Storage {
 }
 
 impl Storage {
-    pub async fn presign_put(&self, key: &str, content_type: &str, size: i64, ttl: Duration) -> Result<UploadUrl, StorageError> {
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: i64,
+        ttl: Duration,
+    ) -> Result<UploadUrl, StorageError> {
         match self {
             Storage::Local(disk) => Ok(disk.presign_put(key, content_type, size, ttl)),
             Storage::S3(s3) => s3.presign_put(key, content_type, size, ttl).await,

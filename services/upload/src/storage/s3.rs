@@ -34,7 +34,13 @@ impl S3Store {
         let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.path_style);
         if let Some((id, secret)) = &settings.credentials {
-            config = config.credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "UPLOAD_S3_ACCESS_KEY_ID"));
+            config = config.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "UPLOAD_S3_ACCESS_KEY_ID",
+            ));
         }
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
@@ -49,14 +55,25 @@ impl S3Store {
             Some(public) => Client::from_conf(config.to_builder().endpoint_url(public).build()),
             None => Client::from_conf(config.clone()),
         };
-        Self { client: Client::from_conf(config), presigner, bucket: settings.bucket.clone(), prefix: settings.prefix.clone() }
+        Self {
+            client: Client::from_conf(config),
+            presigner,
+            bucket: settings.bucket.clone(),
+            prefix: settings.prefix.clone(),
+        }
     }
 
     fn key(&self, key: &str) -> String {
         if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) }
     }
 
-    pub async fn presign_put(&self, key: &str, content_type: &str, size: i64, ttl: Duration) -> Result<UploadUrl, StorageError> {
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: i64,
+        ttl: Duration,
+    ) -> Result<UploadUrl, StorageError> {
         let expires_at_ms = jack_runtime::time::now_ms() + ttl.as_millis() as i64;
         let presigned = self
             .presigner
@@ -95,7 +112,9 @@ impl S3Store {
         };
         let len = output.content_length().and_then(|l| u64::try_from(l).ok());
         // The store's answer is read as the client takes it.
-        let chunks = futures_util::stream::unfold(output.body, |mut body| async move { body.next().await.map(|chunk| (chunk.map_err(std::io::Error::other), body)) });
+        let chunks = futures_util::stream::unfold(output.body, |mut body| async move {
+            body.next().await.map(|chunk| (chunk.map_err(std::io::Error::other), body))
+        });
         Ok(Some((len, Box::pin(chunks))))
     }
 

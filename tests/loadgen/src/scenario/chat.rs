@@ -44,7 +44,10 @@ pub struct Traffic {
 impl Traffic {
     /// Connects and identifies every guest (`name` prefixes their visitor ids); a traffic
     /// scenario needs them all, so any failure ends the run.
-    pub async fn connect_all(&self, name: &str) -> anyhow::Result<(Target, Vec<(client::Ws, Identity, Option<std::net::IpAddr>)>, Duration)> {
+    pub async fn connect_all(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(Target, Vec<(client::Ws, Identity, Option<std::net::IpAddr>)>, Duration)> {
         let target = Target::parse(&self.url)?;
         let sources = client::parse_sources(&self.sources)?;
         let prefix = format!("{name}-{}", &jack_runtime::ids::random_hex()[..8]);
@@ -95,7 +98,13 @@ pub struct Connected {
 /// Connects and identifies `count` guests, 256 at a time: fresh visitors named after
 /// `prefix`, or, with `resume` (a visitor id and token), tabs of that one visitor that ask for
 /// its whole history.
-pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: usize, prefix: &str, resume: Option<&(String, String)>) -> anyhow::Result<Connected> {
+pub async fn connect_many(
+    target: &Target,
+    sources: &[std::net::IpAddr],
+    count: usize,
+    prefix: &str,
+    resume: Option<&(String, String)>,
+) -> anyhow::Result<Connected> {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(256));
     let mut tasks = Vec::with_capacity(count);
@@ -103,7 +112,9 @@ pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: 
         let (target, gate) = (target.clone(), gate.clone());
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
         let identify = match resume {
-            Some((visitor, token)) => json!({"type": "identify", "visitorId": visitor, "visitorToken": token, "lastSeq": 0}),
+            Some((visitor, token)) => {
+                json!({"type": "identify", "visitorId": visitor, "visitorToken": token, "lastSeq": 0})
+            }
             None => client::identify_frame(&format!("{prefix}-{i}")),
         };
         tasks.push(tokio::spawn(async move {
@@ -111,7 +122,8 @@ pub async fn connect_many(target: &Target, sources: &[std::net::IpAddr], count: 
             client::connect_and_identify(&target, source, identify).await.map(|(ws, id, _)| (ws, id, source))
         }));
     }
-    let mut connected = Connected { guests: Vec::with_capacity(count), failures: 0, first_error: None, took: Duration::ZERO };
+    let mut connected =
+        Connected { guests: Vec::with_capacity(count), failures: 0, first_error: None, took: Duration::ZERO };
     for task in tasks {
         match task.await? {
             Ok(guest) => connected.guests.push(guest),
@@ -226,7 +238,12 @@ struct Reply<'a> {
 
 /// One guest: sends what the schedule gives it, matches acks to sends. Message `n` goes out
 /// with the client message id `m{n}`.
-async fn guest_loop(mut ws: client::Ws, mut commands: mpsc::UnboundedReceiver<(u64, Instant)>, latency: Arc<Mutex<Histogram<u64>>>, content: String) -> GuestOutcome {
+async fn guest_loop(
+    mut ws: client::Ws,
+    mut commands: mpsc::UnboundedReceiver<(u64, Instant)>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    content: String,
+) -> GuestOutcome {
     let mut outcome = GuestOutcome::default();
     let mut pending: HashMap<u64, Instant> = HashMap::new();
     let mut open = true;

@@ -41,7 +41,10 @@ pub async fn serve(listen: &str, log: Option<&Path>) -> anyhow::Result<()> {
     let log = log.map(Log::open).transpose()?;
     // The product's own bind: the accept queue as long as the kernel allows (tokio's 128
     // dropped handshakes while 1,000 clients connected at once).
-    let addr = tokio::net::lookup_host(listen).await?.next().ok_or_else(|| anyhow::anyhow!("--listen {listen:?}: no address"))?;
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("--listen {listen:?}: no address"))?;
     let listener = jack_runtime::grpc::bind("the echo server", addr).await?;
     println!("listening {}", listener.local_addr()?);
     loop {
@@ -49,7 +52,10 @@ pub async fn serve(listen: &str, log: Option<&Path>) -> anyhow::Result<()> {
         stream.set_nodelay(true)?;
         let log = log.clone();
         tokio::spawn(async move {
-            let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(crate::client::config())).await else { return };
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(crate::client::config())).await
+            else {
+                return;
+            };
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             match log {
                 None => answer_at_once(ws, n).await,
@@ -71,7 +77,9 @@ fn answer(n: u64, seq: &mut u64, frame: &Value) -> Option<Value> {
         Some("identify") => Some(json!({"type": "identified", "guestId": format!("echo_guest_{n}")})),
         Some("message") => {
             *seq += 1;
-            Some(json!({"type": "message_ack", "clientMessageId": frame["clientMessageId"], "messageId": format!("echo_{n}_{seq}"), "timestamp": jack_runtime::time::now_rfc3339()}))
+            Some(
+                json!({"type": "message_ack", "clientMessageId": frame["clientMessageId"], "messageId": format!("echo_{n}_{seq}"), "timestamp": jack_runtime::time::now_rfc3339()}),
+            )
         }
         _ => None,
     }
@@ -168,28 +176,38 @@ impl Log {
 pub async fn run(args: &EchoArgs) -> anyhow::Result<Report> {
     let mut server = tokio::process::Command::new(std::env::current_exe()?);
     server.args(["echo-server", "--listen", "127.0.0.1:0"]);
-    let log = args.durable.as_ref().map(|dir| dir.join(format!("jack-echo-{}.log", &jack_runtime::ids::random_hex()[..8])));
+    let log =
+        args.durable.as_ref().map(|dir| dir.join(format!("jack-echo-{}.log", &jack_runtime::ids::random_hex()[..8])));
     if let Some(log) = &log {
         server.arg("--log").arg(log);
     }
-    let mut child = server
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = server.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let first = lines.next_line().await?.unwrap_or_default();
-    let addr = first.strip_prefix("listening ").ok_or_else(|| anyhow::anyhow!("echo server did not start: {first:?}"))?;
+    let addr =
+        first.strip_prefix("listening ").ok_or_else(|| anyhow::anyhow!("echo server did not start: {first:?}"))?;
     let mut chat_args = args.chat.clone();
     chat_args.traffic.url = format!("ws://{addr}/ws/chat?hotelId=echo");
     chat_args.no_verify = true;
-    let title = if log.is_some() { "durable echo baseline (tokio-tungstenite server, group-committed log)" } else { "echo baseline (bare tokio-tungstenite server)" };
+    let title = if log.is_some() {
+        "durable echo baseline (tokio-tungstenite server, group-committed log)"
+    } else {
+        "echo baseline (bare tokio-tungstenite server)"
+    };
     let report = chat::run(&chat_args, title).await;
     child.kill().await?;
     if let Some(log) = &log {
         std::fs::remove_file(log)?;
     }
     let mut report = report?;
-    report.add("server", if log.is_some() { "jack-loadgen echo-server --log (child process)" } else { "jack-loadgen echo-server (child process)" });
+    report.add(
+        "server",
+        if log.is_some() {
+            "jack-loadgen echo-server --log (child process)"
+        } else {
+            "jack-loadgen echo-server (child process)"
+        },
+    );
     Ok(report)
 }

@@ -86,7 +86,10 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn read_tagged(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>, tag: &str) -> anyhow::Result<Value> {
+async fn read_tagged(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    tag: &str,
+) -> anyhow::Result<Value> {
     while let Some(line) = lines.next_line().await? {
         if let Some(json) = line.strip_prefix(tag) {
             return Ok(serde_json::from_str(json.trim())?);
@@ -99,12 +102,28 @@ type Worker = (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<toki
 
 /// Starts worker processes holding `clients` guests between them and waits until all are
 /// identified; returns the workers and how many guests they hold.
-async fn spawn_workers(args: &IdleArgs, clients: usize, processes: usize, prefix: &str, resume: Option<&(String, String)>) -> anyhow::Result<(Vec<Worker>, u64, u64, Option<String>)> {
+async fn spawn_workers(
+    args: &IdleArgs,
+    clients: usize,
+    processes: usize,
+    prefix: &str,
+    resume: Option<&(String, String)>,
+) -> anyhow::Result<(Vec<Worker>, u64, u64, Option<String>)> {
     let mut workers = Vec::new();
     for w in 0..processes {
         let share = clients / processes + usize::from(w < clients % processes);
         let mut command = Command::new(std::env::current_exe()?);
-        command.args(["idle-worker", "--url", &args.url, "--clients", &share.to_string(), "--prefix", &format!("{prefix}-{w}"), "--sources", &args.sources]);
+        command.args([
+            "idle-worker",
+            "--url",
+            &args.url,
+            "--clients",
+            &share.to_string(),
+            "--prefix",
+            &format!("{prefix}-{w}"),
+            "--sources",
+            &args.sources,
+        ]);
         if let Some((visitor, token)) = resume {
             command.args(["--resume", visitor, token]);
         }
@@ -138,7 +157,8 @@ fn per_connection(before: Option<u64>, after: Option<u64>, connections: u64) -> 
 /// One visitor sends `count` messages (paced under the edge's rate limit, each acknowledged)
 /// and leaves; returns its id and token, and the bytes of content sent.
 async fn visitor_with_history(target: &Target, count: usize, run_id: &str) -> anyhow::Result<((String, String), u64)> {
-    let (mut ws, identity, _) = client::connect_and_identify(target, None, client::identify_frame(&format!("history-{run_id}"))).await?;
+    let (mut ws, identity, _) =
+        client::connect_and_identify(target, None, client::identify_frame(&format!("history-{run_id}"))).await?;
     let token = identity.visitor_token.clone().context("identified without a visitor token")?;
     let content = "x".repeat(180);
     let mut bytes = 0;
@@ -175,14 +195,19 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     let rest = args.clients - warmup;
     let per_process = 9000;
     let rss_before = rss();
-    let (mut workers, warm, warm_failed, warm_error) =
-        if warmup > 0 { spawn_workers(args, warmup, warmup.div_ceil(per_process), &format!("warm-{}", &run_id[..8]), resume.as_ref()).await? } else { (Vec::new(), 0, 0, None) };
+    let (mut workers, warm, warm_failed, warm_error) = if warmup > 0 {
+        spawn_workers(args, warmup, warmup.div_ceil(per_process), &format!("warm-{}", &run_id[..8]), resume.as_ref())
+            .await?
+    } else {
+        (Vec::new(), 0, 0, None)
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_warm = rss();
     let cpu = super::CpuMeter::start(pid, target.addr.port());
     let started = Instant::now();
     let processes = args.processes.unwrap_or(rest.div_ceil(per_process)).max(1);
-    let (main, connected, failed, error) = spawn_workers(args, rest, processes, &format!("idle-{}", &run_id[..8]), resume.as_ref()).await?;
+    let (main, connected, failed, error) =
+        spawn_workers(args, rest, processes, &format!("idle-{}", &run_id[..8]), resume.as_ref()).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     // What the target spent connecting and identifying the guests after the warm-up.
     let cpu = cpu.stop();

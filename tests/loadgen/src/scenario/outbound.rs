@@ -76,7 +76,15 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     let mut tasks = Vec::new();
     for (ws, identity, source) in connections {
         conversations.push(identity.conversation_id.clone().unwrap_or_default());
-        let task = tokio::spawn(receive(target.clone(), source, identity, ws, shared.clone(), epoch_rx.clone(), stop_rx.clone()));
+        let task = tokio::spawn(receive(
+            target.clone(),
+            source,
+            identity,
+            ws,
+            shared.clone(),
+            epoch_rx.clone(),
+            stop_rx.clone(),
+        ));
         tasks.push(task);
     }
 
@@ -89,7 +97,8 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     // answer.
     let credentials = match &outbound.token_file {
         Some(path) => {
-            let token = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()))?;
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()))?;
             jack_runtime::grpc::Credentials::bearer(&token)?
         }
         None => jack_runtime::grpc::Credentials::none(),
@@ -108,10 +117,14 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
     let responder = std::thread::Builder::new().name("responder".into()).spawn(move || -> anyhow::Result<()> {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(responder.run())
     })?;
-    tokio::task::spawn_blocking(move || responder.join()).await?.map_err(|_| anyhow::anyhow!("the responder thread panicked"))??;
+    tokio::task::spawn_blocking(move || responder.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the responder thread panicked"))??;
     // Wait until everything sent has arrived (or a grace period passed).
     let grace = Instant::now() + Duration::from_secs(20);
-    while shared.received.load(Ordering::Relaxed) + send_errors.load(Ordering::Relaxed) < total && Instant::now() < grace {
+    while shared.received.load(Ordering::Relaxed) + send_errors.load(Ordering::Relaxed) < total
+        && Instant::now() < grace
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = cpu.stop();
@@ -142,7 +155,8 @@ pub async fn run(outbound: &OutboundArgs, drop_midway: bool) -> anyhow::Result<R
         report.add("reconnect_retries", shared.reconnect_retries.load(Ordering::Relaxed));
         report.add("reconnect_retry_reasons", json!(*shared.retry_reasons.lock().expect("lock")));
         let hist = shared.reconnect.lock().expect("lock");
-        report.add("all_live_again_after_s", if hist.is_empty() { Value::Null } else { json!(hist.max() as f64 / 1e6) });
+        report
+            .add("all_live_again_after_s", if hist.is_empty() { Value::Null } else { json!(hist.max() as f64 / 1e6) });
     }
     report.add("exactly_once", verdict.to_json());
     Ok(report)
@@ -165,7 +179,11 @@ struct Responder {
 impl Responder {
     /// Returns once every send has been answered (or failed).
     async fn run(self) -> anyhow::Result<()> {
-        let client = ConversationServiceClient::new(jack_runtime::grpc::channel(&self.url, Duration::from_secs(10), &self.credentials)?);
+        let client = ConversationServiceClient::new(jack_runtime::grpc::channel(
+            &self.url,
+            Duration::from_secs(10),
+            &self.credentials,
+        )?);
         let n = self.conversations.len() as u64;
         let send_start = Instant::now();
         let mut scheduled = 0u64;
@@ -192,7 +210,11 @@ impl Responder {
                     match client.send_message(request).await {
                         Ok(_) => {
                             let now_us = shared.start.elapsed().as_micros() as u64;
-                            let _ = shared.committed.lock().expect("lock").record(now_us.saturating_sub(offset_us as u64).max(1));
+                            let _ = shared
+                                .committed
+                                .lock()
+                                .expect("lock")
+                                .record(now_us.saturating_sub(offset_us as u64).max(1));
                         }
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
