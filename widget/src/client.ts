@@ -7,8 +7,8 @@
 // - every (re)connect identifies with `lastSeq` = the highest `seq` shown, so the edge
 //   replays exactly what was missed; the timeline drops any `messageId` already shown.
 
-import { Connection, type ConnectionDeps } from './connection';
-import { Emitter } from './emitter';
+import { Connection, type ConnectionDeps } from "./connection";
+import { Emitter } from "./emitter";
 import {
   type Attachment,
   type ChatMessage,
@@ -22,9 +22,9 @@ import {
   newVisitorId,
   parseServerFrame,
   utf8Length,
-} from './protocol';
-import type { WidgetStorage } from './storage';
-import { type Entry, Timeline } from './timeline';
+} from "./protocol";
+import type { WidgetStorage } from "./storage";
+import { type Entry, Timeline } from "./timeline";
 
 /** The SDK's events (the spec's names) and what they carry. */
 export interface ChatEvents {
@@ -38,7 +38,7 @@ export interface ChatEvents {
   closed: undefined;
 }
 
-export type Link = 'connecting' | 'online' | 'offline' | 'stopped';
+export type Link = "connecting" | "online" | "offline" | "stopped";
 
 /** What the view redraws. */
 export interface Changes {
@@ -80,12 +80,12 @@ export class ChatClient {
   readonly events = new Emitter<ChatEvents>();
   readonly changes = new Emitter<Changes>();
   limits: Limits = { maxMessageSize: 4096, maxFileSize: 5_242_880 };
-  link: Link = 'connecting';
+  link: Link = "connecting";
   conversationId: string | undefined;
   /** Older messages exist before the first one shown. */
   more = false;
   private readonly connection: Connection;
-  private sessionId = '';
+  private sessionId = "";
   private identified = false;
   private profile: UserIdentity = {};
   private sentIdentify: IdentifyFrame | null = null;
@@ -113,7 +113,7 @@ export class ChatClient {
     private readonly deps: ConnectionDeps & { now(): number },
   ) {
     this.connection = new Connection(url, deps, {
-      open: () => this.setLink('connecting'),
+      open: () => this.setLink("connecting"),
       frame: (text) => this.onFrame(text),
       closed: (code, reason, retryIn) => {
         this.identified = false;
@@ -121,13 +121,13 @@ export class ChatClient {
         this.inFlight = null;
         this.disarm();
         this.cancelRenewal();
-        for (const entry of this.timeline.pending()) if (entry.status === 'sending') this.setStatus(entry, 'queued');
-        this.setLink(retryIn === null ? 'stopped' : 'offline');
-        this.events.emit('disconnected', { code, reason, retryIn });
+        for (const entry of this.timeline.pending()) if (entry.status === "sending") this.setStatus(entry, "queued");
+        this.setLink(retryIn === null ? "stopped" : "offline");
+        this.events.emit("disconnected", { code, reason, retryIn });
       },
     });
     for (const queued of storage.outbox(deps.now())) {
-      this.changes.emit('entry', this.timeline.addPending(queued.frame, 'queued'));
+      this.changes.emit("entry", this.timeline.addPending(queued.frame, "queued"));
     }
   }
 
@@ -135,40 +135,40 @@ export class ChatClient {
     this.connection.start();
   }
 
-  storageKey(name: 'identity' | 'seen' | 'outbox'): string {
+  storageKey(name: "identity" | "seen" | "outbox"): string {
     return this.storage.key(name);
   }
 
   stop(): void {
     this.cancelRenewal();
     this.connection.stop();
-    this.setLink('stopped');
+    this.setLink("stopped");
   }
 
   /** The network may be back (tab visible again, `online`): reconnect now, not after the
    * wait; a socket that owes an answer may be a dead one from before, so it is replaced. */
   nudge(): void {
-    if (this.watchdog !== null && this.connection.state === 'open') this.connection.restart();
+    if (this.watchdog !== null && this.connection.state === "open") this.connection.restart();
     else this.connection.nudge();
   }
 
   /** Sends a text message; returns its `clientMessageId`, or throws when it cannot be sent at all. */
   sendText(content: string): string {
     const text = content.trim();
-    if (!text) throw new ChatError('EMPTY_MESSAGE', 'the message is empty');
+    if (!text) throw new ChatError("EMPTY_MESSAGE", "the message is empty");
     if (utf8Length(text) > this.limits.maxMessageSize) {
-      throw new ChatError('MESSAGE_TOO_LARGE', `the message is longer than ${this.limits.maxMessageSize} bytes`);
+      throw new ChatError("MESSAGE_TOO_LARGE", `the message is longer than ${this.limits.maxMessageSize} bytes`);
     }
-    return this.enqueue({ type: 'message', clientMessageId: newClientMessageId(), content: text });
+    return this.enqueue({ type: "message", clientMessageId: newClientMessageId(), content: text });
   }
 
   /** Sends uploaded files (with an optional caption) as one message. */
-  sendAttachments(attachments: Attachment[], caption = ''): string {
+  sendAttachments(attachments: Attachment[], caption = ""): string {
     const content = caption.trim();
     if (utf8Length(content) > this.limits.maxMessageSize) {
-      throw new ChatError('MESSAGE_TOO_LARGE', `the message is longer than ${this.limits.maxMessageSize} bytes`);
+      throw new ChatError("MESSAGE_TOO_LARGE", `the message is longer than ${this.limits.maxMessageSize} bytes`);
     }
-    return this.enqueue({ type: 'message', clientMessageId: newClientMessageId(), content, attachments });
+    return this.enqueue({ type: "message", clientMessageId: newClientMessageId(), content, attachments });
   }
 
   /** The visitor token, for the HTTP calls (uploads, download URLs). */
@@ -178,7 +178,7 @@ export class ChatClient {
 
   /** A tap on a quick reply or a postback button. */
   sendPostback(label: string, payload: string, messageId?: string): string {
-    return this.enqueue({ type: 'postback', clientMessageId: newClientMessageId(), payload, label, messageId });
+    return this.enqueue({ type: "postback", clientMessageId: newClientMessageId(), payload, label, messageId });
   }
 
   /** Sends a failed message again, with its original `clientMessageId`. */
@@ -186,7 +186,7 @@ export class ChatClient {
     const entry = this.timeline.pending().find((e) => e.clientMessageId === clientMessageId);
     if (!entry?.frame) return;
     this.storage.queue(entry.frame, this.deps.now());
-    this.setStatus(entry, 'queued');
+    this.setStatus(entry, "queued");
     this.pump();
   }
 
@@ -202,11 +202,11 @@ export class ChatClient {
       this.inFlight = null;
       this.readSent = 0;
       this.more = false;
-      this.changes.emit('reset', undefined);
+      this.changes.emit("reset", undefined);
     } else {
       this.profile = { ...this.profile, ...user };
     }
-    if (this.sessionId && this.link !== 'offline') this.sendIdentify();
+    if (this.sessionId && this.link !== "offline") this.sendIdentify();
   }
 
   /** The guest typed (true) or stopped (false); sent at most every few seconds. */
@@ -218,12 +218,12 @@ export class ChatClient {
     if (isTyping) {
       if (now - this.typingSince > TYPING_REFRESH_MS) {
         this.typingSince = now;
-        this.send({ type: 'typing', isTyping: true });
+        this.send({ type: "typing", isTyping: true });
       }
       this.typingTimer = this.deps.setTimeout(() => this.typing(false), TYPING_IDLE_MS);
     } else if (this.typingSince) {
       this.typingSince = 0;
-      this.send({ type: 'typing', isTyping: false });
+      this.send({ type: "typing", isTyping: false });
     }
   }
 
@@ -233,15 +233,15 @@ export class ChatClient {
     if (upTo <= 0 || !this.conversationId) return;
     if (upTo > this.storage.seen(this.conversationId)) {
       this.storage.setSeen(this.conversationId, upTo);
-      this.changes.emit('seen', upTo);
+      this.changes.emit("seen", upTo);
     }
-    if (upTo > this.readSent && this.identified && this.send({ type: 'read', upToSeq: upTo })) this.readSent = upTo;
+    if (upTo > this.readSent && this.identified && this.send({ type: "read", upToSeq: upTo })) this.readSent = upTo;
   }
 
   /** Messages from the butler side the guest has not seen yet. */
   unread(): number {
     const seen = this.storage.seen(this.conversationId);
-    return this.timeline.entries.filter((e) => e.role !== 'guest' && e.seq !== undefined && e.seq > seen).length;
+    return this.timeline.entries.filter((e) => e.role !== "guest" && e.seq !== undefined && e.seq > seen).length;
   }
 
   /** Asks for the page before the first message shown. */
@@ -249,15 +249,15 @@ export class ChatClient {
     if (!this.more || this.loadingOlder || !this.identified) return false;
     const beforeSeq = this.timeline.lowestSeq();
     if (beforeSeq <= 1) return false;
-    this.loadingOlder = this.send({ type: 'load_history', beforeSeq, limit: HISTORY_PAGE });
+    this.loadingOlder = this.send({ type: "load_history", beforeSeq, limit: HISTORY_PAGE });
     return this.loadingOlder;
   }
 
   private enqueue(frame: OutgoingFrame): string {
     this.storage.queue(frame, this.deps.now());
-    const entry = this.timeline.addPending(frame, 'queued');
-    this.changes.emit('entry', entry);
-    if (frame.type === 'message') this.typing(false);
+    const entry = this.timeline.addPending(frame, "queued");
+    this.changes.emit("entry", entry);
+    if (frame.type === "message") this.typing(false);
     this.pump();
     return frame.clientMessageId;
   }
@@ -266,7 +266,7 @@ export class ChatClient {
    * rate-limited or retried message cannot be overtaken by a later one. */
   private pump(): void {
     if (!this.identified || this.inFlight !== null || this.retryTimer !== null || this.paceTimer !== null) return;
-    const next = this.timeline.pending().find((e) => e.status === 'queued' || e.status === 'sending');
+    const next = this.timeline.pending().find((e) => e.status === "queued" || e.status === "sending");
     if (!next?.frame) return;
     const now = this.deps.now();
     const rate = Math.max(0.5, (this.limits.maxFramesPerSecond ?? DEFAULT_FRAMES_PER_SECOND) / 2);
@@ -283,7 +283,7 @@ export class ChatClient {
     if (!this.send(next.frame)) return;
     this.sendTokens -= 1;
     this.inFlight = next.clientMessageId!;
-    this.setStatus(next, 'sending');
+    this.setStatus(next, "sending");
     this.arm();
   }
 
@@ -293,10 +293,10 @@ export class ChatClient {
     this.pump();
   }
 
-  private setStatus(entry: Entry, status: Entry['status'], error?: string): void {
+  private setStatus(entry: Entry, status: Entry["status"], error?: string): void {
     if (!entry.clientMessageId) return;
     const changed = this.timeline.setStatus(entry.clientMessageId, status!, error);
-    if (changed) this.changes.emit('entry', changed);
+    if (changed) this.changes.emit("entry", changed);
   }
 
   private send(frame: ClientFrame): boolean {
@@ -312,7 +312,7 @@ export class ChatClient {
     }
     const lastSeq = this.timeline.resumeAfter();
     const frame: IdentifyFrame = {
-      type: 'identify',
+      type: "identify",
       visitorId: this.profile.visitorId ?? stored?.visitorId,
       visitorToken: stored?.visitorToken,
       name: this.profile.name,
@@ -374,41 +374,41 @@ export class ChatClient {
 
   private handle(frame: ServerFrame): void {
     switch (frame.type) {
-      case 'connected':
+      case "connected":
         this.sessionId = frame.sessionId;
         if (frame.limits) this.limits = frame.limits;
         this.sendIdentify();
         break;
-      case 'history':
+      case "history":
         this.onHistory(frame.messages ?? [], frame.conversationId, frame.hasMore === true);
         break;
-      case 'identified':
+      case "identified":
         this.onIdentified(frame);
         break;
-      case 'message':
+      case "message":
         this.onMessage(frame);
         break;
-      case 'message_ack': {
+      case "message_ack": {
         this.storage.unqueue(frame.clientMessageId, this.deps.now());
         const entry = this.timeline.ack(frame.clientMessageId, frame.messageId, frame.seq, frame.timestamp);
         if (entry) {
-          this.changes.emit('entry', entry);
+          this.changes.emit("entry", entry);
           const { type: _type, ...ack } = frame;
-          this.events.emit('message_sent', ack);
+          this.events.emit("message_sent", ack);
         }
         this.settled(frame.clientMessageId);
         break;
       }
-      case 'typing':
-        if (frame.role !== 'guest') {
-          this.changes.emit('typing', { isTyping: frame.isTyping, role: frame.role });
-          this.events.emit('typing', { isTyping: frame.isTyping, role: frame.role });
+      case "typing":
+        if (frame.role !== "guest") {
+          this.changes.emit("typing", { isTyping: frame.isTyping, role: frame.role });
+          this.events.emit("typing", { isTyping: frame.isTyping, role: frame.role });
         }
         break;
-      case 'read':
-        for (const entry of this.timeline.markRead(frame.upToSeq)) this.changes.emit('entry', entry);
+      case "read":
+        for (const entry of this.timeline.markRead(frame.upToSeq)) this.changes.emit("entry", entry);
         break;
-      case 'error':
+      case "error":
         this.onError(frame);
         break;
     }
@@ -417,13 +417,14 @@ export class ChatClient {
   private onHistory(messages: ChatMessage[], conversationId: string | undefined, hasMore: boolean): void {
     if (conversationId && this.conversationId && conversationId !== this.conversationId) {
       this.timeline.reset();
-      this.changes.emit('reset', undefined);
+      this.changes.emit("reset", undefined);
     }
     if (conversationId) this.conversationId = conversationId;
     // The answer to `load_history` ends before the first message shown; a second answer to a
     // page asked for twice (see `askOlderAgain`) brings nothing new and is not it.
     const lowest = this.timeline.lowestSeq();
-    const older = this.loadingOlder && (messages.length === 0 || lowest === 0 || messages[messages.length - 1]!.seq < lowest);
+    const older =
+      this.loadingOlder && (messages.length === 0 || lowest === 0 || messages[messages.length - 1]!.seq < lowest);
     // That answer, or the latest page of a first identify, says whether older pages exist; a
     // replay after `lastSeq` says nothing about them.
     if (older || this.timeline.highestSeq() === 0) this.setMore(hasMore);
@@ -432,10 +433,18 @@ export class ChatClient {
     for (const message of older ? [...messages].reverse() : messages) this.onMessage(message);
   }
 
-  private onIdentified(frame: Extract<ServerFrame, { type: 'identified' }>): void {
+  private onIdentified(frame: Extract<ServerFrame, { type: "identified" }>): void {
     const sent = this.sentIdentify;
     const stored = this.storage.identity();
-    if (sent && !sent.visitorToken && !sent.userHash && sent.visitorId && frame.visitorId !== sent.visitorId && stored?.visitorId === sent.visitorId && stored.visitorToken) {
+    if (
+      sent &&
+      !sent.visitorToken &&
+      !sent.userHash &&
+      sent.visitorId &&
+      frame.visitorId !== sent.visitorId &&
+      stored?.visitorId === sent.visitorId &&
+      stored.visitorToken
+    ) {
       // Another tab bound this visitor id a moment ago: identify again with its token.
       this.sendIdentify();
       return;
@@ -443,47 +452,64 @@ export class ChatClient {
     this.storage.setIdentity({ visitorId: frame.visitorId, visitorToken: frame.visitorToken });
     if (frame.conversationId && this.conversationId && frame.conversationId !== this.conversationId) {
       this.timeline.reset();
-      this.changes.emit('reset', undefined);
+      this.changes.emit("reset", undefined);
     }
     this.conversationId = frame.conversationId ?? this.conversationId;
     this.identified = true;
     this.scheduleRenewal(frame.visitorTokenExpiresAt);
     this.readSent = 0;
     this.connection.healthy();
-    this.setLink('online');
+    this.setLink("online");
     this.loadingOlder = false;
-    this.events.emit('connected', { sessionId: this.sessionId, conversationId: this.conversationId, visitorId: frame.visitorId });
+    this.events.emit("connected", {
+      sessionId: this.sessionId,
+      conversationId: this.conversationId,
+      visitorId: frame.visitorId,
+    });
     // Everything not acknowledged goes again, oldest first, with its original id.
     this.pump();
   }
 
   private onMessage(message: ChatMessage): void {
-    const wasPending = message.clientMessageId !== undefined && this.timeline.pending().some((e) => e.clientMessageId === message.clientMessageId);
+    const wasPending =
+      message.clientMessageId !== undefined &&
+      this.timeline.pending().some((e) => e.clientMessageId === message.clientMessageId);
     const entry = this.timeline.receive(message);
     if (!entry) return;
     if (wasPending && message.clientMessageId) {
       // Our own, stored (its echo or a replay came before the ack): as good as the ack.
       this.storage.unqueue(message.clientMessageId, this.deps.now());
-      this.events.emit('message_sent', { clientMessageId: message.clientMessageId, messageId: message.messageId, seq: message.seq, conversationId: message.conversationId, timestamp: message.timestamp });
+      this.events.emit("message_sent", {
+        clientMessageId: message.clientMessageId,
+        messageId: message.messageId,
+        seq: message.seq,
+        conversationId: message.conversationId,
+        timestamp: message.timestamp,
+      });
       this.settled(message.clientMessageId);
     }
-    this.changes.emit('entry', entry);
-    if (message.role !== 'guest') this.changes.emit('typing', { isTyping: false, role: message.role });
-    this.events.emit('message', message);
+    this.changes.emit("entry", entry);
+    if (message.role !== "guest") this.changes.emit("typing", { isTyping: false, role: message.role });
+    this.events.emit("message", message);
   }
 
-  private onError(frame: Extract<ServerFrame, { type: 'error' }>): void {
+  private onError(frame: Extract<ServerFrame, { type: "error" }>): void {
     const { type: _type, ...error } = frame;
-    this.events.emit('error', error);
-    const entry = frame.clientMessageId ? this.timeline.pending().find((e) => e.clientMessageId === frame.clientMessageId) : undefined;
+    this.events.emit("error", error);
+    const entry = frame.clientMessageId
+      ? this.timeline.pending().find((e) => e.clientMessageId === frame.clientMessageId)
+      : undefined;
     if (entry) {
       if (this.inFlight === entry.clientMessageId) this.inFlight = null;
       if (frame.retryable) {
         // Kept, and sent again shortly with the same id (stored once whatever happened);
         // the messages after it wait, so the order stays as typed.
-        this.setStatus(entry, 'queued');
+        this.setStatus(entry, "queued");
         if (this.retryTimer === null) {
-          const delay = Math.max(RETRY_AFTER_MS / 2 + (RETRY_AFTER_MS / 2) * this.deps.random(), frame.retryAfterMs ?? 0);
+          const delay = Math.max(
+            RETRY_AFTER_MS / 2 + (RETRY_AFTER_MS / 2) * this.deps.random(),
+            frame.retryAfterMs ?? 0,
+          );
           this.retryTimer = this.deps.setTimeout(() => {
             this.retryTimer = null;
             this.pump();
@@ -491,16 +517,16 @@ export class ChatClient {
         }
       } else {
         this.storage.unqueue(entry.clientMessageId!, this.deps.now());
-        this.setStatus(entry, 'failed', frame.message);
+        this.setStatus(entry, "failed", frame.message);
         this.pump();
       }
       return;
     }
-    if (!this.identified || frame.code === 'NOT_IDENTIFIED') {
+    if (!this.identified || frame.code === "NOT_IDENTIFIED") {
       // The identify did not go through (a backend is down, or too many new visitors came
       // from this address): start over on a fresh socket, no sooner than the server asked.
       this.connection.restart(frame.retryAfterMs);
-    } else if (this.loadingOlder && frame.code === 'RATE_LIMITED') {
+    } else if (this.loadingOlder && frame.code === "RATE_LIMITED") {
       // The refused frame may have been the `load_history` or a `read` or `typing` beside it:
       // ask again shortly unless the page comes meanwhile (a second copy would change nothing).
       this.askOlderAgain();
@@ -516,19 +542,23 @@ export class ChatClient {
     this.olderTimer = this.deps.setTimeout(() => {
       this.olderTimer = null;
       if (!this.loadingOlder || !this.identified) return;
-      this.loadingOlder = this.send({ type: 'load_history', beforeSeq: this.timeline.lowestSeq(), limit: HISTORY_PAGE });
+      this.loadingOlder = this.send({
+        type: "load_history",
+        beforeSeq: this.timeline.lowestSeq(),
+        limit: HISTORY_PAGE,
+      });
     }, delay);
   }
 
   private setLink(link: Link): void {
     if (this.link === link) return;
     this.link = link;
-    this.changes.emit('link', link);
+    this.changes.emit("link", link);
   }
 
   private setMore(more: boolean): void {
     this.more = more;
-    this.changes.emit('more', more);
+    this.changes.emit("more", more);
   }
 }
 

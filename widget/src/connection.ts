@@ -3,7 +3,7 @@
 // Timers, sockets and randomness are passed in, so the state machine is tested without a
 // browser.
 
-import { FATAL_CLOSE_CODES } from './protocol';
+import { FATAL_CLOSE_CODES } from "./protocol";
 
 export interface SocketLike {
   readonly readyState: number;
@@ -30,7 +30,7 @@ export interface ConnectionHandlers {
   closed(code: number, reason: string, retryIn: number | null): void;
 }
 
-export type ConnectionState = 'idle' | 'connecting' | 'open' | 'waiting' | 'stopped';
+export type ConnectionState = "idle" | "connecting" | "open" | "waiting" | "stopped";
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_MAX_MS = 30_000;
@@ -46,7 +46,7 @@ export function backoffDelay(attempt: number, random: number): number {
 }
 
 export class Connection {
-  state: ConnectionState = 'idle';
+  state: ConnectionState = "idle";
   private socket: SocketLike | null = null;
   private timer: unknown = null;
   private attempt = 0;
@@ -58,24 +58,24 @@ export class Connection {
   ) {}
 
   start(): void {
-    if (this.state === 'idle' || this.state === 'stopped') this.connect();
+    if (this.state === "idle" || this.state === "stopped") this.connect();
   }
 
   /** Closes for good (until `start`). */
   stop(): void {
-    this.state = 'stopped';
+    this.state = "stopped";
     this.clearTimer();
     const socket = this.socket;
     this.socket = null;
     if (socket) {
       detach(socket);
-      socket.close(1000, 'closed by the page');
+      socket.close(1000, "closed by the page");
     }
   }
 
   /** Something suggests the network is back: skip the rest of the wait. */
   nudge(): void {
-    if (this.state === 'waiting') {
+    if (this.state === "waiting") {
       this.clearTimer();
       this.connect();
     }
@@ -89,36 +89,36 @@ export class Connection {
   /** Drops the socket and reconnects after the usual backoff (the server misbehaved). */
   /** Starts over on a fresh socket, after at least `waitMs` when the server asked to wait. */
   restart(waitMs = 0): void {
-    if (this.socket) this.lost(4999, 'restart', waitMs);
+    if (this.socket) this.lost(4999, "restart", waitMs);
   }
 
   send(text: string): boolean {
-    if (this.state !== 'open' || !this.socket || this.socket.readyState !== OPEN) return false;
+    if (this.state !== "open" || !this.socket || this.socket.readyState !== OPEN) return false;
     this.socket.send(text);
     return true;
   }
 
   private connect(): void {
-    this.state = 'connecting';
+    this.state = "connecting";
     let socket: SocketLike;
     try {
       socket = this.deps.open(this.url);
     } catch {
-      this.handlers.closed(1006, 'could not open', this.schedule());
+      this.handlers.closed(1006, "could not open", this.schedule());
       return;
     }
     this.socket = socket;
     this.timer = this.deps.setTimeout(() => {
-      if (this.socket === socket && this.state === 'connecting') this.lost(1006, 'connect timeout');
+      if (this.socket === socket && this.state === "connecting") this.lost(1006, "connect timeout");
     }, CONNECT_TIMEOUT_MS);
     socket.onopen = () => {
       if (this.socket !== socket) return;
       this.clearTimer();
-      this.state = 'open';
+      this.state = "open";
       this.handlers.open();
     };
     socket.onmessage = (event) => {
-      if (this.socket === socket && typeof event.data === 'string') this.handlers.frame(event.data);
+      if (this.socket === socket && typeof event.data === "string") this.handlers.frame(event.data);
     };
     socket.onclose = (event) => {
       if (this.socket === socket) this.lost(event.code, event.reason);
@@ -141,7 +141,7 @@ export class Connection {
       }
     }
     if (FATAL_CLOSE_CODES.has(code)) {
-      this.state = 'stopped';
+      this.state = "stopped";
       this.handlers.closed(code, reason, null);
       return;
     }
@@ -150,10 +150,10 @@ export class Connection {
 
   private schedule(waitMs = 0): number {
     const delay = Math.max(backoffDelay(this.attempt++, this.deps.random()), waitMs);
-    this.state = 'waiting';
+    this.state = "waiting";
     this.timer = this.deps.setTimeout(() => {
       this.timer = null;
-      if (this.state === 'waiting') this.connect();
+      if (this.state === "waiting") this.connect();
     }, delay);
     return delay;
   }

@@ -15,7 +15,7 @@ export class Emitter<Events> {
       try {
         (listener as (data: Events[K]) => void)(data);
       } catch (error) {
-        console.error('JackChat: an event listener failed', error);
+        console.error("JackChat: an event listener failed", error);
       }
     }
   }

@@ -1,11 +1,11 @@
 // `window.JackChat`: the SDK of the spec (init, open, close, sendMessage, identify, on) and the
 // embed: with `window.JackChatConfig` set before the script loads, the widget starts by itself.
 
-import { type ChatEvents, ChatClient, type UserIdentity } from './client';
-import type { SocketLike } from './connection';
-import { ConfigError, type WidgetConfigInput, resolveConfig, socketUrl } from './config';
-import { WidgetStorage } from './storage';
-import { Shell } from './shell';
+import { type ChatEvents, ChatClient, type UserIdentity } from "./client";
+import type { SocketLike } from "./connection";
+import { ConfigError, type WidgetConfigInput, resolveConfig, socketUrl } from "./config";
+import { WidgetStorage } from "./storage";
+import { Shell } from "./shell";
 
 type Listener<K extends keyof ChatEvents> = (data: ChatEvents[K]) => void;
 
@@ -43,27 +43,29 @@ class JackChat {
     this.client = client;
     for (const [event, listener] of this.early.splice(0)) client.events.on(event, listener as never);
     const mount = () => {
-      const windowScript = new URL('widget-chat.js', scriptUrl).href;
-      const view = new Shell(config, client, windowScript, (open) => client.events.emit(open ? 'opened' : 'closed', undefined));
+      const windowScript = new URL("widget-chat.js", scriptUrl).href;
+      const view = new Shell(config, client, windowScript, (open) =>
+        client.events.emit(open ? "opened" : "closed", undefined),
+      );
       this.view = view;
       view.attach(document.body);
       if (config.open) void view.setOpen(true);
       // Back on the tab or the network: reconnect now, and count what the guest now sees as read.
-      document.addEventListener('visibilitychange', () => {
-        if (document.visibilityState === 'visible') {
+      document.addEventListener("visibilitychange", () => {
+        if (document.visibilityState === "visible") {
           client.nudge();
           view.seen(true);
         }
       });
-      window.addEventListener('online', () => client.nudge());
+      window.addEventListener("online", () => client.nudge());
       // Another tab read the conversation: the badge follows.
-      window.addEventListener('storage', (event) => {
-        if (event.key === client.storageKey('seen')) client.changes.emit('seen', Number(event.newValue) || 0);
+      window.addEventListener("storage", (event) => {
+        if (event.key === client.storageKey("seen")) client.changes.emit("seen", Number(event.newValue) || 0);
       });
       client.start();
     };
     if (document.body) mount();
-    else document.addEventListener('DOMContentLoaded', mount, { once: true });
+    else document.addEventListener("DOMContentLoaded", mount, { once: true });
   }
 
   open(): void {
@@ -96,7 +98,7 @@ class JackChat {
   }
 
   private started(): ChatClient {
-    if (!this.client) throw new Error('JackChat: call JackChat.init(config) first');
+    if (!this.client) throw new Error("JackChat: call JackChat.init(config) first");
     return this.client;
   }
 }

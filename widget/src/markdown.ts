@@ -8,20 +8,20 @@
 // [links](https://…) and bare https:// links.
 
 export type Inline =
-  | { t: 'text'; v: string }
-  | { t: 'code'; v: string }
-  | { t: 'br' }
-  | { t: 'strong' | 'em' | 'del'; c: Inline[] }
-  | { t: 'link'; href: string; c: Inline[] };
+  | { t: "text"; v: string }
+  | { t: "code"; v: string }
+  | { t: "br" }
+  | { t: "strong" | "em" | "del"; c: Inline[] }
+  | { t: "link"; href: string; c: Inline[] };
 
 export type Block =
-  | { t: 'p'; c: Inline[] }
-  | { t: 'heading'; c: Inline[] }
-  | { t: 'quote'; c: Inline[] }
-  | { t: 'pre'; v: string }
-  | { t: 'ul' | 'ol'; items: Inline[][] };
+  | { t: "p"; c: Inline[] }
+  | { t: "heading"; c: Inline[] }
+  | { t: "quote"; c: Inline[] }
+  | { t: "pre"; v: string }
+  | { t: "ul" | "ol"; items: Inline[][] };
 
-const SAFE_PROTOCOLS = new Set(['http:', 'https:', 'mailto:', 'tel:']);
+const SAFE_PROTOCOLS = new Set(["http:", "https:", "mailto:", "tel:"]);
 
 /** The address itself when it is absolute and of a safe kind, else null. */
 export function safeUrl(raw: string): string | null {
@@ -40,11 +40,11 @@ const HEADING = /^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$/;
 const FENCE = /^\s{0,3}```/;
 
 export function parse(markdown: string): Block[] {
-  const lines = markdown.replace(/\r\n?/g, '\n').split('\n');
+  const lines = markdown.replace(/\r\n?/g, "\n").split("\n");
   const blocks: Block[] = [];
   let paragraph: string[] = [];
   const flush = () => {
-    if (paragraph.length) blocks.push({ t: 'p', c: parseInline(paragraph.join('\n')) });
+    if (paragraph.length) blocks.push({ t: "p", c: parseInline(paragraph.join("\n")) });
     paragraph = [];
   };
   for (let i = 0; i < lines.length; i++) {
@@ -54,25 +54,25 @@ export function parse(markdown: string): Block[] {
       flush();
       const code: string[] = [];
       for (i++; i < lines.length && !FENCE.test(lines[i]!); i++) code.push(lines[i]!);
-      blocks.push({ t: 'pre', v: code.join('\n') });
+      blocks.push({ t: "pre", v: code.join("\n") });
     } else if (!line.trim()) {
       flush();
     } else if ((m = line.match(HEADING))) {
       flush();
-      blocks.push({ t: 'heading', c: parseInline(m[1]!) });
+      blocks.push({ t: "heading", c: parseInline(m[1]!) });
     } else if (BULLET.test(line) || NUMBERED.test(line)) {
       flush();
       const pattern = BULLET.test(line) ? BULLET : NUMBERED;
       const items: Inline[][] = [];
       for (; i < lines.length && (m = lines[i]!.match(pattern)); i++) items.push(parseInline(m[1]!));
       i--;
-      blocks.push({ t: pattern === BULLET ? 'ul' : 'ol', items });
+      blocks.push({ t: pattern === BULLET ? "ul" : "ol", items });
     } else if (QUOTE.test(line)) {
       flush();
       const quoted: string[] = [];
       for (; i < lines.length && (m = lines[i]!.match(QUOTE)); i++) quoted.push(m[1]!);
       i--;
-      blocks.push({ t: 'quote', c: parseInline(quoted.join('\n')) });
+      blocks.push({ t: "quote", c: parseInline(quoted.join("\n")) });
     } else {
       paragraph.push(line);
     }
@@ -88,60 +88,68 @@ const WORD = /[\p{L}\p{N}]/u;
  * label that shows one address and opens another). */
 export function parseInline(text: string, inLink = false): Inline[] {
   const out: Inline[] = [];
-  let plain = '';
+  let plain = "";
   const push = (node: Inline) => {
-    if (plain) out.push({ t: 'text', v: plain });
-    plain = '';
+    if (plain) out.push({ t: "text", v: plain });
+    plain = "";
     out.push(node);
   };
   let i = 0;
   while (i < text.length) {
     const ch = text[i]!;
     const rest = text.slice(i);
-    if (ch === '\\' && i + 1 < text.length && /[\\`*_~[\]()#>!-]/.test(text[i + 1]!)) {
+    if (ch === "\\" && i + 1 < text.length && /[\\`*_~[\]()#>!-]/.test(text[i + 1]!)) {
       plain += text[i + 1];
       i += 2;
       continue;
     }
-    if (ch === '\n') {
-      push({ t: 'br' });
+    if (ch === "\n") {
+      push({ t: "br" });
       i++;
       continue;
     }
-    if (ch === '`') {
-      const end = text.indexOf('`', i + 1);
+    if (ch === "`") {
+      const end = text.indexOf("`", i + 1);
       if (end > i + 1) {
-        push({ t: 'code', v: text.slice(i + 1, end) });
+        push({ t: "code", v: text.slice(i + 1, end) });
         i = end + 1;
         continue;
       }
     }
-    const delimiter = rest.startsWith('**') ? '**' : rest.startsWith('__') ? '__' : rest.startsWith('~~') ? '~~' : ch === '*' || ch === '_' ? ch : '';
-    if (delimiter && !(ch === '_' && WORD.test(text[i - 1] ?? ''))) {
+    const delimiter = rest.startsWith("**")
+      ? "**"
+      : rest.startsWith("__")
+        ? "__"
+        : rest.startsWith("~~")
+          ? "~~"
+          : ch === "*" || ch === "_"
+            ? ch
+            : "";
+    if (delimiter && !(ch === "_" && WORD.test(text[i - 1] ?? ""))) {
       const end = closing(text, i + delimiter.length, delimiter);
       if (end > 0) {
-        const kind = delimiter === '~~' ? 'del' : delimiter.length === 2 ? 'strong' : 'em';
+        const kind = delimiter === "~~" ? "del" : delimiter.length === 2 ? "strong" : "em";
         push({ t: kind, c: parseInline(text.slice(i + delimiter.length, end), inLink) });
         i = end + delimiter.length;
         continue;
       }
     }
-    if (ch === '[' && !inLink) {
+    if (ch === "[" && !inLink) {
       const link = rest.match(/^\[([^\]\n]+)\]\(\s*([^()\s]+)\s*\)/);
       if (link) {
         const href = safeUrl(link[2]!);
         const label = parseInline(link[1]!, true);
-        if (href) push({ t: 'link', href, c: label });
+        if (href) push({ t: "link", href, c: label });
         else for (const node of label) push(node);
         i += link[0].length;
         continue;
       }
     }
-    if ((ch === 'h' || ch === 'H') && !inLink && !WORD.test(text[i - 1] ?? '')) {
+    if ((ch === "h" || ch === "H") && !inLink && !WORD.test(text[i - 1] ?? "")) {
       const auto = rest.match(AUTOLINK);
       const href = auto && safeUrl(auto[0]);
       if (auto && href) {
-        push({ t: 'link', href, c: [{ t: 'text', v: auto[0] }] });
+        push({ t: "link", href, c: [{ t: "text", v: auto[0] }] });
         i += auto[0].length;
         continue;
       }
@@ -149,7 +157,7 @@ export function parseInline(text: string, inLink = false): Inline[] {
     plain += ch;
     i++;
   }
-  if (plain) out.push({ t: 'text', v: plain });
+  if (plain) out.push({ t: "text", v: plain });
   return out;
 }
 
@@ -158,7 +166,7 @@ function closing(text: string, from: number, delimiter: string): number {
   if (from >= text.length || /\s/.test(text[from]!)) return -1;
   let at = text.indexOf(delimiter, from);
   while (at > 0) {
-    const closes = !/\s/.test(text[at - 1]!) && at > from && !(delimiter === '_' && WORD.test(text[at + 1] ?? ''));
+    const closes = !/\s/.test(text[at - 1]!) && at > from && !(delimiter === "_" && WORD.test(text[at + 1] ?? ""));
     if (closes && !(delimiter.length === 1 && text[at + 1] === delimiter)) return at;
     at = text.indexOf(delimiter, at + delimiter.length);
   }
@@ -174,26 +182,26 @@ export function render(markdown: string, doc: Document): DocumentFragment {
 
 function renderBlock(block: Block, doc: Document): Node {
   switch (block.t) {
-    case 'p':
-      return element(doc, 'p', block.c);
-    case 'heading': {
-      const p = doc.createElement('p');
-      p.append(element(doc, 'strong', block.c));
+    case "p":
+      return element(doc, "p", block.c);
+    case "heading": {
+      const p = doc.createElement("p");
+      p.append(element(doc, "strong", block.c));
       return p;
     }
-    case 'quote':
-      return element(doc, 'blockquote', block.c);
-    case 'pre': {
-      const pre = doc.createElement('pre');
-      const code = doc.createElement('code');
+    case "quote":
+      return element(doc, "blockquote", block.c);
+    case "pre": {
+      const pre = doc.createElement("pre");
+      const code = doc.createElement("code");
       code.textContent = block.v;
       pre.append(code);
       return pre;
     }
-    case 'ul':
-    case 'ol': {
+    case "ul":
+    case "ol": {
       const list = doc.createElement(block.t);
-      for (const item of block.items) list.append(element(doc, 'li', item));
+      for (const item of block.items) list.append(element(doc, "li", item));
       return list;
     }
   }
@@ -207,20 +215,20 @@ function element(doc: Document, tag: string, children: Inline[]): HTMLElement {
 
 function renderInline(node: Inline, doc: Document): Node {
   switch (node.t) {
-    case 'text':
+    case "text":
       return doc.createTextNode(node.v);
-    case 'br':
-      return doc.createElement('br');
-    case 'code': {
-      const code = doc.createElement('code');
+    case "br":
+      return doc.createElement("br");
+    case "code": {
+      const code = doc.createElement("code");
       code.textContent = node.v;
       return code;
     }
-    case 'link': {
-      const a = element(doc, 'a', node.c) as HTMLAnchorElement;
+    case "link": {
+      const a = element(doc, "a", node.c) as HTMLAnchorElement;
       a.href = node.href;
-      a.target = '_blank';
-      a.rel = 'noopener noreferrer';
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
       return a;
     }
     default:

@@ -1,15 +1,13 @@
 // The frames of protocol v1 (services/edge/PROTOCOL.md), as the widget sees them.
 
-export type Role = 'assistant' | 'staff' | 'guest';
+export type Role = "assistant" | "staff" | "guest";
 
 export interface QuickReply {
   label: string;
   payload: string;
 }
 
-export type Button =
-  | { type: 'postback'; label: string; payload: string }
-  | { type: 'url'; label: string; url: string };
+export type Button = { type: "postback"; label: string; payload: string } | { type: "url"; label: string; url: string };
 
 export interface Card {
   title: string;
@@ -55,22 +53,43 @@ export interface Limits {
 }
 
 export type ServerFrame =
-  | { type: 'connected'; sessionId: string; timestamp: string; protocol?: number; limits?: Limits }
-  | { type: 'identified'; guestId: string; visitorId: string; visitorToken: string; conversationId?: string; visitorTokenExpiresAt?: string }
-  | { type: 'history'; conversationId?: string; messages: ChatMessage[]; hasMore?: boolean }
-  | ({ type: 'message' } & ChatMessage)
-  | { type: 'message_ack'; clientMessageId: string; messageId: string; seq: number; conversationId: string; timestamp: string }
-  | { type: 'typing'; isTyping: boolean; role: Role }
-  | { type: 'read'; upToSeq: number; role: Role; timestamp: string }
-  | { type: 'error'; code: string; message: string; clientMessageId?: string; retryable?: boolean; retryAfterMs?: number };
+  | { type: "connected"; sessionId: string; timestamp: string; protocol?: number; limits?: Limits }
+  | {
+      type: "identified";
+      guestId: string;
+      visitorId: string;
+      visitorToken: string;
+      conversationId?: string;
+      visitorTokenExpiresAt?: string;
+    }
+  | { type: "history"; conversationId?: string; messages: ChatMessage[]; hasMore?: boolean }
+  | ({ type: "message" } & ChatMessage)
+  | {
+      type: "message_ack";
+      clientMessageId: string;
+      messageId: string;
+      seq: number;
+      conversationId: string;
+      timestamp: string;
+    }
+  | { type: "typing"; isTyping: boolean; role: Role }
+  | { type: "read"; upToSeq: number; role: Role; timestamp: string }
+  | {
+      type: "error";
+      code: string;
+      message: string;
+      clientMessageId?: string;
+      retryable?: boolean;
+      retryAfterMs?: number;
+    };
 
 /** A guest message or postback: what the widget keeps until it is acknowledged. */
 export type OutgoingFrame =
-  | { type: 'message'; clientMessageId: string; content: string; attachments?: Attachment[] }
-  | { type: 'postback'; clientMessageId: string; payload: string; label?: string; messageId?: string };
+  | { type: "message"; clientMessageId: string; content: string; attachments?: Attachment[] }
+  | { type: "postback"; clientMessageId: string; payload: string; label?: string; messageId?: string };
 
 export interface IdentifyFrame {
-  type: 'identify';
+  type: "identify";
   visitorId?: string;
   visitorToken?: string;
   name?: string;
@@ -83,15 +102,15 @@ export interface IdentifyFrame {
 export type ClientFrame =
   | IdentifyFrame
   | OutgoingFrame
-  | { type: 'typing'; isTyping: boolean }
-  | { type: 'read'; upToSeq: number }
-  | { type: 'load_history'; beforeSeq: number; limit?: number };
+  | { type: "typing"; isTyping: boolean }
+  | { type: "read"; upToSeq: number }
+  | { type: "load_history"; beforeSeq: number; limit?: number };
 
 /** Parses a server frame; anything that is not a JSON object with a string `type` is refused. */
 export function parseServerFrame(text: string): ServerFrame | null {
   try {
     const value: unknown = JSON.parse(text);
-    if (value && typeof value === 'object' && typeof (value as { type?: unknown }).type === 'string') {
+    if (value && typeof value === "object" && typeof (value as { type?: unknown }).type === "string") {
       return value as ServerFrame;
     }
   } catch {
@@ -105,7 +124,8 @@ export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set([4000, 4001, 4004]
 
 /** A client message id unique across tabs and reloads. */
 export function newClientMessageId(): string {
-  const random = globalThis.crypto?.randomUUID?.() ?? `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+  const random =
+    globalThis.crypto?.randomUUID?.() ?? `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
   return `c_${random}`;
 }
 
@@ -114,7 +134,7 @@ export function newClientMessageId(): string {
 export function newVisitorId(): string {
   const bytes = new Uint8Array(16);
   globalThis.crypto.getRandomValues(bytes);
-  return `vis_${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+  return `vis_${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 /** UTF-8 length, as the edge counts `WIDGET_MAX_MESSAGE_SIZE`. */

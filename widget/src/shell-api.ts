@@ -2,8 +2,8 @@
 // bundle, widget-chat.js) know of each other. Types only: the two bundles share no code at
 // run time, just this contract and the objects passed through it.
 
-import type { ChatClient } from './client';
-import type { WidgetConfig } from './config';
+import type { ChatClient } from "./client";
+import type { WidgetConfig } from "./config";
 
 export interface ShellApi {
   readonly config: WidgetConfig;
@@ -25,5 +25,5 @@ export interface ChatWindowApi {
 }
 
 /** The lazy bundle hands its window factory over through this global, once. */
-export const FACTORY = '__jackChatWindow';
+export const FACTORY = "__jackChatWindow";
 export type WindowFactory = (shell: ShellApi) => ChatWindowApi;

@@ -3,12 +3,12 @@
 // script (widget-chat.js), loaded when the guest first opens the chat, so the page pays for
 // little more than the launcher and the connection until then.
 
-import type { ChatClient } from './client';
-import type { WidgetConfig } from './config';
-import { ICON_CHAT, ICON_CLOSE, adoptStyles, h, icon } from './dom';
-import css from './launcher.css';
-import { type ChatWindowApi, FACTORY, type ShellApi, type WindowFactory } from './shell-api';
-import { INK, WHITE, contrast, parseColor, textOn } from './theme';
+import type { ChatClient } from "./client";
+import type { WidgetConfig } from "./config";
+import { ICON_CHAT, ICON_CLOSE, adoptStyles, h, icon } from "./dom";
+import css from "./launcher.css";
+import { type ChatWindowApi, FACTORY, type ShellApi, type WindowFactory } from "./shell-api";
+import { INK, WHITE, contrast, parseColor, textOn } from "./theme";
 
 /** Read receipts wait this long, so that a burst of messages is acknowledged once. */
 const SEEN_DELAY_MS = 150;
@@ -33,32 +33,37 @@ export class Shell implements ShellApi {
     private readonly windowScript: string,
     private readonly onToggle: (open: boolean) => void,
   ) {
-    this.host = h('div', { 'data-jack-chat': '', class: config.position });
-    this.shadow = this.host.attachShadow({ mode: 'open' });
+    this.host = h("div", { "data-jack-chat": "", class: config.position });
+    this.shadow = this.host.attachShadow({ mode: "open" });
     adoptStyles(this.shadow, css, config.nonce);
-    this.launcher = h('button', { type: 'button', class: 'launcher', 'aria-expanded': 'false', 'aria-controls': 'jack-window' });
-    this.badge = h('span', { class: 'badge', 'aria-hidden': 'true', hidden: true });
+    this.launcher = h("button", {
+      type: "button",
+      class: "launcher",
+      "aria-expanded": "false",
+      "aria-controls": "jack-window",
+    });
+    this.badge = h("span", { class: "badge", "aria-hidden": "true", hidden: true });
     this.launcher.append(icon(ICON_CHAT), this.badge);
-    this.launcher.addEventListener('click', () => this.setOpen(!this.open));
+    this.launcher.addEventListener("click", () => this.setOpen(!this.open));
     // Outside the window: it speaks while the window is closed.
-    this.announcer = h('div', { class: 'sr', role: 'status' });
-    this.root = h('div', { class: 'root', 'data-link': client.link }, this.launcher, this.announcer);
+    this.announcer = h("div", { class: "sr", role: "status" });
+    this.root = h("div", { class: "root", "data-link": client.link }, this.launcher, this.announcer);
     this.shadow.append(this.root);
     this.label();
 
-    client.changes.on('entry', (entry) => {
+    client.changes.on("entry", (entry) => {
       if (!this.shown.has(entry.key)) {
         this.shown.add(entry.key);
-        if (entry.role !== 'guest' && entry.seq !== undefined) this.announce(entry.role);
+        if (entry.role !== "guest" && entry.seq !== undefined) this.announce(entry.role);
       }
       this.label();
     });
-    client.changes.on('reset', () => this.label());
-    client.changes.on('seen', () => this.label());
-    client.changes.on('link', (link) => {
+    client.changes.on("reset", () => this.label());
+    client.changes.on("seen", () => this.label());
+    client.changes.on("link", (link) => {
       this.root.dataset.link = link;
       // Back online: what the guest sees now can be reported read.
-      if (link === 'online') this.seen(true);
+      if (link === "online") this.seen(true);
     });
   }
 
@@ -83,14 +88,14 @@ export class Shell implements ShellApi {
         this.view = await this.loadWindow();
       } catch {
         this.loading = null;
-        this.launcher.title = 'The chat could not be loaded. Try again.';
-        this.say('The chat could not be loaded. Try again.');
+        this.launcher.title = "The chat could not be loaded. Try again.";
+        this.say("The chat could not be loaded. Try again.");
         return;
       }
     }
     this.open = open;
-    this.host.classList.toggle('open', open);
-    this.launcher.setAttribute('aria-expanded', String(open));
+    this.host.classList.toggle("open", open);
+    this.launcher.setAttribute("aria-expanded", String(open));
     this.launcher.replaceChildren(icon(open ? ICON_CLOSE : ICON_CHAT), this.badge);
     this.label();
     if (open) {
@@ -106,7 +111,7 @@ export class Shell implements ShellApi {
     const mark = () => {
       clearTimeout(this.seenTimer);
       this.seenTimer = undefined;
-      if (this.open && document.visibilityState === 'visible') this.client.markSeen();
+      if (this.open && document.visibilityState === "visible") this.client.markSeen();
     };
     if (now) mark();
     else if (this.seenTimer === undefined) this.seenTimer = setTimeout(mark, SEEN_DELAY_MS);
@@ -117,18 +122,18 @@ export class Shell implements ShellApi {
     this.loading ??= new Promise<WindowFactory>((resolve, reject) => {
       const ready = (window as unknown as Record<string, WindowFactory | undefined>)[FACTORY];
       if (ready) return resolve(ready);
-      const script = document.createElement('script');
+      const script = document.createElement("script");
       script.src = this.windowScript;
       script.async = true;
       if (this.config.nonce) script.nonce = this.config.nonce;
       script.onload = () => {
         const factory = (window as unknown as Record<string, WindowFactory | undefined>)[FACTORY];
         if (factory) resolve(factory);
-        else reject(new Error('widget-chat.js did not register'));
+        else reject(new Error("widget-chat.js did not register"));
       };
       script.onerror = () => {
         script.remove();
-        reject(new Error('widget-chat.js could not be loaded'));
+        reject(new Error("widget-chat.js could not be loaded"));
       };
       document.head.append(script);
     }).then((factory) => factory(this));
@@ -138,33 +143,35 @@ export class Shell implements ShellApi {
   private announce(role: string): void {
     if (this.open) return;
     const unread = this.client.unread();
-    this.say(`New message from ${role === 'staff' ? 'hotel staff' : this.config.botName}${unread > 1 ? ` (${unread} unread)` : ''}`);
+    this.say(
+      `New message from ${role === "staff" ? "hotel staff" : this.config.botName}${unread > 1 ? ` (${unread} unread)` : ""}`,
+    );
   }
 
   private say(text: string): void {
     // Cleared first, so the same words are announced again.
-    this.announcer.textContent = '';
+    this.announcer.textContent = "";
     setTimeout(() => (this.announcer.textContent = text), 50);
   }
 
   private label(): void {
     const unread = this.open ? 0 : this.client.unread();
     this.badge.hidden = unread === 0;
-    this.badge.textContent = unread > 99 ? '99+' : String(unread);
-    const base = this.open ? 'Close chat' : `Chat with ${this.config.botName}`;
-    this.launcher.setAttribute('aria-label', unread ? `${base} (${unread} unread)` : base);
+    this.badge.textContent = unread > 99 ? "99+" : String(unread);
+    const base = this.open ? "Close chat" : `Chat with ${this.config.botName}`;
+    this.launcher.setAttribute("aria-label", unread ? `${base} (${unread} unread)` : base);
   }
 
   private applyTheme(): void {
     const style = this.root.style;
-    if (this.config.fontFamily) style.setProperty('--font', this.config.fontFamily);
+    if (this.config.fontFamily) style.setProperty("--font", this.config.fontFamily);
     const primary = this.config.primaryColor;
     if (!primary) return;
-    style.setProperty('--p', primary);
+    style.setProperty("--p", primary);
     // Whatever the page wrote (a name, hsl(), …), the computed value is rgb(): read it back.
     const rgb = parseColor(getComputedStyle(this.launcher).backgroundColor) ?? parseColor(primary);
     if (!rgb) return;
-    style.setProperty('--on-p', textOn(rgb));
-    style.setProperty('--p-ink', contrast(rgb, WHITE) >= 4.5 ? primary : `rgb(${INK.join(',')})`);
+    style.setProperty("--on-p", textOn(rgb));
+    style.setProperty("--p-ink", contrast(rgb, WHITE) >= 4.5 ? primary : `rgb(${INK.join(",")})`);
   }
 }

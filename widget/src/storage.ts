@@ -3,7 +3,7 @@
 // refuses storage (private mode, blocked cookies) gets a memory-only store: the chat works,
 // it just does not survive a reload.
 
-import type { OutgoingFrame } from './protocol';
+import type { OutgoingFrame } from "./protocol";
 
 export interface KeyValue {
   getItem(key: string): string | null;
@@ -39,8 +39,8 @@ export class WidgetStorage {
   static open(hotelId: string): WidgetStorage {
     try {
       const kv = window.localStorage;
-      const probe = '__jack_probe__';
-      kv.setItem(probe, '1');
+      const probe = "__jack_probe__";
+      kv.setItem(probe, "1");
       kv.removeItem(probe);
       return new WidgetStorage(kv, hotelId);
     } catch {
@@ -48,65 +48,69 @@ export class WidgetStorage {
     }
   }
 
-  key(name: 'identity' | 'seen' | 'outbox'): string {
+  key(name: "identity" | "seen" | "outbox"): string {
     return this.prefix + name;
   }
 
   identity(): Identity | null {
-    const value = this.json<Identity>('identity');
-    return value && typeof value.visitorId === 'string' ? value : null;
+    const value = this.json<Identity>("identity");
+    return value && typeof value.visitorId === "string" ? value : null;
   }
 
   setIdentity(identity: Identity): void {
-    this.write('identity', JSON.stringify(identity));
+    this.write("identity", JSON.stringify(identity));
   }
 
   /** The highest `seq` the guest has seen in this conversation (another conversation: 0). */
   seen(conversationId: string | undefined): number {
-    const value = this.json<{ conversationId?: string; seq?: number }>('seen');
-    return value && conversationId && value.conversationId === conversationId && typeof value.seq === 'number' ? value.seq : 0;
+    const value = this.json<{ conversationId?: string; seq?: number }>("seen");
+    return value && conversationId && value.conversationId === conversationId && typeof value.seq === "number"
+      ? value.seq
+      : 0;
   }
 
   setSeen(conversationId: string, seq: number): void {
-    if (seq > this.seen(conversationId)) this.write('seen', JSON.stringify({ conversationId, seq }));
+    if (seq > this.seen(conversationId)) this.write("seen", JSON.stringify({ conversationId, seq }));
   }
 
   /** Unsent messages, shared by every tab of this visitor (a resend is stored only once). */
   outbox(now: number): QueuedFrame[] {
-    const value = this.json<QueuedFrame[]>('outbox');
+    const value = this.json<QueuedFrame[]>("outbox");
     if (!Array.isArray(value)) return [];
-    return value.filter((q) => q && q.frame && typeof q.frame.clientMessageId === 'string' && now - q.at < OUTBOX_MAX_AGE_MS);
+    return value.filter(
+      (q) => q && q.frame && typeof q.frame.clientMessageId === "string" && now - q.at < OUTBOX_MAX_AGE_MS,
+    );
   }
 
   queue(frame: OutgoingFrame, now: number): void {
     const all = this.outbox(now).filter((q) => q.frame.clientMessageId !== frame.clientMessageId);
     all.push({ frame, at: now });
-    this.write('outbox', JSON.stringify(all));
+    this.write("outbox", JSON.stringify(all));
   }
 
   unqueue(clientMessageId: string, now: number): void {
     const all = this.outbox(now);
     const rest = all.filter((q) => q.frame.clientMessageId !== clientMessageId);
     if (rest.length === all.length) return;
-    if (rest.length) this.write('outbox', JSON.stringify(rest));
-    else this.remove('outbox');
+    if (rest.length) this.write("outbox", JSON.stringify(rest));
+    else this.remove("outbox");
   }
 
   clearVisitor(): void {
-    this.remove('identity');
-    this.remove('seen');
-    this.remove('outbox');
+    this.remove("identity");
+    this.remove("seen");
+    this.remove("outbox");
   }
 
-  private json<T>(name: 'identity' | 'seen' | 'outbox'): T | null {
+  private json<T>(name: "identity" | "seen" | "outbox"): T | null {
     try {
-      return JSON.parse(this.read(name) ?? 'null') as T | null;
+      return JSON.parse(this.read(name) ?? "null") as T | null;
     } catch {
       return null;
     }
   }
 
-  private read(name: 'identity' | 'seen' | 'outbox'): string | null {
+  private read(name: "identity" | "seen" | "outbox"): string | null {
     try {
       return this.kv.getItem(this.key(name));
     } catch {
@@ -114,7 +118,7 @@ export class WidgetStorage {
     }
   }
 
-  private write(name: 'identity' | 'seen' | 'outbox', value: string): void {
+  private write(name: "identity" | "seen" | "outbox", value: string): void {
     try {
       this.kv.setItem(this.key(name), value);
     } catch {
@@ -122,7 +126,7 @@ export class WidgetStorage {
     }
   }
 
-  private remove(name: 'identity' | 'seen' | 'outbox'): void {
+  private remove(name: "identity" | "seen" | "outbox"): void {
     try {
       this.kv.removeItem(this.key(name));
     } catch {

@@ -34,5 +34,5 @@ export const INK: Rgb = [0, 0, 0];
 
 /** The text colour for a background of this colour. */
 export function textOn(background: Rgb): string {
-  return contrast(background, WHITE) >= contrast(background, INK) ? '#ffffff' : '#000000';
+  return contrast(background, WHITE) >= contrast(background, INK) ? "#ffffff" : "#000000";
 }

@@ -2,10 +2,10 @@
 // order, and the guest's own messages that are not stored yet after them. Pure logic: the
 // view renders what this says, the tests drive it directly.
 
-import type { ChatMessage, OutgoingFrame, Role } from './protocol';
+import type { ChatMessage, OutgoingFrame, Role } from "./protocol";
 
 /** Where one of the guest's own messages is. Stored messages of others have no status. */
-export type Status = 'queued' | 'sending' | 'sent' | 'read' | 'failed';
+export type Status = "queued" | "sending" | "sent" | "read" | "failed";
 
 export interface Entry {
   /** Stable for the entry's whole life: the client id of the guest's own, else the message id. */
@@ -36,7 +36,7 @@ export class Timeline {
   receive(message: ChatMessage): Entry | null {
     if (this.byMessageId.has(message.messageId)) return null;
     const own = message.clientMessageId ? this.byClientId.get(message.clientMessageId) : undefined;
-    if (own && own.messageId === undefined && message.role === 'guest') {
+    if (own && own.messageId === undefined && message.role === "guest") {
       // Our own message, stored: the replay or another tab's echo came before our ack.
       this.confirm(own, message.messageId, message.seq, message.timestamp);
       own.message = message;
@@ -53,7 +53,7 @@ export class Timeline {
       message,
       order: this.counter++,
     };
-    if (message.role === 'guest') entry.status = message.seq <= this.readUpTo ? 'read' : 'sent';
+    if (message.role === "guest") entry.status = message.seq <= this.readUpTo ? "read" : "sent";
     this.byMessageId.set(message.messageId, entry);
     if (entry.clientMessageId) this.byClientId.set(entry.clientMessageId, entry);
     this.place(entry);
@@ -64,8 +64,16 @@ export class Timeline {
   addPending(frame: OutgoingFrame, status: Status): Entry {
     const existing = this.byClientId.get(frame.clientMessageId);
     if (existing) return existing;
-    const content = frame.type === 'message' ? frame.content : (frame.label ?? frame.payload);
-    const entry: Entry = { key: frame.clientMessageId, role: 'guest', content, clientMessageId: frame.clientMessageId, frame, status, order: this.counter++ };
+    const content = frame.type === "message" ? frame.content : (frame.label ?? frame.payload);
+    const entry: Entry = {
+      key: frame.clientMessageId,
+      role: "guest",
+      content,
+      clientMessageId: frame.clientMessageId,
+      frame,
+      status,
+      order: this.counter++,
+    };
     this.byClientId.set(frame.clientMessageId, entry);
     this.entries.push(entry);
     return entry;
@@ -94,8 +102,8 @@ export class Timeline {
     this.readUpTo = upToSeq;
     const changed: Entry[] = [];
     for (const entry of this.entries) {
-      if (entry.role === 'guest' && entry.status === 'sent' && entry.seq !== undefined && entry.seq <= upToSeq) {
-        entry.status = 'read';
+      if (entry.role === "guest" && entry.status === "sent" && entry.seq !== undefined && entry.seq <= upToSeq) {
+        entry.status = "read";
         changed.push(entry);
       }
     }
@@ -157,7 +165,7 @@ export class Timeline {
     entry.messageId = messageId;
     entry.seq = seq;
     entry.timestamp = timestamp;
-    entry.status = seq <= this.readUpTo ? 'read' : 'sent';
+    entry.status = seq <= this.readUpTo ? "read" : "sent";
     entry.error = undefined;
     entry.frame = undefined;
     this.byMessageId.set(messageId, entry);

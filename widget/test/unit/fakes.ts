@@ -1,6 +1,6 @@
 // Test doubles for what the browser gives the client: sockets, timers, randomness.
 
-import type { ConnectionDeps, SocketLike } from '../../src/connection';
+import type { ConnectionDeps, SocketLike } from "../../src/connection";
 
 export class FakeSocket implements SocketLike {
   readyState = 0;
@@ -14,7 +14,7 @@ export class FakeSocket implements SocketLike {
   constructor(readonly url: string) {}
 
   send(data: string): void {
-    if (this.readyState !== 1) throw new Error('send on a socket that is not open');
+    if (this.readyState !== 1) throw new Error("send on a socket that is not open");
     this.sent.push(JSON.parse(data));
   }
 
@@ -35,7 +35,7 @@ export class FakeSocket implements SocketLike {
   }
 
   /** The connection died (or the server closed it). */
-  drop(code = 1006, reason = ''): void {
+  drop(code = 1006, reason = ""): void {
     this.readyState = 3;
     this.onclose?.({ code, reason });
   }
@@ -75,7 +75,7 @@ export class FakeWorld implements ConnectionDeps {
 
   get socket(): FakeSocket {
     const last = this.sockets[this.sockets.length - 1];
-    if (!last) throw new Error('no socket was opened');
+    if (!last) throw new Error("no socket was opened");
     return last;
   }
 
@@ -99,14 +99,17 @@ export class FakeWorld implements ConnectionDeps {
   }
 }
 
-export function message(seq: number, fields: Record<string, unknown> = {}): Record<string, unknown> & { messageId: string; seq: number } {
+export function message(
+  seq: number,
+  fields: Record<string, unknown> = {},
+): Record<string, unknown> & { messageId: string; seq: number } {
   return {
     messageId: `m${seq}`,
     seq,
-    conversationId: 'cnv_1',
-    role: 'assistant',
+    conversationId: "cnv_1",
+    role: "assistant",
     content: `message ${seq}`,
-    timestamp: '2026-11-26T10:00:00.000Z',
+    timestamp: "2026-11-26T10:00:00.000Z",
     ...fields,
   };
 }
