@@ -1,7 +1,7 @@
 // The chat session: protocol v1 over a `Connection`, the `Timeline`, and what must survive a
 // reload in `WidgetStorage`. No DOM here: the view listens to `changes`, the SDK to `events`.
 //
-// The delivery promise, from the widget's side (DESIGN.md "Delivery semantics"):
+// The delivery promise, from the widget's side (ARCHITECTURE.md, "Exactly once, in order"):
 // - every message the guest sends is queued (memory and storage) until its `message_ack`,
 //   and resent with the same `clientMessageId` after every (re)identify;
 // - every (re)connect identifies with `lastSeq` = the highest `seq` shown, so the edge
@@ -26,7 +26,7 @@ import {
 import type { WidgetStorage } from "./storage";
 import { type Entry, Timeline } from "./timeline";
 
-/** The SDK's events (the spec's names) and what they carry. */
+/** The SDK's events (protocol v1's names) and what they carry. */
 export interface ChatEvents {
   connected: { sessionId: string; conversationId?: string; visitorId: string };
   disconnected: { code: number; reason: string; retryIn: number | null };

@@ -1,4 +1,4 @@
-// `window.JackChatConfig`, as the spec's embed code writes it, checked and completed.
+// `window.JackChatConfig`, as the embed code writes it, checked and completed.
 
 export type Position = "bottom-right" | "bottom-left" | "top-right" | "top-left";
 

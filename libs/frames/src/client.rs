@@ -332,7 +332,7 @@ mod tests {
         let f = ClientFrame::parse(r#"{"type":"message","clientMessageId":"msg_1","content":"I need extra towels"}"#)
             .unwrap();
         assert!(matches!(f, ClientFrame::Message(m) if m.content == "I need extra towels"));
-        // The spec's widget sends attachment metadata along with the id; extra fields are fine.
+        // Widgets may send attachment metadata along with the id; extra fields are fine.
         let f = ClientFrame::parse(r#"{"type":"message","clientMessageId":"m","content":"","attachments":[{"id":"att_1","filename":"a.png"}]}"#).unwrap();
         assert!(matches!(f, ClientFrame::Message(m) if m.attachments[0].id == "att_1"));
     }

@@ -1,6 +1,6 @@
 //! Protocol v1 of the guest WebSocket: JSON text frames with `type` first.
 //!
-//! The spec's frames (`connected`, `identify`/`identified`, `history`, `message`/
+//! Protocol v1's core frames (`connected`, `identify`/`identified`, `history`, `message`/
 //! `message_ack`, `typing`, `read`, `error`) keep their names and fields; everything else is
 //! additive. [`client`] holds what a widget sends, [`server`] what the edge answers, and
 //! [`ErrorCode`] and [`close`] the ways a frame or connection is refused.
@@ -49,7 +49,7 @@ impl ErrorCode {
 
 /// WebSocket close codes the edge uses.
 pub mod close {
-    /// No `hotelId` in the URL (the spec's code).
+    /// No `hotelId` in the URL (protocol v1's code).
     pub const MISSING_HOTEL_ID: u16 = 4000;
     /// The `hotelId` is not 1 to 128 printable characters without spaces.
     pub const INVALID_HOTEL_ID: u16 = 4001;

@@ -1,4 +1,4 @@
-//! Frames the edge sends. Field names are the spec's (camelCase); optional fields are left
+//! Frames the edge sends. Field names are protocol v1's (camelCase); optional fields are left
 //! out rather than sent as null.
 
 use serde::{Deserialize, Serialize};

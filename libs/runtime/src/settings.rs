@@ -84,7 +84,7 @@ impl Env {
         Ok(value)
     }
 
-    /// Milliseconds, as the spec's variables give them (e.g. `WEBSOCKET_PING_INTERVAL=30000`).
+    /// Milliseconds, as the documented variables give them (e.g. `WEBSOCKET_PING_INTERVAL=30000`).
     pub fn millis(&self, name: &str, default_ms: u64, min_ms: u64) -> Result<Duration, SettingsError> {
         self.number(name, default_ms, min_ms, 24 * 3600 * 1000).map(Duration::from_millis)
     }

@@ -1,4 +1,4 @@
-//! Settings of jack-edge. The spec's variables keep their names and defaults.
+//! Settings of jack-edge. The documented variables keep their names and defaults.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! any event), following the replicas as they come and go ([`grpc::members`]). Over it the edge attaches each identified session's conversation and receives
 //! that conversation's events, which the hub hands to the sessions.
 //!
-//! Two of DESIGN.md's rules live here:
+//! Two of the delivery rules (ARCHITECTURE.md) live here:
 //! - *Subscribe, then replay*: [`Hub::attach`] returns only after every live stream has
 //!   acknowledged the attach, so the session's replay from conversation cannot miss a message
 //!   committed in between — it arrives live (and is dropped if the replay covered it).

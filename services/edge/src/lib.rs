@@ -3,7 +3,7 @@
 //! A guest's browser holds a WebSocket here (protocol v1, `jack-frames`); everything durable
 //! happens behind gRPC. The edge holds no durable state, so any edge may die at any time.
 //!
-//! - [`config`]: the spec's variables (`WEBSOCKET_*`, `WIDGET_*`) and where the backends are.
+//! - [`config`]: the documented variables (`WEBSOCKET_*`, `WIDGET_*`) and where the backends are.
 //! - [`backends`]: gRPC clients of guest, conversation and upload, with deadlines, and how
 //!   their failures become protocol error codes.
 //! - [`hub`]: which local sessions serve which conversation, and the bidirectional streams
@@ -16,7 +16,7 @@
 //! - [`ws`]: the upgrade (origin, limits, hotel id) and the per-connection loop (pings,
 //!   size limits, shutdown).
 //! - [`http`]: health, metrics, the widget bundle, the demo page and the upload-URL API.
-//! - [`metrics`]: the spec's four Prometheus metrics.
+//! - [`metrics`]: the edge's four core Prometheus metrics.
 //! - [`startup`]: binds and runs it all; the one way the binary, launcher and tests start it.
 
 pub mod backends;

@@ -1,4 +1,4 @@
-//! The spec's four metrics, by their names, in Prometheus text format at `GET /metrics`.
+//! The edge's four core metrics, by their names, in Prometheus text format at `GET /metrics`.
 //!
 //! Every label set is bounded: `hotelId` is a registered hotel's id, or one of at most
 //! `EDGE_METRICS_MAX_HOTELS` others at a time (then `other hotels`), and a hotel's series goes once

@@ -1,4 +1,4 @@
-//! One connection's protocol state machine (protocol v1 of DESIGN.md).
+//! One connection's protocol state machine (protocol v1, services/edge/PROTOCOL.md).
 //!
 //! The session turns client frames into backend calls and pushes answers into an output
 //! list that the connection loop writes to the socket; it never touches the socket itself.

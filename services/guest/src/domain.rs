@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(binding(None, none, true, true), Binding::Bind { verified: false });
         assert_eq!(binding(None, hash, true, false), Binding::Bind { verified: true });
         assert_eq!(binding(None, wrong_hash, true, false), Binding::Replace);
-        // Without a secret (the spec's behaviour) the first caller binds any id.
+        // Without a secret (protocol v1's original behaviour) the first caller binds any id.
         assert_eq!(binding(None, none, false, false), Binding::Bind { verified: false });
     }
 

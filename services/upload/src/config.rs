@@ -19,7 +19,7 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// `UPLOAD_DATABASE_URL`: `sqlite:PATH` or `postgres://…`.
     pub database_url: String,
-    /// `WIDGET_MAX_FILE_SIZE` (the spec's name): the largest attachment, in bytes.
+    /// `WIDGET_MAX_FILE_SIZE` (the widget's setting): the largest attachment, in bytes.
     pub max_file_size: u64,
     /// `UPLOAD_ALLOWED_TYPES`: content types guests may upload.
     pub allowed_types: Vec<String>,

@@ -1,4 +1,4 @@
-//! Every bad-input row of DESIGN.md gets its error code, and the connection stays open.
+//! Every kind of bad input (services/edge/PROTOCOL.md, "Errors") gets its error code, and the connection stays open.
 
 use jack_e2e::{Guest, TestStack, http, json_body, upgrade_status};
 use serde_json::json;

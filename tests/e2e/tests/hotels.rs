@@ -27,7 +27,7 @@ async fn the_guest_service_serves_every_hotel_until_one_is_registered_then_only_
         |hotel_id: &str| IdentifyRequest { hotel_id: hotel_id.into(), channel: "webchat".into(), ..Default::default() };
     let policy = |hotel_id: &str| GetHotelPolicyRequest { hotel_id: hotel_id.into() };
 
-    // No registry: any hotel id is served (the spec's behaviour).
+    // No registry: any hotel id is served (protocol v1's original behaviour).
     let open = guests.get_hotel_policy(policy("any_hotel")).await.unwrap().into_inner();
     assert!(!open.registry_enabled && !open.known);
     edge.identify(identify("any_hotel")).await.expect("served without a registry");

@@ -154,7 +154,7 @@ async fn a_hotels_own_visitor_id_cannot_be_claimed_before_its_guest_arrives() {
 #[tokio::test]
 async fn a_proven_login_never_joins_a_record_bound_without_proof() {
     let stack = TestStack::start().await;
-    // Before the hotel proves its guests' ids, anyone may bind one (the spec's behaviour).
+    // Before the hotel proves its guests' ids, anyone may bind one (protocol v1's original behaviour).
     hotel_with_secret(&stack, "hotel_later", None).await;
     let mut attacker = stack.guest("hotel_later").await;
     let squat = attacker.identify(json!({"visitorId": "booking-42"})).await;

@@ -1,4 +1,4 @@
-//! The spec's own tests (webchat-channel.md, "Testing"), against the real services.
+//! The customer's acceptance tests of protocol v1, against the real services.
 
 use jack_e2e::{Guest, TestStack};
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! A guest's connection as the load generator holds it: small buffers, a chosen source
 //! address (so that many connections are not limited by one address's port range), and
-//! helpers for the spec's frames.
+//! helpers for protocol v1's core frames.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -41,7 +41,7 @@ impl Target {
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
     pub visitor_id: String,
-    /// Protocol v1 extras (absent on a server that speaks only the spec's frames).
+    /// Protocol v1 extras (absent on a server that speaks only protocol v1's core frames).
     pub visitor_token: Option<String>,
     pub conversation_id: Option<String>,
     pub protocol: Option<u64>,

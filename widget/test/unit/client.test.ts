@@ -37,7 +37,7 @@ function handshake(world: FakeWorld, history: Record<string, unknown>[] = [], vi
   return identify;
 }
 
-test("identify, history, send, ack: the happy path with the spec's events", () => {
+test("identify, history, send, ack: the happy path with protocol v1's events", () => {
   const { client, world, storage, events } = setup();
   client.start();
   const identify = handshake(world, [message(1), message(2, { role: "guest", clientMessageId: "old" })]);

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import { ConfigError, resolveConfig, socketUrl } from "../../src/config";
 import { INK, WHITE, contrast, parseColor, textOn } from "../../src/theme";
 
-test("the spec's embed config, completed from the script's own server", () => {
+test("the documented embed config, completed from the script's own server", () => {
   const config = resolveConfig({ hotelId: "hotel_123", greeting: "Hello!" }, "https://chat.example");
   assert.equal(config.apiUrl, "https://chat.example");
   assert.equal(config.wsUrl, "wss://chat.example/ws/chat");

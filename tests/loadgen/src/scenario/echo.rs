@@ -1,4 +1,4 @@
-//! echo: the transport ceiling. A bare tokio-tungstenite server that answers the spec's
+//! echo: the transport ceiling. A bare tokio-tungstenite server that answers protocol v1's
 //! frames without doing anything (no storage, no gRPC): `connected` on open, `identified` on
 //! `identify`, `message_ack` on `message`. The chat scenario's client drives it, in its own
 //! process as the real target would be, so the other figures can be read as a fraction of it.
